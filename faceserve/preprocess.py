@@ -1,0 +1,62 @@
+"""Model inputs from pixels, by each model's own recipe (read from its ModelSpec)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from faceserve.detection import Letterbox, letterbox
+from faceserve.spec import ModelSpec
+
+
+def crop_box(box: Sequence[float], spec: ModelSpec, image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The face box enlarged by the model's margin and padding, clipped to the image."""
+    x1, y1, x2, y2 = box
+    width, height = x2 - x1, y2 - y1
+    dx = spec.crop.margin * width + spec.crop.pad_px[0]
+    dy = spec.crop.margin * height + spec.crop.pad_px[1]
+    img_h, img_w = image_shape
+    left, top = max(0, int(round(x1 - dx))), max(0, int(round(y1 - dy)))
+    right, bottom = min(img_w, int(round(x2 + dx))), min(img_h, int(round(y2 + dy)))
+    return left, top, max(right, left + 1), max(bottom, top + 1)
+
+
+def _colour(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    if spec.colour == "gray":
+        return cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)[:, :, None]
+    if spec.colour == "bgr":
+        return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    return pixels
+
+
+def _scale(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    pixels = pixels.astype(np.float32)
+    if spec.crop.stretch:
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+    return pixels * spec.scale + spec.offset
+
+
+def face_batch(image: np.ndarray, boxes: Sequence[Sequence[float]], spec: ModelSpec) -> np.ndarray:
+    """One [N, H, W, C] float32 batch of face crops for this model."""
+    batch = np.empty((len(boxes), spec.height, spec.width, spec.channels), dtype=np.float32)
+    for i, box in enumerate(boxes):
+        left, top, right, bottom = crop_box(box, spec, image.shape[:2])
+        crop = cv2.resize(image[top:bottom, left:right], (spec.width, spec.height),
+                          interpolation=cv2.INTER_LINEAR)
+        batch[i] = _scale(_colour(crop, spec).reshape(spec.input_shape), spec)
+    return batch
+
+
+def whole_image(image: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Letterbox | None]:
+    """A [1, H, W, C] input for the whole image (letterboxed when the model asks for it)."""
+    frame = None
+    if spec.letterbox:
+        if spec.height != spec.width:
+            raise ValueError(f"{spec.name}: letterboxing needs a square input")
+        pixels, frame = letterbox(image, spec.height)
+    else:
+        pixels = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+    return _scale(_colour(pixels, spec).reshape(spec.input_shape), spec)[None], frame
