@@ -52,6 +52,8 @@ def spec_for(entry: dict, input_shape: tuple[int, int, int], output_dims: list[t
         source=source, sha256=entry.get("sha256", ""),
         version=entry.get("version", "1"),
         queue_delay_us=int(entry.get("queue_delay_us", DEFAULT_QUEUE_DELAY_US)),
+        score_threshold=float(entry.get("score_threshold", 0.5)),
+        nms_iou=float(entry.get("nms_iou", 0.3)),
     )
 
 

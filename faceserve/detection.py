@@ -55,7 +55,7 @@ def decode_blazeface(regressors: np.ndarray, logits: np.ndarray, frame: Letterbo
                      image_shape: tuple[int, int], threshold: float = 0.5,
                      nms_iou: float = 0.3) -> list[Detection]:
     """Boxes from one image's raw BlazeFace outputs ([896, 16] and [896, 1])."""
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1), -100.0, 100.0)))
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1).astype(np.float64), -100.0, 100.0)))
     keep = scores > threshold
     if not keep.any():
         return []

@@ -66,6 +66,8 @@ class ModelSpec:
     sha256: str = ""
     version: str = "1"
     queue_delay_us: int = 0
+    score_threshold: float = 0.5  # detectors: keep boxes scoring above this
+    nms_iou: float = 0.3  # detectors: suppress overlaps above this IoU
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -93,6 +95,8 @@ class ModelSpec:
                 {"name": n, "shape": [-1, *d]} for n, d in zip(self.output_names, self.output_dims)
             ],
             "decoder": self.decoder,
+            **({"score_threshold": self.score_threshold, "nms_iou": self.nms_iou}
+               if self.task == "face_detector" else {}),
             "labels": list(self.labels),
             "units": self.units,
             "max_batch_size": self.max_batch_size,
@@ -137,6 +141,8 @@ class ModelSpec:
             sha256=params.get("sha256", ""),
             version=params.get("version", "1"),
             queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds,
+            score_threshold=float(params.get("score_threshold", "0.5")),
+            nms_iou=float(params.get("nms_iou", "0.3")),
         )
 
     # ---- writing ---------------------------------------------------------
@@ -179,6 +185,9 @@ class ModelSpec:
             "sha256": self.sha256,
             "version": self.version,
         }
+        if self.task == "face_detector":
+            params["score_threshold"] = repr(self.score_threshold)
+            params["nms_iou"] = repr(self.nms_iou)
         for key, value in params.items():
             config.parameters[key].string_value = value
         return config

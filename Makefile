@@ -1,0 +1,38 @@
+# Two commands for a fresh machine:
+#   make serve   build the default model repository and serve it (embedded onnxruntime, 127.0.0.1:3000)
+#   make test    run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 3000
+
+.PHONY: serve test env repository bench bench-quick build-bentos clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements/serve.txt requirements/convert.txt requirements/dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/dev.txt
+	touch $@
+
+env: $(VENV)/.installed
+
+repository: env
+	$(BIN)/python -m convert build
+
+serve: repository
+	$(BIN)/bentoml serve service:FaceAnalysis --host $(HOST) --port $(PORT)
+
+test: repository
+	$(BIN)/python -m pytest -q tests
+
+bench: repository
+	$(BIN)/python -m benchmarks
+
+bench-quick: repository
+	$(BIN)/python -m benchmarks --quick
+
+clean:
+	rm -rf $(VENV) model_repository/*/1

@@ -1,0 +1,5 @@
+import sys
+
+from faceserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""One small interface to run a model on a batch, whatever serves it.
+
+Backends never preprocess: they receive the float32 NHWC batch the pipeline made
+and return the raw output tensors by name.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+import numpy as np
+
+from faceserve.spec import ModelSpec
+
+
+class Backend(abc.ABC):
+    """Runs models of a repository; `infer` splits batches larger than max_batch_size."""
+
+    kind: str
+
+    @abc.abstractmethod
+    async def start(self, specs: dict[str, ModelSpec]) -> None:
+        """Load or connect; raise BackendMismatch when a model differs from its spec."""
+
+    @abc.abstractmethod
+    async def _infer(self, spec: ModelSpec, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one batch of at most spec.max_batch_size rows."""
+
+    @abc.abstractmethod
+    async def ready(self) -> dict[str, bool]:
+        """Readiness of each model this backend serves."""
+
+    async def close(self) -> None:
+        return None
+
+    async def infer(self, spec: ModelSpec, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if len(batch) == 0:
+            return {n: np.zeros((0, *d), np.float32) for n, d in zip(spec.output_names, spec.output_dims)}
+        limit = spec.max_batch_size
+        if len(batch) <= limit:
+            return await self._infer(spec, batch)
+        parts = [await self._infer(spec, batch[i:i + limit]) for i in range(0, len(batch), limit)]
+        return {n: np.concatenate([p[n] for p in parts]) for n in spec.output_names}
+
+
+def create(url: str, repository: Path, *, threads: int = 1, timeout_s: float = 10.0) -> Backend:
+    """`onnxruntime` (embedded) or a Triton URL such as grpc://host:8001 or http://host:8000."""
+    if url in ("", "onnxruntime", "embedded"):
+        from faceserve.backends.onnx import OnnxRuntimeBackend
+        return OnnxRuntimeBackend(repository, threads=threads)
+    from faceserve.backends.triton import TritonBackend
+    return TritonBackend(url, timeout_s=timeout_s)

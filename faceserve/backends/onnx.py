@@ -1,0 +1,80 @@
+"""The embedded backend: onnxruntime in this process, with dynamic batching per model."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from faceserve.backends import Backend
+from faceserve.backends.batching import DynamicBatcher
+from faceserve.errors import BackendMismatch
+from faceserve.spec import MODEL_FILE, ModelSpec
+
+
+def check_session(spec: ModelSpec, session: ort.InferenceSession) -> None:
+    """The ONNX file must take and give exactly what the spec says."""
+    (inp,) = session.get_inputs()
+    problems = []
+    if inp.name != spec.input_name or inp.type != "tensor(float)" or list(inp.shape[1:]) != list(spec.input_shape):
+        problems.append(f"input {inp.name} {inp.type} {inp.shape} != {spec.input_name} float [-1, "
+                        f"{', '.join(map(str, spec.input_shape))}]")
+    outputs = {o.name: list(o.shape[1:]) for o in session.get_outputs()}
+    for name, dims in zip(spec.output_names, spec.output_dims):
+        if outputs.get(name) != list(dims):
+            problems.append(f"output {name} {outputs.get(name)} != {list(dims)}")
+    if problems:
+        raise BackendMismatch(f"{spec.name}: " + "; ".join(problems))
+
+
+class OnnxRuntimeBackend(Backend):
+    kind = "onnxruntime"
+
+    def __init__(self, repository: Path, threads: int = 1):
+        self._repository = repository
+        self._threads = threads
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._batchers: dict[str, DynamicBatcher] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self, specs: dict[str, ModelSpec]) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=max(2, len(specs)), thread_name_prefix="ort")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        delay_override = os.environ.get("FACESERVE_BATCH_DELAY_US")
+        for name, spec in specs.items():
+            session = ort.InferenceSession(str(self._repository / name / "1" / MODEL_FILE), options,
+                                           providers=["CPUExecutionProvider"])
+            check_session(spec, session)
+            self._sessions[name] = session
+            delay_us = int(delay_override) if delay_override else spec.queue_delay_us
+            self._batchers[name] = DynamicBatcher(
+                self._runner(spec, session), self._executor, max_batch_size=spec.max_batch_size,
+                max_queue_delay_s=delay_us / 1e6)
+
+    @staticmethod
+    def _runner(spec: ModelSpec, session: ort.InferenceSession):
+        names = list(spec.output_names)
+
+        def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+            return dict(zip(names, session.run(names, {spec.input_name: batch})))
+        return run
+
+    async def _infer(self, spec: ModelSpec, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return await self._batchers[spec.name].submit(batch)
+
+    async def ready(self) -> dict[str, bool]:
+        return {name: True for name in self._sessions}
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        return {n: {"executions": b.batches, "rows": b.rows} for n, b in self._batchers.items()}
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+        if self._executor:
+            self._executor.shutdown(wait=False)

@@ -1,0 +1,56 @@
+"""`faceserve analyze IMAGE [--annotate OUT]`: the `analyze` endpoint's JSON, without a server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+
+from faceserve import imaging
+from faceserve.errors import FaceserveError
+from faceserve.runtime import Runtime
+from faceserve.settings import Settings
+
+
+async def _analyze(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if args.repository:
+        settings = dataclasses.replace(settings, repository=args.repository)
+    if args.backend:
+        settings = dataclasses.replace(settings, backend=args.backend)
+    runtime = Runtime(settings)
+    try:
+        pixels = await runtime.image(upload=args.image)
+        analysis = await runtime.pipeline.analyze(pixels, args.detector)
+    except FaceserveError as error:
+        print(error.body(), file=sys.stderr)
+        return 2
+    finally:
+        await runtime.close()
+    print(analysis.model_dump_json(indent=2))
+    if args.annotate:
+        from service import caption  # the same captions as the endpoint
+        drawn = imaging.draw_boxes(pixels, [(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in analysis.faces],
+                                   [caption(f) for f in analysis.faces])
+        fmt = "jpeg" if args.annotate.suffix.lower() in (".jpg", ".jpeg") else "png"
+        args.annotate.write_bytes(imaging.encode(drawn, fmt))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="faceserve")
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("analyze", help="detect faces and print emotion, gender and age as JSON")
+    a.add_argument("image", type=Path)
+    a.add_argument("--detector", choices=["blazeface", "haar"], default="blazeface")
+    a.add_argument("--annotate", type=Path, metavar="OUT", help="also write the annotated image (.png or .jpg)")
+    a.add_argument("--repository", type=Path, help="model repository (default: FACESERVE_MODEL_REPOSITORY)")
+    a.add_argument("--backend", help="onnxruntime (default) or a Triton URL such as grpc://127.0.0.1:8001")
+    args = parser.parse_args(argv)
+    return asyncio.run(_analyze(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

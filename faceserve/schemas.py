@@ -1,0 +1,61 @@
+"""Response models: the JSON contract of every endpoint (and of the CLI)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Box(BaseModel):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class LabelScores(BaseModel):
+    label: str
+    score: float = Field(description="probability of `label`")
+    scores: dict[str, float] = Field(description="probability of every label")
+
+
+class Face(BaseModel):
+    box: Box
+    score: float = Field(description="detector confidence, 0..1")
+    emotion: LabelScores | None = None
+    gender: LabelScores | None = None
+    age: float | None = Field(None, description="estimated age in years")
+
+
+class Analysis(BaseModel):
+    width: int
+    height: int
+    detector: str
+    faces: list[Face]
+    models: dict[str, str] = Field(description="model that answered each task, as name:version")
+    missing_heads: list[str] = Field(description="face tasks with no model in the repository")
+    timings_ms: dict[str, float]
+
+
+class BatchAnalysis(BaseModel):
+    results: list[Analysis]
+
+
+class Label(BaseModel):
+    label: str
+    score: float
+
+
+class Classification(BaseModel):
+    model: str
+    width: int
+    height: int
+    top_k: list[Label]
+
+
+class ModelsInfo(BaseModel):
+    backend: str
+    repository: str
+    models: list[dict]
+    missing: list[str] = Field(description="models the manifest declares that are not built")
+    detectors: list[str]
+    default_detector: str
