@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from faceserve import photos  # noqa: E402
+from faceserve.spec import model_dirs  # noqa: E402
+
+FIXTURES = Path(os.environ.get("FACESERVE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+REPOSITORY = ROOT / "model_repository"
+
+
+@pytest.fixture(scope="session")
+def repository() -> Path:
+    built = {d.name for d in model_dirs(REPOSITORY)}
+    if not {"face_detector", "emotion"} <= built:
+        pytest.fail("the default model repository is not built: run `python -m convert build` (make test does)")
+    return REPOSITORY
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    if not (FIXTURES / "models").is_dir():
+        pytest.skip(f"{FIXTURES} is absent: the shared fixtures (gender/age models, photos) are needed")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def emotion_grid(fixtures):
+    return photos.fixture("emotion_classification.jpg")
+
+
+@pytest.fixture(scope="session")
+def gender_age_built(repository, fixtures) -> bool:
+    built = {d.name for d in model_dirs(repository)}
+    if not {"gender", "age"} <= built:
+        pytest.fail("fixtures are present but gender/age were not built")
+    return True
