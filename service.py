@@ -17,7 +17,8 @@ from starlette.responses import Response
 
 from faceserve import imaging
 from faceserve.errors import LimitExceeded
-from faceserve.http import ErrorShapeMiddleware, json_errors
+from faceserve.auth import ApiKeyMiddleware
+from faceserve.http import ConcurrencyLimitMiddleware, ErrorShapeMiddleware, UploadGuardMiddleware, json_errors
 from faceserve.runtime import Runtime
 from faceserve.schemas import Analysis, BatchAnalysis, Classification, ModelsInfo
 from faceserve.settings import Settings
@@ -32,7 +33,7 @@ _settings = Settings.from_env()
 
 @bentoml.service(
     name="faceserve",
-    traffic={"timeout": 30, "max_concurrency": 64},
+    traffic={"timeout": 30},  # concurrency: ConcurrencyLimitMiddleware (FACESERVE_MAX_CONCURRENCY), 503 + Retry-After
     resources={"cpu": "2"},
     http={"host": "127.0.0.1"},
 )
@@ -110,4 +111,9 @@ def caption(face) -> str:
     return ", ".join(p for p in parts if p)
 
 
+# Outermost first: body limit and error shape, API keys, concurrency limit, BentoML's own URL downloads closed.
 FaceAnalysis.add_asgi_middleware(ErrorShapeMiddleware, max_body_bytes=_settings.limits.max_body_bytes)
+if _settings.api_keys:
+    FaceAnalysis.add_asgi_middleware(ApiKeyMiddleware, keys=_settings.api_keys)
+FaceAnalysis.add_asgi_middleware(ConcurrencyLimitMiddleware, max_concurrency=_settings.limits.max_concurrency)
+FaceAnalysis.add_asgi_middleware(UploadGuardMiddleware, file_fields=("image", "images"))

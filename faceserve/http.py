@@ -138,3 +138,105 @@ class ErrorShapeMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class ConcurrencyLimitMiddleware:
+    """ASGI middleware: beyond `max_concurrency` requests in flight, answer 503 with Retry-After at once.
+
+    Replaces BentoML's `traffic.max_concurrency`, whose 429 is sent by a middleware
+    outside ours (so it could carry neither our body nor Retry-After). Health and
+    metrics are never limited.
+    """
+
+    OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
+
+    def __init__(self, app, max_concurrency: int):
+        self.app = app
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.max_concurrency:
+            response = JSONResponse(
+                {"error": "overloaded",
+                 "message": f"the server is handling its limit of {self.max_concurrency} concurrent requests; "
+                            f"retry after {RETRY_AFTER_S} s"},
+                status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+class UploadGuardMiddleware:
+    """ASGI middleware closing BentoML's own URL downloads.
+
+    BentoML fetches a URL itself when a file field of a multipart form holds a
+    string instead of a file, or when a JSON body is nothing but an http(s) URL —
+    with no byte cap and none of our address checks. Both are refused here with
+    a 400; URLs go through `image_url` (faceserve.urlfetch) or nowhere.
+    """
+
+    def __init__(self, app, file_fields: tuple[str, ...] = ("image", "images")):
+        self.app = app
+        self.file_fields = file_fields
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        problem = await self._problem(scope, body)
+        if problem:
+            response = JSONResponse({"error": "invalid_request", "message": problem}, status_code=400)
+            return await response(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _problem(self, scope, body: bytes) -> str | None:
+        from urllib.parse import urlparse
+
+        from starlette.requests import Request
+
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"").lower()
+        if not content_type.startswith(b"multipart/form-data"):
+            text = body[:4096].decode("utf-8", "ignore")
+            if any(urlparse(t).scheme in ("http", "https") for t in (text, text.strip().strip("\"'"))):
+                return "the body is a URL; send JSON with an `image_url` field instead"
+            return None
+        sent = False
+
+        async def once():
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            async with Request(scope, once).form() as form:
+                for name in self.file_fields:
+                    if any(isinstance(value, str) for value in form.getlist(name)):
+                        return (f"the `{name}` field must be a file upload, not text; "
+                                "to give a URL, send JSON with an `image_url` field")
+        except Exception:  # malformed multipart: BentoML answers it with its own 400
+            return None
+        return None

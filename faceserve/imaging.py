@@ -23,6 +23,7 @@ class DecodeLimits:
     max_pixels: int = 40_000_000
     max_side: int = 20_000
     min_side: int = 1
+    max_frames: int = 100
 
 
 def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
@@ -52,6 +53,7 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
         )
     if min(width, height) < limits.min_side:
         raise InvalidImage(f"the image is {width}x{height} pixels", code="image_too_small")
+    _check_frames(image, limits.max_frames)
     try:
         image.seek(0)
         image.load()
@@ -59,6 +61,22 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
         return _to_rgb(image)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from None
+
+
+def _check_frames(image: Image.Image, max_frames: int) -> None:
+    """Refuse animations/multi-page files with more than `max_frames` frames.
+
+    Reads frame headers one by one and stops at the limit, so a GIF of a million
+    frames costs `max_frames` header reads, never a full scan (`n_frames` would).
+    """
+    try:
+        image.seek(max_frames)
+    except EOFError:
+        return  # at most max_frames frames
+    except Exception as exc:
+        raise InvalidImage(f"the image frames are corrupt: {exc}") from None
+    raise LimitExceeded(f"the image has more than {max_frames} frames; the limit is {max_frames} frames",
+                        code="too_many_frames")
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:

@@ -29,7 +29,12 @@ class Runtime:
         backend = create(self.settings.backend, self.repository.path, threads=self.settings.ort_threads,
                          timeout_s=self.settings.backend_timeout_s)
         self.pipeline = Pipeline(self.repository, backend, max_faces=self.settings.limits.max_faces)
-        self.fetch = None  # set when URL fetching is enabled
+        self.fetch = None  # the `image_url` hook; None answers `url_fetch_disabled`
+        if self.settings.url_fetch:
+            from faceserve.urlfetch import UrlFetcher
+            limits = self.settings.limits
+            self.fetch = UrlFetcher(allowlist=self.settings.url_allowlist, max_bytes=limits.url_max_bytes,
+                                    timeout_s=limits.url_timeout_s, max_redirects=limits.url_max_redirects)
         self._started = False
         self._lock = asyncio.Lock()
         if self.repository.missing:

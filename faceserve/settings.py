@@ -23,10 +23,15 @@ class Limits:
     max_faces: int = 100
     max_batch_images: int = 16
     max_top_k: int = 100
+    max_frames: int = 100
+    max_concurrency: int = 64
+    url_max_bytes: int = 10 * 1024 * 1024
+    url_timeout_s: int = 10
+    url_max_redirects: int = 3
 
     @property
     def decode(self) -> DecodeLimits:
-        return DecodeLimits(max_pixels=self.max_pixels, max_side=self.max_side)
+        return DecodeLimits(max_pixels=self.max_pixels, max_side=self.max_side, max_frames=self.max_frames)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +41,9 @@ class Settings:
     ort_threads: int
     backend_timeout_s: float
     limits: Limits
+    url_fetch: bool = False  # FACESERVE_URL_FETCH=1 enables `image_url`
+    url_allowlist: tuple[str, ...] = ()  # FACESERVE_URL_ALLOWLIST: CIDRs/hosts reachable despite being private
+    api_keys: tuple[str, ...] = ()  # FACESERVE_API_KEYS (comma-separated) and/or FACESERVE_API_KEYS_FILE
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -50,4 +58,20 @@ class Settings:
             ort_threads=int(_env("ORT_THREADS", "1")),
             backend_timeout_s=float(_env("BACKEND_TIMEOUT_S", "10")),
             limits=limits,
+            url_fetch=_env("URL_FETCH", "0").lower() in ("1", "true", "yes", "on"),
+            url_allowlist=_split(_env("URL_ALLOWLIST", "")),
+            api_keys=_api_keys(),
         )
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.replace("\n", ",").split(",") if item.strip())
+
+
+def _api_keys() -> tuple[str, ...]:
+    keys = list(_split(_env("API_KEYS", "")))
+    path = _env("API_KEYS_FILE", "")
+    if path:
+        keys += [line.strip() for line in Path(path).read_text().splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")]
+    return tuple(keys)
