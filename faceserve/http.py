@@ -175,7 +175,7 @@ class ConcurrencyLimitMiddleware:
 class UploadGuardMiddleware:
     """ASGI middleware closing BentoML's own URL downloads.
 
-    BentoML fetches a URL itself when a file field of a multipart form holds a
+    BentoML fetches a URL itself when a file field of a form (multipart or urlencoded) holds a
     string instead of a file, or when a JSON body is nothing but an http(s) URL —
     with no byte cap and none of our address checks. Both are refused here with
     a 400; URLs go through `image_url` (faceserve.urlfetch) or nowhere.
@@ -217,7 +217,7 @@ class UploadGuardMiddleware:
         from starlette.requests import Request
 
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"").lower()
-        if not content_type.startswith(b"multipart/form-data"):
+        if not content_type.startswith((b"multipart/form-data", b"application/x-www-form-urlencoded")):
             text = body[:4096].decode("utf-8", "ignore")
             if any(urlparse(t).scheme in ("http", "https") for t in (text, text.strip().strip("\"'"))):
                 return "the body is a URL; send JSON with an `image_url` field instead"
