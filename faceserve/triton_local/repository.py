@@ -1,0 +1,60 @@
+"""The CPU variant of the canonical model repository, generated, never hand-maintained.
+
+Each canonical `<model>/config.pbtxt` (onnxruntime backend) becomes a Python-backend
+config with the same name, inputs, outputs, max_batch_size and dynamic_batching, a
+KIND_CPU instance, and an `onnx_model` parameter naming the canonical `model.onnx`
+by absolute path; `1/model.py` is the one shim in this package.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from faceserve.spec import CONFIG_FILE, LABELS_FILE, MODEL_FILE, model_dirs, read_config, write_config
+
+SHIM = Path(__file__).with_name("python_model.py")
+
+
+def cpu_config(canonical: mc.ModelConfig, onnx_path: Path, *, dynamic_batching: bool = True,
+               ort_threads: int = 1) -> mc.ModelConfig:
+    """The canonical config served by the Python backend; only batching may be switched off."""
+    config = mc.ModelConfig()
+    config.CopyFrom(canonical)
+    config.ClearField("platform")
+    config.ClearField("default_model_filename")
+    config.backend = "python"
+    config.ClearField("instance_group")
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    if not dynamic_batching:
+        config.ClearField("dynamic_batching")
+    config.parameters["onnx_model"].string_value = str(onnx_path.resolve())
+    config.parameters["ort_threads"].string_value = str(ort_threads)
+    return config
+
+
+def build_cpu_repository(canonical: Path, out: Path, *, dynamic_batching: bool = True,
+                         models: list[str] | None = None, ort_threads: int = 1) -> list[str]:
+    """Write the CPU repository for `models` (default: every built model) to `out`; return the names."""
+    dirs = {d.name: d for d in model_dirs(canonical)}
+    names = sorted(dirs) if models is None else list(models)
+    unknown = [n for n in names if n not in dirs]
+    if unknown:
+        raise ValueError(f"{canonical} has no built model {', '.join(unknown)} (built: {', '.join(sorted(dirs))})")
+    if not names:
+        raise ValueError(f"{canonical} has no built model; run `python -m convert build`")
+    if out.exists():
+        shutil.rmtree(out)
+    for name in names:
+        source = dirs[name]
+        config = cpu_config(read_config(source / CONFIG_FILE), source / "1" / MODEL_FILE,
+                            dynamic_batching=dynamic_batching, ort_threads=ort_threads)
+        target = out / name
+        write_config(config, target / CONFIG_FILE)
+        (target / "1").mkdir(parents=True)
+        shutil.copyfile(SHIM, target / "1" / "model.py")
+        if (source / LABELS_FILE).exists():
+            shutil.copyfile(source / LABELS_FILE, target / LABELS_FILE)
+    return names
