@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of faceserve: `python -m benchmarks [--quick]` (see benchmarks/README.md)."""

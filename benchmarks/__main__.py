@@ -1,0 +1,126 @@
+"""python -m benchmarks [--quick] [--scenarios NAME ...] [--workload single|multi|mixed] [--out DIR]
+
+Runs every named scenario side by side on the same photos and models, then writes
+<out>/results.json, <out>/report.md, <out>/throughput.png and <out>/p99.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from tqdm import tqdm
+
+from benchmarks import report, workload
+from benchmarks.scenarios import SCENARIOS, Config, Context, Skip, runs_in
+
+HERE = Path(__file__).resolve().parent
+
+QUICK = Config(concurrencies=(1, 16), warmup_s=1.0, duration_s=3.0, heads=("emotion",),
+               head_concurrencies=(32,), head_duration_s=3.0, seed_workers=1, seed_threads=4)
+FULL = Config(concurrencies=(1, 4, 16, 32, 64), warmup_s=3.0, duration_s=10.0,
+              heads=("emotion", "gender", "age"), head_concurrencies=(1, 4, 16, 32, 64), head_duration_s=5.0,
+              seed_workers=2, seed_threads=4)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = model
+    except (OSError, StopIteration):
+        pass
+    text = f"{os.cpu_count()} CPU ({cpu}), Python {platform.python_version()}"
+    if shutil.which("nvidia-smi"):
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True).stdout.strip()
+        if gpu:
+            text += f", GPU: {gpu}"
+    return text
+
+
+def count_faces_with_blazeface():
+    from faceserve.runtime import Runtime
+    runtime = Runtime()
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(runtime.start())
+
+    def count(image) -> int:
+        return len(loop.run_until_complete(runtime.pipeline.detect(image, "blazeface")))
+    return count, lambda: (loop.run_until_complete(runtime.close()), loop.close())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: c in (1, 16), 3 s per point (< 2 min)")
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--workload", choices=("single", "multi", "mixed"), default="single")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<date>")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    cfg = QUICK if args.quick else FULL
+    out = (args.out or HERE / "results" / datetime.date.today().isoformat()).resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    count, close = count_faces_with_blazeface()
+    workloads = workload.build(out / "images", count)
+    close()
+    if args.workload not in workloads:
+        parser.error(f"workload {args.workload!r} needs the shared fixtures' group photos; have {list(workloads)}")
+
+    total = sum(runs_in(name, cfg) for name in args.scenarios)
+    bar = tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
+    ctx = Context(cfg, workloads, args.workload, out, advance=lambda what: (bar.set_postfix_str(what), bar.update()))
+    rows, scenarios = [], {}
+    started = time.perf_counter()
+    with ctx.stack:
+        for name in args.scenarios:
+            bar.set_description(name)
+            before = bar.n
+            t0 = time.perf_counter()
+            try:
+                produced = SCENARIOS[name](ctx)
+                scenarios[name] = {"status": "ran", "seconds": round(time.perf_counter() - t0, 1)}
+                rows += produced
+            except Skip as exc:
+                scenarios[name] = {"status": "skipped", "reason": str(exc)}
+                tqdm.write(f"[{name}] skipped: {exc}", file=sys.stderr)
+            except Exception as exc:  # a scenario's failure is reported, the others still run
+                (out / "logs" / f"{name}.traceback.txt").write_text(traceback.format_exc())
+                scenarios[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
+                tqdm.write(f"[{name}] failed: {type(exc).__name__}: {exc} (see logs/{name}.traceback.txt)",
+                           file=sys.stderr)
+            scenarios[name]["info"] = ctx.info.get(name, {})
+            bar.update(runs_in(name, cfg) - (bar.n - before))  # skipped runs still move the bar
+    bar.close()
+
+    result = {
+        "meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                 "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 "machine": machine(), "quick": args.quick, "workload": args.workload,
+                 "workload_files": len(workloads[args.workload].files),
+                 "workloads": {k: {"files": [f.name for f in w.files], "faces": w.faces} for k, w in workloads.items()},
+                 "config": cfg.__dict__, "elapsed_s": round(time.perf_counter() - started, 1)},
+        "scenarios": scenarios,
+        "servers": {k: v for k, v in ctx.info.items() if k.startswith("triton(")},
+        "rows": rows,
+    }
+    report.write(result, out)
+    print((out / "report.md").read_text())
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""results.json, a Markdown table with the target verdicts, and PNG plots (throughput and p99 vs concurrency)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SERVICES = ("service-embedded", "service-triton-grpc", "service-triton-http")
+COLUMNS = ("scenario", "variant", "workload", "c", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+           "mean batch", "peak RSS MB per process", "CPU %")
+
+
+def _find(rows, scenario, c, variant=""):
+    return next((r for r in rows if r["scenario"] == scenario and r["concurrency"] == c
+                 and r["variant"] == variant), None)
+
+
+def _target(name, value, ok, detail):
+    verdict = "N/A" if value is None else ("PASS" if ok else "MISS")
+    return {"target": name, "value": value, "verdict": verdict, "detail": detail}
+
+
+def targets(rows: list[dict], info: dict) -> list[dict]:
+    out = []
+    emb, inp = _find(rows, "service-embedded", 16), _find(rows, "inprocess", 16)
+    ratio = round(emb["throughput"] / inp["throughput"], 2) if emb and inp and inp["throughput"] else None
+    out.append(_target("service-embedded / inprocess throughput at c=16 >= 0.8", ratio,
+                       ratio is not None and ratio >= 0.8,
+                       f"{emb['throughput']} vs {inp['throughput']} req/s" if ratio is not None else "not measured"))
+
+    seed = _find(rows, "seed-baseline", 16)
+    services = [r for s in SERVICES if (r := _find(rows, s, 16))]
+    if seed and services and seed["throughput"]:
+        best = max(services, key=lambda r: r["throughput"])
+        ratio = round(best["throughput"] / seed["throughput"], 1)
+        out.append(_target("best service / seed-baseline throughput at c=16 >= 10x, p99 not worse", ratio,
+                           ratio >= 10 and best["p99_ms"] <= seed["p99_ms"],
+                           f"{best['scenario']} {best['throughput']} req/s p99 {best['p99_ms']} ms vs seed "
+                           f"{seed['throughput']} req/s p99 {seed['p99_ms']} ms"))
+    else:
+        out.append(_target("best service / seed-baseline throughput at c=16 >= 10x, p99 not worse", None, False,
+                           "not measured"))
+
+    heads = sorted({r["variant"].split("/")[0] for r in rows if r["scenario"] == "triton-heads"})
+    for head in heads or ["(heads)"]:
+        on, off = (_find(rows, "triton-heads", 32, f"{head}/batching-{s}") for s in ("on", "off"))
+        ratio = round(on["throughput"] / off["throughput"], 2) if on and off and off["throughput"] else None
+        out.append(_target(f"triton-heads {head}: batching on / off at c=32 >= 2x, mean batch >= 8", ratio,
+                           ratio is not None and ratio >= 2 and (on["mean_batch"] or 0) >= 8,
+                           f"{on['throughput']} vs {off['throughput']} req/s, mean batch {on['mean_batch']}"
+                           if ratio is not None else "not measured"))
+
+    c16 = [r for s in SERVICES if (r := _find(rows, s, 16)) and r["workload"] == "single"]
+    best = max(c16, key=lambda r: r["throughput"]) if c16 else None
+    out.append(_target("single-face 640x480 over HTTP: >= 150 img/s at c=16 with p99 <= 250 ms",
+                       best and best["throughput"], best is not None and best["throughput"] >= 150
+                       and best["p99_ms"] <= 250,
+                       f"{best['scenario']}: {best['throughput']} req/s, p99 {best['p99_ms']} ms" if best else "not measured"))
+    c1 = [r for s in SERVICES if (r := _find(rows, s, 1)) and r["workload"] == "single"]
+    best1 = min(c1, key=lambda r: r["p50_ms"]) if c1 else None
+    out.append(_target("single-face 640x480 over HTTP: p50 <= 15 ms at c=1", best1 and best1["p50_ms"],
+                       best1 is not None and best1["p50_ms"] <= 15,
+                       f"{best1['scenario']}: p50 {best1['p50_ms']} ms" if best1 else "not measured"))
+
+    cold = info.get("service-embedded", {}).get("cold_start_s")
+    out.append(_target("cold start to /readyz <= 5 s (service-embedded)", cold, cold is not None and cold <= 5,
+                       f"{cold} s from `bentoml serve` to the first 200 on /readyz" if cold else "not measured"))
+    rss = [v for r in rows if r["scenario"] == "service-embedded" for v in r.get("peak_rss_mb", {}).values()]
+    peak = max(rss) if rss else None
+    out.append(_target("RSS <= 600 MB per worker (service-embedded)", peak, peak is not None and peak <= 600,
+                       f"largest process of the bentoml tree peaked at {peak} MB" if peak else "not measured"))
+    return out
+
+
+def _fmt(v, digits=1):
+    if v is None:
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _rss(peaks: dict) -> str:
+    if not peaks:
+        return "–"
+    return ", ".join(f"{k.split('#')[0]} {v:.0f}" for k, v in sorted(peaks.items(), key=lambda kv: -kv[1])[:4])
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# faceserve benchmarks — {report['meta']['date']}", "",
+             f"Command: `{report['meta']['command']}`  ", f"Machine: {report['meta']['machine']}  ",
+             f"Workload swept: `{report['meta']['workload']}` ({report['meta']['workload_files']} JPEGs); "
+             f"warm-up {report['meta']['config']['warmup_s']} s excluded, {report['meta']['config']['duration_s']} s "
+             f"measured per point, closed loop.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in report["rows"]:
+        lines.append("| " + " | ".join([
+            r["scenario"], r["variant"] or "", r["workload"], str(r["concurrency"]), _fmt(r["throughput"]),
+            _fmt(r["p50_ms"]), _fmt(r["p95_ms"]), _fmt(r["p99_ms"]), str(r["errors"]), _fmt(r.get("mean_batch"), 2),
+            _rss(r.get("peak_rss_mb", {})), _fmt(r.get("cpu_percent"), 0)]) + " |")
+    lines += ["", "## Scenarios", ""]
+    for name, s in report["scenarios"].items():
+        extra = "; ".join(f"{k}: {v}" for k, v in s.get("info", {}).items())
+        lines.append(f"- **{name}**: {s['status']}" + (f" — {s['reason']}" if s.get("reason") else "")
+                     + (f" ({extra})" if extra else ""))
+    for name, value in report.get("servers", {}).items():
+        lines.append(f"- {name}: {value}")
+    lines += ["", "## Targets", "", "| target | value | verdict | detail |", "|---|---|---|---|"]
+    for t in report["targets"]:
+        lines.append(f"| {t['target']} | {_fmt(t['value'], 2)} | **{t['verdict']}** | {t['detail']} |")
+    det = [r for r in report["rows"] if r["scenario"] == "detectors"]
+    if det:
+        lines += ["", "## Detectors per image (ms, faces found)", "", "| image | " +
+                  " | ".join(r["variant"] for r in det) + " |", "|---|" + "---|" * len(det)]
+        for image in det[0]["ms_by_image"]:
+            lines.append(f"| {image} | " + " | ".join(
+                f"{r['ms_by_image'][image]} ms, {r['faces_by_image'][image]} faces" for r in det) + " |")
+    lines += ["", "Plots: `throughput.png`, `p99.png`.", ""]
+    return "\n".join(lines)
+
+
+def plots(rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["scenario"] != "detectors":
+            series.setdefault(r["scenario"] + (f" {r['variant']}" if r["variant"] else ""), []).append(r)
+    written = []
+    for key, label, file in (("throughput", "throughput (requests/s)", "throughput.png"),
+                             ("p99_ms", "p99 latency (ms)", "p99.png")):
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        for name, points in sorted(series.items()):
+            points = sorted(points, key=lambda r: r["concurrency"])
+            ax.plot([p["concurrency"] for p in points], [p[key] or 0 for p in points], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrency (closed-loop clients)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} vs concurrency")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        fig.savefig(out / file, dpi=110)
+        plt.close(fig)
+        written.append(out / file)
+    return written
+
+
+def write(report: dict, out: Path) -> None:
+    report["targets"] = targets(report["rows"], {k: v.get("info", {}) for k, v in report["scenarios"].items()})
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    plots(report["rows"], out)
+    (out / "report.md").write_text(markdown(report))

@@ -1,0 +1,303 @@
+"""The named scenarios. Each takes the run's Context and returns result rows, or raises Skip(reason)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import numpy as np
+import psutil
+
+from benchmarks import loadgen, servers
+from benchmarks.monitor import TreeMonitor
+from benchmarks.workload import Workload
+
+
+class Skip(Exception):
+    """The scenario cannot run here; the message says why."""
+
+
+@dataclasses.dataclass
+class Config:
+    concurrencies: tuple[int, ...]
+    warmup_s: float
+    duration_s: float
+    heads: tuple[str, ...]              # models swept by triton-heads
+    head_concurrencies: tuple[int, ...]
+    head_duration_s: float
+    seed_workers: int = 2
+    seed_threads: int = 4
+
+
+@dataclasses.dataclass
+class Context:
+    config: Config
+    workloads: dict[str, Workload]
+    workload: str  # the one swept by the load scenarios
+    out: Path
+    advance: Callable[[str], None]  # progress: one call per measured run
+    stack: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+    info: dict = dataclasses.field(default_factory=dict)  # per scenario: cold start, notes
+    _tritons: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def images(self) -> list[Path]:
+        return self.workloads[self.workload].files
+
+    def row(self, scenario: str, concurrency: int, result: dict, variant: str = "", **extra) -> dict:
+        return {"scenario": scenario, "variant": variant, "workload": self.workload,
+                "concurrency": concurrency, **result, **extra}
+
+    def triton(self, dynamic_batching: bool):
+        """A LocalTriton on the model repository, started once per batching setting for the whole run."""
+        if dynamic_batching in self._tritons:
+            return self._tritons[dynamic_batching]
+        try:
+            from faceserve.triton_local import LocalTriton
+        except ImportError as exc:
+            raise Skip(f"faceserve.triton_local is not available ({exc})") from None
+        from faceserve.settings import Settings
+        ports = {k: servers.free_port() for k in ("http_port", "grpc_port", "metrics_port")}
+        started = time.perf_counter()
+        try:
+            server = self.stack.enter_context(LocalTriton(Settings.from_env().repository,
+                                                          dynamic_batching=dynamic_batching, **ports))
+        except Exception as exc:  # a clear line in the report, not a traceback
+            raise Skip(f"the local Triton server did not start: {type(exc).__name__}: {exc}"[:400]) from None
+        self.info[f"triton(dynamic_batching={dynamic_batching})"] = {
+            "cold_start_s": round(time.perf_counter() - started, 2)}
+        self._tritons[dynamic_batching] = (server, ports)
+        return server, ports
+
+
+def _url(address: str) -> str:
+    return address if address.startswith("http") else f"http://{address}"
+
+
+def _triton_pids(server) -> list[int]:
+    """tritonserver's pid (its Python-backend stubs are its children, sampled with it)."""
+    pid = getattr(server, "pid", None)
+    return [pid] if pid and psutil.pid_exists(pid) else []
+
+
+_METRIC = re.compile(r'^(nv_inference_count|nv_inference_exec_count)\{[^}]*model="([^"]+)"[^}]*\}\s+([0-9.e+]+)',
+                     re.M)
+
+
+def triton_counts(metrics_url: str) -> dict[str, list[float]]:
+    """{model: [inferences, executions]} from Triton's Prometheus metrics."""
+    text = httpx.get(_url(metrics_url).rstrip("/") + "/metrics", timeout=5).text
+    counts: dict[str, list[float]] = {}
+    for name, model, value in _METRIC.findall(text):
+        counts.setdefault(model, [0.0, 0.0])[name == "nv_inference_exec_count"] += float(value)
+    return counts
+
+
+def mean_batch(before: dict[str, list[float]], after: dict[str, list[float]], models=None) -> tuple[float | None, dict]:
+    per_model, rows, runs = {}, 0.0, 0.0
+    for model, (n, e) in after.items():
+        if models and model not in models:
+            continue
+        dn, de = n - before.get(model, [0, 0])[0], e - before.get(model, [0, 0])[1]
+        if de > 0:
+            per_model[model] = round(dn / de, 2)
+            rows, runs = rows + dn, runs + de
+    return (round(rows / runs, 2) if runs else None), per_model
+
+
+# ---------------------------------------------------------------------------------------------------
+
+def inprocess(ctx: Context) -> list[dict]:
+    """The pipeline awaited directly in this process (decode included), no HTTP: this machine's limit."""
+    from faceserve.runtime import Runtime
+
+    runtime = Runtime()
+    cfg, images, rows = ctx.config, ctx.images, []
+
+    async def sweep():
+        await runtime.start()
+        backend = runtime.pipeline.backend
+
+        async def call(i: int):
+            pixels = await runtime.image(upload=images[i % len(images)])
+            await runtime.pipeline.analyze(pixels, "blazeface")
+        for c in cfg.concurrencies:
+            before = {k: [v["rows"], v["executions"]] for k, v in backend.statistics().items()}
+            with TreeMonitor([psutil.Process().pid]) as mon:
+                result = await loadgen.closed_loop(call, c, cfg.warmup_s, cfg.duration_s)
+            after = {k: [v["rows"], v["executions"]] for k, v in backend.statistics().items()}
+            batch, per_model = mean_batch(before, after)
+            rows.append(ctx.row("inprocess", c, result, mean_batch=batch, batch_by_model=per_model,
+                                peak_rss_mb=mon.peak_rss_mb, cpu_percent=mon.cpu_percent))
+            ctx.advance(f"inprocess c={c}")
+        await runtime.close()
+    asyncio.run(sweep())
+    return rows
+
+
+def _locust_sweep(ctx: Context, scenario: str, server, extra_pids=(), metrics_url: str | None = None) -> list[dict]:
+    rows = []
+    for c in ctx.config.concurrencies:
+        before = triton_counts(metrics_url) if metrics_url else {}
+        with TreeMonitor([server.pid, *extra_pids]) as mon:
+            result = loadgen.run_locust(server.url, ctx.images, c, ctx.config.warmup_s, ctx.config.duration_s,
+                                        ctx.out / "locust", label=f"{scenario}-c{c}")
+        batch, per_model = mean_batch(before, triton_counts(metrics_url)) if metrics_url else (None, {})
+        rows.append(ctx.row(scenario, c, result, mean_batch=batch, batch_by_model=per_model,
+                            peak_rss_mb=mon.peak_rss_mb, cpu_percent=mon.cpu_percent))
+        ctx.advance(f"{scenario} c={c}")
+    return rows
+
+
+def service_embedded(ctx: Context) -> list[dict]:
+    """`bentoml serve` with the embedded onnxruntime backend (and its in-process dynamic batcher)."""
+    with servers.bentoml_serve(ctx.out / "logs") as server:
+        ctx.info["service-embedded"] = {"cold_start_s": server.cold_start_s}
+        return _locust_sweep(ctx, "service-embedded", server)
+
+
+def _service_triton(ctx: Context, protocol: str) -> list[dict]:
+    triton, ports = ctx.triton(dynamic_batching=True)
+    address = triton.grpc_url if protocol == "grpc" else triton.http_url
+    name = f"service-triton-{protocol}"
+    with servers.bentoml_serve(ctx.out / "logs", {"FACESERVE_BACKEND": f"{protocol}://{address}"}) as server:
+        ctx.info[name] = {"cold_start_s": server.cold_start_s}
+        return _locust_sweep(ctx, name, server, _triton_pids(triton), triton.metrics_url)
+
+
+def service_triton_grpc(ctx: Context) -> list[dict]:
+    """The service in front of the local Triton server over gRPC."""
+    return _service_triton(ctx, "grpc")
+
+
+def service_triton_http(ctx: Context) -> list[dict]:
+    """The service in front of the local Triton server over HTTP."""
+    return _service_triton(ctx, "http")
+
+
+def _face_crops(ctx: Context, spec) -> list[np.ndarray]:
+    """One [1, H, W, C] input per face of the workload, cropped by the head's own recipe."""
+    from faceserve import imaging, preprocess
+    from faceserve.detection import HaarDetector
+    crops, haar = [], HaarDetector()
+    for path in ctx.images:
+        image = imaging.decode(path.read_bytes())
+        crops += [preprocess.face_batch(image, [d.box], spec) for d in haar.detect(image)]
+    if not crops:
+        raise Skip("no face found in the workload to crop for the heads")
+    return crops
+
+
+def triton_heads(ctx: Context) -> list[dict]:
+    """Each head straight on Triton (gRPC, one face per request), dynamic batching on vs off."""
+    import tritonclient.grpc.aio as grpcclient
+    from faceserve.pipeline import Repository
+    from faceserve.settings import Settings
+
+    specs = Repository.load(Settings.from_env().repository).specs
+    cfg, rows = ctx.config, []
+    for batching in (True, False):
+        triton, ports = ctx.triton(dynamic_batching=batching)
+        pids = _triton_pids(triton)
+        for head in cfg.heads:
+            spec = specs[head]
+            crops = _face_crops(ctx, spec)
+
+            async def sweep():
+                client = grpcclient.InferenceServerClient(triton.grpc_url)
+                out = [grpcclient.InferRequestedOutput(spec.output_names[0])]
+
+                async def call(i: int):
+                    inp = grpcclient.InferInput(spec.input_name, list(crops[i % len(crops)].shape), "FP32")
+                    inp.set_data_from_numpy(crops[i % len(crops)])
+                    await client.infer(head, [inp], outputs=out)
+                for c in cfg.head_concurrencies:
+                    before = triton_counts(triton.metrics_url)
+                    with TreeMonitor(pids) if pids else contextlib.nullcontext() as mon:
+                        result = await loadgen.closed_loop(call, c, cfg.warmup_s, cfg.head_duration_s)
+                    batch, _ = mean_batch(before, triton_counts(triton.metrics_url), {head})
+                    rows.append(ctx.row("triton-heads", c, result, variant=f"{head}/batching-{'on' if batching else 'off'}",
+                                        mean_batch=batch, peak_rss_mb=mon.peak_rss_mb if mon else {},
+                                        cpu_percent=mon.cpu_percent if mon else None))
+                    ctx.advance(f"triton-heads {head} batching={'on' if batching else 'off'} c={c}")
+                await client.close()
+            asyncio.run(sweep())
+    return rows
+
+
+def seed_baseline(ctx: Context) -> list[dict]:
+    """The seeds' design: Flask + gunicorn (gthread), Haar, Keras/TF `predict` per face, original artifacts."""
+    try:
+        import flask  # noqa: F401
+        import tensorflow  # noqa: F401
+    except ImportError as exc:
+        raise Skip(f"the seed baseline needs flask and tensorflow ({exc})") from None
+    cfg = ctx.config
+    with servers.seed_gunicorn(ctx.out / "logs", cfg.seed_workers, cfg.seed_threads) as server:
+        ctx.info["seed-baseline"] = {"cold_start_s": server.cold_start_s,
+                                     "gunicorn": f"{cfg.seed_workers} gthread workers x {cfg.seed_threads} threads"}
+        return _locust_sweep(ctx, "seed-baseline", server)
+
+
+def detectors(ctx: Context) -> list[dict]:
+    """Haar vs BlazeFace on every photo of every workload, one image at a time, in this process."""
+    from faceserve import imaging
+    from faceserve.runtime import Runtime
+
+    runtime = Runtime()
+    files = sorted({f for w in ctx.workloads.values() for f in w.files})
+    images = [imaging.decode(f.read_bytes()) for f in files]
+    rows = []
+
+    async def measure():
+        await runtime.start()
+        for name in ("haar", "blazeface"):
+            faces = {f.name: len(await runtime.pipeline.detect(im, name)) for f, im in zip(files, images)}
+            per_image = {}
+            for f, im in zip(files, images):
+                t = time.perf_counter()
+                for _ in range(3):
+                    await runtime.pipeline.detect(im, name)
+                per_image[f.name] = round((time.perf_counter() - t) / 3 * 1e3, 2)
+            loop = asyncio.get_running_loop()
+            latencies, stop_at, i = [], loop.time() + ctx.config.duration_s, 0
+            started = loop.time()
+            while loop.time() < stop_at:
+                t = loop.time()
+                await runtime.pipeline.detect(images[i % len(images)], name)
+                latencies.append((loop.time() - t) * 1e3)
+                i += 1
+            result = loadgen._result(len(latencies), 0, loop.time() - started, latencies)
+            result["load_generator"] = "sequential loop"
+            rows.append({**ctx.row("detectors", 1, result, variant=name), "workload": "all",
+                         "faces_by_image": faces, "ms_by_image": per_image})
+            ctx.advance(f"detectors {name}")
+        await runtime.close()
+    asyncio.run(measure())
+    return rows
+
+
+SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
+    "inprocess": inprocess,
+    "service-embedded": service_embedded,
+    "service-triton-grpc": service_triton_grpc,
+    "service-triton-http": service_triton_http,
+    "triton-heads": triton_heads,
+    "seed-baseline": seed_baseline,
+    "detectors": detectors,
+}
+
+
+def runs_in(name: str, cfg: Config) -> int:
+    """How many measured runs a scenario makes (for the progress bar)."""
+    if name == "triton-heads":
+        return 2 * len(cfg.heads) * len(cfg.head_concurrencies)
+    if name == "detectors":
+        return 2
+    return len(cfg.concurrencies)
