@@ -1,0 +1,163 @@
+"""Soak: thousands of mixed good and bad requests at concurrency 32 against a running service.
+
+    python -m benchmarks.soak --url http://127.0.0.1:3000 --requests 3000 --concurrency 32
+    python -m benchmarks.soak --requests 3000          # starts its own `bentoml serve`
+
+Every good request must be answered correctly (one face, happy; a PNG for rotate),
+every bad one with its 4xx and code, no 5xx at all, and the server's resident
+memory (its whole process tree) must not grow after warm-up beyond noise.
+Prints one JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import random
+import sys
+import time
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+import psutil
+from PIL import Image
+
+
+def _images() -> dict[str, bytes]:
+    from skimage import data
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, "JPEG", quality=90)
+    good = buffer.getvalue()
+    return {"good": good, "truncated": good[: len(good) // 2],
+            "random": np.random.default_rng(1).integers(0, 256, 2048, dtype=np.uint8).tobytes()}
+
+
+def _mix(images: dict[str, bytes]) -> list[tuple[str, str, dict, tuple[int, str]]]:
+    """(kind, endpoint, httpx kwargs, expected (status, code or 'face'/'png'))."""
+    good_b64 = base64.b64encode(images["good"]).decode()
+    upload = {"files": {"image": ("a.jpg", images["good"], "image/jpeg")}}
+    return [
+        ("good", "analyze", upload, (200, "face")),
+        ("good", "analyze", {"json": {"image_base64": good_b64}}, (200, "face")),
+        ("good", "rotate", {"json": {"image_base64": good_b64, "degrees": 180}}, (200, "png")),
+        ("bad", "analyze", {"files": {"image": ("t.jpg", images["truncated"], "image/jpeg")}}, (400, "invalid_image")),
+        ("bad", "analyze", {"files": {"image": ("r.bin", images["random"], "image/png")}}, (400, "invalid_image")),
+        ("bad", "analyze", {"json": {"image_base64": "%%% not base64"}}, (400, "invalid_base64")),
+        ("bad", "rotate", {"json": {"image_base64": good_b64, "degrees": 45}}, (422, "invalid_rotation")),
+        ("bad", "classify", {"json": {"image_base64": good_b64, "top_k": 0}}, (422, "top_k_out_of_range")),
+        ("bad", "analyze", {"json": {"image_base64": 7}}, (400, "invalid_request")),
+    ]
+
+
+def server_rss_mib(url: str) -> float | None:
+    """Resident memory of the process tree serving `url` (the `bentoml serve` and its workers)."""
+    port = urlparse(url).port
+    try:
+        pids = {c.pid for c in psutil.net_connections("tcp")
+                if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid}
+    except psutil.AccessDenied:
+        return None
+    roots = set()
+    for pid in pids:
+        process = psutil.Process(pid)
+        while process.parent() and "bentoml" in " ".join(process.parent().cmdline()):
+            process = process.parent()
+        roots.add(process)
+    total = 0
+    for root in roots:
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+    return total / 2**20 if roots else None
+
+
+def _correct(response: httpx.Response, expected: tuple[int, str]) -> bool:
+    status, what = expected
+    if response.status_code != status:
+        return False
+    if what == "face":
+        faces = response.json()["faces"]
+        return len(faces) == 1 and faces[0]["emotion"]["label"] == "happy"
+    if what == "png":
+        return response.content[:8] == b"\x89PNG\r\n\x1a\n"
+    return response.json().get("error") == what
+
+
+async def _run(url: str, requests: int, concurrency: int, headers: dict[str, str]) -> dict:
+    mix = _mix(_images())
+    rng = random.Random(0)
+    plan = [rng.choice(mix) for _ in range(requests)]
+    counts = {"requests": requests, "concurrency": concurrency, "good": 0, "good_ok": 0, "bad": 0, "bad_ok": 0,
+              "server_errors": 0, "overloaded": 0, "wrong_answers": 0, "transport_errors": 0}
+    wrong: list[str] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=headers) as client:
+        for kind, endpoint, kwargs, expected in mix * 3:  # warm-up
+            await client.post(f"/{endpoint}", **kwargs)
+        counts["rss_start_mib"] = server_rss_mib(url)
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(kind, endpoint, kwargs, expected):
+            async with semaphore:
+                try:
+                    response = await client.post(f"/{endpoint}", **kwargs)
+                except httpx.HTTPError as exc:
+                    counts["transport_errors"] += 1
+                    wrong.append(f"{endpoint}: {type(exc).__name__}")
+                    return
+            counts[kind] += 1
+            if response.status_code in (429, 503) and response.headers.get("retry-after"):
+                counts["overloaded"] += 1
+            elif response.status_code >= 500:
+                counts["server_errors"] += 1
+                wrong.append(f"{endpoint}: {response.status_code} {response.text[:200]}")
+            elif _correct(response, expected):
+                counts[f"{kind}_ok"] += 1
+            else:
+                counts["wrong_answers"] += 1
+                wrong.append(f"{endpoint} expected {expected}: {response.status_code} {response.text[:200]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(*item) for item in plan))
+        counts["seconds"] = round(time.perf_counter() - started, 2)
+        counts["requests_per_s"] = round(requests / counts["seconds"], 1)
+        counts["rss_end_mib"] = server_rss_mib(url)
+        ready = await client.get("/readyz")
+        counts["ready_after"] = ready.status_code == 200
+    counts["examples_of_wrong"] = wrong[:5]
+    return counts
+
+
+def soak(url: str, requests: int = 3000, concurrency: int = 32, headers: dict[str, str] | None = None) -> dict:
+    return asyncio.run(_run(url, requests, concurrency, headers or {}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="a running service; without it one is started")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--api-key")
+    args = parser.parse_args(argv)
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    if args.url:
+        report = soak(args.url, args.requests, args.concurrency, headers)
+    else:
+        sys.path.insert(0, ".")
+        from tests.support import serve
+        with serve() as url:
+            report = soak(url, args.requests, args.concurrency, headers)
+    print(json.dumps(report, indent=2))
+    ok = (report["server_errors"] == report["wrong_answers"] == report["transport_errors"] == 0
+          and report["good_ok"] == report["good"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
