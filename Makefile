@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements/serve.txt requirements/convert.txt requirements
 env: $(VENV)/.installed
 
 repository: env
-	$(BIN)/python -m convert build
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m convert build
 
 serve: repository
 	$(BIN)/bentoml serve service:FaceAnalysis --host $(HOST) --port $(PORT)
