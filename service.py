@@ -8,6 +8,7 @@ Only wiring lives here; every step is in the `faceserve` package.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -62,7 +63,6 @@ class FaceAnalysis:
         if not items or len(items) > limit:
             raise LimitExceeded(f"send between 1 and {limit} images; got {len(items)}", code="batch_size")
         pixels = [await self.runtime.image(upload, b64) for upload, b64 in items]
-        import asyncio
         return BatchAnalysis(results=await asyncio.gather(
             *(self.runtime.pipeline.analyze(p, detector) for p in pixels)))
 
