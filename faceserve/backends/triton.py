@@ -118,14 +118,19 @@ def check_metadata(spec: ModelSpec, meta: dict) -> None:
     inp = inputs.get(spec.input_name)
     if inp is None:
         problems.append(f"no input {spec.input_name!r} (has {sorted(inputs)})")
-    elif inp["datatype"] != "FP32" or [int(d) for d in inp["shape"]] != want_shape:
-        problems.append(f"input {spec.input_name} is {inp['datatype']} {inp['shape']}, the pipeline sends FP32 {want_shape}")
+    elif inp["datatype"] != "FP32" or _shape(inp) != want_shape:
+        problems.append(f"input {spec.input_name} is {inp['datatype']} {_shape(inp)}, the pipeline sends FP32 {want_shape}")
     outputs = {o["name"]: o for o in meta.get("outputs", [])}
     for name, dims in zip(spec.output_names, spec.output_dims):
         out = outputs.get(name)
         if out is None:
             problems.append(f"no output {name!r} (has {sorted(outputs)})")
-        elif out["datatype"] != "FP32" or [int(d) for d in out["shape"]] != [-1, *dims]:
-            problems.append(f"output {name} is {out['datatype']} {out['shape']}, expected FP32 {[-1, *dims]}")
+        elif out["datatype"] != "FP32" or _shape(out) != [-1, *dims]:
+            problems.append(f"output {name} is {out['datatype']} {_shape(out)}, expected FP32 {[-1, *dims]}")
     if problems:
         raise BackendMismatch(f"Triton model {spec.name}: " + "; ".join(problems))
+
+
+def _shape(tensor: dict) -> list[int]:
+    """gRPC's JSON metadata gives int64 dims as strings; HTTP gives numbers."""
+    return [int(d) for d in tensor["shape"]]
