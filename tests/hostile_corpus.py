@@ -31,6 +31,8 @@ SERVER_ENV = {
     "FACESERVE_MAX_FACES": "3",
     "FACESERVE_MAX_BATCH_IMAGES": "4",
     "FACESERVE_MAX_TOP_K": "100",
+    "FACESERVE_URL_FETCH": "1",
+    "FACESERVE_URL_TIMEOUT_S": "3",
 }
 
 
@@ -150,6 +152,11 @@ def multipage_tiff() -> bytes:
     return save(first, "TIFF", save_all=True, append_images=[first.rotate(90), first.convert("L").convert("RGB")])
 
 
+def four_faces() -> bytes:
+    face = astronaut()[40:240, 120:320]
+    return save(Image.fromarray(np.ascontiguousarray(np.vstack([np.hstack([face] * 2)] * 2))), "JPEG", quality=90)
+
+
 def tiny_png() -> bytes:
     return save(Image.new("RGB", (1, 1), (200, 150, 100)), "PNG")
 
@@ -221,11 +228,12 @@ def corpus() -> list[Case]:
         Case("GIF with 3000 frames", "upload", many_frames_gif(), (422, "too_many_frames"), content_type="image/gif"),
         Case("oversize body (3.5 MB upload)", "upload", random_bytes * 900, (413, "body_too_large")),
         Case("oversize base64 (3.5 MB)", "base64", random_bytes * 700, (413, "body_too_large")),
-        Case("4 faces (limit 3)", "upload", save(Image.fromarray(np.hstack([astronaut()] * 4)), "JPEG"),
+        Case("4 faces (limit 3)", "upload", four_faces(),
              (422, "too_many_faces"), content_type="image/jpeg", endpoints=("analyze", "annotate", "analyze_batch")),
         # --- not images / not accepted formats
         Case("SVG", "upload", svg(), invalid_image, content_type="image/svg+xml"),
-        Case("PDF", "upload", pdf(), invalid_image, content_type="application/pdf"),
+        Case("PDF sent as application/pdf", "upload", pdf(), (400, "invalid_request"), content_type="application/pdf"),
+        Case("PDF sent as image/png", "upload", pdf(), invalid_image),
         Case("ICO", "upload", ico(), invalid_image, content_type="image/x-icon"),
         Case("HTML sent as image/jpeg", "upload", HTML, invalid_image, content_type="image/jpeg"),
         Case("base64 of HTML", "base64", HTML, invalid_image),
