@@ -1,0 +1,53 @@
+"""`bentoml build` of both deployments works here and carries what each needs (and no TensorFlow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import BENTOML, ROOT
+
+MODELS = ("face_detector", "emotion", "gender", "age")
+
+
+def build(kind: str, home: Path) -> Path:
+    done = subprocess.run([str(BENTOML), "build", "-f", f"bentos/{kind}/bentofile.yaml", "-o", "tag", "."],
+                          cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (bento,) = [p for p in (home / "bentos").glob("*/*") if p.is_dir() and p.name != "latest"]
+    return bento
+
+
+def test_root_bentofile_is_the_cpu_deployment():
+    assert (ROOT / "bentofile.yaml").resolve() == (ROOT / "bentos" / "cpu" / "bentofile.yaml").resolve()
+
+
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_bento_builds(kind, repository, tmp_path_factory):
+    bento = build(kind, tmp_path_factory.mktemp(f"bentoml-{kind}"))
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text().lower()
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text().lower()
+    for text in (requirements, dockerfile):
+        assert "tensorflow" not in text and "keras" not in text
+    packages = {line.split("==")[0] for line in requirements.splitlines() if "==" in line}
+    assert {"bentoml", "onnxruntime", "numpy", "opencv-python-headless"} <= packages
+    assert "nvidia-pytriton" not in packages
+    manifest = yaml.safe_load((bento / "bento.yaml").read_text())
+    envs = {e["name"]: e["value"] for e in manifest["envs"]}
+    source = bento / "src"
+    assert (source / "service.py").is_file() and not (source / "faceserve" / "triton_local").exists()
+    for name in MODELS:  # the service reads its model specs from the repository in either case
+        assert (source / "model_repository" / name / "config.pbtxt").is_file()
+        built = repository / name / "1" / "model.onnx"
+        assert (source / "model_repository" / name / "1" / "model.onnx").read_bytes() == built.read_bytes()
+    if kind == "cpu":
+        assert envs["FACESERVE_BACKEND"] == "onnxruntime"
+    else:
+        assert "tritonclient" in packages
+        assert envs["FACESERVE_BACKEND"].startswith("grpc://")
+        assert (source / "model_repository" / "emotion" / "configs" / "gpu.pbtxt").is_file()
