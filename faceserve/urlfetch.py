@@ -123,8 +123,14 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         if not addresses or refused:
             raise UrlForbidden(f"the URL's host {host} resolves to {refused[0] if refused else 'nothing'}, "
                                "a non-public address; fetching from it is refused")
-        return await self.inner.connect_tcp(str(addresses[0]), port, timeout=timeout,
-                                            local_address=local_address, socket_options=socket_options)
+        error: Exception | None = None
+        for address in addresses:  # only ever the addresses just checked
+            try:
+                return await self.inner.connect_tcp(str(address), port, timeout=timeout,
+                                                    local_address=local_address, socket_options=socket_options)
+            except httpcore.ConnectError as exc:
+                error = exc
+        raise error
 
     async def connect_unix_socket(self, *args, **kwargs):  # pragma: no cover - never asked for
         raise UrlForbidden("unix sockets are not fetched")

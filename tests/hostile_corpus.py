@@ -32,7 +32,8 @@ SERVER_ENV = {
     "FACESERVE_MAX_BATCH_IMAGES": "4",
     "FACESERVE_MAX_TOP_K": "100",
     "FACESERVE_URL_FETCH": "1",
-    "FACESERVE_URL_TIMEOUT_S": "3",
+    "FACESERVE_URL_TIMEOUT_S": "2",
+    "FACESERVE_URL_ALLOWLIST": "localhost",  # tests reach their image server by this name only
 }
 
 
@@ -282,6 +283,91 @@ def corpus() -> list[Case]:
         Case("1x1 PNG", "upload", tiny_png(), (200, "no_face")),
     ]
 
+
+
+# ---------------------------------------------------------------- a local server for URL cases
+
+import contextlib  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from urllib.parse import parse_qs, urlparse  # noqa: E402
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hosts_seen: list[str] = []
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, status: int, body: bytes, kind: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        _Handler.hosts_seen.append(self.headers.get("Host", ""))
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        try:
+            if url.path == "/face.jpg":
+                self._send(200, good_jpeg(), "image/jpeg")
+            elif url.path == "/page.html":
+                self._send(200, HTML, "text/html; charset=utf-8")
+            elif url.path == "/fake.jpg":
+                self._send(200, HTML, "image/jpeg")
+            elif url.path == "/redirect":
+                self._send(302, b"", "text/plain", {"Location": query["to"]})
+            elif url.path == "/loop":
+                self._send(302, b"", "text/plain", {"Location": "/loop"})
+            elif url.path == "/error":
+                self._send(500, b"boom", "text/plain")
+            elif url.path == "/huge-declared":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(10**9))
+                self.end_headers()
+                self.wfile.write(b"\xff\xd8" + b"\x00" * 1024)
+            elif url.path == "/huge":  # no length, streams until the client hangs up (at most 64 MB)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                chunk = b"\x00" * 65536
+                for _ in range(1024):
+                    self.wfile.write(chunk)
+            elif url.path == "/trickle":  # one byte every 0.2 s for a minute
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", "300")
+                self.end_headers()
+                for _ in range(300):
+                    self.wfile.write(b"\x00")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            else:
+                self._send(404, b"not found", "text/plain")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@contextlib.contextmanager
+def image_server(host: str = "127.0.0.1"):
+    """A local HTTP server for URL cases; yields its port."""
+    server = ThreadingHTTPServer((host, 0), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 if __name__ == "__main__":
     for case in corpus():

@@ -73,6 +73,27 @@ def test_hostile_input(client, case, endpoint):
         assert isinstance(body["message"], str) and len(body["message"]) > 10
 
 
+@pytest.mark.parametrize("path,host,status,code", [
+    ("/face.jpg", "localhost", 200, "face"),
+    ("/face.jpg", "127.0.0.1", 403, "url_forbidden"),  # only the name `localhost` is allowlisted
+    ("/redirect?to=http://169.254.169.254/", "localhost", 403, "url_forbidden"),
+    ("/fake.jpg", "localhost", 400, "invalid_image"),
+    ("/page.html", "localhost", 415, "url_not_image"),
+    ("/huge-declared", "localhost", 413, "url_too_large"),
+    ("/trickle", "localhost", 422, "url_timeout"),
+])
+def test_image_url_end_to_end(client, path, host, status, code):
+    from tests.hostile_corpus import image_server
+
+    with image_server() as port:
+        response = client.post("/analyze", json={"image_url": f"http://{host}:{port}{path}"})
+    assert response.status_code == status, response.text
+    if code == "face":
+        assert_one_happy_face(response.json())
+    else:
+        assert response.json()["error"] == code
+
+
 def test_still_ready_and_correct_afterwards(client):
     assert client.get("/readyz").status_code == 200
     response = client.post("/analyze", files={"image": ("a.jpg", good_jpeg(), "image/jpeg")})
