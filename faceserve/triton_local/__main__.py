@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for sig in (signal.SIGTERM, signal.SIGINT):  # also when started in the background (SIGINT ignored)
+        signal.signal(sig, lambda *_: stop.set())
     server = LocalTriton(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
                          metrics_port=args.metrics_port, dynamic_batching=not args.no_dynamic_batching,
                          models=args.models)
