@@ -237,6 +237,6 @@ class UploadGuardMiddleware:
                     if any(isinstance(value, str) for value in form.getlist(name)):
                         return (f"the `{name}` field must be a file upload, not text; "
                                 "to give a URL, send JSON with an `image_url` field")
-        except Exception:  # malformed multipart: BentoML answers it with its own 400
-            return None
+        except Exception as exc:  # malformed form: BentoML would answer it with a 500
+            return f"the form body cannot be parsed: {exc}"
         return None
