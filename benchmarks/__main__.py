@@ -26,10 +26,10 @@ from benchmarks.scenarios import SCENARIOS, Config, Context, Skip, runs_in
 
 HERE = Path(__file__).resolve().parent
 
-QUICK = Config(concurrencies=(1, 16), warmup_s=1.0, duration_s=3.0, heads=("emotion",),
-               head_concurrencies=(32,), head_duration_s=3.0, seed_workers=1, seed_threads=4)
-FULL = Config(concurrencies=(1, 4, 16, 32, 64), warmup_s=3.0, duration_s=10.0,
-              heads=("emotion", "gender", "age"), head_concurrencies=(1, 4, 16, 32, 64), head_duration_s=5.0,
+QUICK = Config(concurrencies=(1, 16), warmup_s=0.5, duration_s=2.0, heads=("emotion",),
+               head_concurrencies=(32,), head_duration_s=2.0, seed_workers=1, seed_threads=4)
+FULL = Config(concurrencies=(1, 4, 16, 32, 64), warmup_s=2.0, duration_s=8.0,
+              heads=("emotion", "gender", "age"), head_concurrencies=(1, 4, 16, 32, 64), head_duration_s=4.0,
               seed_workers=2, seed_threads=4)
 
 
@@ -62,7 +62,7 @@ def count_faces_with_blazeface():
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: c in (1, 16), 3 s per point (< 2 min)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: c in (1, 16), 2 s per point (< 2 min)")
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--workload", choices=("single", "multi", "mixed"), default="single")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<date>")

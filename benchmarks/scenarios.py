@@ -253,7 +253,7 @@ def detectors(ctx: Context) -> list[dict]:
     runtime = Runtime()
     files = sorted({f for w in ctx.workloads.values() for f in w.files})
     images = [imaging.decode(f.read_bytes()) for f in files]
-    rows = []
+    rows, reps = [], 3 if ctx.config.duration_s >= 5 else 1
 
     async def measure():
         await runtime.start()
@@ -262,21 +262,23 @@ def detectors(ctx: Context) -> list[dict]:
             per_image = {}
             for f, im in zip(files, images):
                 t = time.perf_counter()
-                for _ in range(3):
+                for _ in range(reps):
                     await runtime.pipeline.detect(im, name)
-                per_image[f.name] = round((time.perf_counter() - t) / 3 * 1e3, 2)
+                per_image[f.name] = round((time.perf_counter() - t) / reps * 1e3, 2)
             loop = asyncio.get_running_loop()
             latencies, stop_at, i = [], loop.time() + ctx.config.duration_s, 0
-            started = loop.time()
-            while loop.time() < stop_at:
-                t = loop.time()
-                await runtime.pipeline.detect(images[i % len(images)], name)
-                latencies.append((loop.time() - t) * 1e3)
-                i += 1
-            result = loadgen._result(len(latencies), 0, loop.time() - started, latencies)
+            with TreeMonitor([psutil.Process().pid]) as mon:
+                started = loop.time()
+                while loop.time() < stop_at:
+                    t = loop.time()
+                    await runtime.pipeline.detect(images[i % len(images)], name)
+                    latencies.append((loop.time() - t) * 1e3)
+                    i += 1
+                result = loadgen._result(len(latencies), 0, loop.time() - started, latencies)
             result["load_generator"] = "sequential loop"
-            rows.append({**ctx.row("detectors", 1, result, variant=name), "workload": "all",
-                         "faces_by_image": faces, "ms_by_image": per_image})
+            rows.append({**ctx.row("detectors", 1, result, variant=name, mean_batch=None,
+                                   peak_rss_mb=mon.peak_rss_mb, cpu_percent=mon.cpu_percent),
+                         "workload": "all", "faces_by_image": faces, "ms_by_image": per_image})
             ctx.advance(f"detectors {name}")
         await runtime.close()
     asyncio.run(measure())
