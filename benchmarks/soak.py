@@ -5,7 +5,9 @@
 
 Every good request must be answered correctly (one face, happy; a PNG for rotate),
 every bad one with its 4xx and code, no 5xx at all, and the server's resident
-memory (its whole process tree) must not grow after warm-up beyond noise.
+memory (its whole process tree), sampled after each round, must stop growing:
+the second half of the rounds may add at most 40 MiB (the first rounds are where
+onnxruntime's arenas and the allocators grow to full concurrency).
 Prints one JSON report.
 """
 
@@ -123,15 +125,30 @@ async def _run(url: str, requests: int, concurrency: int, headers: dict[str, str
                 counts["wrong_answers"] += 1
                 wrong.append(f"{endpoint} expected {expected}: {response.status_code} {response.text[:200]}")
 
+        # In rounds, memory sampled after each: growth must stop once allocators have seen full concurrency.
+        rounds = max(2, min(8, requests // 250))
+        samples = []
         started = time.perf_counter()
-        await asyncio.gather(*(one(*item) for item in plan))
+        for index in range(rounds):
+            await asyncio.gather(*(one(*item) for item in plan[index::rounds]))
+            samples.append(server_rss_mib(url))
         counts["seconds"] = round(time.perf_counter() - started, 2)
         counts["requests_per_s"] = round(requests / counts["seconds"], 1)
-        counts["rss_end_mib"] = server_rss_mib(url)
+        counts["rss_mib_per_round"] = [round(v, 1) for v in samples if v is not None]
+        counts["rss_end_mib"] = samples[-1]
+        if samples[0] is not None:
+            half = samples[len(samples) // 2 - 1] if len(samples) > 2 else samples[0]
+            counts["rss_growth_second_half_mib"] = round(samples[-1] - half, 1)
         ready = await client.get("/readyz")
         counts["ready_after"] = ready.status_code == 200
     counts["examples_of_wrong"] = wrong[:5]
     return counts
+
+
+def memory_stable(report: dict, tolerance_mib: float = 40.0) -> bool:
+    """Resident memory stopped growing: the second half of the rounds added at most `tolerance_mib`."""
+    growth = report.get("rss_growth_second_half_mib")
+    return growth is None or growth <= tolerance_mib
 
 
 def soak(url: str, requests: int = 3000, concurrency: int = 32, headers: dict[str, str] | None = None) -> dict:
@@ -155,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             report = soak(url, args.requests, args.concurrency, headers)
     print(json.dumps(report, indent=2))
     ok = (report["server_errors"] == report["wrong_answers"] == report["transport_errors"] == 0
-          and report["good_ok"] == report["good"])
+          and report["good_ok"] == report["good"] and memory_stable(report))
     return 0 if ok else 1
 
 
