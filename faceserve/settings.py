@@ -26,7 +26,7 @@ class Limits:
     max_frames: int = 100
     max_concurrency: int = 64
     url_max_bytes: int = 10 * 1024 * 1024
-    url_timeout_s: int = 10
+    url_timeout_s: float = 10.0
     url_max_redirects: int = 3
 
     @property
@@ -49,7 +49,7 @@ class Settings:
     def from_env(cls) -> "Settings":
         defaults = Limits()
         limits = Limits(**{
-            f.name: int(_env(f.name.upper(), str(getattr(defaults, f.name))))
+            f.name: type(getattr(defaults, f.name))(_env(f.name.upper(), str(getattr(defaults, f.name))))
             for f in dataclasses.fields(Limits)
         })
         return cls(
