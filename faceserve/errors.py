@@ -56,5 +56,31 @@ class BackendUnavailable(FaceserveError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+# ---- fetching an image by URL ----
+
+class InvalidUrl(FaceserveError):
+    status, code = 400, "invalid_url"
+
+
+class UrlForbidden(FaceserveError):
+    status, code = 403, "url_forbidden"
+
+
+class UrlTooLarge(FaceserveError):
+    status, code = 413, "url_too_large"
+
+
+class UrlFetchFailed(FaceserveError):
+    status, code = 422, "url_fetch_failed"
+
+
+class UrlTimeout(FaceserveError):
+    status, code = 422, "url_timeout"
+
+
+class UrlNotImage(FaceserveError):
+    status, code = 415, "url_not_image"
+
+
 class BackendMismatch(Exception):
     """The backend serves a model whose inputs/outputs differ from what the pipeline sends."""

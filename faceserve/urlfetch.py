@@ -25,36 +25,13 @@ from urllib.parse import urljoin
 import httpcore
 import httpx
 
-from faceserve.errors import FaceserveError
+from faceserve.errors import (FaceserveError, InvalidUrl, UrlFetchFailed, UrlForbidden, UrlNotImage,  # noqa: F401
+                              UrlTimeout, UrlTooLarge)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IMAGE_TYPES = ("image/",)
 GENERIC_TYPES = ("application/octet-stream", "binary/octet-stream")
-
-
-class InvalidUrl(FaceserveError):
-    status, code = 400, "invalid_url"
-
-
-class UrlForbidden(FaceserveError):
-    status, code = 403, "url_forbidden"
-
-
-class UrlTooLarge(FaceserveError):
-    status, code = 413, "url_too_large"
-
-
-class UrlFetchFailed(FaceserveError):
-    status, code = 422, "url_fetch_failed"
-
-
-class UrlTimeout(FaceserveError):
-    status, code = 422, "url_timeout"
-
-
-class UrlNotImage(FaceserveError):
-    status, code = 415, "url_not_image"
 
 
 @dataclass(frozen=True)
