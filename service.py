@@ -94,8 +94,7 @@ class FaceAnalysis:
     async def rotate(self, image: ImageFile = None, image_base64: str | None = None,
                      image_url: str | None = None, degrees: int = 90, format: ImageFormat = "png") -> ImageOut:
         """The image rotated counter-clockwise by a multiple of 90 degrees."""
-        if degrees % 90:
-            raise LimitExceeded(f"degrees must be a multiple of 90, got {degrees}", code="invalid_rotation")
+        imaging.check_rotation(degrees)  # before the image is decoded
         pixels = await self.runtime.image(image, image_base64, image_url)
         return Response(imaging.encode(imaging.rotate(pixels, degrees), format), media_type=f"image/{format}")
 

@@ -95,11 +95,15 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB")))
 
 
-def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
-    """Rotate counter-clockwise by a multiple of 90 degrees."""
+def check_rotation(degrees: int) -> None:
     if degrees % 90:
         raise LimitExceeded(f"rotation must be a multiple of 90 degrees, got {degrees}",
                             code="invalid_rotation")
+
+
+def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
+    """Rotate counter-clockwise by a multiple of 90 degrees."""
+    check_rotation(degrees)
     return np.ascontiguousarray(np.rot90(image, k=(degrees // 90) % 4))
 
 

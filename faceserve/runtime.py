@@ -14,7 +14,6 @@ import numpy as np
 from faceserve import imaging, inputs
 from faceserve.backends import create
 from faceserve.detection import DEFAULT_DETECTOR
-from faceserve.errors import BackendUnavailable
 from faceserve.pipeline import Pipeline, Repository
 from faceserve.schemas import ModelsInfo
 from faceserve.settings import Settings
@@ -73,5 +72,3 @@ class Runtime:
     async def close(self) -> None:
         await self.pipeline.backend.close()
 
-
-__all__ = ["Runtime", "BackendUnavailable"]
