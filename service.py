@@ -19,7 +19,8 @@ from starlette.responses import Response
 from faceserve import imaging
 from faceserve.errors import LimitExceeded
 from faceserve.auth import ApiKeyMiddleware
-from faceserve.http import ConcurrencyLimitMiddleware, ErrorShapeMiddleware, UploadGuardMiddleware, json_errors
+from faceserve.http import (ConcurrencyLimitMiddleware, ErrorShapeMiddleware, KeepAliveLimitMiddleware,
+                            UploadGuardMiddleware, json_errors)
 from faceserve.runtime import Runtime
 from faceserve.schemas import Analysis, BatchAnalysis, Classification, ModelsInfo
 from faceserve.settings import Settings
@@ -36,6 +37,7 @@ _settings = Settings.from_env()
     name="faceserve",
     traffic={"timeout": 30},  # concurrency: ConcurrencyLimitMiddleware (FACESERVE_MAX_CONCURRENCY), 503 + Retry-After
     resources={"cpu": "2"},
+    workers=_settings.workers,
     http={"host": "127.0.0.1"},
 )
 class FaceAnalysis:
@@ -110,7 +112,10 @@ def caption(face) -> str:
     return ", ".join(p for p in parts if p)
 
 
-# Outermost first: body limit and error shape, API keys, concurrency limit, BentoML's own URL downloads closed.
+# Outermost first: connections spread over workers, body limit and error shape, API keys, concurrency limit,
+# BentoML's own URL downloads closed.
+if _settings.workers > 1 and _settings.keepalive_requests > 0:
+    FaceAnalysis.add_asgi_middleware(KeepAliveLimitMiddleware, max_requests=_settings.keepalive_requests)
 FaceAnalysis.add_asgi_middleware(ErrorShapeMiddleware, max_body_bytes=_settings.limits.max_body_bytes)
 if _settings.api_keys:
     FaceAnalysis.add_asgi_middleware(ApiKeyMiddleware, keys=_settings.api_keys)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import logging
 import os
@@ -66,11 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--workload", choices=("single", "multi", "mixed"), default="single")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<date>")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=None,
+                        help="override the concurrency sweep (service and heads scenarios alike)")
+    parser.add_argument("--duration", type=float, default=None, help="override the measured seconds per point")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     cfg = QUICK if args.quick else FULL
+    if args.concurrency:
+        cfg = dataclasses.replace(cfg, concurrencies=tuple(args.concurrency),
+                                  head_concurrencies=tuple(args.concurrency))
+    if args.duration:
+        cfg = dataclasses.replace(cfg, duration_s=args.duration, head_duration_s=args.duration)
     out = (args.out or HERE / "results" / datetime.date.today().isoformat()).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     count, close = count_faces_with_blazeface()

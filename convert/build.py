@@ -17,10 +17,13 @@ from faceserve.spec import (CONFIG_FILE, GPU_CONFIG_FILE, LABELS_FILE, MODEL_FIL
 log = logging.getLogger("convert")
 
 # Bump when a change here changes what is written for the same manifest entry.
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
 BUILD_RECORD = "build.json"
 DEFAULT_MAX_BATCH = 64
-DEFAULT_QUEUE_DELAY_US = 2000
+# On CPU an image costs the same or more in a bigger batch (benchmarks/README.md, "Batch size on CPU"):
+# batches only save per-call overhead, so they stop at 8 rows and wait for nobody.
+DEFAULT_QUEUE_DELAY_US = 0
+DEFAULT_PREFERRED_BATCH_SIZES = (8,)
 
 
 @dataclasses.dataclass
@@ -52,6 +55,8 @@ def spec_for(entry: dict, input_shape: tuple[int, int, int], output_dims: list[t
         source=source, sha256=entry.get("sha256", ""),
         version=entry.get("version", "1"),
         queue_delay_us=int(entry.get("queue_delay_us", DEFAULT_QUEUE_DELAY_US)),
+        preferred_batch_sizes=tuple(int(n) for n in entry.get("preferred_batch_sizes",
+                                                              DEFAULT_PREFERRED_BATCH_SIZES)),
         score_threshold=float(entry.get("score_threshold", 0.5)),
         nms_iou=float(entry.get("nms_iou", 0.3)),
     )

@@ -57,7 +57,7 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
     try:
         image.seek(0)
         image.load()
-        image = ImageOps.exif_transpose(image) or image
+        ImageOps.exif_transpose(image, in_place=True)  # no copy unless an orientation tag says so
         return _to_rgb(image)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from None
@@ -92,7 +92,8 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    # np.asarray makes the one copy; convert() would add another even for an RGB image
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def check_rotation(degrees: int) -> None:

@@ -93,8 +93,7 @@ class Pipeline:
                                 code="too_many_faces")
         heads = self.repository.heads
         boxes = [d.box for d in detections]
-        answers = await asyncio.gather(*(self._head(spec, image, boxes) for spec in heads.values()))
-        per_task = dict(zip(heads, answers))
+        per_task = await self._heads(heads, image, boxes)
         faces = []
         for i, d in enumerate(detections):
             face = {task: per_task[task][i] for task in per_task}
@@ -114,12 +113,16 @@ class Pipeline:
                         "heads": round((finished - detected) * 1e3, 3)},
         )
 
-    async def _head(self, spec: ModelSpec, image: np.ndarray, boxes: list) -> list:
+    async def _heads(self, heads: dict[str, ModelSpec], image: np.ndarray, boxes: list) -> dict[str, list]:
+        """Each head's answers per box; every crop is cut in one worker-thread hop, then the heads run at once."""
         if not boxes:
-            return []
-        batch = await asyncio.to_thread(preprocess.face_batch, image, boxes, spec)
-        outputs = await self.backend.infer(spec, batch)
-        return postprocess.decode_head(spec, outputs[spec.output_names[0]])
+            return {task: [] for task in heads}
+        batches = await asyncio.to_thread(
+            lambda: [preprocess.face_batch(image, boxes, spec) for spec in heads.values()])
+        outputs = await asyncio.gather(*(self.backend.infer(spec, batch)
+                                         for spec, batch in zip(heads.values(), batches)))
+        return {task: postprocess.decode_head(spec, out[spec.output_names[0]])
+                for (task, spec), out in zip(heads.items(), outputs)}
 
     async def classify(self, image: np.ndarray, model: str | None, top_k: int) -> Classification:
         available = self.repository.classifiers

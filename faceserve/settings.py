@@ -39,6 +39,8 @@ class Settings:
     repository: Path
     backend: str  # "onnxruntime" or a Triton URL (grpc://host:8001, http://host:8000)
     ort_threads: int
+    workers: int  # service processes; each holds its own sessions and batchers
+    keepalive_requests: int  # with several workers: requests per client connection before it is closed
     backend_timeout_s: float
     limits: Limits
     url_fetch: bool = False  # FACESERVE_URL_FETCH=1 enables `image_url`
@@ -56,6 +58,8 @@ class Settings:
             repository=Path(_env("MODEL_REPOSITORY", str(PROJECT_ROOT / "model_repository"))),
             backend=_env("BACKEND", "onnxruntime"),
             ort_threads=int(_env("ORT_THREADS", "1")),
+            workers=int(_env("WORKERS", "2")),
+            keepalive_requests=int(_env("KEEPALIVE_REQUESTS", "32")),
             backend_timeout_s=float(_env("BACKEND_TIMEOUT_S", "10")),
             limits=limits,
             url_fetch=_env("URL_FETCH", "0").lower() in ("1", "true", "yes", "on"),

@@ -22,6 +22,7 @@ Colour = Literal["gray", "rgb", "bgr"]
 
 CONFIG_FILE = "config.pbtxt"
 GPU_CONFIG_FILE = "configs/gpu.pbtxt"
+GPU_QUEUE_DELAY_US = 2000
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.onnx"
 INPUT_NAME = "input"
@@ -66,6 +67,7 @@ class ModelSpec:
     sha256: str = ""
     version: str = "1"
     queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()  # a batch this large runs at once (Triton's preferred_batch_size)
     score_threshold: float = 0.5  # detectors: keep boxes scoring above this
     nms_iou: float = 0.3  # detectors: suppress overlaps above this IoU
 
@@ -141,6 +143,7 @@ class ModelSpec:
             sha256=params.get("sha256", ""),
             version=params.get("version", "1"),
             queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds,
+            preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
             score_threshold=float(params.get("score_threshold", "0.5")),
             nms_iou=float(params.get("nms_iou", "0.3")),
         )
@@ -165,7 +168,11 @@ class ModelSpec:
             output = config.output.add(name=name, data_type=mc.TYPE_FP32, dims=list(dims))
             if index == 0 and self.labels:
                 output.label_filename = LABELS_FILE
-        config.dynamic_batching.max_queue_delay_microseconds = self.queue_delay_us
+        if gpu:  # a GPU's cost per image falls with the batch: let batches grow, up to max_batch_size
+            config.dynamic_batching.max_queue_delay_microseconds = GPU_QUEUE_DELAY_US
+        else:
+            config.dynamic_batching.max_queue_delay_microseconds = self.queue_delay_us
+            config.dynamic_batching.preferred_batch_size.extend(self.preferred_batch_sizes)
         config.instance_group.add(
             kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
             count=instances,

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from faceserve.spec import CONFIG_FILE, GPU_CONFIG_FILE, ModelSpec, model_dirs, read_config
+from faceserve.spec import CONFIG_FILE, GPU_CONFIG_FILE, GPU_QUEUE_DELAY_US, ModelSpec, model_dirs, read_config
 from tests.support import ROOT
 
 MANIFEST = tomllib.loads((ROOT / "convert" / "manifest.toml").read_text())
@@ -44,7 +44,13 @@ def test_configs_use_dynamic_batching_and_omit_batch_dim(repository):
         cpu = read_config(model_dir / CONFIG_FILE)
         gpu = read_config(model_dir / GPU_CONFIG_FILE)
         assert cpu.platform == gpu.platform == "onnxruntime_onnx"
-        assert cpu.max_batch_size >= 16 and cpu.dynamic_batching.max_queue_delay_microseconds > 0
+        assert cpu.max_batch_size >= 16
+        # CPU: batches stop at 8 rows and wait for nobody; GPU: batches may grow for 2 ms
+        assert cpu.WhichOneof("scheduling_choice") == gpu.WhichOneof("scheduling_choice") == "dynamic_batching"
+        assert list(cpu.dynamic_batching.preferred_batch_size) == [8]
+        assert cpu.dynamic_batching.max_queue_delay_microseconds == 0
+        assert list(gpu.dynamic_batching.preferred_batch_size) == []
+        assert gpu.dynamic_batching.max_queue_delay_microseconds == GPU_QUEUE_DELAY_US == 2000
         assert [g.kind for g in cpu.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
         assert [g.kind for g in gpu.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
         spec = ModelSpec.load(model_dir)

@@ -94,7 +94,9 @@ def test_server_loads_every_default_model(triton, specs):
         config = client.get_model_config(name)
         assert config["backend"] == "python"
         assert config["max_batch_size"] == specs[name].max_batch_size
-        assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == specs[name].queue_delay_us
+        batching = config["dynamic_batching"]
+        assert int(batching.get("max_queue_delay_microseconds", 0)) == specs[name].queue_delay_us
+        assert [int(n) for n in batching.get("preferred_batch_size", [])] == list(specs[name].preferred_batch_sizes)
 
 
 def test_server_environment_has_numpy_below_2():

@@ -1,9 +1,10 @@
 """Dynamic batching for the embedded backend, configured like Triton's.
 
 Requests for one model wait in a queue; a worker takes the first, gathers more
-until max_batch_size rows or max_queue_delay has passed, runs them as one batch
-in a thread and hands each caller its own rows back. Concurrent requests
-therefore share model calls, as they do behind Triton.
+until the largest preferred batch size (else max_batch_size) is reached or
+max_queue_delay has passed, runs them as one batch in a thread and hands each
+caller its own rows back. Concurrent requests therefore share model calls, as
+they do behind Triton.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ class _Pending:
 
 class DynamicBatcher:
     def __init__(self, run: RunBatch, executor: Executor, *, max_batch_size: int,
-                 max_queue_delay_s: float, instances: int = 1):
+                 max_queue_delay_s: float, preferred_batch_sizes: tuple[int, ...] = (), instances: int = 1):
         self._run = run
         self._executor = executor
         self._max_rows = max_batch_size
+        self._enough_rows = min(max(preferred_batch_sizes, default=max_batch_size), max_batch_size)
         self._delay = max_queue_delay_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._carry: list[_Pending] = []
@@ -46,7 +48,7 @@ class DynamicBatcher:
         first = self._carry.pop() if self._carry else await self._queue.get()
         group, count = [first], len(first.rows)
         deadline = asyncio.get_running_loop().time() + self._delay
-        while count < self._max_rows:
+        while count < self._enough_rows:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:

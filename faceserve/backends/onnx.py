@@ -54,7 +54,7 @@ class OnnxRuntimeBackend(Backend):
             delay_us = int(delay_override) if delay_override else spec.queue_delay_us
             self._batchers[name] = DynamicBatcher(
                 self._runner(spec, session), self._executor, max_batch_size=spec.max_batch_size,
-                max_queue_delay_s=delay_us / 1e6)
+                max_queue_delay_s=delay_us / 1e6, preferred_batch_sizes=spec.preferred_batch_sizes)
 
     @staticmethod
     def _runner(spec: ModelSpec, session: ort.InferenceSession):
