@@ -7,7 +7,7 @@ from pathlib import Path
 
 SERVICES = ("service-embedded", "service-triton-grpc", "service-triton-http")
 COLUMNS = ("scenario", "variant", "workload", "c", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-           "mean batch", "peak RSS MB per process", "CPU %")
+           "mean batch", "peak RSS MB per process", "CPU %", "server CPU ms/req")
 
 
 def _find(rows, scenario, c, variant=""):
@@ -84,6 +84,13 @@ def _rss(peaks: dict) -> str:
     return ", ".join(f"{k.split('#')[0]} {v:.0f}" for k, v in sorted(peaks.items(), key=lambda kv: -kv[1])[:4])
 
 
+def _cpu_ms(row: dict) -> float | None:
+    """CPU time the measured processes spent per request (load generators excluded)."""
+    if not row.get("cpu_percent") or not row.get("throughput"):
+        return None
+    return row["cpu_percent"] * 10 / row["throughput"]
+
+
 def markdown(report: dict) -> str:
     lines = [f"# faceserve benchmarks — {report['meta']['date']}", "",
              f"Command: `{report['meta']['command']}`  ", f"Machine: {report['meta']['machine']}  ",
@@ -95,7 +102,7 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join([
             r["scenario"], r["variant"] or "", r["workload"], str(r["concurrency"]), _fmt(r["throughput"]),
             _fmt(r["p50_ms"]), _fmt(r["p95_ms"]), _fmt(r["p99_ms"]), str(r["errors"]), _fmt(r.get("mean_batch"), 2),
-            _rss(r.get("peak_rss_mb", {})), _fmt(r.get("cpu_percent"), 0)]) + " |")
+            _rss(r.get("peak_rss_mb", {})), _fmt(r.get("cpu_percent"), 0), _fmt(_cpu_ms(r), 2)]) + " |")
     lines += ["", "## Scenarios", ""]
     for name, s in report["scenarios"].items():
         extra = "; ".join(f"{k}: {v}" for k, v in s.get("info", {}).items())
@@ -113,6 +120,15 @@ def markdown(report: dict) -> str:
         for image in det[0]["ms_by_image"]:
             lines.append(f"| {image} | " + " | ".join(
                 f"{r['ms_by_image'][image]} ms, {r['faces_by_image'][image]} faces" for r in det) + " |")
+    cost = [r for r in report["rows"] if r["scenario"] == "batch-cost"]
+    if cost:
+        sizes = sorted({int(r["mean_batch"]) for r in cost})
+        models = sorted({r["variant"].split("/")[0] for r in cost})
+        lines += ["", "## onnxruntime ms per image by batch size (1 thread, model alone)", "",
+                  "| model | " + " | ".join(f"batch {n}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for model in models:
+            by_size = {int(r["mean_batch"]): r["ms_per_image"] for r in cost if r["variant"].startswith(model + "/")}
+            lines.append(f"| {model} | " + " | ".join(_fmt(by_size.get(n), 3) for n in sizes) + " |")
     lines += ["", "Plots: `throughput.png`, `p99.png`.", ""]
     return "\n".join(lines)
 
@@ -124,7 +140,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
 
     series: dict[str, list[dict]] = {}
     for r in rows:
-        if r["scenario"] != "detectors":
+        if r["scenario"] not in ("detectors", "batch-cost"):
             series.setdefault(r["scenario"] + (f" {r['variant']}" if r["variant"] else ""), []).append(r)
     written = []
     for key, label, file in (("throughput", "throughput (requests/s)", "throughput.png"),

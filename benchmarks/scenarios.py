@@ -212,11 +212,13 @@ def triton_heads(ctx: Context) -> list[dict]:
             async def sweep():
                 client = grpcclient.InferenceServerClient(triton.grpc_url)
                 out = [grpcclient.InferRequestedOutput(spec.output_names[0])]
+                inputs = []  # serialised once, as perf_analyzer does: the client should cost the server no CPU
+                for crop in crops:
+                    inputs.append(grpcclient.InferInput(spec.input_name, list(crop.shape), "FP32"))
+                    inputs[-1].set_data_from_numpy(crop)
 
                 async def call(i: int):
-                    inp = grpcclient.InferInput(spec.input_name, list(crops[i % len(crops)].shape), "FP32")
-                    inp.set_data_from_numpy(crops[i % len(crops)])
-                    await client.infer(head, [inp], outputs=out)
+                    await client.infer(head, [inputs[i % len(inputs)]], outputs=out)
                 for c in cfg.head_concurrencies:
                     before = triton_counts(triton.metrics_url)
                     with TreeMonitor(pids) if pids else contextlib.nullcontext() as mon:
@@ -285,6 +287,43 @@ def detectors(ctx: Context) -> list[dict]:
     return rows
 
 
+BATCH_SIZES = (1, 4, 8, 16, 32)
+
+
+def batch_cost(ctx: Context) -> list[dict]:
+    """Each model alone in onnxruntime (1 intra-op thread): time per image at each batch size.
+
+    Throughput here is images/s and latency is per batch. It says what batching can buy on
+    this hardware before any server is involved.
+    """
+    import onnxruntime as ort
+
+    from faceserve.pipeline import Repository
+    from faceserve.settings import Settings
+
+    repository = Repository.load(Settings.from_env().repository)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    seconds = max(0.3, ctx.config.duration_s / 8)
+    rows = []
+    for name, spec in repository.specs.items():
+        session = ort.InferenceSession(str(repository.path / name / "1" / "model.onnx"), options,
+                                       providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        for size in BATCH_SIZES:
+            batch = rng.uniform(-1, 1, (size, *spec.input_shape)).astype(np.float32)
+            feed = {spec.input_name: batch}
+            session.run(None, feed)  # warm-up
+            result = loadgen.timed_per_item(lambda _: session.run(None, feed), 1, seconds)
+            result["throughput"] = round(result["throughput"] * size, 2)
+            rows.append({**ctx.row("batch-cost", 1, result, variant=f"{name}/batch-{size}", mean_batch=float(size),
+                                   peak_rss_mb={}, cpu_percent=None),
+                         "workload": "random", "ms_per_image": round(result["p50_ms"] / size, 3)})
+    ctx.advance("batch-cost")
+    return rows
+
+
 SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "inprocess": inprocess,
     "service-embedded": service_embedded,
@@ -293,6 +332,7 @@ SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "triton-heads": triton_heads,
     "seed-baseline": seed_baseline,
     "detectors": detectors,
+    "batch-cost": batch_cost,
 }
 
 
@@ -302,4 +342,6 @@ def runs_in(name: str, cfg: Config) -> int:
         return 2 * len(cfg.heads) * len(cfg.head_concurrencies)
     if name == "detectors":
         return 2
+    if name == "batch-cost":
+        return 1
     return len(cfg.concurrencies)

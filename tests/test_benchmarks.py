@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["inprocess", "service-embedded", "service-triton-grpc", "service-triton-http", "triton-heads",
-             "seed-baseline", "detectors"]
+             "seed-baseline", "detectors", "batch-cost"]
 ROW_KEYS = {"scenario", "variant", "workload", "concurrency", "throughput", "p50_ms", "p95_ms", "p99_ms",
             "requests", "errors", "mean_batch", "peak_rss_mb", "cpu_percent"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
