@@ -68,12 +68,16 @@ def launch(command: list[str], port: int, ready_path: str, log: Path, env: dict[
         handle.close()
 
 
+def bentoml_log(log_dir: Path, port: int) -> Path:
+    return log_dir / f"bentoml-{port}.log"
+
+
 def bentoml_serve(log_dir: Path, env: dict[str, str] | None = None, *, ready_path: str = "/readyz",
                   timeout: float = 180.0):
     """`bentoml serve service:FaceAnalysis` on a free 127.0.0.1 port (also the tests' server)."""
     port = free_port()
     return launch([str(BIN / "bentoml"), "serve", "service:FaceAnalysis", "--host", "127.0.0.1",
-                   "--port", str(port)], port, ready_path, log_dir / f"bentoml-{port}.log", env, timeout)
+                   "--port", str(port)], port, ready_path, bentoml_log(log_dir, port), env, timeout)
 
 
 def seed_gunicorn(log_dir: Path, workers: int, threads: int):

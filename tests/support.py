@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image
@@ -17,6 +18,7 @@ from benchmarks.servers import free_port  # noqa: F401  (tests import it from he
 
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML = Path(sys.executable).with_name("bentoml")
+LOG_DIR = Path(os.environ.get("FACESERVE_TEST_LOG_DIR", "/tmp"))
 
 
 def jpeg(image: np.ndarray, quality: int = 92, exif: Image.Exif | None = None) -> bytes:
@@ -38,7 +40,11 @@ def serve(env: dict[str, str] | None = None, *, ready_timeout: float = 90.0,
 
     Stops the whole process group afterwards, so no worker outlives the test.
     """
-    log_dir = Path(os.environ.get("FACESERVE_TEST_LOG_DIR", "/tmp"))
-    with servers.bentoml_serve(log_dir, env, ready_path="/readyz" if wait_ready else "/livez",
+    with servers.bentoml_serve(LOG_DIR, env, ready_path="/readyz" if wait_ready else "/livez",
                                timeout=ready_timeout) as server:
         yield server.url
+
+
+def serve_log(url: str) -> Path:
+    """The log file of the server `serve` started at `url`."""
+    return servers.bentoml_log(LOG_DIR, urlparse(url).port)

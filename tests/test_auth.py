@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from urllib.parse import urlparse
 
 import httpx
 import pytest
 
 from faceserve.auth import ApiKeyMiddleware, presented_key
 from tests.hostile_corpus import good_jpeg
-from tests.support import serve
+from tests.support import serve, serve_log
 
 KEY = "fs-test-key-7f3a9c0d51b2e8"
 FILE_KEY = "fs-file-key-0b6e4d2a93c1"
@@ -64,8 +62,7 @@ def test_health_and_metrics_open_docs_not(server):
 def test_keys_never_logged(server):
     httpx.post(f"{server}/analyze", headers={"X-API-Key": KEY}, timeout=30, **upload())
     httpx.post(f"{server}/analyze", headers={"X-API-Key": "wrong-guess-123"}, timeout=30)
-    log = os.environ.get("FACESERVE_TEST_LOG_DIR", "/tmp") + f"/faceserve-serve-{urlparse(server).port}.log"
-    text = open(log).read()
+    text = serve_log(server).read_text()
     assert "refused POST /analyze: wrong API key" in text or "401" in text
     for secret in (KEY, FILE_KEY, "wrong-guess-123"):
         assert secret not in text
