@@ -23,7 +23,7 @@ repository: env
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m convert build
 
 serve: repository
-	$(BIN)/bentoml serve service:FaceAnalysis --host $(HOST) --port $(PORT)
+	MALLOC_ARENA_MAX=2 $(BIN)/bentoml serve service:FaceAnalysis --host $(HOST) --port $(PORT)
 
 test: repository
 	$(BIN)/python -m pytest -q tests

@@ -39,6 +39,7 @@ def test_bento_builds(kind, repository, tmp_path_factory):
     assert "nvidia-pytriton" not in packages
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
     envs = {e["name"]: e["value"] for e in manifest["envs"]}
+    assert envs["MALLOC_ARENA_MAX"] == "2"
     source = bento / "src"
     assert (source / "service.py").is_file() and not (source / "faceserve" / "triton_local").exists()
     for name in MODELS:  # the service reads its model specs from the repository in either case
