@@ -10,11 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from faceserve import imaging, photos, preprocess
 from faceserve.backends import create
 from faceserve.detection import Letterbox, blazeface_anchors, decode_blazeface, letterbox
+from faceserve.errors import InvalidImage
 from faceserve.pipeline import Pipeline, Repository
 from faceserve.spec import CropRecipe, ModelSpec
 from tests.support import ROOT, jpeg
@@ -120,6 +121,26 @@ def test_decode_applies_exif_and_drops_alpha():
     buffer = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buffer, "PNG")
     assert imaging.decode(buffer.getvalue()).min() == 255
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_fast_path_gives_pillows_pixels(orientation):
+    """Colour JPEGs are decoded by OpenCV: the same pixels and orientation as Pillow's own path."""
+    photo = photos.grace_hopper()  # not square, so a wrong rotation changes the shape
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = jpeg(photo, exif=exif)
+    fast = imaging.decode(data)
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    assert fast.shape == expected.shape and np.array_equal(fast, expected)
+
+
+def test_truncated_jpeg_is_refused_not_decoded_grey():
+    data = jpeg(photos.grace_hopper())
+    with pytest.raises(InvalidImage, match="corrupt or truncated"):
+        imaging.decode(data[: len(data) // 2])
 
 
 # ---- real models, real photos ---------------------------------------------------------------
