@@ -247,3 +247,22 @@ def test_triton_killed_then_restarted_service_recovers(triton, triton_service):
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["faces"]) == 1
     assert httpx.get(f"{triton_service}/readyz", timeout=10).status_code == 200
+
+
+def test_triton_up_but_one_model_missing(repository, specs):
+    """Triton answers but does not serve `age`: not ready, and `analyze` is a 503 naming the model."""
+    served = [name for name in specs if name != "age"]
+    with LocalTriton(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                     models=served) as partial:
+        assert sorted(partial.models) == sorted(served)
+        with serve({"FACESERVE_BACKEND": f"grpc://{partial.grpc_url}", "FACESERVE_BACKEND_TIMEOUT_S": "3"},
+                   wait_ready=False) as url:
+            assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+            response = analyze(url, photos.astronaut())
+            assert response.status_code == 503, response.text
+            body = response.json()
+            assert body["error"] == "backend_unavailable"
+            assert "unknown model: 'age'" in body["message"]  # Triton's own words, passed on
+            assert response.headers.get("retry-after")
+            models = httpx.post(f"{url}/models", json={}, timeout=10)
+            assert models.status_code == 200 and "age" in {m["name"] for m in models.json()["models"]}
