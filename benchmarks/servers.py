@@ -81,7 +81,8 @@ def bentoml_serve(log_dir: Path, env: dict[str, str] | None = None, *, ready_pat
     """`bentoml serve service:FaceAnalysis` on a free 127.0.0.1 port (also the tests' server)."""
     port = free_port()
     return launch([str(BIN / "bentoml"), "serve", "service:FaceAnalysis", "--host", "127.0.0.1",
-                   "--port", str(port)], port, ready_path, bentoml_log(log_dir, port), {**DEPLOYED_ENV, **(env or {})}, timeout)
+                   "--port", str(port)], port, ready_path, bentoml_log(log_dir, port),
+                  {**DEPLOYED_ENV, **(env or {})}, timeout)
 
 
 def seed_gunicorn(log_dir: Path, workers: int, threads: int):

@@ -20,7 +20,7 @@ log = logging.getLogger("convert")
 CONVERTER_VERSION = "2"
 BUILD_RECORD = "build.json"
 DEFAULT_MAX_BATCH = 64
-# On CPU an image costs the same or more in a bigger batch (benchmarks/README.md, "Batch size on CPU"):
+# On CPU an image costs the same or more in a bigger batch (benchmarks/README.md, the `batch-cost` table):
 # batches only save per-call overhead, so they stop at 8 rows and wait for nobody.
 DEFAULT_QUEUE_DELAY_US = 0
 DEFAULT_PREFERRED_BATCH_SIZES = (8,)

@@ -199,7 +199,7 @@ class UploadGuardMiddleware:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        problem = await self._problem(scope, body)
+        problem = self._problem(scope, body)
         if problem:
             response = JSONResponse({"error": "invalid_request", "message": problem}, status_code=400)
             return await response(scope, receive, send)
@@ -214,15 +214,14 @@ class UploadGuardMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _problem(self, scope, body: bytes) -> str | None:
+    def _problem(self, scope, body: bytes) -> str | None:
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
         kind, options = parse_options_header(content_type)
         if kind == b"application/x-www-form-urlencoded":  # every field of such a form is text
             text_fields = {name for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True)}
         elif kind == b"multipart/form-data":
-            text_fields = set()
             try:
-                _MultipartTextFields(options[b"boundary"], text_fields).feed(body)
+                text_fields = _MultipartTextFields(options[b"boundary"]).feed(body)
             except Exception as exc:  # malformed form: BentoML would answer it with a 500
                 return f"the form body cannot be parsed: {exc}"
         else:
@@ -244,16 +243,17 @@ class _MultipartTextFields:
     copied or spooled, which costs a fraction of a full `Request.form()`.
     """
 
-    def __init__(self, boundary: bytes, found: set[str]):
-        self.found = found
+    def __init__(self, boundary: bytes):
+        self._found: set[str] = set()
         self._field, self._value, self._disposition = b"", b"", b""
         self._parser = MultipartParser(boundary, {
             "on_header_field": self._on_field, "on_header_value": self._on_value,
             "on_header_end": self._on_header_end, "on_headers_finished": self._on_headers_finished})
 
-    def feed(self, body: bytes) -> None:
+    def feed(self, body: bytes) -> set[str]:
         self._parser.write(body)
         self._parser.finalize()
+        return self._found
 
     def _on_field(self, data, start, end):
         self._field += data[start:end]
@@ -271,7 +271,7 @@ class _MultipartTextFields:
         if b"name" not in options:
             raise ValueError('a part has no Content-Disposition "name"')
         if b"filename" not in options:
-            self.found.add(options[b"name"].decode("utf-8", "replace"))
+            self._found.add(options[b"name"].decode("utf-8", "replace"))
         self._disposition = b""
 
 
@@ -296,9 +296,10 @@ class KeepAliveLimitMiddleware:
         client = scope.get("client")
         if scope["type"] != "http" or not client:
             return await self.app(scope, receive, send)
-        served = self._served.pop(tuple(client), 0) + 1
+        connection = tuple(client)
+        served = self._served.pop(connection, 0) + 1
         if served < self.max_requests:
-            self._served[tuple(client)] = served
+            self._served[connection] = served
             if len(self._served) > self.TRACKED:
                 self._served.popitem(last=False)
             return await self.app(scope, receive, send)
