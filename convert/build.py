@@ -11,8 +11,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from convert import artifacts
+from convert.parity import DEFAULT_RAW_TOLERANCE, DEFAULT_TOLERANCE
 from faceserve.spec import (CONFIG_FILE, GPU_CONFIG_FILE, LABELS_FILE, MODEL_FILE, CropRecipe,
-                            ModelSpec, write_config)
+                            ModelSpec, SpecError, write_config)
 
 log = logging.getLogger("convert")
 
@@ -86,8 +87,9 @@ def write_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes, reco
     (version_dir / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def build_one(entry: dict, repository: Path, tolerance: float, force: bool) -> BuildResult:
-    from convert import export, parity  # TensorFlow is imported only when something is built
+def build_one(entry: dict, repository: Path, tolerance: float, force: bool,
+              raw_tolerance: float = DEFAULT_RAW_TOLERANCE) -> BuildResult:
+    from convert import export  # TensorFlow is imported only when something is built
 
     name = entry["name"]
     model_dir = repository / name
@@ -99,32 +101,45 @@ def build_one(entry: dict, repository: Path, tolerance: float, force: bool) -> B
     except artifacts.ArtifactUnavailable as exc:
         return BuildResult(name, "skipped", str(exc))
     source = export.load(entry.get("format") or export.guess_format(path), path, list(entry["outputs"]))
+    return build_from_source(entry, source, model_dir, digest, tolerance=tolerance, raw_tolerance=raw_tolerance)
+
+
+def build_from_source(entry: dict, source, model_dir: Path, digest: str, *, tolerance: float,
+                      raw_tolerance: float) -> BuildResult:
+    """Check a converted model (`export.SourceModel`) and write its folder, or refuse and write nothing."""
+    from convert import parity
+
+    name = entry["name"]
     output_dims = [
         tuple(int(d.dim_value) for d in o.type.tensor_type.shape.dim[1:])
         for o in source.onnx_model.graph.output
     ]
     spec = spec_for(entry, source.input_shape, output_dims, artifacts.describe(entry["source"]))
+    try:
+        spec.check_labels()
+    except SpecError as exc:
+        return BuildResult(name, "failed", f"refusing to write {name}: {exc}")
     onnx_bytes = source.onnx_model.SerializeToString()
     result = parity.check(spec, source.run, onnx_bytes)
     log.info("%s: %s", name, result.line())
-    if result.max_abs_diff > tolerance or result.top1_agreement < 1.0:
-        return BuildResult(name, "failed",
-                           f"refusing to write {name}: {result.line()} exceeds the tolerance "
-                           f"{tolerance:g} / 100% top-1 agreement")
+    problems = result.problems(tolerance, raw_tolerance)
+    if problems:
+        return BuildResult(name, "failed", f"refusing to write {name}: {'; '.join(problems)} "
+                                           f"({result.line()})")
     record = {"recipe": digest, "source": spec.source, "sha256": spec.sha256,
-              "parity": dataclasses.asdict(result), "tolerance": tolerance}
+              "parity": dataclasses.asdict(result), "tolerance": tolerance, "raw_tolerance": raw_tolerance}
     write_model_folder(model_dir, spec, onnx_bytes, record)
     return BuildResult(name, "built", result.line())
 
 
-def build_all(entries: list[dict], repository: Path, *, tolerance: float = 1e-4,
-              force: bool = False) -> list[BuildResult]:
+def build_all(entries: list[dict], repository: Path, *, tolerance: float = DEFAULT_TOLERANCE,
+              raw_tolerance: float = DEFAULT_RAW_TOLERANCE, force: bool = False) -> list[BuildResult]:
     results = []
     with tqdm(entries, desc="models", unit="model") as bar:
         for entry in bar:
             bar.set_postfix_str(entry["name"])
             try:
-                result = build_one(entry, repository, tolerance, force)
+                result = build_one(entry, repository, tolerance, force, raw_tolerance)
             except artifacts.ChecksumMismatch as exc:
                 result = BuildResult(entry["name"], "failed", str(exc))
             results.append(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import onnxruntime as ort
@@ -13,20 +14,41 @@ from faceserve.spec import ModelSpec
 
 # Two regression answers "agree" when they differ by less than this (years, for age).
 REGRESSION_AGREEMENT = 0.01
+DEFAULT_TOLERANCE = 1e-4
+# The raw tensors' gate. Only BlazeFace's differ from what the pipeline consumes (see `consumed`): its
+# logits reach several hundred and its regressors are pixels, where float32 rounding alone is ~3e-5
+# per operation; measured 5.95e-04 at build time (TFLite vs onnxruntime), so 2e-3 leaves ~3x headroom
+# while still catching a wrong op, which moves them by whole units.
+DEFAULT_RAW_TOLERANCE = 2e-3
 
 
 @dataclasses.dataclass
 class ParityResult:
-    max_abs_diff: float  # on what the pipeline consumes (see `consumed`)
+    max_abs_diff: float  # on what the pipeline consumes (see `consumed`); inf when an output is not finite
     top1_agreement: float
     samples: dict[str, int]
     raw_max_abs_diff: float  # on the raw output tensors
+    non_finite: list[str] = dataclasses.field(default_factory=list)  # "source x" / "ONNX x": NaN or inf seen
 
     def line(self) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in self.samples.items())
         raw = f" (raw tensors {self.raw_max_abs_diff:.2e})" if self.raw_max_abs_diff != self.max_abs_diff else ""
-        return (f"max abs diff {self.max_abs_diff:.2e}{raw}, top-1 agreement "
+        bad = f"NaN or inf in {', '.join(self.non_finite)}; " if self.non_finite else ""
+        return (f"{bad}max abs diff {self.max_abs_diff:.2e}{raw}, top-1 agreement "
                 f"{self.top1_agreement:.1%} ({counts})")
+
+    def problems(self, tolerance: float, raw_tolerance: float) -> list[str]:
+        """Why this conversion must not be written; empty when it may."""
+        found = []
+        if self.non_finite:
+            found.append(f"NaN or inf in {', '.join(self.non_finite)}")
+        if not self.max_abs_diff <= tolerance:
+            found.append(f"max abs diff {self.max_abs_diff:.2e} > tolerance {tolerance:g}")
+        if not self.raw_max_abs_diff <= raw_tolerance:
+            found.append(f"raw tensors {self.raw_max_abs_diff:.2e} > raw tolerance {raw_tolerance:g}")
+        if self.top1_agreement < 1.0:
+            found.append(f"top-1 agreement {self.top1_agreement:.1%} < 100%")
+        return found
 
 
 def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -69,21 +91,32 @@ def _top1(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
     return first.reshape(len(first), -1)[:, 0]  # regression: compared within REGRESSION_AGREEMENT
 
 
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """inf when either side is not finite: `max(x, nan)` would silently keep x."""
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN, reported as inf below
+        diff = np.abs(a - b)
+    return float(diff.max()) if np.isfinite(diff).all() else math.inf
+
+
 def check(spec: ModelSpec, source_run, onnx_bytes: bytes, batch_size: int = 8) -> ParityResult:
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     sets = {"random": random_inputs(spec), "real": real_inputs(spec)}
     max_diff, raw_diff, agree, total = 0.0, 0.0, 0, 0
+    non_finite: set[tuple[str, str]] = set()
     for inputs in sets.values():
         for start in range(0, len(inputs), batch_size):
             batch = inputs[start:start + batch_size]
             expected = source_run(batch)
             actual = dict(zip(spec.output_names, session.run(list(spec.output_names), {spec.input_name: batch})))
+            for side, outputs in (("source", expected), ("ONNX", actual)):
+                non_finite.update((side, n) for n in spec.output_names if not np.isfinite(outputs[n]).all())
             used_expected, used_actual = consumed(spec, expected), consumed(spec, actual)
             for name in spec.output_names:
-                raw_diff = max(raw_diff, float(np.abs(expected[name] - actual[name]).max()))
-                max_diff = max(max_diff, float(np.abs(used_expected[name] - used_actual[name]).max()))
+                raw_diff = max(raw_diff, _max_abs_diff(expected[name], actual[name]))
+                max_diff = max(max_diff, _max_abs_diff(used_expected[name], used_actual[name]))
             want, got = _top1(spec, expected), _top1(spec, actual)
             same = np.abs(want - got) < REGRESSION_AGREEMENT if spec.decoder == "regression" else want == got
             agree += int(same.reshape(len(batch), -1).all(axis=1).sum())
             total += len(batch)
-    return ParityResult(max_diff, agree / total, {k: len(v) for k, v in sets.items()}, raw_diff)
+    named = [f"{side} {n}" for side in ("source", "ONNX") for n in spec.output_names if (side, n) in non_finite]
+    return ParityResult(max_diff, agree / total, {k: len(v) for k, v in sets.items()}, raw_diff, named)

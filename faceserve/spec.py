@@ -10,6 +10,7 @@ local Triton launcher read them back through `ModelSpec.load`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +29,10 @@ MODEL_FILE = "model.onnx"
 INPUT_NAME = "input"
 
 FACE_TASKS: tuple[Task, ...] = ("emotion", "gender", "age")
+
+
+class SpecError(ValueError):
+    """A model's files (or its recipe) contradict each other; the message names the model."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +111,17 @@ class ModelSpec:
             "sha256": self.sha256,
         }
 
+    def check_labels(self) -> None:
+        """Softmax: one label per output unit. Sigmoid: one unit and two labels (negative, positive)."""
+        units = math.prod(self.output_dims[0]) if self.output_dims else 0
+        count = f"{len(self.labels)} label{'' if len(self.labels) == 1 else 's'}"
+        if self.decoder == "softmax" and len(self.labels) != units:
+            raise SpecError(f"{self.name}: {count} for {units} softmax outputs; "
+                            f"labels.txt must have one line per output")
+        if self.decoder == "sigmoid" and (units, len(self.labels)) != (1, 2):
+            raise SpecError(f"{self.name}: {count} for {units} sigmoid outputs; "
+                            f"a sigmoid head has 1 output and 2 labels (negative, positive)")
+
     # ---- reading ---------------------------------------------------------
 
     @classmethod
@@ -113,11 +129,11 @@ class ModelSpec:
         config = read_config(model_dir / CONFIG_FILE)
         params = {k: v.string_value for k, v in config.parameters.items()}
         labels_path = model_dir / LABELS_FILE
-        labels = tuple(labels_path.read_text().split("\n")[:-1]) if labels_path.exists() else ()
+        labels = read_labels(labels_path) if labels_path.exists() else ()
         (model_input,) = config.input
         height, width, channels = (int(d) for d in model_input.dims)
         pad_x, pad_y = (int(v) for v in params.get("crop_pad_px", "0,0").split(","))
-        return cls(
+        spec = cls(
             name=config.name,
             task=params["task"],  # type: ignore[arg-type]
             decoder=params["decoder"],  # type: ignore[arg-type]
@@ -147,6 +163,8 @@ class ModelSpec:
             score_threshold=float(params.get("score_threshold", "0.5")),
             nms_iou=float(params.get("nms_iou", "0.3")),
         )
+        spec.check_labels()
+        return spec
 
     # ---- writing ---------------------------------------------------------
 
@@ -198,6 +216,14 @@ class ModelSpec:
         for key, value in params.items():
             config.parameters[key].string_value = value
         return config
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """One label per line, in output order; blank lines at the end (and a missing final newline) are fine."""
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(lines)
 
 
 def read_config(path: Path) -> mc.ModelConfig:

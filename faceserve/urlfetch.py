@@ -2,8 +2,9 @@
 
 Off unless FACESERVE_URL_FETCH=1. Built on httpx/httpcore with one custom piece:
 a network backend that resolves the host itself, refuses the connection unless
-every address is public (or allowlisted), and then connects to the address it
-checked — so a DNS answer that changes between check and connect (rebinding)
+every address is public (outside every block of `SPECIAL_PURPOSE`, IANA's
+special-purpose registries written out below) or allowlisted, and then connects
+to the address it checked — so a DNS answer that changes between check and connect (rebinding)
 cannot reach an internal address. TLS still verifies and sends SNI for the
 original host name, because httpcore starts TLS with the URL's host.
 
@@ -56,23 +57,83 @@ class Allowlist:
                                                               if net.version == address.version)
 
 
-def unmapped(address: IPAddress) -> IPAddress:
-    """The IPv4 address behind an IPv4-mapped (::ffff:a.b.c.d) or NAT64-less 6to4/compat form."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        if address.sixtofour is not None:
-            return address.sixtofour
-        if address.teredo is not None:
-            return address.teredo[1]
-    return address
+# Every address block that is not ordinary public unicast, from IANA's registries (the source of
+# truth here, not `ipaddress` flags, which differ between Python versions):
+#   https://www.iana.org/assignments/iana-ipv4-special-registry/
+#   https://www.iana.org/assignments/iana-ipv6-special-registry/
+#   https://www.iana.org/assignments/multicast-addresses/ and .../ipv6-multicast-addresses/
+#   https://www.iana.org/assignments/ipv6-address-space/ (only 2000::/3 is global unicast)
+# Entries the registries mark globally reachable (AS112, AMT, 192.0.0.9/10, ORCHIDv2...) are refused
+# too: no image is served from them, and a refusal there costs nothing.
+SPECIAL_PURPOSE: tuple[tuple[str, str], ...] = (
+    ("0.0.0.0/8", "this network, RFC 791"),
+    ("10.0.0.0/8", "private use, RFC 1918"),
+    ("100.64.0.0/10", "shared address space (carrier-grade NAT), RFC 6598"),
+    ("127.0.0.0/8", "loopback, RFC 1122"),
+    ("169.254.0.0/16", "link local (cloud metadata), RFC 3927"),
+    ("172.16.0.0/12", "private use, RFC 1918"),
+    ("192.0.0.0/24", "IETF protocol assignments, RFC 6890"),
+    ("192.0.2.0/24", "documentation TEST-NET-1, RFC 5737"),
+    ("192.31.196.0/24", "AS112-v4, RFC 7535"),
+    ("192.52.193.0/24", "AMT, RFC 7450"),
+    ("192.88.99.0/24", "deprecated 6to4 relay anycast, RFC 7526"),
+    ("192.168.0.0/16", "private use, RFC 1918"),
+    ("192.175.48.0/24", "direct delegation AS112 service, RFC 7534"),
+    ("198.18.0.0/15", "benchmarking, RFC 2544"),
+    ("198.51.100.0/24", "documentation TEST-NET-2, RFC 5737"),
+    ("203.0.113.0/24", "documentation TEST-NET-3, RFC 5737"),
+    ("224.0.0.0/4", "multicast, RFC 5771"),
+    ("240.0.0.0/4", "reserved, RFC 1112"),
+    ("255.255.255.255/32", "limited broadcast, RFC 919"),
+    ("::/128", "unspecified, RFC 4291"),
+    ("::1/128", "loopback, RFC 4291"),
+    ("::/96", "deprecated IPv4-compatible, RFC 4291"),
+    ("::ffff:0:0/96", "IPv4-mapped, RFC 4291"),
+    ("64:ff9b::/96", "IPv4-IPv6 translation (NAT64 well-known prefix), RFC 6052"),
+    ("64:ff9b:1::/48", "local-use IPv4-IPv6 translation, RFC 8215"),
+    ("100::/64", "discard-only, RFC 6666"),
+    ("100:0:0:1::/64", "dummy IPv6 prefix, RFC 9780"),
+    ("2001::/23", "IETF protocol assignments (Teredo, ORCHID, benchmarking, AMT, AS112...), RFC 2928"),
+    ("2001:db8::/32", "documentation, RFC 3849"),
+    ("2002::/16", "6to4, RFC 3056"),
+    ("2620:4f:8000::/48", "direct delegation AS112 service, RFC 7534"),
+    ("3fff::/20", "documentation, RFC 9637"),
+    ("5f00::/16", "segment routing SIDs, RFC 9602"),
+    ("fc00::/7", "unique local, RFC 4193"),
+    ("fe80::/10", "link local, RFC 4291"),
+    ("fec0::/10", "deprecated site local, RFC 3879"),
+    ("ff00::/8", "multicast, RFC 4291"),
+)
+# Prefixes that carry an IPv4 address: that address decides, so 6to4 or NAT64 to a public host works
+# and to 127.0.0.1 or 169.254.169.254 does not.
+IPV4_MAPPED, NAT64_WELL_KNOWN, SIX_TO_FOUR = (ipaddress.IPv6Network(n)
+                                             for n in ("::ffff:0:0/96", "64:ff9b::/96", "2002::/16"))
+EMBEDDED_IPV4 = (IPV4_MAPPED, NAT64_WELL_KNOWN, SIX_TO_FOUR)
+GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+_REFUSED: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n, _ in SPECIAL_PURPOSE)
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv4-mapped, NAT64 (64:ff9b::/96) or 6to4 address."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in NAT64_WELL_KNOWN:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def is_public(address: IPAddress) -> bool:
-    """False for loopback, private, link-local (169.254.169.254 too), multicast, unspecified, reserved."""
-    address = unmapped(address)
-    return address.is_global and not (address.is_multicast or address.is_unspecified or address.is_reserved
-                                       or address.is_link_local or address.is_loopback or address.is_private)
+    """False for every block of `SPECIAL_PURPOSE` and, in IPv6, for everything outside 2000::/3."""
+    inner = embedded_ipv4(address)
+    if inner is not None:
+        return is_public(inner)
+    if isinstance(address, ipaddress.IPv6Address) and address not in GLOBAL_UNICAST_V6:
+        return False
+    return not any(address in network for network in _REFUSED if network.version == address.version)
 
 
 class CheckedBackend(httpcore.AsyncNetworkBackend):

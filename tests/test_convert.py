@@ -9,11 +9,17 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-from faceserve.spec import CONFIG_FILE, GPU_CONFIG_FILE, GPU_QUEUE_DELAY_US, ModelSpec, model_dirs, read_config
+from convert import build
+from convert.export import SourceModel
+from convert.parity import DEFAULT_RAW_TOLERANCE
+from faceserve.spec import (CONFIG_FILE, GPU_CONFIG_FILE, GPU_QUEUE_DELAY_US, ModelSpec, SpecError, model_dirs,
+                            read_config)
 from tests.support import ROOT
 
 MANIFEST = tomllib.loads((ROOT / "convert" / "manifest.toml").read_text())
@@ -33,8 +39,8 @@ def test_default_model_parity_recorded(repository, name, request):
         pytest.fail(f"{name} was not built although its artifact is available")
     record = json.loads((model_dir / "1" / "build.json").read_text())
     parity = record["parity"]
-    assert parity["max_abs_diff"] <= 1e-4
-    assert parity["top1_agreement"] == 1.0
+    assert parity["max_abs_diff"] <= 1e-4 and parity["raw_max_abs_diff"] <= DEFAULT_RAW_TOLERANCE
+    assert parity["top1_agreement"] == 1.0 and not parity.get("non_finite")
     assert record["sha256"] == next(e["sha256"] for e in MANIFEST["model"] if e["name"] == name)
     if parity["samples"]["real"] < 4:  # without ../shared only astronaut and grace_hopper give face crops
         request.getfixturevalue("fixtures")  # skips when the fixtures are absent
@@ -105,3 +111,163 @@ def test_keras_48px_model_converts_with_its_own_size(tmp_path, fixtures):
     assert spec.input_shape == (48, 48, 1)
     record = json.loads((tmp_path / "emotion_mini_xception_48" / "1" / "build.json").read_text())
     assert record["parity"]["max_abs_diff"] <= 1e-4 and record["parity"]["top1_agreement"] == 1.0
+
+
+# ---- the build's own checks, on small synthetic ONNX models (no TensorFlow) ----------------
+
+
+def toy_graph(outputs: list[str], units: int, nodes: list[onnx.NodeProto],
+              initializers: list[onnx.TensorProto]) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "toy", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 8, 8, 3])],
+        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", units]) for name in outputs],
+        initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def toy_head(units: int, decoder: str, poison: float | None = None) -> onnx.ModelProto:
+    """input [N, 8, 8, 3] -> flatten -> matmul -> softmax/sigmoid -> "probabilities" [N, units];
+    `poison` is added to every output (NaN or inf in the ONNX model's answers). The sigmoid's bias
+    keeps every probability under 0.5, so a NaN there still agrees on the decision."""
+    weights = np.random.default_rng(units).normal(0, 0.05, (192, units)).astype(np.float32)
+    inits = [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.float32([-8.0]), "bias"),
+             numpy_helper.from_array(np.float32([poison or 0.0]), "poison")]
+    activation = "Softmax" if decoder == "softmax" else "Sigmoid"
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+             helper.make_node("Add", ["logits", "bias"], ["shifted"]),
+             helper.make_node(activation, ["shifted" if decoder == "sigmoid" else "logits"], ["clean"]),
+             helper.make_node("Add", ["clean", "poison"], ["probabilities"])]
+    return toy_graph(["probabilities"], units, nodes, inits)
+
+
+def toy_blazeface() -> onnx.ModelProto:
+    """regressors = 100 x (pixels in pixel units), classificators = 50 + 1000 |x| (logits far from 0)."""
+    inits = [numpy_helper.from_array(np.float32([100.0]), "hundred"),
+             numpy_helper.from_array(np.float32([1000.0]), "thousand"),
+             numpy_helper.from_array(np.float32([50.0]), "fifty")]
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+             helper.make_node("Mul", ["flat", "hundred"], ["regressors"]),
+             helper.make_node("Abs", ["flat"], ["magnitude"]),
+             helper.make_node("Mul", ["magnitude", "thousand"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "fifty"], ["classificators"])]
+    return toy_graph(["regressors", "classificators"], 192, nodes, inits)
+
+
+def onnx_runner(model: onnx.ModelProto, names: list[str]):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return lambda batch: dict(zip(names, session.run(names, {"input": batch})))
+
+
+def toy_entry(decoder: str, labels: list[str], task: str = "image_classifier") -> dict:
+    outputs = ["regressors", "classificators"] if decoder == "blazeface" else ["probabilities"]
+    return {"name": "toy", "task": task, "decoder": decoder, "source": {"path": "toy.onnx"}, "outputs": outputs,
+            "labels": labels,
+            "colour": "rgb", "scale": 1 / 127.5, "offset": -1.0, "letterbox": decoder == "blazeface"}
+
+
+def build_toy(tmp_path: Path, entry: dict, model: onnx.ModelProto, run, **tolerances) -> build.BuildResult:
+    source = SourceModel(run=run, onnx_model=model, input_shape=(8, 8, 3))
+    options = {"tolerance": 1e-4, "raw_tolerance": DEFAULT_RAW_TOLERANCE, **tolerances}
+    return build.build_from_source(entry, source, tmp_path / entry["name"], "digest", **options)
+
+
+def test_a_faithful_toy_model_is_built_with_both_tolerances_recorded(tmp_path):
+    model = toy_head(3, "softmax")
+    result = build_toy(tmp_path, toy_entry("softmax", ["a", "b", "c"]), model, onnx_runner(model, ["probabilities"]))
+    assert result.status == "built", result.detail
+    record = json.loads((tmp_path / "toy" / "1" / "build.json").read_text())
+    assert (record["tolerance"], record["raw_tolerance"]) == (1e-4, DEFAULT_RAW_TOLERANCE)
+    assert record["parity"]["non_finite"] == [] and record["parity"]["top1_agreement"] == 1.0
+    assert ModelSpec.load(tmp_path / "toy").labels == ("a", "b", "c")
+
+
+def _poisoned(run, value: float):
+    def poisoned(batch):
+        outputs = {name: array.copy() for name, array in run(batch).items()}
+        outputs["probabilities"][0, 0] = value
+        return outputs
+    return poisoned
+
+
+@pytest.mark.parametrize("case,value,named", [
+    ("source", np.nan, "source probabilities"),
+    ("onnx", np.nan, "ONNX probabilities"),
+    ("both", np.inf, "source probabilities, ONNX probabilities"),  # inf - inf is NaN: no diff to see
+    ("source", -np.inf, "source probabilities"),
+])
+def test_nan_or_inf_in_an_output_refuses_the_build(tmp_path, case, value, named):
+    clean = toy_head(1, "sigmoid")
+    model = toy_head(1, "sigmoid", poison=value) if case in ("onnx", "both") else clean
+    run = onnx_runner(model if case == "both" else clean, ["probabilities"])
+    if case == "source":
+        run = _poisoned(run, value)
+    result = build_toy(tmp_path, toy_entry("sigmoid", ["no", "yes"]), model, run)
+    assert result.status == "failed"
+    assert f"NaN or inf in {named}" in result.detail, result.detail
+    assert not (tmp_path / "toy" / "1" / "model.onnx").exists()
+
+
+def test_blazeface_raw_tensors_are_gated_by_the_raw_tolerance(tmp_path):
+    """Logits 5e-3 apart where sigmoid is flat: the consumed form agrees, the raw tensors do not."""
+    model = toy_blazeface()
+    names = ["regressors", "classificators"]
+    onnx_run = onnx_runner(model, names)
+
+    def source(batch):
+        outputs = onnx_run(batch)
+        return {"regressors": outputs["regressors"], "classificators": outputs["classificators"] + 5e-3}
+
+    entry = toy_entry("blazeface", [], task="face_detector")
+    refused = build_toy(tmp_path, entry, model, source)
+    assert refused.status == "failed", refused.detail
+    assert "raw tensors 5.0" in refused.detail and f"raw tolerance {DEFAULT_RAW_TOLERANCE:g}" in refused.detail
+    assert not (tmp_path / "toy" / "1" / "model.onnx").exists()
+    built = build_toy(tmp_path, entry, model, source, raw_tolerance=1e-2)
+    assert built.status == "built", built.detail
+    parity = json.loads((tmp_path / "toy" / "1" / "build.json").read_text())["parity"]
+    assert parity["max_abs_diff"] < 1e-6 and 4e-3 < parity["raw_max_abs_diff"] < 6e-3
+
+
+@pytest.mark.parametrize("decoder,units,labels", [
+    ("softmax", 3, ["a", "b"]), ("softmax", 2, ["a", "b", "c"]), ("sigmoid", 1, ["yes"]),
+    ("sigmoid", 1, ["a", "b", "c"]), ("sigmoid", 2, ["no", "yes"]),
+])
+def test_label_count_must_match_the_output_at_build_time(tmp_path, decoder, units, labels):
+    model = toy_head(units, decoder)
+    result = build_toy(tmp_path, toy_entry(decoder, labels), model, onnx_runner(model, ["probabilities"]))
+    assert result.status == "failed"
+    assert "toy" in result.detail and f"{len(labels)} label" in result.detail, result.detail
+    assert not (tmp_path / "toy" / "1" / "model.onnx").exists()
+
+
+def copy_model_folder(repository: Path, name: str, target: Path) -> Path:
+    folder = target / name
+    folder.mkdir()
+    (folder / CONFIG_FILE).write_text((repository / name / CONFIG_FILE).read_text())
+    return folder
+
+
+def test_labels_file_without_a_final_newline_keeps_its_last_label(repository, tmp_path):
+    folder = copy_model_folder(repository, "emotion", tmp_path)
+    (folder / "labels.txt").write_text("angry\ndisgust\nfear\nhappy\nsad\nsurprise\nneutral")
+    assert ModelSpec.load(folder).labels[-1] == "neutral"
+    (folder / "labels.txt").write_text("angry\r\ndisgust\r\nfear\r\nhappy\r\nsad\r\nsurprise\r\nneutral\r\n\n\n")
+    assert ModelSpec.load(folder).labels == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+def test_label_count_must_match_the_output_at_load_time(repository, tmp_path):
+    folder = copy_model_folder(repository, "emotion", tmp_path)
+    (folder / "labels.txt").write_text("angry\ndisgust\nfear\nhappy\nsad\nsurprise\n")
+    with pytest.raises(SpecError, match=r"emotion: 6 labels for 7 softmax outputs"):
+        ModelSpec.load(folder)
+
+
+def test_raw_tolerance_option_refuses_the_real_detector(tmp_path):
+    """BlazeFace's raw tensors differ by ~6e-4 (float32 at logits of several hundred): above 1e-5."""
+    result = run_convert("build", "--only", "face_detector", "--repository", str(tmp_path), "--raw-tolerance", "1e-5")
+    assert result.returncode == 1, result.stderr
+    assert "refusing to write face_detector" in result.stderr and "raw tolerance 1e-05" in result.stderr
+    assert not (tmp_path / "face_detector" / "1" / "model.onnx").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import logging
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ import tritonclient.http as httpclient
 
 from faceserve import photos
 from faceserve.backends.triton import TritonBackend
-from faceserve.errors import BackendMismatch
+from faceserve.errors import BackendMismatch, BackendUnavailable
 from faceserve.spec import MODEL_FILE, ModelSpec, model_dirs
 from faceserve.triton_local import LocalTriton, ensure_env
 from tests.support import free_port, jpeg, serve
@@ -80,6 +81,12 @@ def model_stats(server: LocalTriton, name: str) -> dict[str, int]:
     return {"rows": sum(b["batch_size"] * b["compute_infer"]["count"] for b in batches),
             "executions": sum(b["compute_infer"]["count"] for b in batches),
             "requests": stats["inference_stats"]["success"]["count"]}
+
+
+def assert_no_address(message: str, address: str) -> None:
+    """Clients never learn where the backend listens (the log has it)."""
+    host, port = address.rsplit(":", 1)
+    assert host not in message and port not in message, message
 
 
 # ---- the server itself ----------------------------------------------------
@@ -146,6 +153,32 @@ def test_backend_over_http_and_grpc_and_mismatch(triton, repository, specs):
 
     asyncio.run(run(f"grpc://{triton.grpc_url}"))
     asyncio.run(run(f"http://{triton.http_url}"))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_unreachable_backend_message_names_no_address_and_the_log_does(protocol, caplog):
+    """No server needed: a closed port. The 503 says what failed; host:port goes to the log only."""
+    address = f"127.0.0.1:{free_port()}"
+    spec = ModelSpec(name="emotion", task="emotion", decoder="softmax", input_name="input", height=4, width=4,
+                     channels=1, output_names=("probabilities",), output_dims=((2,),), max_batch_size=8,
+                     colour="gray", scale=1.0, offset=0.0, labels=("a", "b"))
+
+    async def run() -> BackendUnavailable:
+        backend = TritonBackend(f"{protocol}://{address}", timeout_s=3)
+        try:
+            with pytest.raises(BackendUnavailable) as caught:
+                await backend.infer(spec, np.zeros((1, 4, 4, 1), np.float32))
+            return caught.value
+        finally:
+            await backend.close()
+
+    with caplog.at_level(logging.WARNING, logger="faceserve.backends.triton"):
+        error = asyncio.run(run())
+    assert error.status == 503 and error.headers["Retry-After"]
+    assert error.message.startswith("the inference backend (Triton) ") and "emotion" in error.message
+    assert_no_address(error.message, address)
+    logged = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert logged and all(address in r.getMessage() for r in logged), [r.getMessage() for r in logged]
 
 
 # ---- the service on Triton -------------------------------------------------
@@ -234,7 +267,8 @@ def test_triton_killed_then_restarted_service_recovers(triton, triton_service):
     assert time.monotonic() - started < 10  # bounded, never a hang
     assert down.status_code == 503
     assert down.json()["error"] == "backend_unavailable"
-    assert "Triton" in down.json()["message"]
+    assert down.json()["message"].startswith("the inference backend (Triton) ")
+    assert_no_address(down.json()["message"], triton.grpc_url)
     assert httpx.get(f"{triton_service}/readyz", timeout=10).status_code != 200
 
     triton.start()  # same ports; the service is not restarted
@@ -263,6 +297,7 @@ def test_triton_up_but_one_model_missing(repository, specs):
             body = response.json()
             assert body["error"] == "backend_unavailable"
             assert "unknown model: 'age'" in body["message"]  # Triton's own words, passed on
+            assert_no_address(body["message"], partial.grpc_url)
             assert response.headers.get("retry-after")
             models = httpx.post(f"{url}/models", json={}, timeout=10)
             assert models.status_code == 200 and "age" in {m["name"] for m in models.json()["models"]}

@@ -6,13 +6,22 @@ import asyncio
 import logging
 from urllib.parse import urlparse
 
+import aiohttp
 import numpy as np
+from tritonclient.utils import InferenceServerException
 
 from faceserve.backends import Backend
 from faceserve.errors import BackendMismatch, BackendUnavailable
 from faceserve.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+# Statuses only Triton itself sends (gRPC codes as tritonclient spells them, HTTP codes): their
+# message is Triton's words about the request. UNAVAILABLE, DEADLINE_EXCEEDED and the like may come
+# from the transport instead, with the address in them.
+TRITON_ANSWERS = frozenset({"StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT", "StatusCode.UNIMPLEMENTED",
+                            "StatusCode.FAILED_PRECONDITION", "StatusCode.ALREADY_EXISTS",
+                            "StatusCode.OUT_OF_RANGE", "400", "404"})
 
 
 class TritonBackend(Backend):
@@ -43,16 +52,23 @@ class TritonBackend(Backend):
         return self._client
 
     async def _call(self, what: str, coroutine):
-        """Bounded in time; every failure to reach Triton becomes a 503 for the caller."""
+        """Bounded in time; every failure to reach Triton becomes a 503 for the caller. The caller's
+        message never names the backend's address (the log does)."""
         try:
             return await asyncio.wait_for(coroutine, self._timeout)
-        except BackendMismatch:
-            raise
-        except (TimeoutError, asyncio.TimeoutError):
-            raise BackendUnavailable(f"Triton at {self.url} did not answer {what} within {self._timeout:g} s") from None
-        except Exception as exc:  # tritonclient, grpc and aiohttp errors alike
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise BackendUnavailable(f"Triton at {self.url} failed {what}: {message}") from None
+        except TimeoutError:
+            detail = public = f"did not answer {what} within {self._timeout:g} s"
+        except InferenceServerException as exc:
+            detail = str(exc)
+            # Triton's own answers (unknown model, bad input) help the caller; a transport error
+            # ("failed to connect to all addresses; ... ipv4:10.0.0.5:8001 ...") names the address.
+            answered = exc.status() in TRITON_ANSWERS and exc.message()
+            public = (f"failed {what}: {exc.message().splitlines()[0]}" if answered
+                      else f"is unavailable ({what})")
+        except (aiohttp.ClientError, OSError) as exc:
+            detail, public = f"{type(exc).__name__}: {exc}", f"is unreachable ({what})"
+        log.warning("Triton at %s (%s): %s: %s", self.url, self.protocol, what, detail)
+        raise BackendUnavailable(f"the inference backend (Triton) {public}") from None
 
     async def start(self, specs: dict[str, ModelSpec]) -> None:
         """Check every model's metadata if Triton is up; if not, check when it comes up."""
@@ -68,9 +84,10 @@ class TritonBackend(Backend):
             return
         client = self._connection()
         if self.protocol == "grpc":
-            meta = await self._call("metadata", client.get_model_metadata(spec.name, as_json=True))
+            meta = await self._call(f"metadata of {spec.name}",
+                                    client.get_model_metadata(spec.name, as_json=True))
         else:
-            meta = await self._call("metadata", client.get_model_metadata(spec.name))
+            meta = await self._call(f"metadata of {spec.name}", client.get_model_metadata(spec.name))
         check_metadata(spec, meta)
         self._verified.add(spec.name)
 
@@ -88,8 +105,8 @@ class TritonBackend(Backend):
             array = arrays[name]
             if array is None or array.shape != (len(batch), *dims):
                 got = None if array is None else array.shape
-                raise BackendUnavailable(f"Triton returned {name} of shape {got} for {spec.name}; "
-                                         f"expected {(len(batch), *dims)}")
+                raise BackendUnavailable(f"the inference backend (Triton) returned {name} of shape {got} "
+                                         f"for {spec.name}; expected {(len(batch), *dims)}")
         return arrays
 
     async def ready(self) -> dict[str, bool]:
@@ -99,7 +116,7 @@ class TritonBackend(Backend):
                 return {name: False for name in self._specs}
             states = {}
             for name in self._specs:
-                states[name] = bool(await self._call("readiness", client.is_model_ready(name)))
+                states[name] = bool(await self._call(f"readiness of {name}", client.is_model_ready(name)))
             return states
         except BackendUnavailable:
             return {name: False for name in self._specs}
