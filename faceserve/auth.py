@@ -14,9 +14,9 @@ import logging
 
 from starlette.responses import JSONResponse
 
-log = logging.getLogger(__name__)
+from faceserve.http import OPEN_PATHS
 
-OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
+log = logging.getLogger(__name__)
 
 
 def _digest(key: str | bytes) -> bytes:

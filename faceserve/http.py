@@ -1,8 +1,11 @@
-"""HTTP concerns shared by every endpoint: error bodies, body size limit, overload answers.
+"""HTTP concerns shared by every endpoint: error bodies, body size limit, overload answers, upload guard.
 
 Every error leaves the service as `{"error": <code>, "message": <sentence>}`:
 our own errors through `json_errors`, and BentoML's own (request validation,
-its concurrency limiter) rewritten by `ErrorShapeMiddleware`.
+its concurrency limiter) rewritten by `ErrorShapeMiddleware`. Two corrections to
+BentoML itself live here too, applied by service.py before the app is built: its
+URL downloader closed (`close_framework_downloads`) and its /metrics labels
+bounded (`bound_metrics_labels`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import collections
 import functools
 import json
 import logging
-from urllib.parse import parse_qsl, urlparse
+from collections.abc import Collection
+from urllib.parse import urlparse
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData, Headers, UploadFile
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse
 
-from faceserve.errors import FaceserveError
+from faceserve.errors import FaceserveError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +31,8 @@ _FRAMEWORK_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_a
                     413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request",
                     429: "overloaded", 500: "internal_error", 503: "unavailable"}
 RETRY_AFTER_S = "1"
+# Answered without an API key, never limited, and labelled by name in /metrics.
+OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
 
 
 def error_response(error: FaceserveError) -> JSONResponse:
@@ -151,15 +159,13 @@ class ConcurrencyLimitMiddleware:
     metrics are never limited.
     """
 
-    OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
-
     def __init__(self, app, max_concurrency: int):
         self.app = app
         self.max_concurrency = max_concurrency
         self.in_flight = 0
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.max_concurrency:
             response = JSONResponse(
@@ -176,12 +182,16 @@ class ConcurrencyLimitMiddleware:
 
 
 class UploadGuardMiddleware:
-    """ASGI middleware closing BentoML's own URL downloads.
+    """ASGI middleware: refuse any request that could make BentoML treat text as a file, before it parses it.
 
-    BentoML fetches a URL itself when a file field of a form (multipart or urlencoded) holds a
-    string instead of a file, or when a JSON body is nothing but an http(s) URL —
-    with no byte cap and none of our address checks. Both are refused here with
-    a 400; URLs go through `image_url` (faceserve.urlfetch) or nowhere.
+    The decision is taken on the very headers and bytes the framework will parse, with
+    the framework's own parsers: Starlette's `Headers` (the first Content-Type wins),
+    its urlencoded parser and its multipart parser (names decoded as it decodes them;
+    file bytes skipped, not spooled). A file field holding text is a 400; a request two
+    readers could read differently is refused outright: several Content-Type headers, a
+    charset other than UTF-8/ASCII (on the body, a part, or a `_charset_` field), a part
+    with two Content-Disposition headers, a compressed body. BentoML's downloader itself
+    is closed by `close_framework_downloads`; this guard gives the caller the reason.
     """
 
     def __init__(self, app, file_fields: tuple[str, ...] = ("image", "images")):
@@ -199,10 +209,11 @@ class UploadGuardMiddleware:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        problem = self._problem(scope, body)
-        if problem:
-            response = JSONResponse({"error": "invalid_request", "message": problem}, status_code=400)
-            return await response(scope, receive, send)
+        try:
+            await self._check(scope, body)
+        except FaceserveError as error:
+            log.info("upload guard: %s %s", error.code, error.message)
+            return await error_response(error)(scope, receive, send)
         replayed = False
 
         async def replay():
@@ -214,65 +225,89 @@ class UploadGuardMiddleware:
 
         await self.app(scope, replay, send)
 
-    def _problem(self, scope, body: bytes) -> str | None:
-        content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
-        kind, options = parse_options_header(content_type)
-        if kind == b"application/x-www-form-urlencoded":  # every field of such a form is text
-            text_fields = {name for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True)}
+    async def _check(self, scope, body: bytes) -> None:
+        raw = scope.get("headers") or []
+        if sum(name == b"content-type" for name, _ in raw) > 1:
+            raise InvalidRequest("the request has several Content-Type headers; send exactly one",
+                                 code="ambiguous_request")
+        encodings = [value.strip().lower() for name, value in raw if name == b"content-encoding"]
+        if any(encoding not in (b"", b"identity") for encoding in encodings):
+            raise FaceserveError("compressed request bodies (Content-Encoding) are not accepted; send the body as is",
+                                 status=415, code="unsupported_encoding")
+        headers = Headers(scope=scope)
+        kind, options = parse_options_header(headers.get("content-type"))
+        _check_charset(options.get(b"charset"), "the request")
+        if kind == b"application/x-www-form-urlencoded":
+            form = await _parse(FormParser(headers, _once(body)))
         elif kind == b"multipart/form-data":
-            try:
-                text_fields = _MultipartTextFields(options[b"boundary"]).feed(body)
-            except Exception as exc:  # malformed form: BentoML would answer it with a 500
-                return f"the form body cannot be parsed: {exc}"
+            form = await _parse(_FormHeadersParser(headers, _once(body)))
         else:
             text = body[:4096].decode("utf-8", "ignore")
             if any(urlparse(t).scheme in ("http", "https") for t in (text, text.strip().strip("\"'"))):
-                return "the body is a URL; send JSON with an `image_url` field instead"
-            return None
+                raise InvalidRequest("the body is a URL; send JSON with an `image_url` field instead")
+            return
+        for value in form.getlist("_charset_"):
+            _check_charset(value if isinstance(value, str) else None, "the `_charset_` field")
         for name in self.file_fields:
-            if name in text_fields:
-                return (f"the `{name}` field must be a file upload, not text; "
-                        "to give a URL, send JSON with an `image_url` field")
-        return None
+            if any(isinstance(value, str) for value in form.getlist(name)):
+                raise InvalidRequest(f"the `{name}` field must be a file upload, not text; "
+                                     "to give a URL, send JSON with an `image_url` field")
 
 
-class _MultipartTextFields:
-    """The names of a multipart body's text parts (no `filename`, as Starlette decides), headers only.
+_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
-    python-multipart's push parser with header callbacks: the part bodies are skipped, not
-    copied or spooled, which costs a fraction of a full `Request.form()`.
+
+def _check_charset(charset: bytes | str | None, where: str) -> None:
+    if charset is None:
+        return
+    name = charset.decode("latin-1") if isinstance(charset, bytes) else charset
+    if name.strip().lower() not in _CHARSETS:
+        raise FaceserveError(f"{where} declares charset {name[:40]!r}; only UTF-8 is accepted", status=415,
+                             code="unsupported_charset")
+
+
+async def _once(body: bytes):
+    yield body
+
+
+async def _parse(parser) -> FormData:
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"the form body cannot be parsed: {exc.message}") from None
+    for _, value in form.multi_items():  # file parts hold empty in-memory files; close them now
+        if not isinstance(value, str):
+            value.file.close()
+    return form
+
+
+class _FormHeadersParser(MultiPartParser):
+    """Starlette's multipart parser, as the framework runs it, except that file bytes are skipped.
+
+    Field names, text values and which parts are files come out exactly as in
+    `Request.form()`; a part with two Content-Disposition headers or a charset
+    other than UTF-8 is refused (Starlette would take the last header, and ignores part charsets).
     """
 
-    def __init__(self, boundary: bytes):
-        self._found: set[str] = set()
-        self._field, self._value, self._disposition = b"", b"", b""
-        self._parser = MultipartParser(boundary, {
-            "on_header_field": self._on_field, "on_header_value": self._on_value,
-            "on_header_end": self._on_header_end, "on_headers_finished": self._on_headers_finished})
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self._dispositions = 0
 
-    def feed(self, body: bytes) -> set[str]:
-        self._parser.write(body)
-        self._parser.finalize()
-        return self._found
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._current_part.file is None:
+            super().on_part_data(data, start, end)
 
-    def _on_field(self, data, start, end):
-        self._field += data[start:end]
-
-    def _on_value(self, data, start, end):
-        self._value += data[start:end]
-
-    def _on_header_end(self):
-        if self._field.lower() == b"content-disposition":
-            self._disposition = self._value
-        self._field, self._value = b"", b""
-
-    def _on_headers_finished(self):
-        _, options = parse_options_header(self._disposition)
-        if b"name" not in options:
-            raise ValueError('a part has no Content-Disposition "name"')
-        if b"filename" not in options:
-            self._found.add(options[b"name"].decode("utf-8", "replace"))
-        self._disposition = b""
+    def on_header_end(self) -> None:
+        name = self._current_partial_header_name.lower()
+        if name == b"content-disposition":
+            self._dispositions += 1
+            if self._dispositions > 1:
+                raise InvalidRequest("a form part has several Content-Disposition headers; send exactly one",
+                                     code="ambiguous_request")
+        elif name == b"content-type":
+            _check_charset(parse_options_header(self._current_partial_header_value)[1].get(b"charset"),
+                           "a form part")
+        super().on_header_end()
 
 
 class KeepAliveLimitMiddleware:
@@ -309,3 +344,110 @@ class KeepAliveLimitMiddleware:
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
         await self.app(scope, receive, closing_send)
+
+
+# ---- BentoML's own behaviour, corrected where it is decided
+
+def close_framework_downloads() -> None:
+    """Make BentoML's request parsers unable to download: a string in a file field is a 400, whatever the request.
+
+    BentoML 1.4 turns text in a form's file field into a file by downloading it
+    (`MultipartSerde.ensure_file`), and a JSON body for a one-file endpoint that is a URL
+    likewise (`JSONSerde.parse_request`): no byte cap, compressed encodings followed,
+    proxy variables honoured, addresses checked weakly. Its serde registry, which the
+    server reads per request, gets subclasses without either path. Call once, before the
+    ASGI app is built (service.py does); raises if BentoML's parsers are not the ones
+    this was written against.
+    """
+    from _bentoml_impl import serde
+
+    json_type = serde.ALL_SERDE["application/json"]
+    if getattr(json_type, "faceserve_no_download", False):
+        return
+    if not (json_type is serde.JSONSerde
+            and serde.ALL_SERDE["multipart/form-data"] is serde.MultipartSerde
+            and serde.ALL_SERDE["application/x-www-form-urlencoded"] is serde.MultipartSerde
+            and callable(getattr(serde.MultipartSerde, "ensure_file", None))):
+        raise RuntimeError("BentoML's request parsers changed; faceserve.http.close_framework_downloads must be "
+                           "revised before this version serves requests")
+    from bentoml.exceptions import BadInput
+
+    class NoDownloadJSONSerde(serde.JSONSerde):
+        faceserve_no_download = True
+        parse_request = serde.Serde.parse_request  # JSONSerde's own first downloads a body that is a URL
+
+    class NoDownloadMultipartSerde(serde.MultipartSerde):
+        faceserve_no_download = True
+
+        @staticmethod
+        async def ensure_file(obj):
+            if isinstance(obj, UploadFile):
+                return obj
+            raise BadInput("a file field holds text, not a file upload; "
+                           "to give a URL, send JSON with an `image_url` field")
+
+    serde.ALL_SERDE["application/json"] = NoDownloadJSONSerde
+    serde.ALL_SERDE["multipart/form-data"] = NoDownloadMultipartSerde
+    serde.ALL_SERDE["application/x-www-form-urlencoded"] = NoDownloadMultipartSerde
+
+
+# ---- /metrics: one series per known path, not one per path a client invents
+
+_DOC_PATHS = frozenset({"/", "/docs.json", "/schema.json"})
+_STATIC_PREFIXES = ("/static_content/", "/assets/")
+UNKNOWN_PATH_LABEL = "other"
+_REAL_PATH = "faceserve.real_path"
+
+
+def metrics_endpoint(path: str, routes: Collection[str]) -> str:
+    """The `endpoint` label for `path`: itself when the service has it, else one fixed bucket."""
+    if path in routes or path in OPEN_PATHS or path in _DOC_PATHS:
+        return path
+    for prefix in _STATIC_PREFIXES:
+        if path.startswith(prefix):
+            return prefix.rstrip("/")
+    return UNKNOWN_PATH_LABEL
+
+
+class _RealPath:
+    """Gives the app behind the metrics middleware the path it was called with."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if _REAL_PATH in scope:
+            scope = {**scope, "path": scope[_REAL_PATH]}
+        await self.app(scope, receive, send)
+
+
+def bound_metrics_labels() -> None:
+    """Label BentoML's HTTP metrics with `metrics_endpoint(path)` instead of the raw request path.
+
+    BentoML labels every series by `scope["path"]`, so each path a client invents
+    becomes a new series in every worker for the life of the process. Its metrics
+    middleware, looked up when the app is built, gets a subclass that reads a bounded
+    label from the scope; the request itself keeps its path. Call before the app is built.
+    """
+    from bentoml._internal.context import server_context
+    from bentoml._internal.server.http import instruments
+
+    original = instruments.RunnerTrafficMetricsMiddleware
+    if getattr(original, "faceserve_bounded", False):
+        return
+
+    class BoundedTrafficMetricsMiddleware(original):
+        faceserve_bounded = True
+
+        def __init__(self, app, **options):
+            super().__init__(_RealPath(app), **options)
+
+        async def __call__(self, scope, receive, send):
+            path = scope.get("path")
+            if scope["type"] in ("http", "websocket") and _REAL_PATH not in scope:
+                label = metrics_endpoint(path, server_context.service_routes)
+                if label != path:
+                    scope = {**scope, "path": label, _REAL_PATH: path}
+            await super().__call__(scope, receive, send)
+
+    instruments.RunnerTrafficMetricsMiddleware = BoundedTrafficMetricsMiddleware
