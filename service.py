@@ -20,7 +20,7 @@ from faceserve import imaging
 from faceserve.errors import LimitExceeded
 from faceserve.auth import ApiKeyMiddleware
 from faceserve.http import (ConcurrencyLimitMiddleware, ErrorShapeMiddleware, KeepAliveLimitMiddleware,
-                            UploadGuardMiddleware, json_errors)
+                            UploadGuardMiddleware, bound_metrics_labels, close_framework_downloads, json_errors)
 from faceserve.runtime import Runtime
 from faceserve.schemas import Analysis, BatchAnalysis, Classification, ModelsInfo
 from faceserve.settings import Settings
@@ -112,8 +112,13 @@ def caption(face) -> str:
     return ", ".join(p for p in parts if p)
 
 
+# Before the ASGI app is built: BentoML's own URL downloader closed at its source, its /metrics labelled by
+# known paths only.
+close_framework_downloads()
+bound_metrics_labels()
+
 # Outermost first: connections spread over workers, body limit and error shape, API keys, concurrency limit,
-# BentoML's own URL downloads closed.
+# requests that could make BentoML read text as a file refused.
 if _settings.workers > 1 and _settings.keepalive_requests > 0:
     FaceAnalysis.add_asgi_middleware(KeepAliveLimitMiddleware, max_requests=_settings.keepalive_requests)
 FaceAnalysis.add_asgi_middleware(ErrorShapeMiddleware, max_body_bytes=_settings.limits.max_body_bytes)
