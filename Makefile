@@ -23,16 +23,16 @@ repository: env
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m convert build
 
 serve: repository
-	MALLOC_ARENA_MAX=2 $(BIN)/bentoml serve service:FaceAnalysis --host $(HOST) --port $(PORT)
+	MALLOC_ARENA_MAX=2 BENTOML_DO_NOT_TRACK=True $(BIN)/bentoml serve service:FaceAnalysis --host $(HOST) --port $(PORT)
 
 test: repository
-	$(BIN)/python -m pytest -q tests
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m pytest -q tests
 
 bench: repository
-	$(BIN)/python -m benchmarks
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m benchmarks
 
 bench-quick: repository
-	$(BIN)/python -m benchmarks --quick
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m benchmarks --quick
 
 clean:
 	rm -rf $(VENV) model_repository/*/1
