@@ -42,6 +42,7 @@ def test_bento_builds(kind, repository, tmp_path_factory):
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
     envs = {e["name"]: e["value"] for e in manifest["envs"]}
     assert envs["MALLOC_ARENA_MAX"] == "2"
+    assert envs["BENTOML_DO_NOT_TRACK"] == "True"  # no usage reports leave the deployment
     source = bento / "src"
     assert (source / "service.py").is_file() and not (source / "faceserve" / "triton_local").exists()
     for name in MODELS:  # the service reads its model specs from the repository in either case
