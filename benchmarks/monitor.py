@@ -1,4 +1,5 @@
-"""Peak RSS per process and CPU% of a process tree, sampled with psutil while a load runs."""
+"""psutil views of a process tree under load: peak RSS per process (sampled through the whole run) and
+CPU time over exactly the measured window (`CpuWindow`, started and stopped at the window's edges)."""
 
 from __future__ import annotations
 
@@ -20,46 +21,65 @@ def _label(proc: psutil.Process) -> str:
     return proc.name()
 
 
+def _tree(roots: list[psutil.Process]) -> list[psutil.Process]:
+    found = []
+    for root in roots:
+        try:
+            found += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            pass
+    return found
+
+
+class CpuWindow:
+    """User + system CPU seconds of a process tree between start() and stop(), and the wall seconds between.
+
+    Children are looked up at both edges; one that exits inside the window keeps the time last read from it.
+    """
+
+    def __init__(self, pids: list[int]):
+        self._roots = [psutil.Process(p) for p in pids]
+        self._last: dict[int, float] = {}
+        self._cpu0 = self._t0 = 0.0
+        self.cpu_s: float | None = None
+        self.seconds: float | None = None
+
+    def _total(self) -> float:
+        for proc in _tree(self._roots):
+            try:
+                t = proc.cpu_times()
+                self._last[proc.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        return sum(self._last.values())
+
+    def start(self) -> None:
+        self._cpu0 = self._total()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        self.cpu_s = self._total() - self._cpu0
+
+    @property
+    def percent(self) -> float | None:
+        """100 = one core busy for the whole window."""
+        if self.cpu_s is None or not self.seconds:
+            return None
+        return round(100 * self.cpu_s / self.seconds, 1)
+
+
 class TreeMonitor:
-    """`with TreeMonitor(pids) as m:` ... then m.peak_rss_mb {label#pid: MB} and m.cpu_percent (whole tree)."""
+    """`with TreeMonitor(pids) as m:` ... then m.peak_rss_mb {label#pid: MB}, sampled every `interval` s."""
 
     def __init__(self, pids: list[int], interval: float = 0.25):
         self._roots = [psutil.Process(p) for p in pids]
         self._interval = interval
         self._stop = threading.Event()
-        self._procs: dict[int, psutil.Process] = {}
         self.peak_rss_mb: dict[str, float] = {}
-        self.cpu_percent = 0.0
-
-    def _tree(self) -> list[psutil.Process]:
-        found = []
-        for root in self._roots:
-            try:
-                found += [root, *root.children(recursive=True)]
-            except psutil.Error:
-                pass
-        for proc in found:
-            if proc.pid not in self._procs:
-                self._procs[proc.pid] = proc
-                try:
-                    proc.cpu_times()
-                except psutil.Error:
-                    pass
-        return found
-
-    def _cpu_seconds(self) -> float:
-        total = 0.0
-        for proc in self._procs.values():
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system
-                self._last_cpu[proc.pid] = t.user + t.system
-            except psutil.Error:
-                total += self._last_cpu.get(proc.pid, 0.0)
-        return total
 
     def _sample(self) -> None:
-        for proc in self._tree():
+        for proc in _tree(self._roots):
             try:
                 rss = proc.memory_info().rss / 2**20
             except psutil.Error:
@@ -72,10 +92,6 @@ class TreeMonitor:
             self._sample()
 
     def __enter__(self) -> "TreeMonitor":
-        self._last_cpu: dict[int, float] = {}
-        self._tree()
-        self._cpu0 = self._cpu_seconds()
-        self._t0 = time.perf_counter()
         self._sample()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -84,6 +100,4 @@ class TreeMonitor:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._tree()
-        elapsed = time.perf_counter() - self._t0
-        self.cpu_percent = round(100 * (self._cpu_seconds() - self._cpu0) / max(elapsed, 1e-9), 1)
+        self._sample()

@@ -102,11 +102,17 @@ def test_still_ready_and_correct_afterwards(client):
 
 
 def test_short_soak(server):
-    from benchmarks.soak import memory_stable, soak
+    from benchmarks.soak import memory_stable, soak, verdict
 
     report = soak(server, requests=1000, concurrency=32)  # 4 rounds: growth is judged after both workers warmed up
+    assert report["transport_errors"] == 0, report
     assert report["server_errors"] == 0, report
+    assert report["overloaded"] == 0, report
     assert report["wrong_answers"] == 0, report
     assert report["good_ok"] == report["good"] > 50, report
+    assert report["bad_ok"] == report["bad"] > 50, report  # every bad request got its own 4xx and code
+    assert report["good"] + report["bad"] == report["requests"] == 1000, report
     assert report["ready_after"], report
+    assert len(report["rss_mib_per_round"]) == 4 and None not in report["rss_mib_per_round"], report
     assert memory_stable(report), report
+    assert verdict(report) == [], report
