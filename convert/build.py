@@ -18,7 +18,7 @@ from faceserve.spec import (CONFIG_FILE, GPU_CONFIG_FILE, LABELS_FILE, MODEL_FIL
 log = logging.getLogger("convert")
 
 # Bump when a change here changes what is written for the same manifest entry.
-CONVERTER_VERSION = "2"
+CONVERTER_VERSION = "3"
 BUILD_RECORD = "build.json"
 DEFAULT_MAX_BATCH = 64
 # On CPU an image costs the same or more in a bigger batch (benchmarks/README.md, the `batch-cost` table):

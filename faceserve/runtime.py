@@ -77,7 +77,7 @@ class Runtime:
     def models(self) -> ModelsInfo:
         backend = self.pipeline.backend
         return ModelsInfo(
-            backend=self.settings.backend if backend.kind == "triton" else backend.kind,
+            backend=f"triton-{backend.protocol}" if backend.kind == "triton" else backend.kind,
             repository=self.repository.path.name,  # the full path is logged at start-up, not served
             models=[spec.describe() for spec in self.repository.specs.values()],
             missing=self.repository.missing,

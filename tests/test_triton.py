@@ -301,3 +301,5 @@ def test_triton_up_but_one_model_missing(repository, specs):
             assert response.headers.get("retry-after")
             models = httpx.post(f"{url}/models", json={}, timeout=10)
             assert models.status_code == 200 and "age" in {m["name"] for m in models.json()["models"]}
+            assert models.json()["backend"] == "triton-grpc"
+            assert partial.grpc_url not in models.text and "127.0.0.1" not in models.text
