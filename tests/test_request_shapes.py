@@ -67,6 +67,10 @@ def test_no_shape_reaches_a_downloader(closed, counter):
     assert [w for w in wrong if w[3]] == []  # downloads first: they are the hole
     assert wrong == []
     assert counter.hits == 0, counter.requests
+    assert httpx.get(f"{closed}/readyz", timeout=10).status_code == 200  # and still serving afterwards
+    good = httpx.post(f"{closed}/analyze", files={"image": ("a.png", png(photos.astronaut()), "image/png")},
+                      timeout=60)
+    assert good.status_code == 200 and [f["emotion"]["label"] for f in good.json()["faces"]] == ["happy"]
 
 
 def test_allowed_image_url_is_the_only_fetch(repository, counter):
