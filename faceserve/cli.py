@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from faceserve import imaging
+from faceserve.annotate import annotate
 from faceserve.errors import FaceserveError
 from faceserve.runtime import Runtime
 from faceserve.settings import Settings
@@ -31,9 +32,7 @@ async def _analyze(args: argparse.Namespace) -> int:
         await runtime.close()
     print(analysis.model_dump_json(indent=2))
     if args.annotate:
-        from service import caption  # the same captions as the endpoint
-        drawn = imaging.draw_boxes(pixels, [(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in analysis.faces],
-                                   [caption(f) for f in analysis.faces])
+        drawn = annotate(pixels, analysis)
         fmt = "jpeg" if args.annotate.suffix.lower() in (".jpg", ".jpeg") else "png"
         args.annotate.write_bytes(imaging.encode(drawn, fmt))
     return 0

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from faceserve import postprocess, preprocess
 from faceserve.backends import Backend
-from faceserve.detection import DEFAULT_DETECTOR, DETECTORS, Detection, HaarDetector, decode_blazeface
 from faceserve.errors import InvalidRequest, LimitExceeded, NotFound
-from faceserve.schemas import Analysis, Box, Classification, Face, Label, LabelScores
-from faceserve.spec import CONFIG_FILE, FACE_TASKS, ModelSpec, model_dirs
+from faceserve.models import detectors, heads
+from faceserve.models.classifier import TASK as CLASSIFIER_TASK, Classifier
+from faceserve.models.detectors import DEFAULT_DETECTOR, Detection, Detector
+from faceserve.models.heads import Head
+from faceserve.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label
+from faceserve.spec import CONFIG_FILE, ModelSpec, model_dirs
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +37,22 @@ class Repository:
         built = {d.name: ModelSpec.load(d) for d in model_dirs(path)}
         declared = {d.name for d in path.iterdir() if (d / CONFIG_FILE).is_file()}
         repo = cls(path, built, sorted(declared - set(built)))
-        for task in FACE_TASKS + ("face_detector",):
-            names = [s.name for s in built.values() if s.task == task]
+        for task in {s.task for s in built.values()} - {CLASSIFIER_TASK}:
+            names = sorted(s.name for s in built.values() if s.task == task)
             if len(names) > 1:
                 raise ValueError(f"{path} has several {task} models ({', '.join(names)}); keep one per repository")
         return repo
 
-    def _one(self, task: str) -> ModelSpec | None:
-        return next((s for s in self.specs.values() if s.task == task), None)
-
     @property
-    def detector(self) -> ModelSpec | None:
-        return self._one("face_detector")
-
-    @property
-    def heads(self) -> dict[str, ModelSpec]:
-        return {task: spec for task in FACE_TASKS if (spec := self._one(task)) is not None}
+    def heads(self) -> list[Head]:
+        """A head per face model, in the response's field order (the schema's, then by name)."""
+        found = [heads.head_for(spec) for spec in self.specs.values() if heads.is_head(spec)]
+        return sorted(found, key=lambda h: (HEAD_FIELDS.index(h.field) if h.field in HEAD_FIELDS
+                                            else len(HEAD_FIELDS), h.field))
 
     @property
     def classifiers(self) -> dict[str, ModelSpec]:
-        return {n: s for n, s in self.specs.items() if s.task == "image_classifier"}
+        return {n: s for n, s in self.specs.items() if s.task == CLASSIFIER_TASK}
 
 
 class Pipeline:
@@ -62,67 +60,55 @@ class Pipeline:
         self.repository = repository
         self.backend = backend
         self.max_faces = max_faces
-        self._haar = HaarDetector()
+        self.heads = repository.heads
+        self._detectors = detectors.build(repository.specs.values(), backend)
 
     async def start(self) -> None:
         await self.backend.start(self.repository.specs)
 
     @property
     def detectors(self) -> list[str]:
-        return [d for d in DETECTORS if d != "blazeface" or self.repository.detector is not None]
+        return list(self._detectors)
+
+    def detector(self, name: str) -> Detector:
+        if name not in self._detectors:
+            raise InvalidRequest(f"unknown detector {name!r}; available: {', '.join(self._detectors)}",
+                                 code="unknown_detector")
+        return self._detectors[name]
 
     async def detect(self, image: np.ndarray, detector: str = DEFAULT_DETECTOR) -> list[Detection]:
-        if detector not in self.detectors:
-            raise InvalidRequest(f"unknown detector {detector!r}; available: {', '.join(self.detectors)}",
-                                 code="unknown_detector")
-        if detector == "haar":
-            return await asyncio.to_thread(self._haar.detect, image)
-        spec = self.repository.detector
-        batch, frame = preprocess.whole_image(image, spec)
-        outputs = await self.backend.infer(spec, batch)
-        regressors, logits = (outputs[n][0] for n in spec.output_names)
-        return decode_blazeface(regressors, logits, frame, spec.height, image.shape[:2],
-                                threshold=spec.score_threshold, nms_iou=spec.nms_iou)
+        return await self.detector(detector).detect(image)
 
     async def analyze(self, image: np.ndarray, detector: str = DEFAULT_DETECTOR) -> Analysis:
+        chosen = self.detector(detector)
         started = time.perf_counter()
-        detections = await self.detect(image, detector)
+        detections = await chosen.detect(image)
         detected = time.perf_counter()
         if len(detections) > self.max_faces:
             raise LimitExceeded(f"{len(detections)} faces found; the limit is {self.max_faces} faces per image",
                                 code="too_many_faces")
-        heads = self.repository.heads
-        boxes = [d.box for d in detections]
-        per_task = await self._heads(heads, image, boxes)
-        faces = []
-        for i, d in enumerate(detections):
-            face = {task: per_task[task][i] for task in per_task}
-            faces.append(Face(box=Box(x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3]), score=d.score,
-                              emotion=LabelScores(**face["emotion"]) if "emotion" in face else None,
-                              gender=LabelScores(**face["gender"]) if "gender" in face else None,
-                              age=face.get("age")))
+        answers = await self._heads(image, [d.box for d in detections])
+        faces = [Face(box=Box(x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3]), score=d.score,
+                      **{field: values[i] for field, values in answers.items()})
+                 for i, d in enumerate(detections)]
         finished = time.perf_counter()
-        used = dict(heads)
-        if detector == "blazeface":
-            used["face_detector"] = self.repository.detector
+        used = [head.spec for head in self.heads] + ([chosen.spec] if chosen.spec is not None else [])
         return Analysis(
             width=image.shape[1], height=image.shape[0], detector=detector, faces=faces,
-            models={task: f"{spec.name}:{spec.version}" for task, spec in used.items()},
-            missing_heads=[t for t in FACE_TASKS if t not in heads],
+            models={spec.task: f"{spec.name}:{spec.version}" for spec in used},
+            missing_heads=[field for field in HEAD_FIELDS if field not in answers],
             timings_ms={"detect": round((detected - started) * 1e3, 3),
                         "heads": round((finished - detected) * 1e3, 3)},
         )
 
-    async def _heads(self, heads: dict[str, ModelSpec], image: np.ndarray, boxes: list) -> dict[str, list]:
+    async def _heads(self, image: np.ndarray, boxes: list) -> dict[str, list]:
         """Each head's answers per box; every crop is cut in one worker-thread hop, then the heads run at once."""
         if not boxes:
-            return {task: [] for task in heads}
-        batches = await asyncio.to_thread(
-            lambda: [preprocess.face_batch(image, boxes, spec) for spec in heads.values()])
-        outputs = await asyncio.gather(*(self.backend.infer(spec, batch)
-                                         for spec, batch in zip(heads.values(), batches)))
-        return {task: postprocess.decode_head(spec, out[spec.output_names[0]])
-                for (task, spec), out in zip(heads.items(), outputs)}
+            return {head.field: [] for head in self.heads}
+        batches = await asyncio.to_thread(lambda: [head.batch(image, boxes) for head in self.heads])
+        outputs = await asyncio.gather(*(self.backend.infer(head.spec, batch)
+                                         for head, batch in zip(self.heads, batches)))
+        return {head.field: head.decode(out) for head, out in zip(self.heads, outputs)}
 
     async def classify(self, image: np.ndarray, model: str | None, top_k: int) -> Classification:
         available = self.repository.classifiers
@@ -135,9 +121,6 @@ class Pipeline:
         if model not in available:
             raise NotFound(f"no whole-image classifier named {model!r}; available: {', '.join(sorted(available))}",
                            code="unknown_model")
-        spec = available[model]
-        batch, _ = preprocess.whole_image(image, spec)
-        outputs = await self.backend.infer(spec, batch)
-        labels = postprocess.top_k(spec, outputs[spec.output_names[0]][0], top_k)
+        labels = await Classifier(available[model], self.backend).classify(image, top_k)
         return Classification(model=model, width=image.shape[1], height=image.shape[0],
                               top_k=[Label(**item) for item in labels])

@@ -13,8 +13,8 @@ import numpy as np
 
 from faceserve import imaging, inputs
 from faceserve.backends import create
-from faceserve.detection import DEFAULT_DETECTOR
 from faceserve.errors import LimitExceeded
+from faceserve.models.detectors import DEFAULT_DETECTOR
 from faceserve.pipeline import Pipeline, Repository
 from faceserve.schemas import ModelsInfo
 from faceserve.settings import Settings

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Box(BaseModel):
@@ -19,11 +19,20 @@ class LabelScores(BaseModel):
 
 
 class Face(BaseModel):
+    """One face: its box and score, then one field per head of the repository (the typed ones below,
+    and any other head's answer under its task's name)."""
+
+    model_config = ConfigDict(extra="allow")
+
     box: Box
     score: float = Field(description="detector confidence, 0..1")
     emotion: LabelScores | None = None
     gender: LabelScores | None = None
     age: float | None = Field(None, description="estimated age in years")
+
+
+# The per-face fields the schema types, in response order; the heads present fill them.
+HEAD_FIELDS: tuple[str, ...] = tuple(name for name in Face.model_fields if name not in ("box", "score"))
 
 
 class Analysis(BaseModel):

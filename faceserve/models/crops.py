@@ -1,14 +1,40 @@
-"""Model inputs from pixels, by each model's own recipe (read from its ModelSpec)."""
+"""Model inputs from pixels, by each model's own recipe (read from its ModelSpec).
+
+Every role builds its input here: face crops for heads, the whole image (letterboxed or
+resized) for detectors and classifiers. Colour order, scaling and crop margins come from
+the repository, never from code.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from faceserve.detection import Letterbox, letterbox
 from faceserve.spec import ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Letterbox:
+    """Where the model's square input sits in the original image."""
+
+    scale: float  # original pixels per input pixel
+    pad_x: float  # padding added on the left, in original pixels
+    pad_y: float
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Pad the image to a centred square, resize it to size x size (uint8, same channels)."""
+    height, width = image.shape[:2]
+    side = max(height, width)
+    pad_y, pad_x = (side - height) // 2, (side - width) // 2
+    square = cv2.copyMakeBorder(image, pad_y, side - height - pad_y, pad_x, side - width - pad_x,
+                                cv2.BORDER_CONSTANT, value=0)
+    resized = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA
+                         if side > size else cv2.INTER_LINEAR)
+    return resized, Letterbox(scale=side / size, pad_x=pad_x, pad_y=pad_y)
 
 
 def crop_box(box: Sequence[float], spec: ModelSpec, image_shape: tuple[int, int]) -> tuple[int, int, int, int]:

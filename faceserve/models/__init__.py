@@ -1,0 +1,16 @@
+"""Model roles and their recipes: what each kind of model takes from an image and what its answer means.
+
+A role is one small interface, and each model family is one class behind it, found by name in
+a registry that reads the model repository (as insightface's model router does):
+
+- `detectors/`: a whole image in, faces out (`Detector.detect` -> `Detection`: box, score, keypoints).
+  Each detector module owns its preprocessing and its output decoding.
+- `heads/`: a model that looks at one face (`Head`: its crop batch, its output decoding), one
+  module per decoder kind; each head answers one per-face field of the response.
+- `classifier.py`: a whole image in, labels out.
+- `crops.py`: the recipe operations every role uses (crop margins, letterbox, colour order, scaling).
+- `spec.py`: `ModelSpec`, a model's recipe as the repository states it.
+
+Not here: running a model (`faceserve.backends`), the order of the stages and the repository
+(`faceserve.pipeline`), anything HTTP (`faceserve.http`).
+"""

@@ -1,0 +1,48 @@
+"""The detector role: a whole image in, faces out."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from faceserve.spec import ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
+    score: float
+    keypoints: tuple[tuple[float, float], ...] = ()  # image pixels, in the model's own order
+
+
+class Detector(abc.ABC):
+    """Finds faces in an RGB image; owns its preprocessing and its output decoding.
+
+    `decoder` names the repository models a class runs (their `decoder` parameter);
+    None means the detector needs no model from the repository (it runs in-process).
+    """
+
+    name: ClassVar[str]
+    decoder: ClassVar[str | None] = None
+    spec: ModelSpec | None = None  # the repository model it runs, if any
+
+    @abc.abstractmethod
+    async def detect(self, image: np.ndarray) -> list[Detection]:
+        """The faces of `image`, best first."""
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, image_shape: tuple[int, int],
+        keypoints: np.ndarray | None = None) -> list[Detection]:
+    """Boxes clipped to the image, overlaps above `iou` suppressed (OpenCV), best score first."""
+    height, width = image_shape
+    boxes = np.clip(boxes, 0, [width, height, width, height])
+    xywh = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]).tolist()
+    kept = cv2.dnn.NMSBoxes(xywh, scores.tolist(), 0.0, iou)
+    order = sorted(np.asarray(kept).reshape(-1).tolist(), key=lambda i: -scores[i])
+    return [Detection(tuple(float(v) for v in boxes[i]), float(scores[i]),
+                      () if keypoints is None else tuple((float(x), float(y)) for x, y in keypoints[i]))
+            for i in order if boxes[i, 2] - boxes[i, 0] >= 1 and boxes[i, 3] - boxes[i, 1] >= 1]

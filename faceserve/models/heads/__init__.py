@@ -1,0 +1,31 @@
+"""Face heads, one module per decoder kind, found by the repository's `decoder` parameter.
+
+A new head *model* of a known kind needs no code: convert it into the repository with its
+task (the response field) and decoder. A new *kind* of head is a module with a `Head`
+subclass and one line in `REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from faceserve.models.heads.base import Head
+from faceserve.models.heads.regression import RegressionHead
+from faceserve.models.heads.sigmoid import SigmoidHead
+from faceserve.models.heads.softmax import SoftmaxHead, label_scores
+from faceserve.spec import ModelSpec
+
+REGISTRY: dict[str, type[Head]] = {cls.decoder: cls for cls in (SoftmaxHead, SigmoidHead, RegressionHead)}
+
+
+def is_head(spec: ModelSpec) -> bool:
+    """Every repository model that is neither a detector nor a whole-image classifier is a face head."""
+    return spec.task not in ("face_detector", "image_classifier")
+
+
+def head_for(spec: ModelSpec) -> Head:
+    if spec.decoder not in REGISTRY:
+        raise ValueError(f"{spec.name}: decoder {spec.decoder!r} is not a face head "
+                         f"(known: {', '.join(REGISTRY)})")
+    return REGISTRY[spec.decoder](spec)
+
+
+__all__ = ["REGISTRY", "Head", "head_for", "is_head", "label_scores"]
