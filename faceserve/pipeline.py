@@ -44,11 +44,9 @@ class Repository:
         return repo
 
     @property
-    def heads(self) -> list[Head]:
-        """A head per face model, in the response's field order (the schema's, then by name)."""
-        found = [heads.head_for(spec) for spec in self.specs.values() if heads.is_head(spec)]
-        return sorted(found, key=lambda h: (HEAD_FIELDS.index(h.field) if h.field in HEAD_FIELDS
-                                            else len(HEAD_FIELDS), h.field))
+    def heads(self) -> dict[str, ModelSpec]:
+        """The face models, by the response field each answers."""
+        return {spec.task: spec for spec in self.specs.values() if heads.is_head(spec)}
 
     @property
     def classifiers(self) -> dict[str, ModelSpec]:
@@ -60,7 +58,10 @@ class Pipeline:
         self.repository = repository
         self.backend = backend
         self.max_faces = max_faces
-        self.heads = repository.heads
+        # in the response's field order: the schema's typed fields first, then any other by name
+        self.heads: list[Head] = [heads.head_for(spec) for _, spec in sorted(
+            repository.heads.items(),
+            key=lambda item: (HEAD_FIELDS.index(item[0]) if item[0] in HEAD_FIELDS else len(HEAD_FIELDS), item[0]))]
         self._detectors = detectors.build(repository.specs.values(), backend)
 
     async def start(self) -> None:
