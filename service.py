@@ -8,7 +8,6 @@ Only wiring lives here; every step is in the `faceserve` package.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,13 +15,13 @@ import bentoml
 from bentoml.validators import ContentType
 from starlette.responses import Response
 
-from faceserve import imaging
-from faceserve.errors import LimitExceeded
-from faceserve.auth import ApiKeyMiddleware
-from faceserve.http import (ConcurrencyLimitMiddleware, ErrorShapeMiddleware, KeepAliveLimitMiddleware,
-                            UploadGuardMiddleware, bound_metrics_labels, close_framework_downloads, json_errors)
+from faceserve.http.auth import ApiKeyMiddleware
+from faceserve.http.framework import bound_metrics_labels, close_framework_downloads
+from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimitMiddleware
+from faceserve.http.responses import ErrorShapeMiddleware, json_errors
+from faceserve.http.upload_guard import UploadGuardMiddleware
+from faceserve.pipeline.schemas import Analysis, BatchAnalysis, Classification, ModelsInfo
 from faceserve.runtime import Runtime
-from faceserve.schemas import Analysis, BatchAnalysis, Classification, ModelsInfo
 from faceserve.settings import Settings
 
 ImageFile = Annotated[Path, ContentType("image/*")]
@@ -52,21 +51,14 @@ class FaceAnalysis:
     async def analyze(self, image: ImageFile = None, image_base64: str | None = None,
                       image_url: str | None = None, detector: Detector = "blazeface") -> Analysis:
         """Faces with box, score, emotion, gender and age."""
-        pixels = await self.runtime.image(image, image_base64, image_url)
-        return await self.runtime.pipeline.analyze(pixels, detector)
+        return await self.runtime.analyze(image, image_base64, image_url, detector)
 
     @bentoml.api
     @json_errors
     async def analyze_batch(self, images: list[ImageFile] = None, images_base64: list[str] | None = None,
                             detector: Detector = "blazeface") -> BatchAnalysis:
         """`analyze` for several images in one request (all their faces share model calls)."""
-        items = [(upload, None) for upload in images or []] + [(None, b64) for b64 in images_base64 or []]
-        limit = self.runtime.settings.limits.max_batch_images
-        if not items or len(items) > limit:
-            raise LimitExceeded(f"send between 1 and {limit} images; got {len(items)}", code="batch_size")
-        pixels = await self.runtime.images(items)
-        return BatchAnalysis(results=await asyncio.gather(
-            *(self.runtime.pipeline.analyze(p, detector) for p in pixels)))
+        return await self.runtime.analyze_batch(images, images_base64, detector)
 
     @bentoml.api
     @json_errors
@@ -74,42 +66,28 @@ class FaceAnalysis:
                        image_url: str | None = None, detector: Detector = "blazeface",
                        format: ImageFormat = "png") -> ImageOut:
         """The image with each face boxed and captioned (emotion, gender, age)."""
-        pixels = await self.runtime.image(image, image_base64, image_url)
-        analysis = await self.runtime.pipeline.analyze(pixels, detector)
-        drawn = imaging.draw_boxes(pixels, [(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in analysis.faces],
-                                   [caption(f) for f in analysis.faces])
-        return Response(imaging.encode(drawn, format), media_type=f"image/{format}")
+        drawn = await self.runtime.annotate(image, image_base64, image_url, detector, format)
+        return Response(drawn, media_type=f"image/{format}")
 
     @bentoml.api
     @json_errors
     async def classify(self, image: ImageFile = None, image_base64: str | None = None,
                        image_url: str | None = None, model: str | None = None, top_k: int = 5) -> Classification:
         """Top-k labels from a whole-image classifier of the repository."""
-        limit = self.runtime.settings.limits.max_top_k
-        if not 1 <= top_k <= limit:
-            raise LimitExceeded(f"top_k must be between 1 and {limit}, got {top_k}", code="top_k_out_of_range")
-        pixels = await self.runtime.image(image, image_base64, image_url)
-        return await self.runtime.pipeline.classify(pixels, model, top_k)
+        return await self.runtime.classify(image, image_base64, image_url, model, top_k)
 
     @bentoml.api
     @json_errors
     async def rotate(self, image: ImageFile = None, image_base64: str | None = None,
                      image_url: str | None = None, degrees: int = 90, format: ImageFormat = "png") -> ImageOut:
         """The image rotated counter-clockwise by a multiple of 90 degrees."""
-        imaging.check_rotation(degrees)  # before the image is decoded
-        pixels = await self.runtime.image(image, image_base64, image_url)
-        return Response(imaging.encode(imaging.rotate(pixels, degrees), format), media_type=f"image/{format}")
+        rotated = await self.runtime.rotate(image, image_base64, image_url, degrees, format)
+        return Response(rotated, media_type=f"image/{format}")
 
     @bentoml.api
     async def models(self) -> ModelsInfo:
         """What is loaded: input specs, labels, source artifacts, and what is missing."""
         return self.runtime.models()
-
-
-def caption(face) -> str:
-    parts = [face.emotion.label if face.emotion else None, face.gender.label if face.gender else None,
-             f"{face.age:.0f}" if face.age is not None else None]
-    return ", ".join(p for p in parts if p)
 
 
 # Before the ASGI app is built: BentoML's own URL downloader closed at its source, its /metrics labelled by

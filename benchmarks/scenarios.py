@@ -15,6 +15,7 @@ import numpy as np
 import psutil
 
 from benchmarks import loadgen, servers
+from faceserve import devserver
 from benchmarks.monitor import CpuWindow, TreeMonitor
 from benchmarks.report import COMPARISON_C
 from benchmarks.workload import Workload
@@ -72,7 +73,7 @@ class Context:
         except ImportError as exc:
             raise Skip(f"faceserve.triton_local is not available ({exc})") from None
         from faceserve.settings import Settings
-        ports = {k: servers.free_port() for k in ("http_port", "grpc_port", "metrics_port")}
+        ports = {k: devserver.free_port() for k in ("http_port", "grpc_port", "metrics_port")}
         started = time.perf_counter()
         try:
             server = self.stack.enter_context(LocalTriton(Settings.from_env().repository,
@@ -174,7 +175,7 @@ def seed_comparison_concurrencies(cfg: Config) -> list[int]:
 
 def service_embedded(ctx: Context) -> list[dict]:
     """`bentoml serve` with the embedded onnxruntime backend (and its in-process dynamic batcher)."""
-    with servers.bentoml_serve(ctx.out / "logs") as server:
+    with devserver.bentoml_serve(ctx.out / "logs") as server:
         ctx.info["service-embedded"] = {"cold_start_s": server.cold_start_s}
         rows = _locust_sweep(ctx, "service-embedded", server)
         # The seed detects with Haar: dearer than BlazeFace per frame, and it misses 9 of these 12 faces, so
@@ -188,7 +189,7 @@ def _service_triton(ctx: Context, protocol: str) -> list[dict]:
     triton, ports = ctx.triton(dynamic_batching=True)
     address = triton.grpc_url if protocol == "grpc" else triton.http_url
     name = f"service-triton-{protocol}"
-    with servers.bentoml_serve(ctx.out / "logs", {"FACESERVE_BACKEND": f"{protocol}://{address}"}) as server:
+    with devserver.bentoml_serve(ctx.out / "logs", {"FACESERVE_BACKEND": f"{protocol}://{address}"}) as server:
         ctx.info[name] = {"cold_start_s": server.cold_start_s}
         return _locust_sweep(ctx, name, server, _triton_pids(triton), triton.metrics_url)
 
@@ -205,21 +206,22 @@ def service_triton_http(ctx: Context) -> list[dict]:
 
 def _face_crops(ctx: Context, spec) -> list[np.ndarray]:
     """One [1, H, W, C] input per face of the workload, cropped by the head's own recipe."""
-    from faceserve import imaging, preprocess
-    from faceserve.detection import HaarDetector
-    crops, haar = [], HaarDetector()
+    from faceserve.models import crops
+    from faceserve.pipeline import imaging
+    from faceserve.models.detectors import HaarDetector
+    inputs, haar = [], HaarDetector()
     for path in ctx.images:
         image = imaging.decode(path.read_bytes())
-        crops += [preprocess.face_batch(image, [d.box], spec) for d in haar.detect(image)]
-    if not crops:
+        inputs += [crops.face_batch(image, [d.box], spec) for d in haar.detect_sync(image)]
+    if not inputs:
         raise Skip("no face found in the workload to crop for the heads")
-    return crops
+    return inputs
 
 
 def triton_heads(ctx: Context) -> list[dict]:
     """Each head straight on Triton (gRPC, one face per request), dynamic batching on vs off."""
     import tritonclient.grpc.aio as grpcclient
-    from faceserve.pipeline import Repository
+    from faceserve.models.repository import Repository
     from faceserve.settings import Settings
 
     specs = Repository.load(Settings.from_env().repository).specs
@@ -272,7 +274,7 @@ def seed_baseline(ctx: Context) -> list[dict]:
 
 def detectors(ctx: Context) -> list[dict]:
     """Haar vs BlazeFace on every photo of every workload, one image at a time, in this process."""
-    from faceserve import imaging
+    from faceserve.pipeline import imaging
     from faceserve.runtime import Runtime
 
     runtime = Runtime()
@@ -324,7 +326,7 @@ def batch_cost(ctx: Context) -> list[dict]:
     """
     import onnxruntime as ort
 
-    from faceserve.pipeline import Repository
+    from faceserve.models.repository import Repository
     from faceserve.settings import Settings
 
     repository = Repository.load(Settings.from_env().repository)
@@ -334,7 +336,7 @@ def batch_cost(ctx: Context) -> list[dict]:
     seconds = max(0.3, ctx.config.duration_s / 8)
     rows = []
     for name, spec in repository.specs.items():
-        session = ort.InferenceSession(str(repository.path / name / "1" / "model.onnx"), options,
+        session = ort.InferenceSession(str(repository.model_file(name)), options,
                                        providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(0)
         for size in BATCH_SIZES:

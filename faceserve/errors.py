@@ -20,13 +20,23 @@ class FaceserveError(Exception):
     def body(self) -> dict:
         return {"error": self.code, "message": self.message}
 
+    @classmethod
+    def kind(cls, name: str, status: int, code: str, doc: str) -> type["FaceserveError"]:
+        """A subclass with a fixed status and code (most errors differ in nothing else)."""
+        return type(name, (cls,), {"status": status, "code": code, "__doc__": doc, "__module__": __name__})
 
-class InvalidImage(FaceserveError):
-    status, code = 400, "invalid_image"
 
-
-class InvalidRequest(FaceserveError):
-    status, code = 400, "invalid_request"
+InvalidImage = FaceserveError.kind("InvalidImage", 400, "invalid_image", "The bytes are not an image we decode.")
+InvalidRequest = FaceserveError.kind("InvalidRequest", 400, "invalid_request", "The request itself is malformed.")
+PayloadTooLarge = FaceserveError.kind("PayloadTooLarge", 413, "body_too_large", "The body is over the byte limit.")
+Unauthorized = FaceserveError.kind("Unauthorized", 401, "unauthorized", "No valid API key was presented.")
+NotFound = FaceserveError.kind("NotFound", 404, "not_found", "The named model or resource does not exist.")
+InvalidUrl = FaceserveError.kind("InvalidUrl", 400, "invalid_url", "The URL is not an http(s) URL we fetch.")
+UrlForbidden = FaceserveError.kind("UrlForbidden", 403, "url_forbidden", "The URL's host is not a public address.")
+UrlTooLarge = FaceserveError.kind("UrlTooLarge", 413, "url_too_large", "The URL's body is over the byte limit.")
+UrlFetchFailed = FaceserveError.kind("UrlFetchFailed", 422, "url_fetch_failed", "The URL could not be fetched.")
+UrlTimeout = FaceserveError.kind("UrlTimeout", 422, "url_timeout", "Fetching the URL took too long.")
+UrlNotImage = FaceserveError.kind("UrlNotImage", 415, "url_not_image", "The URL did not answer with an image.")
 
 
 class LimitExceeded(FaceserveError):
@@ -35,51 +45,31 @@ class LimitExceeded(FaceserveError):
     status = 422
 
 
-class PayloadTooLarge(FaceserveError):
-    status, code = 413, "body_too_large"
+class UnsupportedRequest(FaceserveError):
+    """The request is well formed but declared in a way we refuse (a charset, a compression); `code` says which."""
+
+    status = 415
 
 
-class Unauthorized(FaceserveError):
-    status, code = 401, "unauthorized"
+class Unavailable(FaceserveError):
+    """The service cannot answer now; the caller may retry after `retry_after` seconds."""
 
-
-class NotFound(FaceserveError):
-    status, code = 404, "not_found"
-
-
-class BackendUnavailable(FaceserveError):
-    """The inference backend cannot answer now; the caller may retry."""
-
-    status, code = 503, "backend_unavailable"
+    status, code = 503, "unavailable"
 
     def __init__(self, message: str, *, retry_after: int = 1):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
-# ---- fetching an image by URL ----
+class BackendUnavailable(Unavailable):
+    """The inference backend cannot answer now."""
 
-class InvalidUrl(FaceserveError):
-    status, code = 400, "invalid_url"
-
-
-class UrlForbidden(FaceserveError):
-    status, code = 403, "url_forbidden"
+    code = "backend_unavailable"
 
 
-class UrlTooLarge(FaceserveError):
-    status, code = 413, "url_too_large"
+class Overloaded(Unavailable):
+    """Every request slot is taken."""
 
-
-class UrlFetchFailed(FaceserveError):
-    status, code = 422, "url_fetch_failed"
-
-
-class UrlTimeout(FaceserveError):
-    status, code = 422, "url_timeout"
-
-
-class UrlNotImage(FaceserveError):
-    status, code = 415, "url_not_image"
+    code = "overloaded"
 
 
 class BackendMismatch(Exception):

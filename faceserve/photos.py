@@ -5,13 +5,11 @@ Never imported by the service: skimage and matplotlib are test/convert dependenc
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
-FIXTURE_IMAGES = Path(os.environ.get(
-    "FACESERVE_FIXTURES", Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures")) / "images"
+from faceserve.settings import FIXTURES
+
+FIXTURE_IMAGES = FIXTURES / "images"
 
 
 def astronaut() -> np.ndarray:

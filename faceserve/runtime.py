@@ -11,12 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from faceserve import imaging, inputs
 from faceserve.backends import create
 from faceserve.errors import LimitExceeded
+from faceserve.http import inputs
 from faceserve.models.detectors import DEFAULT_DETECTOR
-from faceserve.pipeline import Pipeline, Repository
-from faceserve.schemas import ModelsInfo
+from faceserve.models.repository import Repository
+from faceserve.pipeline import imaging
+from faceserve.pipeline.annotate import annotate
+from faceserve.pipeline.pipeline import Pipeline
+from faceserve.pipeline.schemas import Analysis, BatchAnalysis, Classification, ModelsInfo
 from faceserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,7 @@ class Runtime:
         self.pipeline = Pipeline(self.repository, backend, max_faces=self.settings.limits.max_faces)
         self.fetch = None  # the `image_url` hook; None answers `url_fetch_disabled`
         if self.settings.url_fetch:
-            from faceserve.urlfetch import UrlFetcher
+            from faceserve.http.urlfetch import UrlFetcher
             limits = self.settings.limits
             self.fetch = UrlFetcher(allowlist=self.settings.url_allowlist, max_bytes=limits.url_max_bytes,
                                     timeout_s=limits.url_timeout_s, max_redirects=limits.url_max_redirects)
@@ -54,6 +57,46 @@ class Runtime:
         await self.start()
         states = await self.pipeline.backend.ready()
         return bool(states) and all(states.values())
+
+    # ---- what each endpoint does (the service and the CLI only call these) ----
+
+    async def analyze(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
+                      detector: str = DEFAULT_DETECTOR) -> Analysis:
+        return await self.analyze_image(await self.image(upload, b64, url), detector)
+
+    async def analyze_image(self, pixels: np.ndarray, detector: str = DEFAULT_DETECTOR) -> Analysis:
+        return await self.pipeline.analyze(pixels, detector)
+
+    async def analyze_batch(self, uploads: list[Path] | None, b64s: list[str] | None,
+                            detector: str = DEFAULT_DETECTOR) -> BatchAnalysis:
+        """`analyze` for several images; every image is checked before any is decoded, all their faces
+        share model calls."""
+        items = [(upload, None) for upload in uploads or []] + [(None, b64) for b64 in b64s or []]
+        limit = self.settings.limits.max_batch_images
+        if not items or len(items) > limit:
+            raise LimitExceeded(f"send between 1 and {limit} images; got {len(items)}", code="batch_size")
+        pixels = await self.images(items)
+        return BatchAnalysis(results=await asyncio.gather(*(self.pipeline.analyze(p, detector) for p in pixels)))
+
+    async def annotate(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
+                       detector: str = DEFAULT_DETECTOR, fmt: str = "png") -> bytes:
+        """The photo with each face boxed and captioned, encoded as `fmt`."""
+        pixels = await self.image(upload, b64, url)
+        analysis = await self.pipeline.analyze(pixels, detector)
+        return await asyncio.to_thread(lambda: imaging.encode(annotate(pixels, analysis), fmt))
+
+    async def classify(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
+                       model: str | None = None, top_k: int = 5) -> Classification:
+        self.pipeline.check_top_k(top_k, self.settings.limits.max_top_k)
+        return await self.pipeline.classify(await self.image(upload, b64, url), model, top_k)
+
+    async def rotate(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
+                     degrees: int = 90, fmt: str = "png") -> bytes:
+        imaging.check_rotation(degrees)  # before the image is decoded
+        pixels = await self.image(upload, b64, url)
+        return await asyncio.to_thread(lambda: imaging.encode(imaging.rotate(pixels, degrees), fmt))
+
+    # ---- images in ----
 
     async def image(self, upload: Path | None = None, b64: str | None = None, url: str | None = None) -> np.ndarray:
         await self.start()

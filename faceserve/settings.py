@@ -6,9 +6,11 @@ import dataclasses
 import os
 from pathlib import Path
 
-from faceserve.imaging import DecodeLimits
+from faceserve.pipeline.imaging import DecodeLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The shared fixtures (models and labelled photos) beside a checkout; absent on many machines.
+FIXTURES = Path(os.environ.get("FACESERVE_FIXTURES", PROJECT_ROOT.parent / "shared" / "fixtures"))
 
 
 def _env(name: str, default: str) -> str:

@@ -1,18 +1,16 @@
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root: `tests`, `benchmarks`, `convert`
 
 from faceserve import photos  # noqa: E402
-from faceserve.spec import model_dirs  # noqa: E402
+from faceserve.models.repository import model_dirs  # noqa: E402
+from tests.support import FIXTURES, ROOT  # noqa: E402
 
-FIXTURES = Path(os.environ.get("FACESERVE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 REPOSITORY = ROOT / "model_repository"
 
 

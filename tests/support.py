@@ -13,11 +13,14 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from benchmarks import servers
-from benchmarks.servers import free_port  # noqa: F401  (tests import it from here)
+from faceserve import devserver
+from faceserve.devserver import free_port  # noqa: F401  (tests import it from here)
+from faceserve.settings import FIXTURES, PROJECT_ROOT as ROOT  # noqa: F401  (the one place tests take them from)
 
-ROOT = Path(__file__).resolve().parent.parent
 BENTOML = Path(sys.executable).with_name("bentoml")
+# The emotion grid fixture (emotion_classification.jpg): the emotion of the face in each quadrant (x, y).
+QUADRANT_EMOTIONS = {(0, 0): "surprise", (1, 0): "happy", (0, 1): "sad", (1, 1): "angry"}
+
 LOG_DIR = Path(os.environ.get("FACESERVE_TEST_LOG_DIR", "/tmp"))
 
 
@@ -40,11 +43,11 @@ def serve(env: dict[str, str] | None = None, *, ready_timeout: float = 90.0,
 
     Stops the whole process group afterwards, so no worker outlives the test.
     """
-    with servers.bentoml_serve(LOG_DIR, env, ready_path="/readyz" if wait_ready else "/livez",
+    with devserver.bentoml_serve(LOG_DIR, env, ready_path="/readyz" if wait_ready else "/livez",
                                timeout=ready_timeout) as server:
         yield server.url
 
 
 def serve_log(url: str) -> Path:
     """The log file of the server `serve` started at `url`."""
-    return servers.bentoml_log(LOG_DIR, urlparse(url).port)
+    return devserver.bentoml_log(LOG_DIR, urlparse(url).port)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceserve.spec import ModelSpec
+from faceserve.models.spec import ModelSpec
 
 
 class Backend(abc.ABC):

@@ -12,7 +12,8 @@ import onnxruntime as ort
 from faceserve.backends import Backend
 from faceserve.backends.batching import DynamicBatcher
 from faceserve.errors import BackendMismatch
-from faceserve.spec import MODEL_FILE, ModelSpec
+from faceserve.models.repository import model_file
+from faceserve.models.spec import ModelSpec
 
 
 def check_session(spec: ModelSpec, session: ort.InferenceSession) -> None:
@@ -47,7 +48,7 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         delay_override = os.environ.get("FACESERVE_BATCH_DELAY_US")
         for name, spec in specs.items():
-            session = ort.InferenceSession(str(self._repository / name / "1" / MODEL_FILE), options,
+            session = ort.InferenceSession(str(model_file(self._repository / name)), options,
                                            providers=["CPUExecutionProvider"])
             check_session(spec, session)
             self._sessions[name] = session

@@ -12,7 +12,7 @@ from tritonclient.utils import InferenceServerException
 
 from faceserve.backends import Backend
 from faceserve.errors import BackendMismatch, BackendUnavailable
-from faceserve.spec import ModelSpec
+from faceserve.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from faceserve.models import crops
-from faceserve.spec import ModelSpec
-
-TASK = "image_classifier"
+from faceserve.models.spec import ModelSpec
 
 
 class Classifier:

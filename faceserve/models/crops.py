@@ -13,7 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from faceserve.spec import ModelSpec
+from faceserve.models.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)

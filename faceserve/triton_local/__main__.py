@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from faceserve.triton_local import LocalTriton, build_cpu_repository, ensure_env
-from faceserve.triton_local.env import PROJECT_ROOT
+from faceserve.settings import PROJECT_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from faceserve.settings import PROJECT_ROOT
+
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = PROJECT_ROOT / "requirements" / "triton-local.txt"
 STAMP = ".faceserve-stamp"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from faceserve.spec import CONFIG_FILE, LABELS_FILE, MODEL_FILE, model_dirs, read_config, write_config
+from faceserve.models.repository import (CONFIG_FILE, LABELS_FILE, VERSION_DIR, model_dirs, model_file, read_config,
+                                         write_config)
 
 SHIM = Path(__file__).with_name("python_model.py")
 
@@ -49,12 +50,12 @@ def build_cpu_repository(canonical: Path, out: Path, *, dynamic_batching: bool =
         shutil.rmtree(out)
     for name in names:
         source = dirs[name]
-        config = cpu_config(read_config(source / CONFIG_FILE), source / "1" / MODEL_FILE,
+        config = cpu_config(read_config(source / CONFIG_FILE), model_file(source),
                             dynamic_batching=dynamic_batching, ort_threads=ort_threads)
         target = out / name
         write_config(config, target / CONFIG_FILE)
-        (target / "1").mkdir(parents=True)
-        shutil.copyfile(SHIM, target / "1" / "model.py")
+        (target / VERSION_DIR).mkdir(parents=True)
+        shutil.copyfile(SHIM, target / VERSION_DIR / "model.py")
         if (source / LABELS_FILE).exists():
             shutil.copyfile(source / LABELS_FILE, target / LABELS_FILE)
     return names

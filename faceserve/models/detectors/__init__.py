@@ -10,15 +10,15 @@ from __future__ import annotations
 from faceserve.models.detectors.base import Detection, Detector, nms
 from faceserve.models.detectors.blazeface import BlazeFace
 from faceserve.models.detectors.haar import HaarDetector
+from faceserve.models.repository import DETECTOR_TASK
 
 REGISTRY: tuple[type[Detector], ...] = (BlazeFace, HaarDetector)  # in the order `/models` lists them
 DEFAULT_DETECTOR = "blazeface"
-TASK = "face_detector"  # the repository task of detector models
 
 
 def build(specs, backend) -> dict[str, Detector]:
     """The detectors available with these repository models, by name."""
-    by_decoder = {spec.decoder: spec for spec in specs if spec.task == TASK}
+    by_decoder = {spec.decoder: spec for spec in specs if spec.task == DETECTOR_TASK}
     available: dict[str, Detector] = {}
     for cls in REGISTRY:
         if cls.decoder is None:
@@ -28,4 +28,12 @@ def build(specs, backend) -> dict[str, Detector]:
     return available
 
 
-__all__ = ["DEFAULT_DETECTOR", "REGISTRY", "TASK", "Detection", "Detector", "build", "nms"]
+def consumed(spec, outputs):
+    """A detector model's outputs as its own decoding reads them; other models' outputs as they are."""
+    for cls in REGISTRY:
+        if cls.decoder is not None and cls.decoder == spec.decoder:
+            return cls.consumed(spec, outputs)
+    return outputs
+
+
+__all__ = ["DEFAULT_DETECTOR", "REGISTRY", "Detection", "Detector", "HaarDetector", "build", "consumed", "nms"]

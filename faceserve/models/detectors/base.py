@@ -9,7 +9,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from faceserve.spec import ModelSpec
+from faceserve.models.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,11 @@ class Detector(abc.ABC):
     @abc.abstractmethod
     async def detect(self, image: np.ndarray) -> list[Detection]:
         """The faces of `image`, best first."""
+
+    @staticmethod
+    def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The raw outputs in the form this detector's decoding reads them (what parity is judged on)."""
+        return outputs
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, image_shape: tuple[int, int],

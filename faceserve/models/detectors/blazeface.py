@@ -13,7 +13,7 @@ import numpy as np
 from faceserve.models import crops
 from faceserve.models.crops import Letterbox
 from faceserve.models.detectors.base import Detection, Detector, nms
-from faceserve.spec import ModelSpec
+from faceserve.models.spec import ModelSpec
 
 KEYPOINTS = 6  # eyes, nose tip, mouth centre, ear tragions (after the 4 box values of each row)
 
@@ -31,6 +31,10 @@ class BlazeFace(Detector):
         regressors, logits = (outputs[n][0] for n in self.spec.output_names)
         return decode_blazeface(regressors, logits, frame, self.spec.height, image.shape[:2],
                                 threshold=self.spec.score_threshold, nms_iou=self.spec.nms_iou)
+
+    @staticmethod
+    def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return consumed(spec, outputs)
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,14 +11,15 @@ from faceserve.models.heads.base import Head
 from faceserve.models.heads.regression import RegressionHead
 from faceserve.models.heads.sigmoid import SigmoidHead
 from faceserve.models.heads.softmax import SoftmaxHead, label_scores
-from faceserve.spec import ModelSpec
+from faceserve.models.repository import CLASSIFIER_TASK, DETECTOR_TASK
+from faceserve.models.spec import ModelSpec
 
 REGISTRY: dict[str, type[Head]] = {cls.decoder: cls for cls in (SoftmaxHead, SigmoidHead, RegressionHead)}
 
 
 def is_head(spec: ModelSpec) -> bool:
     """Every repository model that is neither a detector nor a whole-image classifier is a face head."""
-    return spec.task not in ("face_detector", "image_classifier")
+    return spec.task not in (DETECTOR_TASK, CLASSIFIER_TASK)
 
 
 def head_for(spec: ModelSpec) -> Head:

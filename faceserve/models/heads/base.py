@@ -8,7 +8,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from faceserve.models import crops
-from faceserve.spec import ModelSpec
+from faceserve.models.spec import ModelSpec
 
 
 class Head(abc.ABC):

@@ -18,8 +18,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from convert import build
 from convert.export import SourceModel
 from convert.parity import DEFAULT_RAW_TOLERANCE
-from faceserve.spec import (CONFIG_FILE, GPU_CONFIG_FILE, GPU_QUEUE_DELAY_US, ModelSpec, SpecError, model_dirs,
-                            read_config)
+from faceserve.models.repository import (CONFIG_FILE, GPU_CONFIG_FILE, GPU_QUEUE_DELAY_US, load_spec, model_dirs,
+                                         read_config)
+from faceserve.models.spec import SpecError
 from tests.support import ROOT
 
 MANIFEST = tomllib.loads((ROOT / "convert" / "manifest.toml").read_text())
@@ -61,14 +62,14 @@ def test_configs_use_dynamic_batching_and_omit_batch_dim(repository):
         assert gpu.dynamic_batching.max_queue_delay_microseconds == GPU_QUEUE_DELAY_US == 2000
         assert [g.kind for g in cpu.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
         assert [g.kind for g in gpu.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
-        spec = ModelSpec.load(model_dir)
+        spec = load_spec(model_dir)
         assert list(cpu.input[0].dims) == list(spec.input_shape)  # no leading batch dim
         assert -1 not in cpu.input[0].dims
 
 
 def test_onnx_batch_dimension_is_dynamic(repository):
     for model_dir in model_dirs(repository):
-        spec = ModelSpec.load(model_dir)
+        spec = load_spec(model_dir)
         session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"))
         single = np.random.default_rng(1).uniform(-1, 1, (1, *spec.input_shape)).astype(np.float32)
         batch = np.concatenate([single] * 5)
@@ -80,13 +81,13 @@ def test_onnx_batch_dimension_is_dynamic(repository):
 
 
 def test_labels_and_recipes_travel_with_the_models(repository, gender_age_built):
-    emotion = ModelSpec.load(repository / "emotion")
+    emotion = load_spec(repository / "emotion")
     assert emotion.labels == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
     assert (emotion.colour, emotion.input_shape) == ("gray", (64, 64, 1))
-    age = ModelSpec.load(repository / "age")
+    age = load_spec(repository / "age")
     assert (age.colour, age.crop.margin, age.crop.stretch, age.units) == ("bgr", 0.4, True, "years")
-    assert ModelSpec.load(repository / "gender").labels == ("female", "male")
-    detector = ModelSpec.load(repository / "face_detector")
+    assert load_spec(repository / "gender").labels == ("female", "male")
+    detector = load_spec(repository / "face_detector")
     assert detector.letterbox and detector.input_shape == (128, 128, 3) and detector.score_threshold == 0.7
 
 
@@ -107,7 +108,7 @@ def test_refuses_to_write_a_model_above_tolerance(tmp_path):
 def test_keras_48px_model_converts_with_its_own_size(tmp_path, fixtures):
     result = run_convert("build", "--only", "emotion_mini_xception_48", "--repository", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    spec = ModelSpec.load(tmp_path / "emotion_mini_xception_48")
+    spec = load_spec(tmp_path / "emotion_mini_xception_48")
     assert spec.input_shape == (48, 48, 1)
     record = json.loads((tmp_path / "emotion_mini_xception_48" / "1" / "build.json").read_text())
     assert record["parity"]["max_abs_diff"] <= 1e-4 and record["parity"]["top1_agreement"] == 1.0
@@ -181,7 +182,7 @@ def test_a_faithful_toy_model_is_built_with_both_tolerances_recorded(tmp_path):
     record = json.loads((tmp_path / "toy" / "1" / "build.json").read_text())
     assert (record["tolerance"], record["raw_tolerance"]) == (1e-4, DEFAULT_RAW_TOLERANCE)
     assert record["parity"]["non_finite"] == [] and record["parity"]["top1_agreement"] == 1.0
-    assert ModelSpec.load(tmp_path / "toy").labels == ("a", "b", "c")
+    assert load_spec(tmp_path / "toy").labels == ("a", "b", "c")
 
 
 def _poisoned(run, value: float):
@@ -253,16 +254,16 @@ def copy_model_folder(repository: Path, name: str, target: Path) -> Path:
 def test_labels_file_without_a_final_newline_keeps_its_last_label(repository, tmp_path):
     folder = copy_model_folder(repository, "emotion", tmp_path)
     (folder / "labels.txt").write_text("angry\ndisgust\nfear\nhappy\nsad\nsurprise\nneutral")
-    assert ModelSpec.load(folder).labels[-1] == "neutral"
+    assert load_spec(folder).labels[-1] == "neutral"
     (folder / "labels.txt").write_text("angry\r\ndisgust\r\nfear\r\nhappy\r\nsad\r\nsurprise\r\nneutral\r\n\n\n")
-    assert ModelSpec.load(folder).labels == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    assert load_spec(folder).labels == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
 def test_label_count_must_match_the_output_at_load_time(repository, tmp_path):
     folder = copy_model_folder(repository, "emotion", tmp_path)
     (folder / "labels.txt").write_text("angry\ndisgust\nfear\nhappy\nsad\nsurprise\n")
     with pytest.raises(SpecError, match=r"emotion: 6 labels for 7 softmax outputs"):
-        ModelSpec.load(folder)
+        load_spec(folder)
 
 
 def test_raw_tolerance_option_refuses_the_real_detector(tmp_path):

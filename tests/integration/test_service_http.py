@@ -14,8 +14,7 @@ from PIL import Image
 
 from faceserve import photos
 from tests.hostile_corpus import pixel_bomb
-from tests.support import ROOT, jpeg, png, serve
-from tests.test_pipeline import QUADRANT_EMOTIONS
+from tests.support import QUADRANT_EMOTIONS, ROOT, jpeg, png, serve
 
 TIMEOUT = 60
 

@@ -12,9 +12,9 @@ import hashlib
 import hmac
 import logging
 
-from starlette.responses import JSONResponse
-
+from faceserve.errors import Unauthorized
 from faceserve.http import OPEN_PATHS
+from faceserve.http.responses import error_response
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,5 @@ class ApiKeyMiddleware:
                  "missing" if key is None else "wrong")
         message = ("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
                    if key is None else "the API key is not valid")
-        response = JSONResponse({"error": "unauthorized", "message": message}, status_code=401,
-                                headers={"WWW-Authenticate": 'Bearer realm="faceserve"'})
-        await response(scope, receive, send)
+        error = Unauthorized(message, headers={"WWW-Authenticate": 'Bearer realm="faceserve"'})
+        await error_response(error)(scope, receive, send)

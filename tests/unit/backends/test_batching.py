@@ -1,17 +1,14 @@
-"""The embedded dynamic batcher and the keep-alive limit, without models or a server."""
+"""The embedded dynamic batcher, without models: batch sizes, order, errors."""
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import numpy as np
 import pytest
-from starlette.responses import PlainTextResponse
 
 from faceserve.backends.batching import DynamicBatcher
-from faceserve.http import KeepAliveLimitMiddleware
 
 
 def batcher_run(sizes: list[int], rows: list[int], **options) -> tuple[list[int], list[np.ndarray]]:
@@ -68,30 +65,3 @@ def test_a_failing_batch_fails_its_callers_and_the_batcher_lives_on():
             return answer
     assert asyncio.run(main())["double"].tolist() == [[2.0]]
     assert calls == [2, 1]
-
-
-async def _ok(scope, receive, send):
-    await PlainTextResponse("ok")(scope, receive, send)
-
-
-def test_keepalive_limit_closes_every_nth_response_of_a_connection():
-    app = KeepAliveLimitMiddleware(_ok, max_requests=3)
-
-    async def main():
-        transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 5000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return [(await client.get("/")).headers.get("connection") for _ in range(7)]
-    assert asyncio.run(main()) == [None, None, "close", None, None, "close", None]
-
-
-def test_keepalive_limit_counts_each_connection_separately():
-    app = KeepAliveLimitMiddleware(_ok, max_requests=2)
-
-    async def main():
-        seen = []
-        for port in (1, 2, 1, 2):
-            transport = httpx.ASGITransport(app=app, client=("10.0.0.1", port))
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                seen.append((await client.get("/")).headers.get("connection"))
-        return seen
-    assert asyncio.run(main()) == [None, None, "close", "close"]

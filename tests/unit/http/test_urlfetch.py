@@ -11,7 +11,7 @@ import time
 import httpcore
 import pytest
 
-from faceserve.urlfetch import (EMBEDDED_IPV4, SPECIAL_PURPOSE, InvalidUrl, UrlFetcher, UrlFetchFailed, UrlForbidden,
+from faceserve.http.urlfetch import (EMBEDDED_IPV4, SPECIAL_PURPOSE, InvalidUrl, UrlFetcher, UrlFetchFailed, UrlForbidden,
                                 UrlNotImage, UrlTimeout, UrlTooLarge, is_public)
 from tests.hostile_corpus import _Handler, good_jpeg, image_server
 

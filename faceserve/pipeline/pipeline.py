@@ -3,54 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
 from faceserve.backends import Backend
 from faceserve.errors import InvalidRequest, LimitExceeded, NotFound
 from faceserve.models import detectors, heads
-from faceserve.models.classifier import TASK as CLASSIFIER_TASK, Classifier
+from faceserve.models.classifier import Classifier
 from faceserve.models.detectors import DEFAULT_DETECTOR, Detection, Detector
 from faceserve.models.heads import Head
-from faceserve.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label
-from faceserve.spec import CONFIG_FILE, ModelSpec, model_dirs
+from faceserve.models.repository import Repository
+from faceserve.pipeline.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Repository:
-    """The built models of a model repository, by role."""
-
-    path: Path
-    specs: dict[str, ModelSpec]
-    missing: list[str]  # declared (config.pbtxt) but not built
-
-    @classmethod
-    def load(cls, path: Path) -> "Repository":
-        if not path.is_dir():
-            raise FileNotFoundError(f"model repository {path} does not exist; run `python -m convert build`")
-        built = {d.name: ModelSpec.load(d) for d in model_dirs(path)}
-        declared = {d.name for d in path.iterdir() if (d / CONFIG_FILE).is_file()}
-        repo = cls(path, built, sorted(declared - set(built)))
-        for task in {s.task for s in built.values()} - {CLASSIFIER_TASK}:
-            names = sorted(s.name for s in built.values() if s.task == task)
-            if len(names) > 1:
-                raise ValueError(f"{path} has several {task} models ({', '.join(names)}); keep one per repository")
-        return repo
-
-    @property
-    def heads(self) -> dict[str, ModelSpec]:
-        """The face models, by the response field each answers."""
-        return {spec.task: spec for spec in self.specs.values() if heads.is_head(spec)}
-
-    @property
-    def classifiers(self) -> dict[str, ModelSpec]:
-        return {n: s for n, s in self.specs.items() if s.task == CLASSIFIER_TASK}
 
 
 class Pipeline:
@@ -110,6 +77,11 @@ class Pipeline:
         outputs = await asyncio.gather(*(self.backend.infer(head.spec, batch)
                                          for head, batch in zip(self.heads, batches)))
         return {head.field: head.decode(out) for head, out in zip(self.heads, outputs)}
+
+    @staticmethod
+    def check_top_k(top_k: int, limit: int) -> None:
+        if not 1 <= top_k <= limit:
+            raise LimitExceeded(f"top_k must be between 1 and {limit}, got {top_k}", code="top_k_out_of_range")
 
     async def classify(self, image: np.ndarray, model: str | None, top_k: int) -> Classification:
         available = self.repository.classifiers

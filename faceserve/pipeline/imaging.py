@@ -1,4 +1,4 @@
-"""Image bytes in, RGB pixels out (and back): decoding, EXIF, limits, drawing, encoding."""
+"""Image bytes in, RGB pixels out (and back): decoding, EXIF, limits on what is really decoded, rotation, encoding."""
 
 from __future__ import annotations
 
@@ -282,20 +282,3 @@ def encode(image: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
     if not ok:
         raise RuntimeError("encoding failed")
     return buffer.tobytes()
-
-
-def draw_boxes(image: np.ndarray, boxes: list[tuple[float, float, float, float]],
-               captions: list[str]) -> np.ndarray:
-    """The image with each box outlined and captioned (as the original demo did)."""
-    canvas = image.copy()
-    thickness = max(1, round(max(image.shape[:2]) / 400))
-    scale = max(0.4, max(image.shape[:2]) / 1200)
-    for (x1, y1, x2, y2), caption in zip(boxes, captions):
-        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
-        cv2.rectangle(canvas, p1, p2, (0, 255, 0), thickness)
-        (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        top = max(0, p1[1] - th - base - 2)
-        cv2.rectangle(canvas, (p1[0], top), (p1[0] + tw + 2, top + th + base + 2), (0, 255, 0), -1)
-        cv2.putText(canvas, caption, (p1[0] + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (0, 0, 0), thickness, cv2.LINE_AA)
-    return canvas

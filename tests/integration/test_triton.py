@@ -25,7 +25,8 @@ import tritonclient.http as httpclient
 from faceserve import photos
 from faceserve.backends.triton import TritonBackend
 from faceserve.errors import BackendMismatch, BackendUnavailable
-from faceserve.spec import MODEL_FILE, ModelSpec, model_dirs
+from faceserve.models.repository import load_spec, model_dirs, model_file
+from faceserve.models.spec import ModelSpec
 from faceserve.triton_local import LocalTriton, ensure_env
 from tests.support import free_port, jpeg, serve
 
@@ -36,7 +37,7 @@ DEFAULT_MODELS = ("face_detector", "emotion", "gender", "age")
 
 @pytest.fixture(scope="module")
 def specs(repository, gender_age_built) -> dict[str, ModelSpec]:
-    return {d.name: ModelSpec.load(d) for d in model_dirs(repository)}
+    return {d.name: load_spec(d) for d in model_dirs(repository)}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def sample(spec: ModelSpec, rows: int, seed: int) -> np.ndarray:
 
 
 def onnx_outputs(repository: Path, spec: ModelSpec, batch: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(repository / spec.name / "1" / MODEL_FILE), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model_file(repository / spec.name)), providers=["CPUExecutionProvider"])
     return dict(zip(spec.output_names, session.run(list(spec.output_names), {spec.input_name: batch})))
 
 

@@ -9,10 +9,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from PIL import Image, TiffImagePlugin
+from PIL import Image, ImageOps, TiffImagePlugin
 
-from faceserve import imaging
+from faceserve import photos
 from faceserve.errors import InvalidImage, LimitExceeded
+from faceserve.pipeline import imaging
 from tests import hostile_corpus as corpus
 from tests.support import jpeg
 
@@ -208,3 +209,39 @@ def test_conversion_allocates_one_full_size_array(mode, fmt):
         tracemalloc.stop()
     assert pixels.shape == (1500, 2000, 3)
     assert peak < 1.3 * pixels.nbytes, (peak, pixels.nbytes)
+
+
+# ---- EXIF, alpha and the JPEG fast path
+
+def test_decode_applies_exif_and_drops_alpha():
+    upright = np.zeros((40, 60, 3), np.uint8)
+    upright[:, :10] = 255  # a white band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated; viewers turn it 90 degrees clockwise
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))
+    decoded = imaging.decode(jpeg(stored, quality=100, exif=exif))
+    assert decoded.shape == (40, 60, 3) and decoded[:, :8].mean() > 200 and decoded[:, 20:].mean() < 30
+    rgba = np.zeros((4, 4, 4), np.uint8)  # fully transparent -> white
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, "PNG")
+    assert imaging.decode(buffer.getvalue()).min() == 255
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_fast_path_gives_pillows_pixels(orientation):
+    """Colour JPEGs are decoded by OpenCV: the same pixels and orientation as Pillow's own path."""
+    photo = photos.grace_hopper()  # not square, so a wrong rotation changes the shape
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = jpeg(photo, exif=exif)
+    fast = imaging.decode(data)
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    assert fast.shape == expected.shape and np.array_equal(fast, expected)
+
+
+def test_truncated_jpeg_is_refused_not_decoded_grey():
+    data = jpeg(photos.grace_hopper())
+    with pytest.raises(InvalidImage, match="corrupt or truncated"):
+        imaging.decode(data[: len(data) // 2])

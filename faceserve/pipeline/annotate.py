@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from faceserve.schemas import Analysis, Face
+from faceserve.pipeline.schemas import Analysis, Face
 
 BOX_COLOUR = (0, 255, 0)  # RGB
 TEXT_COLOUR = (0, 0, 0)

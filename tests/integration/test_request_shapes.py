@@ -93,7 +93,7 @@ def test_bentoml_serdes_never_download(counter, monkeypatch, tmp_path):
     from bentoml._internal import context
     from bentoml.exceptions import BadInput
 
-    from faceserve.http import close_framework_downloads
+    from faceserve.http.framework import close_framework_downloads
 
     close_framework_downloads()
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import FIXTURES
+from tests.support import FIXTURES
 from tests.support import BENTOML, ROOT
 
 MODELS = ("face_detector", "emotion", "gender", "age")

@@ -1,0 +1,235 @@
+"""The model repository: Triton's folder layout, and the one table between a ModelSpec and its config.
+
+    <repository>/<model>/config.pbtxt        the canonical config (onnxruntime backend, KIND_CPU)
+    <repository>/<model>/configs/gpu.pbtxt   the KIND_GPU variant (`--model-config-name=gpu`)
+    <repository>/<model>/labels.txt          one label per output unit, when the model has labels
+    <repository>/<model>/1/model.onnx        built by `convert`, never committed
+
+`PARAMETERS` maps each recipe field of `ModelSpec` to its `config.pbtxt` parameter, both ways:
+`convert` writes through `model_config`, and the service, the backends, the local Triton and
+the benchmarks read through `load_spec` / `Repository.load`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from pathlib import Path
+from typing import Callable, Mapping
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from faceserve.models.spec import CropRecipe, ModelSpec
+
+CONFIG_FILE = "config.pbtxt"
+GPU_CONFIG_FILE = "configs/gpu.pbtxt"
+LABELS_FILE = "labels.txt"
+VERSION_DIR = "1"
+MODEL_FILE = "model.onnx"
+INPUT_NAME = "input"
+# A GPU's cost per image falls with the batch: let batches grow, up to max_batch_size.
+GPU_QUEUE_DELAY_US = 2000
+DETECTOR_TASK = "face_detector"
+CLASSIFIER_TASK = "image_classifier"
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """How one kind of recipe value is written as a config string and read back (and coerced from TOML)."""
+
+    to_text: Callable[[object], str]
+    from_text: Callable[[str], object]
+    coerce: Callable[[object], object]
+
+
+TEXT = Kind(str, str, str)
+NUMBER = Kind(repr, float, float)
+FLAG = Kind(lambda v: str(v).lower(), lambda t: t == "true", bool)
+PAIR = Kind(lambda v: f"{v[0]},{v[1]}", lambda t: tuple(int(v) for v in t.split(",")),
+            lambda v: tuple(int(x) for x in v))
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    key: str  # the config.pbtxt parameter
+    field: str  # the ModelSpec attribute (dotted into the crop recipe), also the manifest key
+    kind: Kind = TEXT
+    detectors_only: bool = False
+
+    def value(self, spec: ModelSpec) -> object:
+        return operator.attrgetter(self.field)(spec)
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("task", "task"),
+    Parameter("decoder", "decoder"),
+    Parameter("colour", "colour"),
+    Parameter("scale", "scale", NUMBER),
+    Parameter("offset", "offset", NUMBER),
+    Parameter("letterbox", "letterbox", FLAG),
+    Parameter("crop_margin", "crop.margin", NUMBER),
+    Parameter("crop_pad_px", "crop.pad_px", PAIR),
+    Parameter("crop_stretch", "crop.stretch", FLAG),
+    Parameter("units", "units"),
+    Parameter("source", "source"),
+    Parameter("sha256", "sha256"),
+    Parameter("version", "version"),
+    Parameter("score_threshold", "score_threshold", NUMBER, detectors_only=True),
+    Parameter("nms_iou", "nms_iou", NUMBER, detectors_only=True),
+)
+
+
+def make_spec(recipe: Mapping[str, object], **model) -> ModelSpec:
+    """A ModelSpec from recipe values keyed by field (absent ones take ModelSpec's defaults) and the
+    model's own fields (name, tensors, batching)."""
+    crop = {field.split(".", 1)[1]: value for field, value in recipe.items() if field.startswith("crop.")}
+    rest = {field: value for field, value in recipe.items() if not field.startswith("crop.")}
+    return ModelSpec(**model, **rest, crop=CropRecipe(**crop))
+
+
+# ---- layout --------------------------------------------------------------------------------
+
+def model_file(model_dir: Path) -> Path:
+    return model_dir / VERSION_DIR / MODEL_FILE
+
+
+def model_dirs(repository: Path) -> list[Path]:
+    """Model folders of a repository that hold a config and a built model."""
+    return sorted(d for d in repository.iterdir() if (d / CONFIG_FILE).is_file() and model_file(d).is_file())
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def write_config(config: mc.ModelConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text_format.MessageToString(config))
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """One label per line, in output order; blank lines at the end (and a missing final newline) are fine."""
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(lines)
+
+
+def write_labels(spec: ModelSpec, model_dir: Path) -> None:
+    path = model_dir / LABELS_FILE
+    if spec.labels:
+        path.write_text("".join(f"{label}\n" for label in spec.labels))
+    elif path.exists():
+        path.unlink()
+
+
+# ---- ModelSpec <-> config.pbtxt --------------------------------------------------------------
+
+def load_spec(model_dir: Path) -> ModelSpec:
+    config = read_config(model_dir / CONFIG_FILE)
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    labels_path = model_dir / LABELS_FILE
+    (model_input,) = config.input
+    height, width, channels = (int(d) for d in model_input.dims)
+    spec = make_spec(
+        {p.field: p.kind.from_text(params[p.key]) for p in PARAMETERS if p.key in params},
+        name=config.name, input_name=model_input.name, height=height, width=width, channels=channels,
+        output_names=tuple(o.name for o in config.output),
+        output_dims=tuple(tuple(int(d) for d in o.dims) for o in config.output),
+        max_batch_size=config.max_batch_size,
+        labels=read_labels(labels_path) if labels_path.exists() else (),
+        queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds,
+        preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
+    )
+    spec.check_labels()
+    return spec
+
+
+def model_config(spec: ModelSpec, *, gpu: bool = False, instances: int = 1) -> mc.ModelConfig:
+    """The canonical Triton config: real onnxruntime backend, dynamic batching, the recipe as parameters."""
+    config = mc.ModelConfig(name=spec.name, platform="onnxruntime_onnx", max_batch_size=spec.max_batch_size,
+                            default_model_filename=MODEL_FILE)
+    config.input.add(name=spec.input_name, data_type=mc.TYPE_FP32,
+                     format=mc.ModelInput.FORMAT_NHWC if spec.channels == 3 else mc.ModelInput.FORMAT_NONE,
+                     dims=list(spec.input_shape))
+    for index, (name, dims) in enumerate(zip(spec.output_names, spec.output_dims)):
+        output = config.output.add(name=name, data_type=mc.TYPE_FP32, dims=list(dims))
+        if index == 0 and spec.labels:
+            output.label_filename = LABELS_FILE
+    if gpu:
+        config.dynamic_batching.max_queue_delay_microseconds = GPU_QUEUE_DELAY_US
+    else:
+        config.dynamic_batching.max_queue_delay_microseconds = spec.queue_delay_us
+        config.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+                              count=instances)
+    for p in PARAMETERS:
+        if p.detectors_only and spec.task != DETECTOR_TASK:
+            continue
+        config.parameters[p.key].string_value = p.kind.to_text(p.value(spec))
+    return config
+
+
+def write_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes) -> None:
+    """Config, GPU config, labels and the model, the model last (written whole, then renamed)."""
+    write_config(model_config(spec), model_dir / CONFIG_FILE)
+    write_config(model_config(spec, gpu=True), model_dir / GPU_CONFIG_FILE)
+    write_labels(spec, model_dir)
+    target = model_file(model_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(MODEL_FILE + ".partial")
+    partial.write_bytes(onnx_bytes)
+    partial.replace(target)
+
+
+# ---- the built models, by role ------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Repository:
+    path: Path
+    specs: dict[str, ModelSpec]
+    missing: list[str]  # declared (config.pbtxt) but not built
+
+    @classmethod
+    def load(cls, path: Path) -> "Repository":
+        if not path.is_dir():
+            raise FileNotFoundError(f"model repository {path} does not exist; run `python -m convert build`")
+        built = {d.name: load_spec(d) for d in model_dirs(path)}
+        declared = {d.name for d in path.iterdir() if (d / CONFIG_FILE).is_file()}
+        for task in {s.task for s in built.values()} - {CLASSIFIER_TASK}:
+            names = sorted(s.name for s in built.values() if s.task == task)
+            if len(names) > 1:
+                raise ValueError(f"{path} has several {task} models ({', '.join(names)}); keep one per repository")
+        return cls(path, built, sorted(declared - set(built)))
+
+    def model_file(self, name: str) -> Path:
+        return model_file(self.path / name)
+
+    def with_task(self, *tasks: str) -> dict[str, ModelSpec]:
+        return {name: spec for name, spec in self.specs.items() if spec.task in tasks}
+
+    @property
+    def detectors(self) -> list[ModelSpec]:
+        return list(self.with_task(DETECTOR_TASK).values())
+
+    @property
+    def heads(self) -> dict[str, ModelSpec]:
+        """The face models, by the response field each answers (its task)."""
+        return {spec.task: spec for spec in self.specs.values() if spec.task not in (DETECTOR_TASK, CLASSIFIER_TASK)}
+
+    @property
+    def classifiers(self) -> dict[str, ModelSpec]:
+        return self.with_task(CLASSIFIER_TASK)
+
+
+def recipe_from_manifest(entry: Mapping[str, object]) -> dict[str, object]:
+    """The recipe fields a manifest entry states (`crop = {margin = ...}` for the crop ones), coerced."""
+    recipe = {}
+    for p in PARAMETERS:
+        section, _, key = p.field.rpartition(".")
+        holder = entry.get(section, {}) if section else entry
+        if key in holder:
+            recipe[p.field] = p.kind.coerce(holder[key])
+    return recipe
+

@@ -1,0 +1,105 @@
+"""A model's recipe: what it takes (input size, colour order, scaling, crop) and what its outputs mean.
+
+The model repository is where recipes live (`faceserve.models.repository` reads and writes them
+as `config.pbtxt` parameters and `labels.txt`), so no code hard-codes a model's shape.
+The defaults here are the only ones: `convert` and the repository reader both rely on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+class SpecError(ValueError):
+    """A model's files (or its recipe) contradict each other; the message names the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CropRecipe:
+    """How a face box becomes this model's input (the model's training-time recipe).
+
+    margin: fraction of the box width/height added on every side (SSR-Net: 0.4).
+    pad_px: fixed pixels added on each side, (x, y) (gender mini_XCEPTION demo: 30, 60).
+    stretch: min-max stretch each crop to 0..255 before scaling (SSR-Net demo).
+    """
+
+    margin: float = 0.0
+    pad_px: tuple[int, int] = (0, 0)
+    stretch: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str  # face_detector, image_classifier, or a face head's response field (emotion, gender, age, ...)
+    decoder: str  # which class decodes its outputs (a detector or head registry name, or softmax for classifiers)
+    input_name: str
+    height: int
+    width: int
+    channels: int
+    output_names: tuple[str, ...]
+    output_dims: tuple[tuple[int, ...], ...]
+    colour: str  # gray, rgb or bgr: what the model was trained on
+    scale: float
+    offset: float
+    max_batch_size: int = 64
+    crop: CropRecipe = CropRecipe()
+    letterbox: bool = False
+    labels: tuple[str, ...] = ()
+    units: str = ""
+    source: str = ""
+    sha256: str = ""
+    version: str = "1"
+    # On CPU an image costs the same or more in a bigger batch (benchmarks/README.md, the `batch-cost`
+    # table): batches only save per-call overhead, so they stop at 8 rows and wait for nobody.
+    queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = (8,)  # a batch this large runs at once (Triton's preferred_batch_size)
+    score_threshold: float = 0.5  # detectors: keep boxes scoring above this
+    nms_iou: float = 0.3  # detectors: suppress overlaps above this IoU
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+    def describe(self) -> dict:
+        """Public description for the `models` endpoint."""
+        return {
+            "name": self.name,
+            "task": self.task,
+            "version": self.version,
+            "input": {
+                "name": self.input_name,
+                "shape": [-1, self.height, self.width, self.channels],
+                "dtype": "FP32",
+                "colour": self.colour,
+                "scale": self.scale,
+                "offset": self.offset,
+                "letterbox": self.letterbox,
+                "crop_margin": self.crop.margin,
+                "crop_pad_px": list(self.crop.pad_px),
+                "crop_stretch": self.crop.stretch,
+            },
+            "outputs": [
+                {"name": n, "shape": [-1, *d]} for n, d in zip(self.output_names, self.output_dims)
+            ],
+            "decoder": self.decoder,
+            **({"score_threshold": self.score_threshold, "nms_iou": self.nms_iou}
+               if self.task == "face_detector" else {}),
+            "labels": list(self.labels),
+            "units": self.units,
+            "max_batch_size": self.max_batch_size,
+            "source": self.source,
+            "sha256": self.sha256,
+        }
+
+    def check_labels(self) -> None:
+        """Softmax: one label per output unit. Sigmoid: one unit and two labels (negative, positive)."""
+        units = math.prod(self.output_dims[0]) if self.output_dims else 0
+        count = f"{len(self.labels)} label{'' if len(self.labels) == 1 else 's'}"
+        if self.decoder == "softmax" and len(self.labels) != units:
+            raise SpecError(f"{self.name}: {count} for {units} softmax outputs; "
+                            f"labels.txt must have one line per output")
+        if self.decoder == "sigmoid" and (units, len(self.labels)) != (1, 2):
+            raise SpecError(f"{self.name}: {count} for {units} sigmoid outputs; "
+                            f"a sigmoid head has 1 output and 2 labels (negative, positive)")

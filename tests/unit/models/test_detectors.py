@@ -1,0 +1,50 @@
+"""The detector registry: what a repository can run, by name, and what parity compares for each."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from faceserve.models import detectors
+from faceserve.models.detectors.blazeface import BlazeFace
+from faceserve.models.detectors.haar import HaarDetector
+from faceserve.models.spec import ModelSpec
+
+
+def blazeface_spec() -> ModelSpec:
+    return ModelSpec(name="face_detector", task="face_detector", decoder="blazeface", input_name="input",
+                     height=128, width=128, channels=3, output_names=("regressors", "classificators"),
+                     output_dims=((896, 16), (896, 1)), colour="rgb", scale=1 / 127.5, offset=-1.0, letterbox=True)
+
+
+def test_in_process_detectors_need_no_model_and_model_detectors_need_theirs():
+    assert list(detectors.build([], backend=None)) == ["haar"]
+    built = detectors.build([blazeface_spec()], backend=None)
+    assert list(built) == ["blazeface", "haar"]
+    assert isinstance(built["blazeface"], BlazeFace) and isinstance(built["haar"], HaarDetector)
+    assert built["blazeface"].spec.name == "face_detector" and built["haar"].spec is None
+
+
+def test_parity_compares_what_the_decoding_reads():
+    spec = blazeface_spec()
+    outputs = {"regressors": np.full((1, 896, 16), 64.0), "classificators": np.zeros((1, 896, 1))}
+    consumed = detectors.consumed(spec, outputs)
+    assert np.allclose(consumed["regressors"], 0.5) and np.allclose(consumed["classificators"], 0.5)
+    head = ModelSpec(name="e", task="emotion", decoder="softmax", input_name="input", height=1, width=1,
+                     channels=1, output_names=("p",), output_dims=((2,),), colour="gray", scale=1.0, offset=0.0)
+    assert detectors.consumed(head, outputs) is outputs
+
+
+def test_blazeface_keypoints_land_inside_their_box():
+    from faceserve.models.crops import Letterbox
+    from faceserve.models.detectors.blazeface import blazeface_anchors, decode_blazeface
+    regressors = np.zeros((896, 16), np.float32)
+    logits = np.full((896, 1), -50.0, np.float32)
+    regressors[728, 2:4] = 16
+    regressors[728, 4:16] = np.tile([-3.0, -2.0], 6)  # every keypoint a little up-left of the centre
+    logits[728] = 5.0
+    (detection,) = decode_blazeface(regressors, logits, Letterbox(1.0, 0, 0), 128, (128, 128))
+    cx, cy = blazeface_anchors(128)[728] * 128
+    assert len(detection.keypoints) == 6
+    assert all(np.allclose(point, (cx - 3, cy - 2)) for point in detection.keypoints)
+    x1, y1, x2, y2 = detection.box
+    assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in detection.keypoints)

@@ -1,0 +1,49 @@
+"""Settings from FACESERVE_* variables: every limit is configurable, keys come from a list and a file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from faceserve.settings import Limits, Settings
+
+
+def test_defaults(monkeypatch):
+    for name in ("BACKEND", "WORKERS", "API_KEYS", "API_KEYS_FILE", "URL_FETCH"):
+        monkeypatch.delenv(f"FACESERVE_{name}", raising=False)
+    settings = Settings.from_env()
+    assert settings.backend == "onnxruntime" and settings.workers == 2 and settings.api_keys == ()
+    assert settings.url_fetch is False and settings.limits == Limits()
+    assert settings.repository.name == "model_repository"
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Limits)])
+def test_every_limit_is_read_from_its_variable(monkeypatch, field):
+    default = getattr(Limits(), field)
+    changed = type(default)(default * 2 if not isinstance(default, bool) else not default)
+    monkeypatch.setenv(f"FACESERVE_{field.upper()}", str(changed))
+    assert getattr(Settings.from_env().limits, field) == changed
+
+
+def test_decode_limits_follow_the_limits(monkeypatch):
+    monkeypatch.setenv("FACESERVE_MAX_PIXELS", "1000")
+    monkeypatch.setenv("FACESERVE_MAX_FRAMES", "3")
+    decode = Settings.from_env().limits.decode
+    assert (decode.max_pixels, decode.max_frames) == (1000, 3)
+
+
+def test_api_keys_from_the_list_and_the_file(monkeypatch, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# team keys\nfile-key-1\n\n  file-key-2  \n")
+    monkeypatch.setenv("FACESERVE_API_KEYS", "k1, k2,")
+    monkeypatch.setenv("FACESERVE_API_KEYS_FILE", str(keys))
+    assert Settings.from_env().api_keys == ("k1", "k2", "file-key-1", "file-key-2")
+
+
+@pytest.mark.parametrize("value, enabled", [("1", True), ("true", True), ("on", True), ("0", False), ("no", False)])
+def test_url_fetch_switch(monkeypatch, value, enabled):
+    monkeypatch.setenv("FACESERVE_URL_FETCH", value)
+    monkeypatch.setenv("FACESERVE_URL_ALLOWLIST", "10.0.0.0/8,\nimages.internal")
+    settings = Settings.from_env()
+    assert settings.url_fetch is enabled and settings.url_allowlist == ("10.0.0.0/8", "images.internal")
