@@ -20,8 +20,8 @@ import pytest
 
 from benchmarks import loadgen, report, soak
 from benchmarks.scenarios import unusable
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["inprocess", "service-embedded", "service-triton-grpc", "service-triton-http", "triton-heads",
              "seed-baseline", "detectors", "batch-cost"]
 ROW_KEYS = {"scenario", "variant", "workload", "concurrency", "throughput", "p50_ms", "p95_ms", "p99_ms",
