@@ -33,7 +33,7 @@ def close_framework_downloads() -> None:
             and serde.ALL_SERDE["multipart/form-data"] is serde.MultipartSerde
             and serde.ALL_SERDE["application/x-www-form-urlencoded"] is serde.MultipartSerde
             and callable(getattr(serde.MultipartSerde, "ensure_file", None))):
-        raise RuntimeError("BentoML's request parsers changed; faceserve.http.close_framework_downloads must be "
+        raise RuntimeError("BentoML's request parsers changed; faceserve.http.framework.close_framework_downloads must be "
                            "revised before this version serves requests")
     from bentoml.exceptions import BadInput
 

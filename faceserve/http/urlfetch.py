@@ -188,7 +188,7 @@ class CheckedTransport(httpx.AsyncHTTPTransport):
 
 
 class UrlFetcher:
-    """`await fetcher(url) -> bytes`: the hook `faceserve.inputs` calls for `image_url`."""
+    """`await fetcher(url) -> bytes`: the hook `faceserve.http.inputs` calls for `image_url`."""
 
     def __init__(self, *, allowlist: tuple[str, ...] | list[str] = (), max_bytes: int = 10 * 1024 * 1024,
                  timeout_s: float = 10.0, max_redirects: int = 3):

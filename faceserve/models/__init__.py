@@ -9,8 +9,9 @@ a registry that reads the model repository (as insightface's model router does):
   module per decoder kind; each head answers one per-face field of the response.
 - `classifier.py`: a whole image in, labels out.
 - `crops.py`: the recipe operations every role uses (crop margins, letterbox, colour order, scaling).
-- `spec.py`: `ModelSpec`, a model's recipe as the repository states it.
+- `spec.py`: `ModelSpec`, a model's recipe; `repository.py`: the model repository's layout and the
+  one table between a recipe and its `config.pbtxt`, and the built models by role.
 
-Not here: running a model (`faceserve.backends`), the order of the stages and the repository
-(`faceserve.pipeline`), anything HTTP (`faceserve.http`).
+Not here: running a model (`faceserve.backends`), the order of the stages (`faceserve.pipeline`),
+anything HTTP (`faceserve.http`).
 """
