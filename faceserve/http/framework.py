@@ -33,8 +33,8 @@ def close_framework_downloads() -> None:
             and serde.ALL_SERDE["multipart/form-data"] is serde.MultipartSerde
             and serde.ALL_SERDE["application/x-www-form-urlencoded"] is serde.MultipartSerde
             and callable(getattr(serde.MultipartSerde, "ensure_file", None))):
-        raise RuntimeError("BentoML's request parsers changed; faceserve.http.framework.close_framework_downloads must be "
-                           "revised before this version serves requests")
+        raise RuntimeError("BentoML's request parsers changed; faceserve.http.framework.close_framework_downloads "
+                           "must be revised before this version serves requests")
     from bentoml.exceptions import BadInput
 
     class NoDownloadJSONSerde(serde.JSONSerde):
