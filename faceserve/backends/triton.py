@@ -68,7 +68,18 @@ class TritonBackend(Backend):
         except (aiohttp.ClientError, OSError) as exc:
             detail, public = f"{type(exc).__name__}: {exc}", f"is unreachable ({what})"
         log.warning("Triton at %s (%s): %s: %s", self.url, self.protocol, what, detail)
+        if public.startswith(("is unavailable", "did not answer")):
+            self._reconnect()
         raise BackendUnavailable(f"the inference backend (Triton) {public}") from None
+
+    def _reconnect(self) -> None:
+        """A gRPC channel that failed waits out an exponential backoff (up to minutes) before it tries
+        Triton again, so a restarted Triton would stay unreachable from this worker: the next call gets a
+        new channel, which connects at once. The old one is closed once its calls in flight have timed out."""
+        old, self._client = self._client, None
+        if old is not None and self.protocol == "grpc":
+            loop = asyncio.get_running_loop()
+            loop.call_later(self._timeout + 1, lambda: loop.create_task(old.close()))
 
     async def start(self, specs: dict[str, ModelSpec]) -> None:
         """Check every model's metadata if Triton is up; if not, check when it comes up."""
