@@ -185,6 +185,11 @@ def write_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes) -> N
 
 # ---- the built models, by role ------------------------------------------------------------
 
+def is_head(spec: ModelSpec) -> bool:
+    """Every repository model that is neither a detector nor a whole-image classifier is a face head."""
+    return spec.task not in (DETECTOR_TASK, CLASSIFIER_TASK)
+
+
 @dataclasses.dataclass(frozen=True)
 class Repository:
     path: Path
@@ -216,7 +221,7 @@ class Repository:
     @property
     def heads(self) -> dict[str, ModelSpec]:
         """The face models, by the response field each answers (its task)."""
-        return {spec.task: spec for spec in self.specs.values() if spec.task not in (DETECTOR_TASK, CLASSIFIER_TASK)}
+        return {spec.task: spec for spec in self.specs.values() if is_head(spec)}
 
     @property
     def classifiers(self) -> dict[str, ModelSpec]:

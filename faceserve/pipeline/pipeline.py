@@ -29,7 +29,8 @@ class Pipeline:
         self.heads: list[Head] = [heads.head_for(spec) for _, spec in sorted(
             repository.heads.items(),
             key=lambda item: (HEAD_FIELDS.index(item[0]) if item[0] in HEAD_FIELDS else len(HEAD_FIELDS), item[0]))]
-        self._detectors = detectors.build(repository.specs.values(), backend)
+        self._detectors = detectors.build(repository.detectors, backend)
+        self._classifiers = {name: Classifier(spec, backend) for name, spec in repository.classifiers.items()}
 
     async def start(self) -> None:
         await self.backend.start(self.repository.specs)
@@ -84,7 +85,7 @@ class Pipeline:
             raise LimitExceeded(f"top_k must be between 1 and {limit}, got {top_k}", code="top_k_out_of_range")
 
     async def classify(self, image: np.ndarray, model: str | None, top_k: int) -> Classification:
-        available = self.repository.classifiers
+        available = self._classifiers
         if not available:
             raise NotFound("the model repository has no whole-image classifier; it serves "
                            f"{', '.join(sorted(self.repository.specs)) or 'no models'}",
@@ -94,6 +95,6 @@ class Pipeline:
         if model not in available:
             raise NotFound(f"no whole-image classifier named {model!r}; available: {', '.join(sorted(available))}",
                            code="unknown_model")
-        labels = await Classifier(available[model], self.backend).classify(image, top_k)
+        labels = await available[model].classify(image, top_k)
         return Classification(model=model, width=image.shape[1], height=image.shape[0],
                               top_k=[Label(**item) for item in labels])

@@ -10,15 +10,14 @@ from __future__ import annotations
 from faceserve.models.detectors.base import Detection, Detector, nms
 from faceserve.models.detectors.blazeface import BlazeFace
 from faceserve.models.detectors.haar import HaarDetector
-from faceserve.models.repository import DETECTOR_TASK
 
 REGISTRY: tuple[type[Detector], ...] = (BlazeFace, HaarDetector)  # in the order `/models` lists them
 DEFAULT_DETECTOR = "blazeface"
 
 
 def build(specs, backend) -> dict[str, Detector]:
-    """The detectors available with these repository models, by name."""
-    by_decoder = {spec.decoder: spec for spec in specs if spec.task == DETECTOR_TASK}
+    """The detectors available with these detector models of the repository, by name."""
+    by_decoder = {spec.decoder: spec for spec in specs}
     available: dict[str, Detector] = {}
     for cls in REGISTRY:
         if cls.decoder is None:

@@ -10,16 +10,11 @@ from __future__ import annotations
 from faceserve.models.heads.base import Head
 from faceserve.models.heads.regression import RegressionHead
 from faceserve.models.heads.sigmoid import SigmoidHead
-from faceserve.models.heads.softmax import SoftmaxHead, label_scores
-from faceserve.models.repository import CLASSIFIER_TASK, DETECTOR_TASK
+from faceserve.models.heads.softmax import SoftmaxHead
+from faceserve.models.repository import is_head
 from faceserve.models.spec import ModelSpec
 
 REGISTRY: dict[str, type[Head]] = {cls.decoder: cls for cls in (SoftmaxHead, SigmoidHead, RegressionHead)}
-
-
-def is_head(spec: ModelSpec) -> bool:
-    """Every repository model that is neither a detector nor a whole-image classifier is a face head."""
-    return spec.task not in (DETECTOR_TASK, CLASSIFIER_TASK)
 
 
 def head_for(spec: ModelSpec) -> Head:
@@ -29,4 +24,4 @@ def head_for(spec: ModelSpec) -> Head:
     return REGISTRY[spec.decoder](spec)
 
 
-__all__ = ["REGISTRY", "Head", "head_for", "is_head", "label_scores"]
+__all__ = ["REGISTRY", "Head", "head_for", "is_head"]
