@@ -81,15 +81,17 @@ def bentoml_log(log_dir: Path, port: int) -> Path:
     return log_dir / f"bentoml-{port}.log"
 
 
+@contextlib.contextmanager
 def bentoml_serve(log_dir: Path, env: dict[str, str] | None = None, *, ready_path: str = "/readyz",
-                  timeout: float = 180.0):
+                  timeout: float = 180.0) -> Iterator[Server]:
     """`bentoml serve service:FaceAnalysis` on a free 127.0.0.1 port.
 
     Each server gets its own BENTOML_HOME unless one is given: `bentoml serve` empties the
     Prometheus directory under its home at start-up, so servers sharing one lose each other's metrics.
     """
     port = free_port()
-    home = {"BENTOML_HOME": tempfile.mkdtemp(prefix="faceserve-bentoml-home-")}
-    return launch([str(BIN / "bentoml"), "serve", "service:FaceAnalysis", "--host", "127.0.0.1",
-                   "--port", str(port)], port, ready_path, bentoml_log(log_dir, port),
-                  {**DEPLOYED_ENV, **home, **(env or {})}, timeout)
+    with tempfile.TemporaryDirectory(prefix="faceserve-bentoml-home-") as home:
+        with launch([str(BIN / "bentoml"), "serve", "service:FaceAnalysis", "--host", "127.0.0.1",
+                     "--port", str(port)], port, ready_path, bentoml_log(log_dir, port),
+                    {**DEPLOYED_ENV, "BENTOML_HOME": home, **(env or {})}, timeout) as server:
+            yield server
