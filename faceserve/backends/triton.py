@@ -24,6 +24,27 @@ TRITON_ANSWERS = frozenset({"StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT
                             "StatusCode.OUT_OF_RANGE", "400", "404"})
 
 
+# gRPC waits out an exponential backoff (120 s at most by default) before a channel that failed tries
+# again: a restarted Triton would stay unreachable from a worker that saw it down for minutes.
+MAX_RECONNECT_BACKOFF_MS = 1000
+
+
+def grpc_channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel arguments (message sizes, keep-alive), with a bounded reconnect backoff."""
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)]
+
+
 class TritonBackend(Backend):
     kind = "triton"
 
@@ -46,7 +67,7 @@ class TritonBackend(Backend):
     def _connection(self):
         if self._client is None:
             if self.protocol == "grpc":
-                self._client = self._client_module.InferenceServerClient(self.url)
+                self._client = self._client_module.InferenceServerClient(self.url, channel_args=grpc_channel_args())
             else:
                 self._client = self._client_module.InferenceServerClient(self.url, conn_timeout=self._timeout)
         return self._client
@@ -68,18 +89,7 @@ class TritonBackend(Backend):
         except (aiohttp.ClientError, OSError) as exc:
             detail, public = f"{type(exc).__name__}: {exc}", f"is unreachable ({what})"
         log.warning("Triton at %s (%s): %s: %s", self.url, self.protocol, what, detail)
-        if public.startswith(("is unavailable", "did not answer")):
-            self._reconnect()
         raise BackendUnavailable(f"the inference backend (Triton) {public}") from None
-
-    def _reconnect(self) -> None:
-        """A gRPC channel that failed waits out an exponential backoff (up to minutes) before it tries
-        Triton again, so a restarted Triton would stay unreachable from this worker: the next call gets a
-        new channel, which connects at once. The old one is closed once its calls in flight have timed out."""
-        old, self._client = self._client, None
-        if old is not None and self.protocol == "grpc":
-            loop = asyncio.get_running_loop()
-            loop.call_later(self._timeout + 1, lambda: loop.create_task(old.close()))
 
     async def start(self, specs: dict[str, ModelSpec]) -> None:
         """Check every model's metadata if Triton is up; if not, check when it comes up."""
