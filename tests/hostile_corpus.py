@@ -430,6 +430,8 @@ from urllib.parse import parse_qs, urlparse  # noqa: E402
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     hosts_seen: list[str] = []
+    # Bytes of a streamed body written before the client hung up (the whole body when it never did), by path.
+    streamed: dict[str, int] = {}
 
     def log_message(self, *args):  # quiet
         pass
@@ -442,6 +444,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+    def _stream(self, path: str, chunks, pause_s: float = 0.0) -> None:
+        sent = 0
+        try:
+            for chunk in chunks:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                sent += len(chunk)
+                time.sleep(pause_s)
+        finally:
+            _Handler.streamed[path] = sent
 
     def do_GET(self):  # noqa: N802
         _Handler.hosts_seen.append(self.headers.get("Host", ""))
@@ -472,17 +485,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
                 self.end_headers()
                 chunk = b"\x00" * 65536
-                for _ in range(1024):
-                    self.wfile.write(chunk)
+                self._stream(url.path, (chunk for _ in range(1024)))
             elif url.path == "/trickle":  # one byte every 0.2 s for a minute
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", "300")
                 self.end_headers()
-                for _ in range(300):
-                    self.wfile.write(b"\x00")
-                    self.wfile.flush()
-                    time.sleep(0.2)
+                self._stream(url.path, (b"\x00" for _ in range(300)), pause_s=0.2)
             else:
                 self._send(404, b"not found", "text/plain")
         except (BrokenPipeError, ConnectionResetError):

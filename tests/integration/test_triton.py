@@ -263,9 +263,7 @@ def test_triton_killed_then_restarted_service_recovers(triton, triton_service):
     image = photos.astronaut()
     assert analyze(triton_service, image).status_code == 200
     triton.kill()
-    started = time.monotonic()
-    down = analyze(triton_service, image)
-    assert time.monotonic() - started < 10  # bounded, never a hang
+    down = analyze(triton_service, image, timeout=10)  # bounded, never a hang (the backend timeout is 3 s)
     assert down.status_code == 503
     assert down.json()["error"] == "backend_unavailable"
     assert down.json()["message"].startswith("the inference backend (Triton) ")
