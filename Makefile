@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: serve test env repository bench bench-quick build-bentos clean
+.PHONY: serve test env system repository bench bench-quick build-bentos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,17 @@ $(VENV)/.installed: requirements/serve.txt requirements/convert.txt requirements
 
 env: $(VENV)/.installed
 
+# Debian packages of the servers the tests start (PostgreSQL, nginx, Chromium): requirements/debian.txt
+system:
+	.ci/system-packages
+
 repository: env
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m convert build
 
 serve: repository
 	MALLOC_ARENA_MAX=2 BENTOML_DO_NOT_TRACK=True $(BIN)/bentoml serve service:FaceAnalysis --host $(HOST) --port $(PORT)
 
-test: repository
+test: repository system
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m pytest -q tests
 
 bench: repository
