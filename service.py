@@ -20,13 +20,14 @@ from faceserve.http.framework import bound_metrics_labels, close_framework_downl
 from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimitMiddleware
 from faceserve.http.responses import ErrorShapeMiddleware, json_errors
 from faceserve.http.upload_guard import UploadGuardMiddleware
+from faceserve.models import detectors
 from faceserve.pipeline.schemas import Analysis, BatchAnalysis, Classification, ModelsInfo
 from faceserve.runtime import Runtime
 from faceserve.settings import Settings
 
 ImageFile = Annotated[Path, ContentType("image/*")]
 ImageOut = Annotated[Path, ContentType("image/*")]  # endpoints return the encoded bytes directly
-Detector = Literal["blazeface", "haar"]
+Detector = Literal[tuple(d.name for d in detectors.REGISTRY)]  # None: the default (`/models`)
 ImageFormat = Literal["png", "jpeg"]
 
 _settings = Settings.from_env()
@@ -49,24 +50,25 @@ class FaceAnalysis:
     @bentoml.api
     @json_errors
     async def analyze(self, image: ImageFile = None, image_base64: str | None = None,
-                      image_url: str | None = None, detector: Detector = "blazeface") -> Analysis:
+                      image_url: str | None = None, detector: Detector | None = None) -> Analysis:
         """Faces with box, score, emotion, gender and age."""
         return await self.runtime.analyze(image, image_base64, image_url, detector)
 
     @bentoml.api
     @json_errors
     async def analyze_batch(self, images: list[ImageFile] = None, images_base64: list[str] | None = None,
-                            detector: Detector = "blazeface") -> BatchAnalysis:
+                            detector: Detector | None = None) -> BatchAnalysis:
         """`analyze` for several images in one request (all their faces share model calls)."""
         return await self.runtime.analyze_batch(images, images_base64, detector)
 
     @bentoml.api
     @json_errors
     async def annotate(self, image: ImageFile = None, image_base64: str | None = None,
-                       image_url: str | None = None, detector: Detector = "blazeface",
-                       format: ImageFormat = "png") -> ImageOut:
-        """The image with each face boxed and captioned (emotion, gender, age)."""
-        drawn = await self.runtime.annotate(image, image_base64, image_url, detector, format)
+                       image_url: str | None = None, detector: Detector | None = None,
+                       format: ImageFormat = "png", landmarks: bool = False) -> ImageOut:
+        """The image with each face boxed and captioned (emotion, gender, age), and its five landmarks
+        dotted when `landmarks` is true."""
+        drawn = await self.runtime.annotate(image, image_base64, image_url, detector, format, landmarks)
         return Response(drawn, media_type=f"image/{format}")
 
     @bentoml.api

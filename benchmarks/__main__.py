@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--scenarios NAME ...] [--workload single|multi|mixed] [--out DIR]
+"""python -m benchmarks [--quick] [--scenarios NAME ...] [--workload single|group|multi|mixed] [--out DIR]
 
 Runs every named scenario side by side on the same photos and models, then writes
 <out>/results.json, <out>/report.md, <out>/throughput.png and <out>/p99.png.
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: c in (1, 16), one head, >= 3 s per point")
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
-    parser.add_argument("--workload", choices=("single", "multi", "mixed"), default="single")
+    parser.add_argument("--workload", choices=("single", "group", "multi", "mixed"), default="single")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<date>")
     parser.add_argument("--concurrency", type=int, nargs="+", default=None,
                         help="override the concurrency sweep (service and heads scenarios alike)")

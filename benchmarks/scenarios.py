@@ -178,11 +178,14 @@ def service_embedded(ctx: Context) -> list[dict]:
     with devserver.bentoml_serve(ctx.out / "logs") as server:
         ctx.info["service-embedded"] = {"cold_start_s": server.cold_start_s}
         rows = _locust_sweep(ctx, "service-embedded", server)
+        # The default (auto) against BlazeFace alone, the cheapest detector: what finding small faces costs.
+        comparison = seed_comparison_concurrencies(ctx.config)
+        rows += _locust_sweep(ctx, "service-embedded", server, variant="detector=blazeface",
+                              concurrencies=comparison, form={"detector": "blazeface"})
         # The seed detects with Haar: dearer than BlazeFace per frame, and it misses 9 of these 12 faces, so
         # it skips their heads. Against this point the seed comparison measures serving, not detectors.
         return rows + _locust_sweep(ctx, "service-embedded", server, variant="detector=haar",
-                                    concurrencies=seed_comparison_concurrencies(ctx.config),
-                                    form={"detector": "haar"})
+                                    concurrencies=comparison, form={"detector": "haar"})
 
 
 def _service_triton(ctx: Context, protocol: str) -> list[dict]:
@@ -273,19 +276,27 @@ def seed_baseline(ctx: Context) -> list[dict]:
 
 
 def detectors(ctx: Context) -> list[dict]:
-    """Haar vs BlazeFace on every photo of every workload, one image at a time, in this process."""
+    """Every detector on the labelled set (recall and precision against the hand boxes) and on every photo
+    of every workload (ms per image), one image at a time, in this process."""
+    from benchmarks import accuracy
     from faceserve.pipeline import imaging
     from faceserve.runtime import Runtime
 
     runtime = Runtime()
     files = sorted({f for w in ctx.workloads.values() for f in w.files})
     images = [imaging.decode(f.read_bytes()) for f in files]
+    labelled, faceless = accuracy.labelled_photos(), accuracy.faceless_photos()
     rows, reps = [], 3 if ctx.config.duration_s >= 5 else 1
 
     async def measure():
         await runtime.start()
-        for name in ("haar", "blazeface"):
+        for name in runtime.pipeline.detectors:
             faces = {f.name: len(await runtime.pipeline.detect(im, name)) for f, im in zip(files, images)}
+            matching = accuracy.Matching(0, 0, 0)
+            for photo in labelled:
+                found = await runtime.pipeline.detect(photo.image, name)
+                matching += accuracy.match([d.box for d in found], photo.faces)
+            stray_faceless = {k: len(await runtime.pipeline.detect(im, name)) for k, im in faceless.items()}
             per_image = {}
             for f, im in zip(files, images):
                 t = time.perf_counter()
@@ -306,9 +317,15 @@ def detectors(ctx: Context) -> list[dict]:
                 result = loadgen._result(len(latencies), 0, loop.time() - started, latencies)
                 cpu.stop()
             result["load_generator"] = "sequential loop"
+            by_workload = {w.name: round(sum(per_image[f.name] for f in w.files) / len(w.files), 2)
+                           for w in ctx.workloads.values() if w.files}
             rows.append({**ctx.row("detectors", 1, result, variant=name, mean_batch=None,
                                    peak_rss_mb=mon.peak_rss_mb, cpu_percent=cpu.percent),
-                         "workload": "all", "faces_by_image": faces, "ms_by_image": per_image})
+                         "workload": "all", "faces_by_image": faces, "ms_by_image": per_image,
+                         "ms_by_workload": by_workload,
+                         "labelled": {"found": matching.found, "faces": matching.labelled, "stray": matching.stray,
+                                      "recall": round(matching.recall, 3), "precision": round(matching.precision, 3)},
+                         "faces_in_faceless_photos": stray_faceless})
             ctx.advance(f"detectors {name}")
         await runtime.close()
     asyncio.run(measure())
@@ -378,11 +395,11 @@ def unusable(rows: list[dict]) -> str | None:
 def runs_in(name: str, cfg: Config) -> int:
     """How many measured runs a scenario makes (for the progress bar)."""
     if name == "service-embedded":
-        return len(cfg.concurrencies) + len(seed_comparison_concurrencies(cfg))
+        return len(cfg.concurrencies) + 2 * len(seed_comparison_concurrencies(cfg))
     if name == "triton-heads":
         return 2 * len(cfg.heads) * len(cfg.head_concurrencies)
     if name == "detectors":
-        return 2
+        return 4  # auto, faceboxes, blazeface, haar
     if name == "batch-cost":
         return 1
     return len(cfg.concurrencies)

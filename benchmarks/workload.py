@@ -3,7 +3,8 @@
 single : 640x480 JPEGs with exactly one face (astronaut, grace_hopper, and their mirror images,
          each framed at a few offsets the way a webcam or ID photo would be)
 multi  : photos with several faces (the shared fixtures' group photos, when present)
-mixed  : both, interleaved
+group  : the labelled detection set's group photos (9 photos, 43 faces, 2 to 7 each, 37 to 110 px)
+mixed  : single and multi, interleaved
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks import accuracy
 from faceserve import photos
 
 SIZE = (640, 480)  # width, height
@@ -24,7 +26,7 @@ SIZE = (640, 480)  # width, height
 class Workload:
     name: str
     files: list[Path]
-    faces: dict[str, int]  # file name -> faces BlazeFace finds in it (recorded, for the report)
+    faces: dict[str, int]  # file name -> faces in it (BlazeFace's count; the hand count for `group`)
 
     def payloads(self) -> list[bytes]:
         return [f.read_bytes() for f in self.files]
@@ -77,7 +79,14 @@ def build(directory: Path, count_faces) -> dict[str, Workload]:
             file = f"multi-{name}.jpg"
             (directory / file).write_bytes(_jpeg(image))
             multi[file] = faces
+    group: dict[str, int] = {}
+    for photo in accuracy.labelled_photos():
+        file = f"group-{photo.name}"
+        (directory / file).write_bytes(_jpeg(photo.image))
+        group[file] = len(photo.faces)
     workloads = {"single": Workload("single", [directory / f for f in sorted(single)], single)}
+    if group:
+        workloads["group"] = Workload("group", [directory / f for f in sorted(group)], group)
     if multi:
         workloads["multi"] = Workload("multi", [directory / f for f in sorted(multi)], multi)
         mixed = sorted(single) + sorted(multi) * max(1, len(single) // (2 * len(multi)))

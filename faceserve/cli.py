@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("analyze", help="detect faces and print emotion, gender and age as JSON")
     a.add_argument("image", type=Path)
-    a.add_argument("--detector", choices=[d.name for d in REGISTRY], default=DEFAULT_DETECTOR)
+    a.add_argument("--detector", choices=[d.name for d in REGISTRY],
+                   help=f"default: {DEFAULT_DETECTOR} when its model is built")
     a.add_argument("--annotate", type=Path, metavar="OUT", help="also write the annotated image (.png or .jpg)")
     a.add_argument("--repository", type=Path, help="model repository (default: FACESERVE_MODEL_REPOSITORY)")
     a.add_argument("--backend", help="onnxruntime (default) or a Triton URL such as grpc://127.0.0.1:8001")

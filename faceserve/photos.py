@@ -29,13 +29,15 @@ def no_face_photos() -> dict[str, np.ndarray]:
     return {name: _rgb(getattr(data, name)()) for name in ("chelsea", "coffee", "rocket")}
 
 
+def load_rgb(path) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
 def fixture(name: str) -> np.ndarray | None:
     """An RGB fixture photo, or None when ../shared/fixtures is absent."""
     path = FIXTURE_IMAGES / name
-    if not path.exists():
-        return None
-    from PIL import Image
-    return np.asarray(Image.open(path).convert("RGB"))
+    return load_rgb(path) if path.exists() else None
 
 
 def face_photos() -> dict[str, np.ndarray]:

@@ -14,7 +14,6 @@ import numpy as np
 from faceserve.backends import create
 from faceserve.errors import LimitExceeded
 from faceserve.http import inputs
-from faceserve.models.detectors import DEFAULT_DETECTOR
 from faceserve.models.repository import Repository
 from faceserve.pipeline import imaging
 from faceserve.pipeline.annotate import annotate
@@ -61,14 +60,14 @@ class Runtime:
     # ---- what each endpoint does (the service and the CLI only call these) ----
 
     async def analyze(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
-                      detector: str = DEFAULT_DETECTOR) -> Analysis:
+                      detector: str | None = None) -> Analysis:
         return await self.analyze_image(await self.image(upload, b64, url), detector)
 
-    async def analyze_image(self, pixels: np.ndarray, detector: str = DEFAULT_DETECTOR) -> Analysis:
+    async def analyze_image(self, pixels: np.ndarray, detector: str | None = None) -> Analysis:
         return await self.pipeline.analyze(pixels, detector)
 
     async def analyze_batch(self, uploads: list[Path] | None, b64s: list[str] | None,
-                            detector: str = DEFAULT_DETECTOR) -> BatchAnalysis:
+                            detector: str | None = None) -> BatchAnalysis:
         """`analyze` for several images; every image is checked before any is decoded, all their faces
         share model calls."""
         items = [(upload, None) for upload in uploads or []] + [(None, b64) for b64 in b64s or []]
@@ -79,11 +78,11 @@ class Runtime:
         return BatchAnalysis(results=await asyncio.gather(*(self.pipeline.analyze(p, detector) for p in pixels)))
 
     async def annotate(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
-                       detector: str = DEFAULT_DETECTOR, fmt: str = "png") -> bytes:
-        """The photo with each face boxed and captioned, encoded as `fmt`."""
+                       detector: str | None = None, fmt: str = "png", landmarks: bool = False) -> bytes:
+        """The photo with each face boxed and captioned (and its landmarks dotted), encoded as `fmt`."""
         pixels = await self.image(upload, b64, url)
         analysis = await self.pipeline.analyze(pixels, detector)
-        return await asyncio.to_thread(lambda: imaging.encode(annotate(pixels, analysis), fmt))
+        return await asyncio.to_thread(lambda: imaging.encode(annotate(pixels, analysis, landmarks), fmt))
 
     async def classify(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
                        model: str | None = None, top_k: int = 5) -> Classification:
@@ -125,7 +124,7 @@ class Runtime:
             models=[spec.describe() for spec in self.repository.specs.values()],
             missing=self.repository.missing,
             detectors=self.pipeline.detectors,
-            default_detector=DEFAULT_DETECTOR,
+            default_detector=self.pipeline.default_detector,
         )
 
     async def close(self) -> None:

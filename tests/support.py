@@ -21,6 +21,13 @@ BENTOML = Path(sys.executable).with_name("bentoml")
 # The emotion grid fixture (emotion_classification.jpg): the emotion of the face in each quadrant (x, y).
 QUADRANT_EMOTIONS = {(0, 0): "surprise", (1, 0): "happy", (0, 1): "sad", (1, 1): "angry"}
 
+
+def quadrant_emotions(analysis) -> dict:
+    half_w, half_h = analysis.width / 2, analysis.height / 2
+    return {(int((f.box.x1 + f.box.x2) / 2 > half_w), int((f.box.y1 + f.box.y2) / 2 > half_h)): f.emotion.label
+            for f in analysis.faces}
+
+
 LOG_DIR = Path(os.environ.get("FACESERVE_TEST_LOG_DIR", "/tmp"))
 
 

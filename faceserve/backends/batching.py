@@ -59,7 +59,8 @@ class DynamicBatcher:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
-            if count + len(item.rows) > self._max_rows:
+            # rows of another shape (a detector that takes any image size) wait for a batch of their own
+            if count + len(item.rows) > self._max_rows or item.rows.shape[1:] != first.rows.shape[1:]:
                 self._carry.append(item)
                 break
             group.append(item)

@@ -16,14 +16,19 @@ from faceserve.models.repository import model_file
 from faceserve.models.spec import ModelSpec
 
 
+def _dims(shape: list) -> list[int]:
+    """A tensor's dims after the batch, a named (dynamic) dim as -1, as the config writes it."""
+    return [d if isinstance(d, int) else -1 for d in shape[1:]]
+
+
 def check_session(spec: ModelSpec, session: ort.InferenceSession) -> None:
     """The ONNX file must take and give exactly what the spec says."""
     (inp,) = session.get_inputs()
     problems = []
-    if inp.name != spec.input_name or inp.type != "tensor(float)" or list(inp.shape[1:]) != list(spec.input_shape):
+    if inp.name != spec.input_name or inp.type != "tensor(float)" or _dims(inp.shape) != list(spec.input_shape):
         problems.append(f"input {inp.name} {inp.type} {inp.shape} != {spec.input_name} float [-1, "
                         f"{', '.join(map(str, spec.input_shape))}]")
-    outputs = {o.name: list(o.shape[1:]) for o in session.get_outputs()}
+    outputs = {o.name: _dims(o.shape) for o in session.get_outputs()}
     for name, dims in zip(spec.output_names, spec.output_dims):
         if outputs.get(name) != list(dims):
             problems.append(f"output {name} {outputs.get(name)} != {list(dims)}")

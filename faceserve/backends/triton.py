@@ -124,7 +124,7 @@ class TritonBackend(Backend):
         arrays = {n: result.as_numpy(n) for n in spec.output_names}
         for name, dims in zip(spec.output_names, spec.output_dims):
             array = arrays[name]
-            if array is None or array.shape != (len(batch), *dims):
+            if array is None or not _fits(array.shape, (len(batch), *dims)):
                 got = None if array is None else array.shape
                 raise BackendUnavailable(f"the inference backend (Triton) returned {name} of shape {got} "
                                          f"for {spec.name}; expected {(len(batch), *dims)}")
@@ -167,6 +167,11 @@ def check_metadata(spec: ModelSpec, meta: dict) -> None:
             problems.append(f"output {name} is {out['datatype']} {_shape(out)}, expected FP32 {[-1, *dims]}")
     if problems:
         raise BackendMismatch(f"Triton model {spec.name}: " + "; ".join(problems))
+
+
+def _fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """`shape` is `expected`, where -1 (a dynamic dim) matches any size."""
+    return len(shape) == len(expected) and all(e in (-1, s) for s, e in zip(shape, expected))
 
 
 def _shape(tensor: dict) -> list[int]:

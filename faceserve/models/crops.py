@@ -37,9 +37,18 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     return resized, Letterbox(scale=side / size, pad_x=pad_x, pad_y=pad_y)
 
 
-def crop_box(box: Sequence[float], spec: ModelSpec, image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The face box enlarged by the model's margin and padding, clipped to the image."""
+def square_box(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """A square of the box's longer side around its centre."""
     x1, y1, x2, y2 = box
+    half = max(x2 - x1, y2 - y1) / 2
+    centre_x, centre_y = (x1 + x2) / 2, (y1 + y2) / 2
+    return centre_x - half, centre_y - half, centre_x + half, centre_y + half
+
+
+def crop_box(box: Sequence[float], spec: ModelSpec, image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The face box (squared when the recipe says so) enlarged by the model's margin and padding,
+    clipped to the image."""
+    x1, y1, x2, y2 = square_box(box) if spec.crop.square else box
     width, height = x2 - x1, y2 - y1
     dx = spec.crop.margin * width + spec.crop.pad_px[0]
     dy = spec.crop.margin * height + spec.crop.pad_px[1]
@@ -65,10 +74,48 @@ def _scale(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return pixels * spec.scale + spec.offset
 
 
-def face_batch(image: np.ndarray, boxes: Sequence[Sequence[float]], spec: ModelSpec) -> np.ndarray:
-    """One [N, H, W, C] float32 batch of face crops for this model."""
+# ArcFace's five-point template (eyes, nose tip, mouth corners, in image order) for a 112x112 crop,
+# as fractions of the crop's side: where `crop.align` recipes put a face's landmarks.
+ALIGNMENT_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                               [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32) / 112.0
+
+
+def square_transform(box: Sequence[float], spec: ModelSpec) -> np.ndarray:
+    """The 2x3 affine map from image pixels to the model's input for the recipe's square crop, not
+    clipped: parts outside the image come out black, so the face keeps its shape and place (what a
+    model that locates points in its crop needs)."""
+    x1, y1, x2, y2 = square_box(box)
+    side = (x2 - x1) * (1 + 2 * spec.crop.margin)
+    scale_x, scale_y = spec.width / side, spec.height / side
+    return np.array([[scale_x, 0, spec.width / 2 - scale_x * (x1 + x2) / 2],
+                     [0, scale_y, spec.height / 2 - scale_y * (y1 + y2) / 2]], dtype=np.float64)
+
+
+def alignment_transform(landmarks: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """The similarity transform (rotation, uniform scale, shift) that best puts the five landmarks on
+    the template, for the model's input size."""
+    template = ALIGNMENT_TEMPLATE * np.array([spec.width, spec.height], dtype=np.float32)
+    matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, dtype=np.float32), template, method=cv2.LMEDS)
+    return matrix
+
+
+def warped_face(image: np.ndarray, transform: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """One input row: the image warped by `transform` into the model's input size."""
+    pixels = cv2.warpAffine(image, transform, (spec.width, spec.height), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return _scale(_colour(pixels, spec).reshape(spec.input_shape), spec)
+
+
+def face_batch(image: np.ndarray, boxes: Sequence[Sequence[float]], spec: ModelSpec,
+               landmarks: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+    """One [N, H, W, C] float32 batch of face crops for this model: aligned by the face's landmarks when
+    the recipe asks for it and they are known, else cut from the (squared, enlarged) box."""
     batch = np.empty((len(boxes), spec.height, spec.width, spec.channels), dtype=np.float32)
     for i, box in enumerate(boxes):
+        points = None if landmarks is None else landmarks[i]
+        if spec.crop.align and points is not None:
+            batch[i] = warped_face(image, alignment_transform(points, spec), spec)
+            continue
         left, top, right, bottom = crop_box(box, spec, image.shape[:2])
         crop = cv2.resize(image[top:bottom, left:right], (spec.width, spec.height),
                           interpolation=cv2.INTER_LINEAR)

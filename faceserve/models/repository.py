@@ -32,6 +32,7 @@ INPUT_NAME = "input"
 GPU_QUEUE_DELAY_US = 2000
 DETECTOR_TASK = "face_detector"
 CLASSIFIER_TASK = "image_classifier"
+LANDMARKS_TASK = "landmarks"  # a face model whose points place every face before the heads run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("crop_margin", "crop.margin", NUMBER),
     Parameter("crop_pad_px", "crop.pad_px", PAIR),
     Parameter("crop_stretch", "crop.stretch", FLAG),
+    Parameter("crop_square", "crop.square", FLAG),
+    Parameter("crop_align", "crop.align", FLAG),
     Parameter("units", "units"),
     Parameter("source", "source"),
     Parameter("sha256", "sha256"),
@@ -186,8 +189,9 @@ def write_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes) -> N
 # ---- the built models, by role ------------------------------------------------------------
 
 def is_head(spec: ModelSpec) -> bool:
-    """Every repository model that is neither a detector nor a whole-image classifier is a face head."""
-    return spec.task not in (DETECTOR_TASK, CLASSIFIER_TASK)
+    """Every repository model that is neither a detector, a landmark model nor a whole-image classifier
+    is a face head."""
+    return spec.task not in (DETECTOR_TASK, CLASSIFIER_TASK, LANDMARKS_TASK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,10 +206,17 @@ class Repository:
             raise FileNotFoundError(f"model repository {path} does not exist; run `python -m convert build`")
         built = {d.name: load_spec(d) for d in model_dirs(path)}
         declared = {d.name for d in path.iterdir() if (d / CONFIG_FILE).is_file()}
-        for task in {s.task for s in built.values()} - {CLASSIFIER_TASK}:
-            names = sorted(s.name for s in built.values() if s.task == task)
+        # one model per role: per task, and for detectors per decoder (each decoder is its own detector)
+        roles: dict[tuple[str, str], list[str]] = {}
+        for spec in built.values():
+            if spec.task != CLASSIFIER_TASK:
+                role = (spec.task, spec.decoder if spec.task == DETECTOR_TASK else "")
+                roles.setdefault(role, []).append(spec.name)
+        for (task, decoder), names in roles.items():
             if len(names) > 1:
-                raise ValueError(f"{path} has several {task} models ({', '.join(names)}); keep one per repository")
+                what = f"{decoder} {task}" if decoder else task
+                raise ValueError(f"{path} has several {what} models ({', '.join(sorted(names))}); "
+                                 f"keep one per repository")
         return cls(path, built, sorted(declared - set(built)))
 
     def model_file(self, name: str) -> Path:
@@ -226,6 +237,11 @@ class Repository:
     @property
     def classifiers(self) -> dict[str, ModelSpec]:
         return self.with_task(CLASSIFIER_TASK)
+
+    @property
+    def landmarks(self) -> ModelSpec | None:
+        found = list(self.with_task(LANDMARKS_TASK).values())
+        return found[0] if found else None
 
 
 def recipe_from_manifest(entry: Mapping[str, object]) -> dict[str, object]:

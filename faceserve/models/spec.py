@@ -22,11 +22,17 @@ class CropRecipe:
     margin: fraction of the box width/height added on every side (SSR-Net: 0.4).
     pad_px: fixed pixels added on each side, (x, y) (gender mini_XCEPTION demo: 30, 60).
     stretch: min-max stretch each crop to 0..255 before scaling (SSR-Net demo).
+    square: the box made a square of its longer side around its centre first (detectors' box shapes
+        differ: FaceBoxes' are taller than wide, Haar's and BlazeFace's square).
+    align: the face warped by a similarity transform that puts its five landmarks on the canonical
+        template (`crops.ALIGNMENT_TEMPLATE`), as embedding models are trained; needs landmarks.
     """
 
     margin: float = 0.0
     pad_px: tuple[int, int] = (0, 0)
     stretch: bool = False
+    square: bool = False
+    align: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +41,7 @@ class ModelSpec:
     task: str  # face_detector, image_classifier, or a face head's response field (emotion, gender, age, ...)
     decoder: str  # which class decodes its outputs (a detector or head registry name, or softmax for classifiers)
     input_name: str
-    height: int
+    height: int  # -1: any size (the model's own preprocessing picks it per image)
     width: int
     channels: int
     output_names: tuple[str, ...]
@@ -79,6 +85,8 @@ class ModelSpec:
                 "crop_margin": self.crop.margin,
                 "crop_pad_px": list(self.crop.pad_px),
                 "crop_stretch": self.crop.stretch,
+                "crop_square": self.crop.square,
+                "crop_align": self.crop.align,
             },
             "outputs": [
                 {"name": n, "shape": [-1, *d]} for n, d in zip(self.output_names, self.output_dims)

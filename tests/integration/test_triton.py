@@ -22,6 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from convert import parity
 from faceserve import photos
 from faceserve.backends.triton import TritonBackend
 from faceserve.errors import BackendMismatch, BackendUnavailable
@@ -32,7 +33,7 @@ from tests.support import free_port, jpeg, serve
 
 pytestmark = pytest.mark.triton
 
-DEFAULT_MODELS = ("face_detector", "emotion", "gender", "age")
+DEFAULT_MODELS = ("face_detector", "faceboxes", "face_landmarks", "emotion", "gender", "age")
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +60,8 @@ def triton_service(triton):
 
 
 def sample(spec: ModelSpec, rows: int, seed: int) -> np.ndarray:
-    """Inputs in the range the pipeline sends (pixels scaled by the spec)."""
-    pixels = np.random.default_rng(seed).uniform(0, 255, (rows, *spec.input_shape))
-    return (pixels * spec.scale + spec.offset).astype(np.float32)
+    """Inputs in the range the pipeline sends (pixels scaled by the spec; any-size models at parity's size)."""
+    return parity.random_inputs(spec, rows, seed)[0]
 
 
 def onnx_outputs(repository: Path, spec: ModelSpec, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -129,7 +129,9 @@ def test_model_matches_embedded_onnxruntime(triton, repository, specs, name, pro
     expected = onnx_outputs(repository, spec, batch)
     for output, dims in zip(spec.output_names, spec.output_dims):
         got = result.as_numpy(output)
-        assert got is not None and got.shape == (5, *dims), f"{name}.{output}: {None if got is None else got.shape}"
+        assert got is not None and got.shape == expected[output].shape and len(got) == 5, \
+            f"{name}.{output}: {None if got is None else got.shape}"
+        assert all(want in (-1, size) for size, want in zip(got.shape[1:], dims))  # -1: any size
         assert got.size > 0 and np.isfinite(got).all()
         assert np.abs(got - expected[output]).max() <= 1e-5
         assert np.abs(expected[output]).max() > 0  # a real answer, not zeros
@@ -219,7 +221,7 @@ def test_dynamic_batching_under_concurrent_load(triton, triton_service, specs):
     requests straight on Triton is merged by its dynamic batcher (the CPU config: batches stop
     at the preferred 8 rows and wait for nobody, so only requests that queue are merged)."""
     image = photos.astronaut()
-    heads = ("emotion", "gender", "age", "face_detector")
+    heads = ("emotion", "gender", "age", "face_landmarks", "faceboxes")  # one FaceBoxes pass: one clear face
     before = {m: model_stats(triton, m) for m in heads}
     with ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(lambda _: analyze(triton_service, image, timeout=60), range(96)))

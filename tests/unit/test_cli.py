@@ -22,7 +22,7 @@ def test_cli_prints_the_endpoint_json_and_annotates(tmp_path, emotion_grid):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     analysis = json.loads(result.stdout)
-    assert len(analysis["faces"]) == 4 and analysis["detector"] == "blazeface"
+    assert len(analysis["faces"]) == 4 and analysis["detector"] == "auto"
     drawn = np.asarray(Image.open(out))
     assert drawn.shape == emotion_grid.shape and np.abs(drawn.astype(int) - emotion_grid).max() > 100
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from faceserve.models.detectors.base import Detection, Detector, nms
 from faceserve.models.detectors.blazeface import BlazeFace
+from faceserve.models.detectors.faceboxes import AutoDetector, FaceBoxes
 from faceserve.models.detectors.haar import HaarDetector
 
-REGISTRY: tuple[type[Detector], ...] = (BlazeFace, HaarDetector)  # in the order `/models` lists them
-DEFAULT_DETECTOR = "blazeface"
+# In the order `/models` lists them, which is also the order of preference for the default.
+REGISTRY: tuple[type[Detector], ...] = (AutoDetector, FaceBoxes, BlazeFace, HaarDetector)
+DEFAULT_DETECTOR = "auto"
 
 
 def build(specs, backend) -> dict[str, Detector]:
@@ -27,12 +29,25 @@ def build(specs, backend) -> dict[str, Detector]:
     return available
 
 
+def default(available: dict[str, Detector]) -> str:
+    """`DEFAULT_DETECTOR` when its model is built, else the first available in `REGISTRY` order."""
+    return DEFAULT_DETECTOR if DEFAULT_DETECTOR in available else next(iter(available))
+
+
+def _decoding(spec) -> type[Detector] | None:
+    return next((cls for cls in REGISTRY if cls.decoder is not None and cls.decoder == spec.decoder), None)
+
+
 def consumed(spec, outputs):
     """A detector model's outputs as its own decoding reads them; other models' outputs as they are."""
-    for cls in REGISTRY:
-        if cls.decoder is not None and cls.decoder == spec.decoder:
-            return cls.consumed(spec, outputs)
-    return outputs
+    cls = _decoding(spec)
+    return outputs if cls is None else cls.consumed(spec, outputs)
 
 
-__all__ = ["DEFAULT_DETECTOR", "REGISTRY", "Detection", "Detector", "HaarDetector", "build", "consumed", "nms"]
+def model_inputs(spec, image):
+    """The inputs a detector model gets for `image`, by the detector that decodes it."""
+    return _decoding(spec).model_inputs(spec, image)
+
+
+__all__ = ["DEFAULT_DETECTOR", "REGISTRY", "AutoDetector", "BlazeFace", "Detection", "Detector", "FaceBoxes",
+           "HaarDetector", "build", "consumed", "default", "model_inputs", "nms"]

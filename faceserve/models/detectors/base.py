@@ -9,6 +9,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from faceserve.models import crops
 from faceserve.models.spec import ModelSpec
 
 
@@ -33,6 +34,11 @@ class Detector(abc.ABC):
     @abc.abstractmethod
     async def detect(self, image: np.ndarray) -> list[Detection]:
         """The faces of `image`, best first."""
+
+    @staticmethod
+    def model_inputs(spec: ModelSpec, image: np.ndarray) -> list[np.ndarray]:
+        """Every input this detector gives its model for `image` (what parity is checked on)."""
+        return [crops.whole_image(image, spec)[0]]
 
     @staticmethod
     def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

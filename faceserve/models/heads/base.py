@@ -27,9 +27,10 @@ class Head(abc.ABC):
     def field(self) -> str:
         return self.spec.task
 
-    def batch(self, image: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
-        """One input row per face box."""
-        return crops.face_batch(image, boxes, self.spec)
+    def batch(self, image: np.ndarray, boxes: Sequence[Sequence[float]],
+              landmarks: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+        """One input row per face box (aligned by its landmarks when the recipe asks for it)."""
+        return crops.face_batch(image, boxes, self.spec, landmarks)
 
     def decode(self, outputs: dict[str, np.ndarray]) -> list:
         """One answer per row of the model's outputs."""

@@ -11,47 +11,12 @@ import pytest
 from PIL import Image
 
 from faceserve import photos
-from faceserve.backends import create
-from faceserve.models.repository import Repository
 from faceserve.pipeline import imaging
-from faceserve.pipeline.pipeline import Pipeline
-from tests.support import QUADRANT_EMOTIONS, ROOT, jpeg
+from tests.support import QUADRANT_EMOTIONS, ROOT, jpeg, quadrant_emotions
+from tests.unit.pipeline.conftest import Runner
 
 
-class Runner:
-    """One event loop for a pipeline (its batchers live on that loop)."""
-
-    def __init__(self, repository_path):
-        self.loop = asyncio.new_event_loop()
-        repo = Repository.load(repository_path)
-        self.pipeline = Pipeline(repo, create("onnxruntime", repo.path))
-        self.run(self.pipeline.start())
-
-    def run(self, coroutine):
-        return self.loop.run_until_complete(coroutine)
-
-    def analyze(self, image, detector="blazeface"):
-        return self.run(self.pipeline.analyze(image, detector))
-
-    def close(self):
-        self.run(self.pipeline.backend.close())
-        self.loop.close()
-
-
-@pytest.fixture(scope="module")
-def runner(repository):
-    r = Runner(repository)
-    yield r
-    r.close()
-
-
-def quadrant_emotions(analysis) -> dict:
-    half_w, half_h = analysis.width / 2, analysis.height / 2
-    return {(int((f.box.x1 + f.box.x2) / 2 > half_w), int((f.box.y1 + f.box.y2) / 2 > half_h)): f.emotion.label
-            for f in analysis.faces}
-
-
-@pytest.mark.parametrize("detector", ["blazeface", "haar"])
+@pytest.mark.parametrize("detector", ["auto", "faceboxes", "blazeface", "haar"])
 def test_emotion_grid_four_faces_by_quadrant(runner, emotion_grid, detector):
     analysis = runner.analyze(emotion_grid, detector)
     assert len(analysis.faces) == 4
@@ -74,7 +39,7 @@ def test_astronaut_gender_and_age(runner, gender_age_built):
 
 
 @pytest.mark.parametrize("name", ["chelsea", "coffee", "rocket"])
-@pytest.mark.parametrize("detector", ["blazeface", "haar"])
+@pytest.mark.parametrize("detector", ["auto", "blazeface", "haar"])
 def test_no_face_photos(runner, name, detector):
     assert runner.analyze(photos.no_face_photos()[name], detector).faces == []
 

