@@ -82,7 +82,7 @@ class LocalPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{self.user}@{HOST}:{self.port}/{self.database}"
+        return self.database_url(self.database)
 
     @property
     def data_dir(self) -> Path:
@@ -145,22 +145,40 @@ class LocalPostgres:
         """Until the server accepts connections; then create the database if it is not there yet."""
         import psycopg
 
-        admin = f"postgresql://{self.user}@{HOST}:{self.port}/postgres"
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
             if not self.running:
                 raise PostgresStartError(f"postgres exited with {self._process.returncode}\n{self.log_tail()}")
             try:
-                with psycopg.connect(admin, autocommit=True, connect_timeout=2) as connection:
-                    if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                              (self.database,)).fetchone():
-                        connection.execute(f'CREATE DATABASE "{self.database}"')
-                    return
+                self.create_database(self.database)
+                return
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
                     raise PostgresStartError(f"postgres not ready after {self.ready_timeout_s:g} s\n"
                                              f"{self.log_tail()}") from None
                 time.sleep(0.05)
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql://{self.user}@{HOST}:{self.port}/{name}"
+
+    def create_database(self, name: str) -> str:
+        """Create database `name` unless it exists (one per test keeps tests apart); return its URL."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.database_url("postgres"), autocommit=True, connect_timeout=2) as connection:
+            if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.database_url(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop database `name`, disconnecting its clients."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.database_url("postgres"), autocommit=True, connect_timeout=2) as connection:
+            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """A fast shutdown (SIGINT): clients are disconnected, everything committed is kept."""

@@ -40,13 +40,22 @@ STORE_MIGRATIONS = (
 )
 
 
+_last_id = 0
+_id_lock = threading.Lock()
+
+
 def new_id() -> str:
     """A UUIDv7 (RFC 9562) as text: unique without coordination between replicas, and sorting by it
-    sorts by creation time, so it doubles as a stable pagination key."""
+    sorts by creation time (strictly within a process, to the millisecond across them), so it doubles
+    as a stable pagination key."""
+    global _last_id
     milliseconds = time.time_ns() // 1_000_000
     value = (milliseconds & (2**48 - 1)) << 80 | int.from_bytes(os.urandom(10), "big")
     value = value & ~(0xF << 76) | 0x7 << 76  # version 7
     value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 4122 variant
+    with _id_lock:
+        # Within one millisecond the random bits would order ids at random: count up instead (RFC 9562 6.2).
+        value = _last_id = max(value, _last_id + 1)
     return str(uuid.UUID(int=value))
 
 

@@ -91,7 +91,8 @@ class PostgresStore(Store):
 
 class _Listener(threading.Thread):
     """LISTENs on the change channel and calls the subscribers of each notified topic. After a lost
-    connection it reconnects and calls every subscriber, since notifications sent meanwhile are lost."""
+    connection it reconnects and then calls every subscriber, since notifications sent meanwhile are lost
+    (readers poll meanwhile)."""
 
     POLL_S = 0.25  # how often the loop looks at its stop flag
 
@@ -135,5 +136,4 @@ class _Listener(threading.Thread):
                     log.warning("lost the change notifications of %s (%s); readers poll until they are back",
                                 self.description, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
                 lost = True
-                self._call(self._callbacks)
                 self._stopping.wait(0.5)
