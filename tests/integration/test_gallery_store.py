@@ -314,6 +314,26 @@ def test_concurrent_enrolments_lose_and_duplicate_nothing(gallery):
     assert [answer[0].identity_id for answer in found] == ids
 
 
+ENROL_MANY = """
+import sys, numpy as np
+from faceserve.gallery import EmbeddingModel, Gallery, NewFace
+from faceserve.store import open_store
+gallery = Gallery(open_store(sys.argv[1]), EmbeddingModel("test-embedder", "1", 32))
+rng = np.random.default_rng(int(sys.argv[2]))
+for i in range(int(sys.argv[3])):
+    gallery.create_identity(f"p{sys.argv[2]}-{i}", faces=[NewFace(rng.standard_normal(32), "cd" * 32, (1, 2, 3, 4))])
+"""
+
+
+def test_worker_processes_enrolling_at_once(store_url, open_gallery):
+    processes, each = 3, 30
+    enrollers = [subprocess.Popen([sys.executable, "-c", ENROL_MANY, store_url, str(p), str(each)], cwd=ROOT)
+                 for p in range(processes)]
+    assert [process.wait(timeout=120) for process in enrollers] == [0] * processes
+    names = [i.name for i in open_gallery().list_identities(limit=1000).identities]
+    assert sorted(names) == sorted(f"p{p}-{i}" for p in range(processes) for i in range(each))
+
+
 def test_postgresql_restart_answers_unavailable_then_recovers(postgres):
     url = postgres.create_database(f"gallery_{uuid.uuid4().hex[:12]}")
     store = open_store(url)
