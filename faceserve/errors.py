@@ -37,6 +37,8 @@ UrlTooLarge = FaceserveError.kind("UrlTooLarge", 413, "url_too_large", "The URL'
 UrlFetchFailed = FaceserveError.kind("UrlFetchFailed", 422, "url_fetch_failed", "The URL could not be fetched.")
 UrlTimeout = FaceserveError.kind("UrlTimeout", 422, "url_timeout", "Fetching the URL took too long.")
 UrlNotImage = FaceserveError.kind("UrlNotImage", 415, "url_not_image", "The URL did not answer with an image.")
+ModelMismatch = FaceserveError.kind("ModelMismatch", 409, "model_mismatch",
+                                    "Embeddings of another model (name or version) than the gallery's.")
 
 
 class LimitExceeded(FaceserveError):
@@ -64,6 +66,12 @@ class BackendUnavailable(Unavailable):
     """The inference backend cannot answer now."""
 
     code = "backend_unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    """The database behind the gallery (and every other stored concept) cannot be reached now."""
+
+    code = "store_unavailable"
 
 
 class Overloaded(Unavailable):

@@ -46,6 +46,8 @@ class Settings:
     keepalive_requests: int  # with several workers: requests per client connection before it is closed
     backend_timeout_s: float
     limits: Limits
+    data_dir: Path  # FACESERVE_DATA_DIR: where the embedded store lives (docs/store.md)
+    store: str  # FACESERVE_STORE (alias FACESERVE_GALLERY): sqlite:///path or postgresql://..., see open_store
     url_fetch: bool = False  # FACESERVE_URL_FETCH=1 enables `image_url`
     url_allowlist: tuple[str, ...] = ()  # FACESERVE_URL_ALLOWLIST: CIDRs/hosts reachable despite being private
     api_keys: tuple[str, ...] = ()  # FACESERVE_API_KEYS (comma-separated) and/or FACESERVE_API_KEYS_FILE
@@ -57,6 +59,7 @@ class Settings:
             f.name: type(getattr(defaults, f.name))(_env(f.name.upper(), str(getattr(defaults, f.name))))
             for f in dataclasses.fields(Limits)
         })
+        data_dir = _data_dir()
         return cls(
             repository=Path(_env("MODEL_REPOSITORY", str(PROJECT_ROOT / "model_repository"))),
             backend=_env("BACKEND", "onnxruntime"),
@@ -68,6 +71,8 @@ class Settings:
             url_fetch=_env("URL_FETCH", "0").lower() in ("1", "true", "yes", "on"),
             url_allowlist=_split(_env("URL_ALLOWLIST", "")),
             api_keys=_api_keys(),
+            data_dir=data_dir,
+            store=_store_url(data_dir),
         )
 
 
@@ -82,3 +87,18 @@ def _api_keys() -> tuple[str, ...]:
         keys += [line.strip() for line in Path(path).read_text().splitlines()
                  if line.strip() and not line.lstrip().startswith("#")]
     return tuple(keys)
+
+
+def _data_dir() -> Path:
+    # Outside the checkout by default (XDG): biometric data must never end up in a commit, a `git clean`
+    # or a bento build context by accident; deployments mount a volume and set FACESERVE_DATA_DIR.
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(_env("DATA_DIR", str(Path(xdg) / "faceserve"))).expanduser()
+
+
+def _store_url(data_dir: Path) -> str:
+    """FACESERVE_STORE, or FACESERVE_GALLERY (issue 12's name for it), else SQLite under the data directory."""
+    store, gallery = _env("STORE", ""), _env("GALLERY", "")
+    if store and gallery and store != gallery:
+        raise ValueError("FACESERVE_STORE and FACESERVE_GALLERY name different stores; set only FACESERVE_STORE")
+    return store or gallery or f"sqlite:///{data_dir.resolve() / 'faceserve.db'}"

@@ -47,3 +47,21 @@ def test_url_fetch_switch(monkeypatch, value, enabled):
     monkeypatch.setenv("FACESERVE_URL_ALLOWLIST", "10.0.0.0/8,\nimages.internal")
     settings = Settings.from_env()
     assert settings.url_fetch is enabled and settings.url_allowlist == ("10.0.0.0/8", "images.internal")
+
+
+def test_the_store_lives_under_the_data_directory_unless_a_url_is_given(monkeypatch, tmp_path):
+    for name in ("STORE", "GALLERY"):
+        monkeypatch.delenv(f"FACESERVE_{name}", raising=False)
+    monkeypatch.setenv("FACESERVE_DATA_DIR", str(tmp_path / "data"))
+    assert Settings.from_env().store == f"sqlite:///{tmp_path / 'data' / 'faceserve.db'}"
+    monkeypatch.setenv("FACESERVE_GALLERY", "postgresql://db/faceserve")  # issue 12's name for it
+    assert Settings.from_env().store == "postgresql://db/faceserve"
+    monkeypatch.setenv("FACESERVE_STORE", "postgresql://other/faceserve")
+    with pytest.raises(ValueError, match="different stores"):
+        Settings.from_env()
+
+
+def test_the_default_data_directory_is_outside_the_checkout(monkeypatch, tmp_path):
+    monkeypatch.delenv("FACESERVE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert Settings.from_env().data_dir == tmp_path / "faceserve"

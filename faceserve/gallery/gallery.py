@@ -1,0 +1,204 @@
+"""The gallery's operations: identities and their faces in the store, search through the index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, BinaryIO, Sequence
+
+import numpy as np
+
+from faceserve.errors import InvalidRequest, NotFound
+from faceserve.gallery import transfer, validation
+from faceserve.gallery.index import GalleryIndex
+from faceserve.gallery.records import (EmbeddingModel, FaceRecord, Identity, IdentityDetail, IdentityPage, Match,
+                                       NewFace, TransferCounts)
+from faceserve.gallery.schema import MIGRATIONS, REMOVALS_KEPT, TOPIC
+from faceserve.store import Store, Transaction, new_id, utc_now
+
+MAX_PAGE = 1000
+
+FACE_COLUMNS = ("f.id, f.identity_id, f.model_name, f.model_version, f.dimension, f.image_sha256, "
+                "f.box_x1, f.box_y1, f.box_x2, f.box_y2, f.thumbnail IS NOT NULL, f.created_at")
+INSERT_FACE = ("INSERT INTO gallery_faces (id, identity_id, model_name, model_version, dimension, vector, "
+               "image_sha256, box_x1, box_y1, box_x2, box_y2, thumbnail, created_at, version) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
+INSERT_IDENTITY = ("INSERT INTO gallery_identities (id, name, metadata, created_at) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (id) DO NOTHING")
+
+
+class Gallery:
+    """Identities, their face embeddings of one model, and exact search over them.
+
+    Every method is synchronous and thread-safe (call it through `asyncio.to_thread` from async code); any
+    number of processes may hold a Gallery over the same store. Every change bumps the gallery's change
+    counter in its own transaction, so every process's index follows it (docs/store.md).
+    """
+
+    def __init__(self, store: Store, model: EmbeddingModel, *, poll_interval_s: float = 0.1):
+        store.migrate("gallery", MIGRATIONS)
+        self.store, self.model = store, model
+        self.index = GalleryIndex(store, model, poll_interval_s=poll_interval_s)
+
+    # ---- identities ----------------------------------------------------------
+
+    def create_identity(self, name: str, metadata: dict[str, Any] | None = None,
+                        faces: Sequence[NewFace] = ()) -> IdentityDetail:
+        """A new identity, with its first faces if given, in one transaction."""
+        name = validation.name(name)
+        metadata_json = validation.metadata_json(metadata)
+        rows = [self._face_row(face) for face in faces]
+        identity_id, created = new_id(), utc_now()
+        with self.store.transaction() as tx:
+            version = tx.bump(TOPIC)
+            tx.execute(INSERT_IDENTITY, (identity_id, name, metadata_json, created))
+            tx.executemany(INSERT_FACE, [(face_id, identity_id, *row, version) for face_id, *row in rows])
+        self.index.mark_stale()
+        return self.get_identity(identity_id)
+
+    def add_faces(self, identity_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
+        if not faces:
+            raise InvalidRequest("no face to add")
+        rows = [self._face_row(face) for face in faces]
+        with self.store.transaction() as tx:
+            self._require_identity(tx, identity_id)
+            version = tx.bump(TOPIC)
+            tx.executemany(INSERT_FACE, [(face_id, identity_id, *row, version) for face_id, *row in rows])
+            added = [_face(row) for row in tx.all(
+                f"SELECT {FACE_COLUMNS} FROM gallery_faces f WHERE f.version = ? AND f.identity_id = ? ORDER BY f.id",
+                (version, identity_id))]
+        self.index.mark_stale()
+        return added
+
+    def list_identities(self, limit: int = 100, after: str | None = None) -> IdentityPage:
+        """Identities in creation order with their face counts; `after` is the previous page's `next_after`."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}")
+        with self.store.read() as tx:
+            rows = tx.all("SELECT i.id, i.name, i.metadata, i.created_at, COUNT(f.id) FROM gallery_identities i "
+                          "LEFT JOIN gallery_faces f ON f.identity_id = i.id WHERE i.id > ? "
+                          "GROUP BY i.id, i.name, i.metadata, i.created_at ORDER BY i.id LIMIT ?",
+                          (after or "", limit + 1))
+            (total,) = tx.one("SELECT COUNT(*) FROM gallery_identities")
+        identities = tuple(_identity(row) for row in rows[:limit])
+        return IdentityPage(identities, identities[-1].id if len(rows) > limit else None, total)
+
+    def get_identity(self, identity_id: str) -> IdentityDetail:
+        """The identity and its faces' metadata (never their vectors)."""
+        with self.store.read() as tx:
+            row = tx.one("SELECT id, name, metadata, created_at FROM gallery_identities WHERE id = ?",
+                         (identity_id,))
+            if row is None:
+                raise NotFound(f"no identity {identity_id!r} in the gallery")
+            faces = tuple(_face(face) for face in tx.all(
+                f"SELECT {FACE_COLUMNS} FROM gallery_faces f WHERE f.identity_id = ? ORDER BY f.id", (identity_id,)))
+        identity = _identity((*row, len(faces)))
+        return IdentityDetail(**vars(identity), faces=faces)
+
+    def thumbnail(self, face_id: str) -> bytes | None:
+        with self.store.read() as tx:
+            row = tx.one("SELECT thumbnail FROM gallery_faces WHERE id = ?", (face_id,))
+        if row is None:
+            raise NotFound(f"no face {face_id!r} in the gallery")
+        return None if row[0] is None else bytes(row[0])
+
+    def delete_face(self, face_id: str) -> None:
+        with self.store.transaction() as tx:
+            if tx.one("SELECT 1 FROM gallery_faces WHERE id = ?", (face_id,)) is None:
+                raise NotFound(f"no face {face_id!r} in the gallery")
+            self._record_removal(tx, "id = ?", (face_id,))
+            tx.execute("DELETE FROM gallery_faces WHERE id = ?", (face_id,))
+        self.index.mark_stale()
+
+    def delete_identity(self, identity_id: str) -> int:
+        """Delete the identity and every embedding of it; return how many faces went with it."""
+        with self.store.transaction() as tx:
+            self._require_identity(tx, identity_id)
+            self._record_removal(tx, "identity_id = ?", (identity_id,))
+            (faces,) = tx.one("SELECT COUNT(*) FROM gallery_faces WHERE identity_id = ?", (identity_id,))
+            tx.execute("DELETE FROM gallery_faces WHERE identity_id = ?", (identity_id,))
+            tx.execute("DELETE FROM gallery_identities WHERE id = ?", (identity_id,))
+        self.index.mark_stale()
+        return faces
+
+    # ---- search ----------------------------------------------------------------
+
+    def search(self, vectors: np.ndarray, k: int = 5) -> list[list[Match]]:
+        """For each row of `vectors` (n, dimension): the top `k` identities by cosine similarity of their
+        closest face, best first. Sees every change committed before the last poll (at most
+        `poll_interval_s` ago; at once for this process's own changes and, on PostgreSQL, everyone's)."""
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.model.dimension:
+            raise InvalidRequest(f"search takes vectors of shape (n, {self.model.dimension}), not {queries.shape}")
+        norms = np.linalg.norm(queries, axis=1)
+        if not np.all(np.isfinite(norms)) or not np.all(norms > 0):
+            raise InvalidRequest("every search vector must be finite and non-zero")
+        return self.index.search(queries, k)
+
+    # ---- export and import -------------------------------------------------------
+
+    def export_file(self, target: Path | BinaryIO) -> TransferCounts:
+        """Write every identity and its faces of this gallery's model (docs/store.md: the file format)."""
+        return transfer.export(self, target)
+
+    def import_file(self, source: Path | BinaryIO) -> TransferCounts:
+        """Add what an exported file holds and the gallery does not (by id: importing twice adds nothing).
+        Refuses, before writing anything, a file of another model name or version (ModelMismatch)."""
+        return transfer.import_(self, source)
+
+    def insert_exported(self, identities: Sequence[transfer.ExportedIdentity]) -> TransferCounts:
+        """Store validated exported identities with their ids, skipping those already here (one transaction)."""
+        with self.store.transaction() as tx:
+            known = _existing(tx, "gallery_identities", [i.id for i in identities])
+            known_faces = _existing(tx, "gallery_faces", [f[0] for i in identities for f in i.faces])
+            version = tx.bump(TOPIC)
+            new = [i for i in identities if i.id not in known]
+            tx.executemany(INSERT_IDENTITY, [(i.id, i.name, i.metadata, i.created_at) for i in new])
+            faces = [(face_id, i.id, self.model.name, self.model.version, self.model.dimension, *rest, version)
+                     for i in identities for face_id, *rest in i.faces if face_id not in known_faces]
+            tx.executemany(INSERT_FACE, faces)
+        self.index.mark_stale()
+        return TransferCounts(len(new), len(faces))
+
+    # ---- helpers -------------------------------------------------------------------
+
+    def _face_row(self, face: NewFace) -> tuple:
+        """(id, model name, model version, dimension, vector, sha256, box..., thumbnail, created)"""
+        return (new_id(), self.model.name, self.model.version, self.model.dimension,
+                validation.vector_bytes(self.model, face.vector), validation.sha256(face.image_sha256),
+                *validation.box(face.box), validation.thumbnail(face.thumbnail), utc_now())
+
+    @staticmethod
+    def _require_identity(tx: Transaction, identity_id: str) -> None:
+        if tx.one("SELECT 1 FROM gallery_identities WHERE id = ?", (identity_id,)) is None:
+            raise NotFound(f"no identity {identity_id!r} in the gallery")
+
+    @staticmethod
+    def _record_removal(tx: Transaction, where: str, params: tuple) -> int:
+        """Bump the counter and note which faces this change removes, for the indexes that follow."""
+        version = tx.bump(TOPIC)
+        tx.execute(f"INSERT INTO gallery_removed_faces (version, face_id) SELECT ?, id FROM gallery_faces "
+                   f"WHERE {where}", (version, *params))
+        tx.execute("DELETE FROM gallery_removed_faces WHERE version <= ?", (version - REMOVALS_KEPT,))
+        return version
+
+
+def _existing(tx: Transaction, table: str, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):  # SQLite binds at most 32766 parameters; stay far below
+        chunk = ids[start:start + 500]
+        if chunk:
+            marks = ", ".join("?" * len(chunk))
+            found |= {i for (i,) in tx.all(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk)}
+    return found
+
+
+def _identity(row: tuple) -> Identity:
+    identity_id, name, metadata, created_at, face_count = row
+    return Identity(identity_id, name, json.loads(metadata), created_at, int(face_count))
+
+
+def _face(row: tuple) -> FaceRecord:
+    face_id, identity_id, model_name, model_version, dimension, sha256, x1, y1, x2, y2, thumbnail, created = row
+    return FaceRecord(face_id, identity_id, model_name, model_version, int(dimension), sha256,
+                      (float(x1), float(y1), float(x2), float(y2)), bool(thumbnail), created)

@@ -1,0 +1,161 @@
+"""Export and import of a gallery: one JSON Lines file (UTF-8), the model named in its first line.
+
+    {"format": "faceserve-gallery", "format_version": 1, "model": {"name", "version", "dimension"}, ...}
+    {"id", "name", "metadata", "created_at", "faces": [{"id", "image_sha256", "box": [x1, y1, x2, y2],
+     "created_at", "vector": base64 of little-endian float32, "thumbnail": base64 (only if stored)}]}
+    ... one line per identity
+
+Line-oriented so that a large gallery streams out and a damaged file names its bad line; base64 float32
+keeps every bit of each embedding (decimal text would round). An import checks the whole file before it
+writes anything, then adds it in transactions of BATCH identities; ids are kept, so importing again (for
+instance after an interrupted import) adds only what is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Iterator
+
+import numpy as np
+
+from faceserve.errors import InvalidRequest, ModelMismatch
+from faceserve.gallery import validation
+from faceserve.gallery.records import TransferCounts
+from faceserve.store import utc_now
+
+if TYPE_CHECKING:
+    from faceserve.gallery.gallery import Gallery
+
+FORMAT = "faceserve-gallery"
+FORMAT_VERSION = 1
+BATCH = 500
+
+EXPORT = ("SELECT i.id, i.name, i.metadata, i.created_at, f.id, f.vector, f.image_sha256, "
+          "f.box_x1, f.box_y1, f.box_x2, f.box_y2, f.thumbnail, f.created_at "
+          "FROM gallery_identities i LEFT JOIN gallery_faces f ON f.identity_id = i.id "
+          "AND f.model_name = ? AND f.model_version = ? AND f.dimension = ? ORDER BY i.id, f.id")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedIdentity:
+    """One checked line of an export, ready to insert."""
+
+    id: str
+    name: str
+    metadata: str  # JSON text
+    created_at: str
+    faces: tuple[tuple, ...]  # (face id, vector bytes, sha256, x1, y1, x2, y2, thumbnail or None, created_at)
+
+
+def export(gallery: "Gallery", target: Path | BinaryIO) -> TransferCounts:
+    model = gallery.model
+    identities = faces = 0
+    with _writable(target) as out, gallery.store.read() as tx:
+        _write(out, {"format": FORMAT, "format_version": FORMAT_VERSION, "exported_at": utc_now(),
+                     "model": dataclasses.asdict(model)})
+        # One statement: one consistent snapshot on both engines, however long the export takes.
+        rows = tx.execute(EXPORT, (model.name, model.version, model.dimension))
+        for (identity_id, name, metadata, created_at), group in itertools.groupby(rows, key=lambda r: r[:4]):
+            line_faces = [_exported_face(row[4:]) for row in group if row[4] is not None]
+            _write(out, {"id": identity_id, "name": name, "metadata": json.loads(metadata), "created_at": created_at,
+                         "faces": line_faces})
+            identities, faces = identities + 1, faces + len(line_faces)
+    return TransferCounts(identities, faces)
+
+
+def _exported_face(row: tuple) -> dict[str, Any]:
+    face_id, vector, sha256, x1, y1, x2, y2, thumbnail, created_at = row
+    face = {"id": face_id, "image_sha256": sha256, "box": [x1, y1, x2, y2], "created_at": created_at,
+            "vector": base64.b64encode(bytes(vector)).decode("ascii")}
+    if thumbnail is not None:
+        face["thumbnail"] = base64.b64encode(bytes(thumbnail)).decode("ascii")
+    return face
+
+
+def _write(out: IO[bytes], record: dict) -> None:
+    out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+
+
+@contextlib.contextmanager
+def _writable(target: Path | BinaryIO) -> Iterator[IO[bytes]]:
+    """A file object as is; a path through a temporary sibling renamed at the end (never half a file)."""
+    if not isinstance(target, (str, Path)):
+        yield target
+        return
+    path = Path(target)
+    partial = path.with_name(path.name + ".part")
+    try:
+        with open(partial, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def import_(gallery: "Gallery", source: Path | BinaryIO) -> TransferCounts:
+    with contextlib.ExitStack() as stack:
+        lines = stack.enter_context(open(source, "rb")) if isinstance(source, (str, Path)) else source
+        numbered = enumerate(lines, start=1)
+        _check_header(gallery, next(numbered, (1, b""))[1])
+        identities = [_identity(gallery, number, line) for number, line in numbered if line.strip()]
+    counts = TransferCounts(0, 0)
+    for start in range(0, len(identities), BATCH):
+        added = gallery.insert_exported(identities[start:start + BATCH])
+        counts = TransferCounts(counts.identities + added.identities, counts.faces + added.faces)
+    return counts
+
+
+def _json(number: int, line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise InvalidRequest(f"line {number} of the gallery file is not JSON") from None
+
+
+def _check_header(gallery: "Gallery", line: bytes) -> None:
+    header = _json(1, line)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise InvalidRequest(f"not a gallery export: its first line does not say \"format\": \"{FORMAT}\"")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise InvalidRequest(f"gallery file format version {header.get('format_version')!r}; "
+                             f"this faceserve reads version {FORMAT_VERSION}")
+    theirs = header.get("model") or {}
+    ours = dataclasses.asdict(gallery.model)
+    if theirs != ours:
+        raise ModelMismatch(
+            f"the file holds embeddings of {theirs.get('name')!r} version {theirs.get('version')!r} "
+            f"({theirs.get('dimension')} values), this gallery those of {ours['name']!r} version "
+            f"{ours['version']!r} ({ours['dimension']} values): embeddings of different models cannot be "
+            "compared; enrol the photos again with this model instead")
+
+
+def _identity(gallery: "Gallery", number: int, line: bytes) -> ExportedIdentity:
+    record = _json(number, line)
+    try:
+        faces = tuple(_face(gallery, face) for face in record["faces"])
+        return ExportedIdentity(validation.record_id(record["id"]), validation.name(record["name"]),
+                                validation.metadata_json(record["metadata"]), validation.timestamp(record["created_at"]),
+                                faces)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"line {number} of the gallery file: {exc.message}") from None
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise InvalidRequest(f"line {number} of the gallery file is malformed ({type(exc).__name__}: {exc})") \
+            from None
+
+
+def _face(gallery: "Gallery", face: dict) -> tuple:
+    thumbnail = face.get("thumbnail")
+    vector = np.frombuffer(base64.b64decode(face["vector"], validate=True), dtype="<f4")
+    return (validation.record_id(face["id"]), validation.vector_bytes(gallery.model, vector),
+            validation.sha256(face["image_sha256"]), *validation.box(face["box"]),
+            None if thumbnail is None else base64.b64decode(thumbnail, validate=True),
+            validation.timestamp(face["created_at"]))
