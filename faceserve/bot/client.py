@@ -17,11 +17,25 @@ class FaceserveClient:
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 60.0):
         self.http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s,
                                       headers={"X-API-Key": api_key} if api_key else {})
+        self._identity: bool | None = None
+
+    async def offers_identity(self) -> bool:
+        """Whether the service knows people (its OpenAPI schema has `/identities`); asked once."""
+        if self._identity is None:
+            try:
+                response = await self.http.get("/docs.json")
+                response.raise_for_status()
+                self._identity = "/identities" in response.json().get("paths", {})
+            except (httpx.HTTPError, ValueError):
+                return False  # asked again next time
+        return self._identity
 
     async def look(self, *, image: bytes | None = None, url: str | None = None,
                    image_type: str = "image/jpeg") -> tuple[dict, bytes | None]:
-        """The analysis, and the annotated photo (JPEG) when there is a face to draw."""
-        analysis = (await self._post("analyze", image, url, image_type, {})).json()
+        """The analysis (with each face's identity where the service knows people), and the annotated
+        photo (JPEG) when there is a face to draw."""
+        fields = {"identify": "true"} if await self.offers_identity() else {}
+        analysis = (await self._post("analyze", image, url, image_type, fields)).json()
         if not analysis["faces"]:
             return analysis, None
         return analysis, (await self._post("annotate", image, url, image_type, {"format": "jpeg"})).content

@@ -260,6 +260,23 @@ def test_several_photos_with_a_non_image_and_a_too_large_one(front_end_service, 
     page.screenshot(path=ARTIFACTS / "web-errors.png", full_page=True)
 
 
+def test_drop_and_paste(front_end_service, context):
+    page = open_page(context, front_end_service)
+    data = list(jpeg(photos.astronaut()))
+    dropped = page.evaluate_handle("""(bytes) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], "dropped.jpg", { type: "image/jpeg" }));
+        return transfer; }""", data)
+    page.get_by_text("Or drop photos here").dispatch_event("drop", {"dataTransfer": dropped})
+    expect(rows(page, "dropped.jpg")).to_have_count(1)
+    page.evaluate("""(bytes) => {
+        const clipboard = new DataTransfer();
+        clipboard.items.add(new File([new Uint8Array(bytes)], "pasted.jpg", { type: "image/jpeg" }));
+        document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: clipboard })); }""", data)
+    expect(rows(page, "pasted.jpg")).to_have_count(1)
+    assert top_labels(page, "pasted.jpg") == ["happy"]
+
+
 def test_photo_from_a_url_fetched_by_the_service(front_end_service, context):
     page = open_page(context, front_end_service)
     with image_server() as port:
@@ -357,6 +374,7 @@ def test_api_key_asked_for_and_kept_for_the_tab_only(keyed_service, context):
     page.get_by_role("button", name="Use this key").click()
     expect(key_form).to_be_hidden()
     expect(page.locator("body[data-ready]")).to_be_attached()
+    expect(page.get_by_label("Image URL")).to_be_hidden()  # this service fetches no URL
 
     page.get_by_label("Photos").set_input_files(photo("astronaut.jpg", jpeg(photos.astronaut()), "image/jpeg"))
     expect(rows(page, "astronaut.jpg")).to_have_count(1)
