@@ -249,7 +249,7 @@ def test_several_photos_with_a_non_image_and_a_too_large_one(front_end_service, 
         photo("notes.txt", b"shopping: eggs, milk", "text/plain"),
         photo("huge.png", too_large, "image/png")])
 
-    expect(page.get_by_role("status")).to_have_text("3 photos analysed; 2 could not be.")
+    expect(page.get_by_role("status")).to_have_text("3 photos: 1 analysed, 2 could not be.")
     expect(rows(page, "astronaut.jpg")).to_have_count(1)
     not_image = page.get_by_role("article", name="Result for notes.txt").get_by_role("alert")
     expect(not_image).to_contain_text("notes.txt is not an image the service can read.")

@@ -127,8 +127,9 @@ async function analyzeImages(images) {
 }
 
 function statusLine(count, failed) {
-  const done = count === 1 ? "1 photo analysed" : `${count} photos analysed`;
-  return failed ? `${done}; ${failed} could not be.` : `${done}.`;
+  if (!failed) return count === 1 ? "1 photo analysed." : `${count} photos analysed.`;
+  if (count === 1) return "The photo could not be analysed.";
+  return `${count} photos: ${count - failed} analysed, ${failed} could not be.`;
 }
 
 async function analyzeUrl(url) {
