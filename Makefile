@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: requirements/serve.txt requirements/convert.txt requirements/dev.txt | $(BIN)/python
+$(VENV)/.installed: requirements/serve.txt requirements/convert.txt requirements/bench.txt requirements/bot.txt requirements/dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements/dev.txt
 	touch $@
 

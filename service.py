@@ -24,6 +24,7 @@ from faceserve.models import detectors
 from faceserve.pipeline.schemas import Analysis, BatchAnalysis, Classification, ModelsInfo
 from faceserve.runtime import Runtime
 from faceserve.settings import Settings
+from faceserve.web import app as web_page
 
 ImageFile = Annotated[Path, ContentType("image/*")]
 ImageOut = Annotated[Path, ContentType("image/*")]  # endpoints return the encoded bytes directly
@@ -91,6 +92,9 @@ class FaceAnalysis:
         """What is loaded: input specs, labels, source artifacts, and what is missing."""
         return self.runtime.models()
 
+
+# The web page at `/` (BentoML's Swagger page moves to `/docs`).
+FaceAnalysis.mount_asgi_app(web_page(_settings), path="/", name="web")
 
 # Before the ASGI app is built: BentoML's own URL downloader closed at its source, its /metrics labelled by
 # known paths only.

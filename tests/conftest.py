@@ -9,9 +9,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project r
 
 from faceserve import photos  # noqa: E402
 from faceserve.models.repository import model_dirs  # noqa: E402
-from tests.support import FIXTURES, ROOT  # noqa: E402
+from tests.support import FIXTURES, ROOT, serve  # noqa: E402
 
 REPOSITORY = ROOT / "model_repository"
+# The service the front ends (the web page, the chat bot) are tested against, started once per session: one
+# worker, URL fetching on for the tests' own image server (reached as `localhost`), and a small body limit so
+# that a too-large photo is cheap to make.
+FRONT_END_ENV = {"FACESERVE_WORKERS": "1", "FACESERVE_URL_FETCH": "1", "FACESERVE_URL_ALLOWLIST": "localhost",
+                 "FACESERVE_MAX_BODY_BYTES": str(2_000_000)}
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +45,10 @@ def gender_age_built(repository, fixtures) -> bool:
     if not {"gender", "age"} <= built:
         pytest.fail("fixtures are present but gender/age were not built")
     return True
+
+
+@pytest.fixture(scope="session")
+def front_end_service(repository) -> str:
+    """The base URL of the one service the front-end tests share (FRONT_END_ENV)."""
+    with serve(FRONT_END_ENV) as url:
+        yield url

@@ -2,8 +2,9 @@
 
 Configured by FACESERVE_API_KEYS (comma-separated) and/or FACESERVE_API_KEYS_FILE
 (one key per line). With no key configured the middleware is not installed.
-Health and metrics stay open. Keys are compared in constant time (on their
-SHA-256 digests, so neither content nor length leaks) and never logged.
+Health, metrics and the web page's files stay open (`is_public`). Keys are compared
+in constant time (on their SHA-256 digests, so neither content nor length leaks) and
+never logged.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hmac
 import logging
 
 from faceserve.errors import Unauthorized
-from faceserve.http import OPEN_PATHS
+from faceserve.http import is_public
 from faceserve.http.responses import error_response
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class ApiKeyMiddleware:
         return matched
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or not self.digests:
+        if scope["type"] != "http" or is_public(scope["path"]) or not self.digests:
             return await self.app(scope, receive, send)
         key = presented_key(scope.get("headers") or [])
         if self.accepts(key):

@@ -58,8 +58,8 @@ def close_framework_downloads() -> None:
 
 # ---- /metrics: one series per known path, not one per path a client invents
 
-_DOC_PATHS = frozenset({"/", "/docs.json", "/schema.json"})
-_STATIC_PREFIXES = ("/static_content/", "/assets/")
+_DOC_PATHS = frozenset({"/", "/docs", "/docs.json", "/schema.json", "/features"})
+_STATIC_PREFIXES = ("/static_content/", "/assets/", "/web/")
 UNKNOWN_PATH_LABEL = "other"
 _REAL_PATH = "faceserve.real_path"
 
