@@ -343,6 +343,7 @@ def batch_cost(ctx: Context) -> list[dict]:
     """
     import onnxruntime as ort
 
+    from convert.parity import random_inputs
     from faceserve.models.repository import Repository
     from faceserve.settings import Settings
 
@@ -355,9 +356,8 @@ def batch_cost(ctx: Context) -> list[dict]:
     for name, spec in repository.specs.items():
         session = ort.InferenceSession(str(repository.model_file(name)), options,
                                        providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(0)
         for size in BATCH_SIZES:
-            batch = rng.uniform(-1, 1, (size, *spec.input_shape)).astype(np.float32)
+            batch = random_inputs(spec, size)[0]  # any-size models at parity's size
             feed = {spec.input_name: batch}
             session.run(None, feed)  # warm-up
             result = loadgen.timed_per_item(lambda _: session.run(None, feed), 1, seconds)
