@@ -29,6 +29,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every live process below it, parents first (from /proc: no dependency for a dev tool)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop(0)
+        tree.append(current)
+        pending += children.get(current, [])
+    return tree
+
+
 class Server:
     def __init__(self, process: subprocess.Popen, url: str, cold_start_s: float, log: Path):
         self.process, self.url, self.cold_start_s, self.log = process, url, cold_start_s, log
@@ -36,6 +51,13 @@ class Server:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def kill(self) -> None:
+        """`kill -9` of the server and everything it started, as when its machine dies. The whole tree, not the
+        process group: BentoML's workers lead groups of their own and would go on serving without their arbiter."""
+        for pid in process_tree(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -83,13 +105,15 @@ def bentoml_log(log_dir: Path, port: int) -> Path:
 
 @contextlib.contextmanager
 def bentoml_serve(log_dir: Path, env: dict[str, str] | None = None, *, ready_path: str = "/readyz",
-                  timeout: float = 180.0) -> Iterator[Server]:
-    """`bentoml serve service:FaceAnalysis` on a free 127.0.0.1 port.
+                  timeout: float = 180.0, port: int | None = None) -> Iterator[Server]:
+    """`bentoml serve service:FaceAnalysis` on 127.0.0.1: on `port`, or a free one.
+
+    A given port lets a killed server come back where a load balancer expects it.
 
     Each server gets its own BENTOML_HOME unless one is given: `bentoml serve` empties the
     Prometheus directory under its home at start-up, so servers sharing one lose each other's metrics.
     """
-    port = free_port()
+    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="faceserve-bentoml-home-") as home:
         with launch([str(BIN / "bentoml"), "serve", "service:FaceAnalysis", "--host", "127.0.0.1",
                      "--port", str(port)], port, ready_path, bentoml_log(log_dir, port),
