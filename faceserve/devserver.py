@@ -44,6 +44,14 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie has exited: its sockets are closed, only its parent has not reaped it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class Server:
     def __init__(self, process: subprocess.Popen, url: str, cold_start_s: float, log: Path):
         self.process, self.url, self.cold_start_s, self.log = process, url, cold_start_s, log
@@ -52,12 +60,17 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
-    def kill(self) -> None:
-        """`kill -9` of the server and everything it started, as when its machine dies. The whole tree, not the
-        process group: BentoML's workers lead groups of their own and would go on serving without their arbiter."""
-        for pid in process_tree(self.pid):
+    def kill(self, timeout_s: float = 30.0) -> None:
+        """`kill -9` of the server and everything it started, as when its machine dies; returns once all of it is
+        gone (its sockets closed). The whole tree, not the process group: BentoML's workers lead groups of their
+        own and would go on serving without their arbiter."""
+        tree = process_tree(self.pid)
+        for pid in tree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_s
+        while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 @contextlib.contextmanager
