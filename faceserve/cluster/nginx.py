@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jinja2
 
+from faceserve.devserver import process_tree
 from faceserve.errors import PayloadTooLarge, Unavailable
 from faceserve.http.responses import RETRY_AFTER_S
 
@@ -152,10 +153,7 @@ class Nginx:
         return "\n".join(self.error_log.read_text(errors="replace").splitlines()[-lines:])
 
     def worker_pids(self) -> list[int]:
-        if not self.running:
-            return []
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
+        return process_tree(self.process.pid)[1:] if self.running else []
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGQUIT: nginx finishes the requests in flight, then exits; SIGKILL to its group past the timeout."""
