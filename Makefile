@@ -1,13 +1,18 @@
 # Two commands for a fresh machine:
 #   make serve   build the default model repository and serve it (embedded onnxruntime, 127.0.0.1:3000)
 #   make test    run the whole test suite
+# and one for several instances behind nginx on one local Triton (Ctrl-C stops all of it):
+#   make cluster [INSTANCES=3] [CLUSTER_PORT=8080] [CLUSTER_ARGS=--embedded]
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 3000
+INSTANCES ?= 2
+CLUSTER_PORT ?= 8080
+CLUSTER_ARGS ?=
 
-.PHONY: serve test env system repository bench bench-quick build-bentos clean
+.PHONY: serve test cluster env system repository bench bench-quick build-bentos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +33,9 @@ repository: env
 
 serve: repository
 	MALLOC_ARENA_MAX=2 BENTOML_DO_NOT_TRACK=True $(BIN)/bentoml serve service:FaceAnalysis --host $(HOST) --port $(PORT)
+
+cluster: repository system
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m faceserve.cluster --instances $(INSTANCES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
 
 test: repository system
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m pytest -q tests

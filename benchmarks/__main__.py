@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from benchmarks import report, workload
-from benchmarks.scenarios import SCENARIOS, Config, Context, Skip, runs_in, unusable
+from benchmarks.scenarios import OPT_IN, SCENARIOS, Config, Context, Skip, runs_in, unusable
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,7 +68,9 @@ def count_faces_with_blazeface():
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: c in (1, 16), one head, >= 3 s per point")
-    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS),
+                        default=[name for name in SCENARIOS if name not in OPT_IN],
+                        help=f"default: all but {', '.join(sorted(OPT_IN))}")
     parser.add_argument("--workload", choices=("single", "group", "multi", "mixed"), default="single")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<date>")
     parser.add_argument("--concurrency", type=int, nargs="+", default=None,

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import re
 import time
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -369,6 +370,26 @@ def batch_cost(ctx: Context) -> list[dict]:
     return rows
 
 
+CLUSTER_INSTANCES = (1, 2, 3)
+
+
+def cluster(ctx: Context) -> list[dict]:
+    """nginx in front of 1, 2 and 3 `bentoml serve` instances (one worker each) on one local Triton
+    (faceserve.cluster). CPU and RSS are the whole deployment's: nginx, every instance and Triton."""
+    from faceserve.cluster import Cluster, NginxError
+    rows = []
+    for instances in CLUSTER_INSTANCES:
+        try:
+            with Cluster(instances, log_dir=ctx.out / "logs" / f"cluster-{instances}") as deployment:
+                entry = types.SimpleNamespace(url=deployment.url, pid=deployment.nginx.process.pid)
+                pids = [i.server.pid for i in deployment.instances] + _triton_pids(deployment.triton)
+                rows += _locust_sweep(ctx, "cluster", entry, pids, deployment.triton.metrics_url,
+                                      variant=f"instances={instances}")
+        except NginxError as exc:  # nginx missing or refusing its configuration: a line in the report
+            raise Skip(str(exc)) from None
+    return rows
+
+
 SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "inprocess": inprocess,
     "service-embedded": service_embedded,
@@ -378,7 +399,10 @@ SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "seed-baseline": seed_baseline,
     "detectors": detectors,
     "batch-cost": batch_cost,
+    "cluster": cluster,
 }
+# Run only when named (`--scenarios cluster`): each starts a whole deployment per instance count.
+OPT_IN = {"cluster"}
 
 
 def unusable(rows: list[dict]) -> str | None:
@@ -402,4 +426,6 @@ def runs_in(name: str, cfg: Config) -> int:
         return 4  # auto, faceboxes, blazeface, haar
     if name == "batch-cost":
         return 1
+    if name == "cluster":
+        return len(CLUSTER_INSTANCES) * len(cfg.concurrencies)
     return len(cfg.concurrencies)

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from faceserve.triton_local import LocalTriton, build_cpu_repository, ensure_env
+from faceserve.triton_local.server import DEFAULT_PORTS
 from faceserve.settings import PROJECT_ROOT
 
 
@@ -24,9 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--no-dynamic-batching", action="store_true",
                          help="same models and configs, without dynamic_batching")
         sub.add_argument("--models", nargs="+", help="only these models (default: every built one)")
-    serve.add_argument("--http-port", type=int, default=8000)
-    serve.add_argument("--grpc-port", type=int, default=8001)
-    serve.add_argument("--metrics-port", type=int, default=8002)
+    for kind, port in DEFAULT_PORTS.items():
+        serve.add_argument(f"--{kind}-port", type=int, default=port)
     build.add_argument("--out", type=Path, default=PROJECT_ROOT / "build" / "triton-cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -20,6 +20,10 @@ from faceserve.triton_local.repository import build_cpu_repository
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+# tritonserver's own defaults, which the NGC image serves on too (bentos/, bentos/kubernetes/)
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+# KServe v2 health, on the HTTP port
+LIVE_PATH, READY_PATH = "/v2/health/live", "/v2/health/ready"
 
 
 class TritonStartError(RuntimeError):
@@ -181,9 +185,9 @@ class LocalTriton:
             if not self.running:
                 code = self._process.returncode if self._process else None
                 raise TritonStartError(f"tritonserver exited with {code} before its models were ready\n{self.log_tail()}")
-            if self._get("/v2/health/live") == 200:
+            if self._get(LIVE_PATH) == 200:
                 pending = [m for m in pending if self._get(f"/v2/models/{m}/ready") != 200]
-                if not pending and self._get("/v2/health/ready") == 200:
+                if not pending and self._get(READY_PATH) == 200:
                     return
             if time.monotonic() > deadline:
                 raise TritonStartError(f"tritonserver not ready after {self.ready_timeout_s:g} s "

@@ -1,0 +1,51 @@
+"""`python -m faceserve.cluster`: nginx and several faceserve instances on 127.0.0.1, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from faceserve.cluster import GALLERY_ENV, Cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m faceserve.cluster", description=__doc__)
+    parser.add_argument("--instances", type=int, default=2, help="faceserve instances behind nginx (default 2)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes per instance (default 1: the instances are the replicas)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="each instance runs its models in-process instead of on the one local Triton")
+    parser.add_argument("--port", type=int, default=8080, help="nginx's port on 127.0.0.1 (default 8080)")
+    parser.add_argument("--gallery", default=os.environ.get(GALLERY_ENV),
+                        help=f"the shared store's URL, given to every instance as {GALLERY_ENV} (default: ${GALLERY_ENV})")
+    parser.add_argument("--log-dir", type=Path, default=Path("/tmp/faceserve-cluster"),
+                        help="nginx's and the instances' logs (default %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll otherwise
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # also when started in the background (SIGINT ignored)
+        signal.signal(sig, lambda *_: stop.set())
+    cluster = Cluster(args.instances, backend="embedded" if args.embedded else "triton", workers=args.workers,
+                      port=args.port, gallery=args.gallery, log_dir=args.log_dir)
+    with cluster:
+        backend = f"Triton grpc://{cluster.triton.grpc_url}" if cluster.triton else "embedded onnxruntime"
+        print(f"faceserve cluster ready on {cluster.url} ({backend})\n"
+              + "".join(f"  {i.name}: {i.url} (pid {i.server.pid}, log {i.log})\n" for i in cluster.instances)
+              + f"  nginx access log {cluster.nginx.access_log}\nCtrl-C to stop.", flush=True)
+        while not stop.wait(0.5):
+            if not cluster.nginx.running:
+                print(f"nginx exited unexpectedly\n{cluster.nginx.log_tail()}", file=sys.stderr)
+                return 1
+    print("cluster stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The instances behind nginx, the Triton they share, and the order in which all of it starts and stops."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from faceserve import devserver
+from faceserve.cluster.nginx import Nginx, NginxConfig
+from faceserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["triton", "embedded"]
+# Where every instance finds the shared store (PostgreSQL in a multi-instance deployment); the
+# Kubernetes manifests take the same variable from a Secret.
+GALLERY_ENV = "FACESERVE_GALLERY"
+
+
+class Instance:
+    """One `bentoml serve` on a fixed port: nginx's upstream list names it, so a killed instance comes back there."""
+
+    def __init__(self, name: str, port: int, env: dict[str, str], log_dir: Path):
+        self.name, self.port, self.env, self.log_dir = name, port, env, log_dir
+        self.server: devserver.Server | None = None
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def log(self) -> Path:
+        return devserver.bentoml_log(self.log_dir, self.port)
+
+    @property
+    def running(self) -> bool:
+        return self.server is not None and self.server.process.poll() is None
+
+    def start(self) -> None:
+        """Start and wait until /readyz answers 200."""
+        if self.server is None:
+            self.server = self._stack.enter_context(devserver.bentoml_serve(self.log_dir, self.env, port=self.port))
+
+    def kill(self) -> None:
+        """`kill -9` of the whole instance (the arbiter and its workers), as when a machine or container dies."""
+        if self.server is not None:
+            self.server.kill()
+        self.stop()
+
+    def stop(self) -> None:
+        self._stack.close()
+        self.server = None
+
+
+class Cluster:
+    """`with Cluster(instances=2) as cluster:` nginx on `cluster.url` load-balancing `instances` faceserve
+    instances, each with `workers` processes, all on one local Triton (`backend="triton"`, as in production)
+    or each with the embedded onnxruntime backend (`backend="embedded"`).
+
+    `gallery` is handed to every instance as FACESERVE_GALLERY (the shared store's URL); `env` holds any
+    other FACESERVE_* setting for every instance, and nginx takes the instances' body limit from it.
+    """
+
+    def __init__(self, instances: int = 2, *, backend: Backend = "triton", workers: int = 1, port: int | None = None,
+                 gallery: str | None = None, env: dict[str, str] | None = None, log_dir: Path | None = None):
+        if instances < 1:
+            raise ValueError("a cluster needs at least one instance")
+        self.backend, self.workers, self.gallery = backend, workers, gallery
+        self.port = port or devserver.free_port()
+        self.extra_env = dict(env or {})
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="faceserve-cluster-"))
+        self.instances = [Instance(f"instance-{i + 1}", devserver.free_port(), {}, self.log_dir)
+                          for i in range(instances)]
+        self.triton = None
+        self.nginx: Nginx | None = None
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def url(self) -> str:
+        assert self.nginx is not None
+        return self.nginx.url
+
+    def instance_env(self) -> dict[str, str]:
+        env = {"FACESERVE_WORKERS": str(self.workers), **self.extra_env}
+        if self.gallery:
+            env[GALLERY_ENV] = self.gallery
+        if self.triton is not None:
+            env["FACESERVE_BACKEND"] = f"grpc://{self.triton.grpc_url}"
+        else:
+            env.setdefault("FACESERVE_BACKEND", "onnxruntime")
+        return env
+
+    def instance_settings(self) -> Settings:
+        """The settings each instance reads: this environment with the instances' variables on top."""
+        saved = dict(os.environ)
+        os.environ.update(self.instance_env())
+        try:
+            return Settings.from_env()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def __enter__(self) -> "Cluster":
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        settings = self.instance_settings()
+        if self.backend == "triton":
+            from faceserve.triton_local import LocalTriton
+            ports = {f"{kind}_port": devserver.free_port() for kind in ("http", "grpc", "metrics")}
+            self.triton = self._stack.enter_context(LocalTriton(settings.repository, **ports))
+        for instance in self.instances:
+            instance.env = self.instance_env()
+            self._stack.callback(instance.stop)
+        with concurrent.futures.ThreadPoolExecutor(len(self.instances)) as pool:
+            for started in [pool.submit(instance.start) for instance in self.instances]:
+                started.result()
+        self.nginx = self._stack.enter_context(Nginx(NginxConfig(
+            port=self.port, upstreams=tuple(i.address for i in self.instances),
+            max_body_bytes=settings.limits.max_body_bytes, log_dir=self.log_dir)))
+        log.info("nginx on %s in front of %s", self.url, ", ".join(i.address for i in self.instances))
+
+    def close(self) -> None:
+        """nginx first (no new requests), then the instances, then Triton."""
+        self._stack.close()
