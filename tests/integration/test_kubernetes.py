@@ -32,7 +32,6 @@ from tests.support import ROOT
 OLDEST_KUBERNETES = "1.28.0"  # docs/deploy.md
 # Settings the manifests set before the service reads them: name -> who will read it. A test fails once
 # faceserve.settings reads one, so that it leaves this list.
-PENDING = {GALLERY_ENV: "the PostgreSQL store (issue 16, another branch)"}
 BENCHMARK_SCENARIO = {"cpu": "service-embedded", "gpu": "service-triton-grpc"}
 
 
@@ -153,7 +152,7 @@ def test_service_environment_is_what_the_service_reads(overlay):
     service = container(objects, SERVICE)
     variables = env(service)
     ours = {name for name in variables if name.startswith("FACESERVE_")}
-    assert ours - set(PENDING) <= settings_names(), "a FACESERVE_* variable the service never reads"
+    assert ours <= settings_names(), "a FACESERVE_* variable the service never reads"
     assert "FACESERVE_BACKEND" in ours
     # as the bentos set them
     bentofile = yaml.safe_load((ROOT / "bentos" / overlay / "bentofile.yaml").read_text())
@@ -172,11 +171,6 @@ def test_service_environment_is_what_the_service_reads(overlay):
     assert keys_file[len(mount["mountPath"]) + 1:] in {item["path"] for item in secret["items"]}
     gallery = variables[GALLERY_ENV]["valueFrom"]["secretKeyRef"]
     assert gallery["name"] == secret["secretName"] and "value" not in variables[GALLERY_ENV]
-
-
-def test_pending_settings_are_still_pending():
-    read = settings_names()
-    assert not read & set(PENDING), f"faceserve.settings now reads {read & set(PENDING)}: drop it from PENDING"
 
 
 def test_cpu_topology_runs_the_embedded_backend_with_an_autoscaler_and_a_budget():
