@@ -48,7 +48,8 @@ def gender_age_built(repository, fixtures) -> bool:
 
 
 @pytest.fixture(scope="session")
-def front_end_service(repository) -> str:
-    """The base URL of the one service the front-end tests share (FRONT_END_ENV)."""
-    with serve(FRONT_END_ENV) as url:
+def front_end_service(repository, tmp_path_factory) -> str:
+    """The base URL of the one service the front-end tests share (FRONT_END_ENV), its gallery in a fresh
+    data directory."""
+    with serve({**FRONT_END_ENV, "FACESERVE_DATA_DIR": str(tmp_path_factory.mktemp("front-end-data"))}) as url:
         yield url
