@@ -1,9 +1,17 @@
-"""faceserve: faces found, then emotion, gender and age for each; served with BentoML.
+"""faceserve: faces found, then emotion, gender and age for each, and who they are; served with BentoML.
 
     bentoml serve service:FaceAnalysis          # embedded onnxruntime backend
     FACESERVE_BACKEND=grpc://127.0.0.1:8001 bentoml serve service:FaceAnalysis   # Triton
 
 Only wiring lives here; every step is in the `faceserve` package.
+
+The identity endpoints are `@bentoml.api` routes with ids in the JSON body (`/identities/get`,
+`/identities/delete`, ...) rather than REST paths on a mounted ASGI app: BentoML's new-style APIs take no
+path parameters, and a mounted app would lose what every other endpoint has here — typed request and
+response models in the OpenAPI schema (BentoML merges only FastAPI apps' routes, and FastAPI is no
+dependency of ours), BentoML's multipart parsing of uploads under the upload guard, `json_errors` and
+the request limits. API keys, the error shape and the concurrency limit are ASGI middlewares and would
+apply either way.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimit
 from faceserve.http.responses import ErrorShapeMiddleware, json_errors
 from faceserve.http.upload_guard import UploadGuardMiddleware
 from faceserve.models import detectors
-from faceserve.pipeline.schemas import Analysis, BatchAnalysis, Classification, ModelsInfo
+from faceserve.pipeline.schemas import (Analysis, BatchAnalysis, Box, Classification, Deleted, FacesAdded,
+                                        GalleryImport, Identification, IdentityDetail, IdentityPage, ModelsInfo,
+                                        Verification)
 from faceserve.runtime import Runtime
 from faceserve.settings import Settings
 from faceserve.web import app as web_page
@@ -30,6 +40,7 @@ ImageFile = Annotated[Path, ContentType("image/*")]
 ImageOut = Annotated[Path, ContentType("image/*")]  # endpoints return the encoded bytes directly
 Detector = Literal[tuple(d.name for d in detectors.REGISTRY)]  # None: the default (`/models`)
 ImageFormat = Literal["png", "jpeg"]
+GalleryFile = Annotated[Path, ContentType("application/x-ndjson")]  # the export format, docs/store.md
 
 _settings = Settings.from_env()
 
@@ -51,9 +62,11 @@ class FaceAnalysis:
     @bentoml.api
     @json_errors
     async def analyze(self, image: ImageFile = None, image_base64: str | None = None,
-                      image_url: str | None = None, detector: Detector | None = None) -> Analysis:
-        """Faces with box, score, emotion, gender and age."""
-        return await self.runtime.analyze(image, image_base64, image_url, detector)
+                      image_url: str | None = None, detector: Detector | None = None,
+                      identify: bool = False) -> Analysis:
+        """Faces with box, score, emotion, gender and age; with `identify`, each face's best match in the
+        gallery (`identity`, null for nobody known)."""
+        return await self.runtime.analyze(image, image_base64, image_url, detector, identify)
 
     @bentoml.api
     @json_errors
@@ -87,6 +100,80 @@ class FaceAnalysis:
         rotated = await self.runtime.rotate(image, image_base64, image_url, degrees, format)
         return Response(rotated, media_type=f"image/{format}")
 
+    # ---- identity ----
+
+    @bentoml.api(route="/identities/create")
+    @json_errors
+    async def create_identity(self, name: str, metadata: dict | None = None) -> IdentityDetail:
+        """A new identity (a name and any JSON object of metadata); add its faces with `/identities/add_faces`."""
+        return await self.runtime.create_identity(name, metadata)
+
+    @bentoml.api(route="/identities/add_faces")
+    @json_errors
+    async def add_faces(self, identity_id: str, images: list[ImageFile] = None, images_base64: list[str] | None = None,
+                        boxes: list[Box | None] | None = None, thumbnails: bool = False) -> FacesAdded:
+        """Enrol one face from each image: its only face, or the face at its box (`boxes`: one box or null per
+        image, in order). A small thumbnail of each face is stored only with `thumbnails`; the photo never is."""
+        return await self.runtime.add_faces(identity_id, images, images_base64, boxes, thumbnails)
+
+    @bentoml.api(route="/identities")
+    @json_errors
+    async def list_identities(self, limit: int = 100, after: str | None = None) -> IdentityPage:
+        """Identities in creation order, `limit` per page; `after` is the previous page's `next_after`."""
+        return await self.runtime.list_identities(limit, after)
+
+    @bentoml.api(route="/identities/get")
+    @json_errors
+    async def get_identity(self, identity_id: str) -> IdentityDetail:
+        """One identity and its enrolled faces (boxes and image hashes, never vectors)."""
+        return await self.runtime.get_identity(identity_id)
+
+    @bentoml.api(route="/identities/face_thumbnail")
+    @json_errors
+    async def face_thumbnail(self, face_id: str) -> ImageOut:
+        """The JPEG thumbnail stored with a face enrolled with `thumbnails`."""
+        return Response(await self.runtime.face_thumbnail(face_id), media_type="image/jpeg")
+
+    @bentoml.api(route="/identities/delete_face")
+    @json_errors
+    async def delete_face(self, face_id: str) -> Deleted:
+        """Delete one enrolled face (its vector leaves the store and every worker's index)."""
+        return await self.runtime.delete_face(face_id)
+
+    @bentoml.api(route="/identities/delete")
+    @json_errors
+    async def delete_identity(self, identity_id: str) -> Deleted:
+        """Delete an identity and every face enrolled for it."""
+        return await self.runtime.delete_identity(identity_id)
+
+    @bentoml.api
+    @json_errors
+    async def verify(self, images: list[ImageFile] = None, images_base64: list[str] | None = None) -> Verification:
+        """Whether two images (two uploads, two base64 strings, or one of each) show the same person: the
+        largest face of each is compared."""
+        return await self.runtime.verify(images, images_base64)
+
+    @bentoml.api
+    @json_errors
+    async def identify(self, image: ImageFile = None, image_base64: str | None = None, image_url: str | None = None,
+                       detector: Detector | None = None, top_k: int = 5) -> Identification:
+        """Every face with its box and the top-k enrolled identities at or above the threshold (none: unknown)."""
+        return await self.runtime.identify(image, image_base64, image_url, detector, top_k)
+
+    @bentoml.api(route="/gallery/export")
+    @json_errors
+    async def export_gallery(self) -> GalleryFile:
+        """The whole gallery as one JSON Lines file (embeddings with their model and version)."""
+        return Response(await self.runtime.export_gallery(), media_type="application/x-ndjson",
+                        headers={"Content-Disposition": 'attachment; filename="faceserve-gallery.jsonl"'})
+
+    @bentoml.api(route="/gallery/import")
+    @json_errors
+    async def import_gallery(self, file: GalleryFile = None) -> GalleryImport:
+        """Add what an exported gallery file holds and this gallery does not; a file of another embedding model
+        or version is refused (409)."""
+        return await self.runtime.import_gallery(file)
+
     @bentoml.api
     async def models(self) -> ModelsInfo:
         """What is loaded: input specs, labels, source artifacts, and what is missing."""
@@ -109,4 +196,4 @@ FaceAnalysis.add_asgi_middleware(ErrorShapeMiddleware, max_body_bytes=_settings.
 if _settings.api_keys:
     FaceAnalysis.add_asgi_middleware(ApiKeyMiddleware, keys=_settings.api_keys)
 FaceAnalysis.add_asgi_middleware(ConcurrencyLimitMiddleware, max_concurrency=_settings.limits.max_concurrency)
-FaceAnalysis.add_asgi_middleware(UploadGuardMiddleware, file_fields=("image", "images"))
+FaceAnalysis.add_asgi_middleware(UploadGuardMiddleware, file_fields=("image", "images", "file"))

@@ -185,7 +185,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
 
     series: dict[str, list[dict]] = {}
     for r in rows:
-        if r["scenario"] not in ("detectors", "batch-cost"):
+        if r["scenario"] not in ("detectors", "batch-cost", "identity"):  # not concurrency sweeps
             series.setdefault(r["scenario"] + (f" {r['variant']}" if r["variant"] else ""), []).append(r)
     written = []
     for key, label, file in (("throughput", "throughput (requests/s)", "throughput.png"),

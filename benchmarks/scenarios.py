@@ -390,6 +390,68 @@ def cluster(ctx: Context) -> list[dict]:
     return rows
 
 
+# Synthetic galleries for search speed: one face of 1024 floats (faceres' dimension) per identity.
+SEARCH_GALLERIES = (1_000, 10_000, 100_000)
+
+
+def _search_galleries(cfg: Config) -> tuple[int, ...]:
+    """Quick runs stop at 10k: the 100k gallery alone is 400 MB of vectors to build."""
+    return SEARCH_GALLERIES if cfg.duration_s >= 5 else SEARCH_GALLERIES[:2]
+
+
+def identity(ctx: Context) -> list[dict]:
+    """Identity through the service: the enrolment rate (create + one photo each), then identify beside analyze
+    at the comparison concurrency on the workload's photos, against the gallery just enrolled; then exact
+    search per face, in process, against synthetic galleries of 1k, 10k and 100k identities."""
+    import tempfile
+
+    rows, cfg = [], ctx.config
+    c = seed_comparison_concurrencies(cfg)[0]
+    with tempfile.TemporaryDirectory(prefix="faceserve-bench-gallery-") as data, \
+            devserver.bentoml_serve(ctx.out / "logs", {"FACESERVE_DATA_DIR": data}) as server:
+        ctx.info["identity"] = {"cold_start_s": server.cold_start_s}
+        rows.append(ctx.row("identity", 4, asyncio.run(_enrolments(ctx, server.url, 4)), variant="enrol",
+                            peak_rss_mb={}, cpu_percent=None))
+        ctx.advance("identity enrol")
+        for path in ("/analyze", "/identify"):
+            with TreeMonitor([server.pid]) as mon:
+                result = loadgen.run_locust(server.url, ctx.images, c, cfg.warmup_s, cfg.duration_s, ctx.out / "locust",
+                                            path=path, label=f"identity{path.replace('/', '-')}-c{c}",
+                                            min_ok=cfg.min_ok, max_s=cfg.max_window_s, server_pids=[server.pid])
+            rows.append(ctx.row("identity", c, result, variant=path.strip("/"), peak_rss_mb=mon.peak_rss_mb))
+            ctx.advance(f"identity {path} c={c}")
+    return rows + _search_rows(ctx)
+
+
+async def _enrolments(ctx: Context, url: str, concurrency: int) -> dict:
+    """Closed-loop enrolments: each creates an identity and adds one face from a workload photo."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        async def enrol(i: int) -> None:
+            created = (await client.post("/identities/create", json={"name": f"bench-{i}"})).raise_for_status()
+            photo = ctx.images[i % len(ctx.images)]
+            (await client.post("/identities/add_faces", data={"identity_id": created.json()["id"]},
+                               files={"images": (photo.name, photo.read_bytes(), "image/jpeg")})).raise_for_status()
+        return await loadgen.closed_loop(enrol, concurrency, **ctx.window())
+
+
+def _search_rows(ctx: Context) -> list[dict]:
+    from faceserve.gallery.similarity import SimilarityIndex
+
+    rows, rng, dimension = [], np.random.default_rng(0), 1024
+    queries = rng.standard_normal((64, dimension)).astype(np.float32)
+    for size in _search_galleries(ctx.config):
+        index = SimilarityIndex(dimension)
+        vectors = rng.standard_normal((size, dimension)).astype(np.float32)
+        index.replace([(f"f{i}", f"i{i}", f"person {i}", vectors[i]) for i in range(size)])
+        del vectors
+        result = loadgen.timed_per_item(lambda i: index.search(queries[i:i + 1], 5), len(queries),
+                                        max(1.0, ctx.config.duration_s / 3))
+        rows.append(ctx.row("identity", 1, result, variant=f"search {size // 1000}k identities", peak_rss_mb={},
+                            cpu_percent=None))
+        ctx.advance(f"identity search {size}")
+    return rows
+
+
 SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "inprocess": inprocess,
     "service-embedded": service_embedded,
@@ -400,6 +462,7 @@ SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "detectors": detectors,
     "batch-cost": batch_cost,
     "cluster": cluster,
+    "identity": identity,
 }
 # Run only when named (`--scenarios cluster`): each starts a whole deployment per instance count.
 OPT_IN = {"cluster"}
@@ -428,4 +491,6 @@ def runs_in(name: str, cfg: Config) -> int:
         return 1
     if name == "cluster":
         return len(CLUSTER_INSTANCES) * len(cfg.concurrencies)
+    if name == "identity":
+        return 3 + len(_search_galleries(cfg))
     return len(cfg.concurrencies)

@@ -6,6 +6,7 @@ float32 NHWC batch (the parity reference), and the ONNX bytes tf2onnx produced.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from pathlib import Path
@@ -154,6 +155,30 @@ def _tfjs_for_conversion(model: dict) -> dict:
     return model
 
 
+def _unfused_depthwise(nodes: list[dict]) -> list[dict]:
+    """`FusedDepthwiseConv2dNative` is an op of TensorFlow.js alone (its converter fuses a depthwise
+    convolution with its bias and activation); TensorFlow runs the same arithmetic as the three ops it
+    fused, the last one keeping the node's name so that its consumers are unchanged."""
+    unfused = []
+    for node in nodes:
+        if node["op"] != "FusedDepthwiseConv2dNative":
+            unfused.append(node)
+            continue
+        name, (x, weights, bias) = node["name"], node["input"]
+        fused = [base64.b64decode(op).decode() for op in node["attr"]["fused_ops"]["list"]["s"]]
+        if fused not in (["BiasAdd"], ["BiasAdd", "Relu"]):
+            raise ValueError(f"{name}: cannot unfuse {fused}")
+        conv_attr = {key: value for key, value in node["attr"].items() if key not in ("fused_ops", "num_args")}
+        steps = [{"name": f"{name}/depthwise", "op": "DepthwiseConv2dNative", "input": [x, weights], "attr": conv_attr},
+                 {"name": f"{name}/bias", "op": "BiasAdd", "input": [f"{name}/depthwise", bias],
+                  "attr": {"T": node["attr"]["T"], "data_format": node["attr"]["data_format"]}}]
+        if fused[-1] == "Relu":
+            steps.append({"name": f"{name}/relu", "op": "Relu", "input": [f"{name}/bias"], "attr": {"T": node["attr"]["T"]}})
+        steps[-1]["name"] = name
+        unfused.extend(steps)
+    return unfused
+
+
 def _tfjs_session(model: dict, folder: Path):
     """The graph run by TensorFlow itself (a v1 Session over the GraphDef the JSON describes)."""
     import tensorflow as tf
@@ -166,7 +191,8 @@ def _tfjs_session(model: dict, folder: Path):
     for weight in manifest["weights"]:
         name, values, size = tfjs_utils.read_tfjs_weight(weight, data, offset)
         weights[name], offset = values, offset + size
-    graph_def = json_format.ParseDict(model["modelTopology"], tf.compat.v1.GraphDef(), ignore_unknown_fields=True)
+    topology = {**model["modelTopology"], "node": _unfused_depthwise(model["modelTopology"]["node"])}
+    graph_def = json_format.ParseDict(topology, tf.compat.v1.GraphDef(), ignore_unknown_fields=True)
     for node in graph_def.node:
         if node.op == "Const" and node.name in weights:  # shards hold doubles as float32: cast back
             dtype = tf.as_dtype(node.attr["dtype"].type)

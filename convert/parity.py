@@ -108,6 +108,11 @@ def _top1(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
         return outputs[spec.output_names[1]] > spec.score_threshold
     if spec.decoder == "facemesh":
         return outputs[spec.output_names[1]].reshape(len(first), -1) > 0.0  # face presence logit
+    if spec.decoder == "embedding":  # what a search decides: which other face of the batch is the closest
+        unit = first / np.maximum(np.linalg.norm(first, axis=1, keepdims=True), 1e-12)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
     return first.reshape(len(first), -1)[:, 0]  # regression: compared within REGRESSION_AGREEMENT
 
 

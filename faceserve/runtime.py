@@ -1,4 +1,5 @@
-"""Everything a running service holds: settings, repository, backend, pipeline.
+"""Everything a running service holds: settings, repository, backend, pipeline, and (opened at its first use,
+once per process) the gallery behind the identity endpoints.
 
 Shared by `service.py` and the CLI so both answer identically.
 """
@@ -6,20 +7,31 @@ Shared by `service.py` and the CLI so both answer identically.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from faceserve.backends import create
-from faceserve.errors import LimitExceeded
+from faceserve.errors import InvalidRequest, LimitExceeded, NotFound
+from faceserve.gallery import EmbeddingModel, Gallery
+from faceserve.gallery import records
 from faceserve.http import inputs
 from faceserve.models.repository import Repository
 from faceserve.pipeline import imaging
 from faceserve.pipeline.annotate import annotate
+from faceserve.pipeline.identity import IdentityStage
 from faceserve.pipeline.pipeline import Pipeline
-from faceserve.pipeline.schemas import Analysis, BatchAnalysis, Classification, ModelsInfo
+from faceserve.pipeline.schemas import (Analysis, BatchAnalysis, Box, Classification, Deleted, FaceRecord, FacesAdded,
+                                        GalleryImport, Identification, Identity, IdentityDetail, IdentityPage,
+                                        ModelsInfo, Verification)
 from faceserve.settings import Settings
+from faceserve.store import open_store
+
+ImageItem = tuple[Path | None, str | None]  # an upload or a base64 string
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,8 @@ class Runtime:
                                     timeout_s=limits.url_timeout_s, max_redirects=limits.url_max_redirects)
         self._started = False
         self._lock = asyncio.Lock()
+        self._identity: IdentityStage | None = None
+        self._identity_lock = asyncio.Lock()
         log.info("model repository: %s", self.repository.path)
         if self.repository.missing:
             log.warning("models declared but not built (heads answered as missing): %s",
@@ -60,8 +74,15 @@ class Runtime:
     # ---- what each endpoint does (the service and the CLI only call these) ----
 
     async def analyze(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
-                      detector: str | None = None) -> Analysis:
-        return await self.analyze_image(await self.image(upload, b64, url), detector)
+                      detector: str | None = None, identify: bool = False) -> Analysis:
+        pixels = await self.image(upload, b64, url)
+        if not identify:
+            return await self.analyze_image(pixels, detector)
+        stage = await self.identity()
+        analysis, vectors = await self.pipeline.analyze_and_embed(pixels, detector)
+        for face, matches in zip(analysis.faces, await stage.matches(vectors)):
+            face.identity = matches[0] if matches else None
+        return analysis
 
     async def analyze_image(self, pixels: np.ndarray, detector: str | None = None) -> Analysis:
         return await self.pipeline.analyze(pixels, detector)
@@ -70,11 +91,7 @@ class Runtime:
                             detector: str | None = None) -> BatchAnalysis:
         """`analyze` for several images; every image is checked before any is decoded, all their faces
         share model calls."""
-        items = [(upload, None) for upload in uploads or []] + [(None, b64) for b64 in b64s or []]
-        limit = self.settings.limits.max_batch_images
-        if not items or len(items) > limit:
-            raise LimitExceeded(f"send between 1 and {limit} images; got {len(items)}", code="batch_size")
-        pixels = await self.images(items)
+        pixels = await self.images(self._image_items(uploads, b64s, range(1, self.settings.limits.max_batch_images + 1)))
         return BatchAnalysis(results=await asyncio.gather(*(self.pipeline.analyze(p, detector) for p in pixels)))
 
     async def annotate(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
@@ -102,9 +119,13 @@ class Runtime:
         data = await inputs.image_bytes(upload, b64, url, self.settings.limits, self.fetch)
         return await asyncio.to_thread(imaging.decode, data, self.settings.limits.decode)
 
-    async def images(self, items: list[tuple[Path | None, str | None]]) -> list[np.ndarray]:
+    async def images(self, items: list[ImageItem]) -> list[np.ndarray]:
         """The (upload, base64) images of a batch, decoded only once every header is checked and
         their pixels together are within `max_batch_pixels`."""
+        return [pixels for pixels, _ in await self.images_with_digests(items)]
+
+    async def images_with_digests(self, items: list[ImageItem]) -> list[tuple[np.ndarray, str]]:
+        """`images`, each with the sha256 of its bytes."""
         await self.start()
         limits = self.settings.limits
         blobs = [await inputs.image_bytes(upload, b64, None, limits, self.fetch) for upload, b64 in items]
@@ -114,7 +135,104 @@ class Runtime:
         for data in blobs:
             images.append(await asyncio.to_thread(imaging.decode, data, limits.decode))
             _check_batch_pixels([image.shape[0] * image.shape[1] for image in images], limits.max_batch_pixels)
-        return images
+        return [(image, hashlib.sha256(data).hexdigest()) for image, data in zip(images, blobs)]
+
+    def _image_items(self, uploads: list[Path] | None, b64s: list[str] | None, count: range) -> list[ImageItem]:
+        items = [(upload, None) for upload in uploads or []] + [(None, b64) for b64 in b64s or []]
+        if len(items) not in count:
+            wanted = f"{count.start}" if len(count) == 1 else f"between {count.start} and {count.stop - 1}"
+            raise LimitExceeded(f"send {wanted} images; got {len(items)}", code="batch_size")
+        return items
+
+    # ---- identity: the gallery, verify, identify ----
+
+    async def identity(self) -> IdentityStage:
+        """The identity stage over this process's gallery, opened at the first call (the store's schema is
+        migrated then); a store that cannot be reached is a 503 and the next call tries again."""
+        if self._identity is None:
+            await self.start()
+            self.pipeline.require_embedding()
+            async with self._identity_lock:
+                if self._identity is None:
+                    self._identity = await asyncio.to_thread(self._open_identity_stage)
+        return self._identity
+
+    def _open_identity_stage(self) -> IdentityStage:
+        head = self.pipeline.require_embedding()
+        model = EmbeddingModel(head.spec.name, head.spec.version, head.dimension)
+        gallery = Gallery(open_store(self.settings.store), model)
+        threshold = self.settings.identity_threshold
+        log.info("gallery: %s faces of %s:%s", self.settings.store.split("://")[0], model.name, model.version)
+        return IdentityStage(self.pipeline, gallery, head.spec.score_threshold if threshold is None else threshold)
+
+    async def _gallery(self, method: str, *args: Any):
+        """A gallery call in a worker thread (every Gallery method is synchronous and thread-safe)."""
+        stage = await self.identity()
+        return await asyncio.to_thread(getattr(stage.gallery, method), *args)
+
+    async def create_identity(self, name: str, metadata: dict | None = None) -> IdentityDetail:
+        return _identity_detail(await self._gallery("create_identity", name, metadata))
+
+    async def add_faces(self, identity_id: str, uploads: list[Path] | None, b64s: list[str] | None,
+                        boxes: list[Box | None] | None = None, thumbnails: bool = False) -> FacesAdded:
+        """One face from each image (its only face, or the one at its box), added in one transaction."""
+        items = self._image_items(uploads, b64s, range(1, self.settings.limits.max_batch_images + 1))
+        if boxes is not None and len(boxes) != len(items):
+            raise InvalidRequest(f"{len(boxes)} boxes for {len(items)} images: give one box (or null) per image, "
+                                 "in the order of the images", code="boxes_mismatch")
+        stage = await self.identity()
+        await self._gallery("get_identity", identity_id)  # a missing identity is a 404 before any model runs
+        images = await self.images_with_digests(items)
+        faces = await asyncio.gather(*(
+            stage.enrolment(pixels, digest, None if boxes is None or boxes[i] is None else _corners(boxes[i]),
+                            f"image {i + 1}", thumbnails)
+            for i, (pixels, digest) in enumerate(images)))
+        added = await self._gallery("add_faces", identity_id, faces)
+        return FacesAdded(identity_id=identity_id, faces=[_face_record(face) for face in added])
+
+    async def list_identities(self, limit: int = 100, after: str | None = None) -> IdentityPage:
+        page = await self._gallery("list_identities", limit, after)
+        return IdentityPage(identities=[_identity(i) for i in page.identities], next_after=page.next_after,
+                            total=page.total)
+
+    async def get_identity(self, identity_id: str) -> IdentityDetail:
+        return _identity_detail(await self._gallery("get_identity", identity_id))
+
+    async def face_thumbnail(self, face_id: str) -> bytes:
+        thumbnail = await self._gallery("thumbnail", face_id)
+        if thumbnail is None:
+            raise NotFound(f"face {face_id!r} was enrolled without a thumbnail", code="no_thumbnail")
+        return thumbnail
+
+    async def delete_face(self, face_id: str) -> Deleted:
+        await self._gallery("delete_face", face_id)
+        return Deleted(id=face_id, faces_deleted=1)
+
+    async def delete_identity(self, identity_id: str) -> Deleted:
+        return Deleted(id=identity_id, faces_deleted=await self._gallery("delete_identity", identity_id))
+
+    async def verify(self, uploads: list[Path] | None, b64s: list[str] | None) -> Verification:
+        stage = await self.identity()
+        first, second = await self.images(self._image_items(uploads, b64s, range(2, 3)))
+        return await stage.verify(first, second)
+
+    async def identify(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
+                       detector: str | None = None, top_k: int = 5) -> Identification:
+        self.pipeline.check_top_k(top_k, self.settings.limits.max_top_k)
+        stage = await self.identity()
+        return await stage.identify(await self.image(upload, b64, url), detector, top_k)
+
+    async def export_gallery(self) -> bytes:
+        """The gallery as the export file (JSON Lines, docs/store.md), one consistent snapshot."""
+        buffer = io.BytesIO()
+        await self._gallery("export_file", buffer)
+        return buffer.getvalue()
+
+    async def import_gallery(self, upload: Path | None) -> GalleryImport:
+        if upload is None:
+            raise InvalidRequest("send the exported gallery file as `file`", code="no_file")
+        counts = await self._gallery("import_file", Path(upload))
+        return GalleryImport(identities=counts.identities, faces=counts.faces)
 
     def models(self) -> ModelsInfo:
         backend = self.pipeline.backend
@@ -129,9 +247,31 @@ class Runtime:
 
     async def close(self) -> None:
         await self.pipeline.backend.close()
+        if self._identity is not None:
+            self._identity.gallery.store.close()
 
 
 def _check_batch_pixels(pixels: list[int], limit: int) -> None:
     if sum(pixels) > limit:
         raise LimitExceeded(f"the {len(pixels)} images hold {sum(pixels)} pixels together; the limit is {limit} "
                             "pixels per request", code="batch_too_large")
+
+
+def _corners(box: Box) -> tuple[float, float, float, float]:
+    return box.x1, box.y1, box.x2, box.y2
+
+
+def _identity(identity: records.Identity) -> Identity:
+    return Identity(id=identity.id, name=identity.name, metadata=identity.metadata, created_at=identity.created_at,
+                    face_count=identity.face_count)
+
+
+def _face_record(face: records.FaceRecord) -> FaceRecord:
+    x1, y1, x2, y2 = face.box
+    return FaceRecord(id=face.id, identity_id=face.identity_id, box=Box(x1=x1, y1=y1, x2=x2, y2=y2),
+                      image_sha256=face.image_sha256, model=f"{face.model_name}:{face.model_version}",
+                      has_thumbnail=face.has_thumbnail, created_at=face.created_at)
+
+
+def _identity_detail(identity: records.IdentityDetail) -> IdentityDetail:
+    return IdentityDetail(**_identity(identity).model_dump(), faces=[_face_record(face) for face in identity.faces])

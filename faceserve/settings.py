@@ -51,6 +51,9 @@ class Settings:
     url_fetch: bool = False  # FACESERVE_URL_FETCH=1 enables `image_url`
     url_allowlist: tuple[str, ...] = ()  # FACESERVE_URL_ALLOWLIST: CIDRs/hosts reachable despite being private
     api_keys: tuple[str, ...] = ()  # FACESERVE_API_KEYS (comma-separated) and/or FACESERVE_API_KEYS_FILE
+    # FACESERVE_IDENTITY_THRESHOLD: the same person at or above this cosine similarity; None: the embedding
+    # model's own (its measured `score_threshold`, docs/identity.md)
+    identity_threshold: float | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -73,6 +76,7 @@ class Settings:
             api_keys=_api_keys(),
             data_dir=data_dir,
             store=_store_url(data_dir),
+            identity_threshold=float(_env("IDENTITY_THRESHOLD", "")) if _env("IDENTITY_THRESHOLD", "") else None,
         )
 
 

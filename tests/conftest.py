@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project r
 
 from faceserve import photos  # noqa: E402
 from faceserve.models.repository import model_dirs  # noqa: E402
+from faceserve.postgres_local import LocalPostgres  # noqa: E402
 from tests.support import FIXTURES, ROOT, serve  # noqa: E402
 
 REPOSITORY = ROOT / "model_repository"
@@ -48,7 +49,15 @@ def gender_age_built(repository, fixtures) -> bool:
 
 
 @pytest.fixture(scope="session")
-def front_end_service(repository) -> str:
-    """The base URL of the one service the front-end tests share (FRONT_END_ENV)."""
-    with serve(FRONT_END_ENV) as url:
+def front_end_service(repository, tmp_path_factory) -> str:
+    """The base URL of the one service the front-end tests share (FRONT_END_ENV), its gallery in a fresh
+    data directory."""
+    with serve({**FRONT_END_ENV, "FACESERVE_DATA_DIR": str(tmp_path_factory.mktemp("front-end-data"))}) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (faceserve/postgres_local.py); tests create databases on it."""
+    with LocalPostgres() as server:
+        yield server

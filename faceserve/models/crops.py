@@ -93,8 +93,10 @@ def square_transform(box: Sequence[float], spec: ModelSpec) -> np.ndarray:
 
 def alignment_transform(landmarks: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """The similarity transform (rotation, uniform scale, shift) that best puts the five landmarks on
-    the template, for the model's input size."""
-    template = ALIGNMENT_TEMPLATE * np.array([spec.width, spec.height], dtype=np.float32)
+    the template, for the model's input size; the recipe's margin shrinks the template towards the centre
+    (margin m on every side: the face takes 1 / (1 + 2m) of the side it takes at margin 0)."""
+    template = (0.5 + (ALIGNMENT_TEMPLATE - 0.5) / (1 + 2 * spec.crop.margin)) * np.array(
+        [spec.width, spec.height], dtype=np.float32)
     matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, dtype=np.float32), template, method=cv2.LMEDS)
     return matrix
 

@@ -33,6 +33,7 @@ GPU_QUEUE_DELAY_US = 2000
 DETECTOR_TASK = "face_detector"
 CLASSIFIER_TASK = "image_classifier"
 LANDMARKS_TASK = "landmarks"  # a face model whose points place every face before the heads run
+EMBEDDING_TASK = "embedding"  # a face descriptor for the identity stage, not a response field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Parameter:
     key: str  # the config.pbtxt parameter
     field: str  # the ModelSpec attribute (dotted into the crop recipe), also the manifest key
     kind: Kind = TEXT
-    detectors_only: bool = False
+    tasks: tuple[str, ...] = ()  # written only for models of these tasks (empty: every model)
 
     def value(self, spec: ModelSpec) -> object:
         return operator.attrgetter(self.field)(spec)
@@ -78,8 +79,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("source", "source"),
     Parameter("sha256", "sha256"),
     Parameter("version", "version"),
-    Parameter("score_threshold", "score_threshold", NUMBER, detectors_only=True),
-    Parameter("nms_iou", "nms_iou", NUMBER, detectors_only=True),
+    # detectors: boxes scoring above it are kept; embeddings: the same person at or above this similarity
+    Parameter("score_threshold", "score_threshold", NUMBER, tasks=(DETECTOR_TASK, EMBEDDING_TASK)),
+    Parameter("nms_iou", "nms_iou", NUMBER, tasks=(DETECTOR_TASK,)),
 )
 
 
@@ -168,7 +170,7 @@ def model_config(spec: ModelSpec, *, gpu: bool = False, instances: int = 1) -> m
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
                               count=instances)
     for p in PARAMETERS:
-        if p.detectors_only and spec.task != DETECTOR_TASK:
+        if p.tasks and spec.task not in p.tasks:
             continue
         config.parameters[p.key].string_value = p.kind.to_text(p.value(spec))
     return config
@@ -189,9 +191,9 @@ def write_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes) -> N
 # ---- the built models, by role ------------------------------------------------------------
 
 def is_head(spec: ModelSpec) -> bool:
-    """Every repository model that is neither a detector, a landmark model nor a whole-image classifier
-    is a face head."""
-    return spec.task not in (DETECTOR_TASK, CLASSIFIER_TASK, LANDMARKS_TASK)
+    """Every repository model that is neither a detector, a landmark model, a whole-image classifier nor
+    the embedding model is a face head answering a response field."""
+    return spec.task not in (DETECTOR_TASK, CLASSIFIER_TASK, LANDMARKS_TASK, EMBEDDING_TASK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +243,11 @@ class Repository:
     @property
     def landmarks(self) -> ModelSpec | None:
         found = list(self.with_task(LANDMARKS_TASK).values())
+        return found[0] if found else None
+
+    @property
+    def embedding(self) -> ModelSpec | None:
+        found = list(self.with_task(EMBEDDING_TASK).values())
         return found[0] if found else None
 
 

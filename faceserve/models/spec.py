@@ -19,7 +19,8 @@ class SpecError(ValueError):
 class CropRecipe:
     """How a face box becomes this model's input (the model's training-time recipe).
 
-    margin: fraction of the box width/height added on every side (SSR-Net: 0.4).
+    margin: fraction of the box width/height added on every side (SSR-Net: 0.4); for an aligned crop,
+        the same fraction of context around the template's face.
     pad_px: fixed pixels added on each side, (x, y) (gender mini_XCEPTION demo: 30, 60).
     stretch: min-max stretch each crop to 0..255 before scaling (SSR-Net demo).
     square: the box made a square of its longer side around its centre first (detectors' box shapes
@@ -61,7 +62,7 @@ class ModelSpec:
     # table): batches only save per-call overhead, so they stop at 8 rows and wait for nobody.
     queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = (8,)  # a batch this large runs at once (Triton's preferred_batch_size)
-    score_threshold: float = 0.5  # detectors: keep boxes scoring above this
+    score_threshold: float = 0.5  # detectors: keep boxes scoring above this; embeddings: same person at or above
     nms_iou: float = 0.3  # detectors: suppress overlaps above this IoU
 
     @property
@@ -94,6 +95,7 @@ class ModelSpec:
             "decoder": self.decoder,
             **({"score_threshold": self.score_threshold, "nms_iou": self.nms_iou}
                if self.task == "face_detector" else {}),
+            **({"score_threshold": self.score_threshold} if self.task == "embedding" else {}),
             "labels": list(self.labels),
             "units": self.units,
             "max_batch_size": self.max_batch_size,

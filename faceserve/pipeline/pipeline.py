@@ -4,6 +4,7 @@ call per head."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -14,12 +15,24 @@ from faceserve.errors import InvalidRequest, LimitExceeded, NotFound
 from faceserve.models import detectors, heads
 from faceserve.models.classifier import Classifier
 from faceserve.models.detectors import Detection, Detector
-from faceserve.models.heads import Head
+from faceserve.models.heads import EmbeddingHead, Head
 from faceserve.models.landmarks import PRESENCE_THRESHOLD, LandmarkModel, Placement
 from faceserve.models.repository import Repository
 from faceserve.pipeline.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label, Pose
 
 log = logging.getLogger(__name__)
+
+EMBEDDING_ANSWER = "_embedding"  # where `_heads` puts the embedding head's vectors: no response field has this name
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundFace:
+    """A face located in an image: its box, the detector's score (or, at a box the caller gave, the landmark
+    model's presence) and where its features are."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    placement: Placement | None
 
 
 class Pipeline:
@@ -31,6 +44,9 @@ class Pipeline:
         self.heads: list[Head] = [heads.head_for(spec) for _, spec in sorted(
             repository.heads.items(),
             key=lambda item: (HEAD_FIELDS.index(item[0]) if item[0] in HEAD_FIELDS else len(HEAD_FIELDS), item[0]))]
+        # the identity stage's: its vectors are consumed there, never answered as a field
+        self.embedding: EmbeddingHead | None = (heads.head_for(repository.embedding)
+                                                if repository.embedding else None)
         self._detectors = detectors.build(repository.detectors, backend)
         self.default_detector = detectors.default(self._detectors)
         self._landmarks = LandmarkModel(repository.landmarks) if repository.landmarks else None
@@ -55,34 +71,72 @@ class Pipeline:
         return await self.detector(detector).detect(image)
 
     async def analyze(self, image: np.ndarray, detector: str | None = None) -> Analysis:
+        return (await self._analyze(image, detector, embed=False))[0]
+
+    async def analyze_and_embed(self, image: np.ndarray, detector: str | None = None) -> tuple[Analysis, np.ndarray]:
+        """`analyze`, and each face's unit embedding (one row per face, in the answer's order) from the same
+        round of head calls."""
+        self.require_embedding()
+        return await self._analyze(image, detector, embed=True)
+
+    async def _analyze(self, image: np.ndarray, detector: str | None, embed: bool) -> tuple[Analysis, np.ndarray | None]:
         chosen = self.detector(detector)
         started = time.perf_counter()
         detections = await chosen.detect(image)
         detected = time.perf_counter()
-        if len(detections) > self.max_faces:
-            raise LimitExceeded(f"{len(detections)} faces found; the limit is {self.max_faces} faces per image",
-                                code="too_many_faces")
-        placements = await self.place(image, [d.box for d in detections])
-        # a box the landmark model does not see a face in is the detector's mistake
-        kept = [i for i, p in enumerate(placements) if p is None or p.presence >= PRESENCE_THRESHOLD]
-        detections, placements = [detections[i] for i in kept], [placements[i] for i in kept]
-        boxes = [d.box for d in detections]
+        faces = await self._placed(image, detections)
         placed = time.perf_counter()
-        answers = await self._heads(image, boxes, [p and p.landmarks for p in placements])
-        faces = [Face(box=Box(x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3]), score=d.score,
-                      **_placement_fields(placement), **{field: values[i] for field, values in answers.items()})
-                 for i, (d, placement) in enumerate(zip(detections, placements))]
+        heads_run = self.heads + ([self.embedding] if embed else [])
+        answers = await self._heads(image, faces, heads_run)
+        vectors = answers.pop(EMBEDDING_ANSWER) if embed else None
         finished = time.perf_counter()
-        used = ([head.spec for head in self.heads] + ([chosen.spec] if chosen.spec is not None else [])
+        used = ([head.spec for head in heads_run] + ([chosen.spec] if chosen.spec is not None else [])
                 + ([self._landmarks.spec] if self._landmarks else []))
-        return Analysis(
-            width=image.shape[1], height=image.shape[0], detector=chosen.name, faces=faces,
+        analysis = Analysis(
+            width=image.shape[1], height=image.shape[0], detector=chosen.name,
+            faces=[Face(box=Box(x1=face.box[0], y1=face.box[1], x2=face.box[2], y2=face.box[3]), score=face.score,
+                        **_placement_fields(face.placement), **{field: values[i] for field, values in answers.items()})
+                   for i, face in enumerate(faces)],
             models={spec.task: f"{spec.name}:{spec.version}" for spec in used},
             missing_heads=[field for field in HEAD_FIELDS if field not in answers],
             timings_ms={"detect": round((detected - started) * 1e3, 3),
                         "landmarks": round((placed - detected) * 1e3, 3),
                         "heads": round((finished - placed) * 1e3, 3)},
         )
+        return analysis, vectors
+
+    async def locate(self, image: np.ndarray, detector: str | None = None) -> list[FoundFace]:
+        """The faces the detector finds and the landmark model confirms, placed."""
+        return await self._placed(image, await self.detector(detector).detect(image))
+
+    async def at_boxes(self, image: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> list[FoundFace]:
+        """Faces at boxes the caller gives, placed; each one's score is the landmark model's presence (1.0
+        without a landmark model), for the caller to judge."""
+        placements = await self.place(image, boxes)
+        return [FoundFace(tuple(map(float, box)), placement.presence if placement else 1.0, placement)
+                for box, placement in zip(boxes, placements)]
+
+    async def embed(self, image: np.ndarray, faces: list[FoundFace]) -> np.ndarray:
+        """The (faces, dimension) unit embeddings of these faces."""
+        embedding = self.require_embedding()
+        if not faces:
+            return np.zeros((0, embedding.dimension), np.float32)
+        return (await self._heads(image, faces, [embedding]))[EMBEDDING_ANSWER]
+
+    def require_embedding(self) -> EmbeddingHead:
+        if self.embedding is None:
+            raise NotFound("the model repository has no embedding model (task `embedding`); build one with "
+                           "`python -m convert build --only faceres`", code="no_embedding_model")
+        return self.embedding
+
+    async def _placed(self, image: np.ndarray, detections: list[Detection]) -> list[FoundFace]:
+        if len(detections) > self.max_faces:
+            raise LimitExceeded(f"{len(detections)} faces found; the limit is {self.max_faces} faces per image",
+                                code="too_many_faces")
+        placements = await self.place(image, [d.box for d in detections])
+        # a box the landmark model does not see a face in is the detector's mistake
+        return [FoundFace(d.box, d.score, p) for d, p in zip(detections, placements)
+                if p is None or p.presence >= PRESENCE_THRESHOLD]
 
     async def place(self, image: np.ndarray, boxes: list) -> list[Placement | None]:
         """Each face's landmarks and pose (None for every face when the repository has no landmark model)."""
@@ -92,14 +146,16 @@ class Pipeline:
         outputs = await self.backend.infer(self._landmarks.spec, batch)
         return self._landmarks.decode(outputs, transforms)
 
-    async def _heads(self, image: np.ndarray, boxes: list, landmarks: list) -> dict[str, list]:
-        """Each head's answers per box; every crop is cut in one worker-thread hop, then the heads run at once."""
-        if not boxes:
-            return {head.field: [] for head in self.heads}
-        batches = await asyncio.to_thread(lambda: [head.batch(image, boxes, landmarks) for head in self.heads])
-        outputs = await asyncio.gather(*(self.backend.infer(head.spec, batch)
-                                         for head, batch in zip(self.heads, batches)))
-        return {head.field: head.decode(out) for head, out in zip(self.heads, outputs)}
+    async def _heads(self, image: np.ndarray, faces: list[FoundFace], run: list[Head]) -> dict:
+        """Each head's answers per face, keyed by its field (the embedding head's: `EMBEDDING_ANSWER`); every
+        crop is cut in one worker-thread hop, then the heads run at once."""
+        keys = [EMBEDDING_ANSWER if isinstance(head, EmbeddingHead) else head.field for head in run]
+        if not faces:
+            return {key: [] for key in keys}
+        boxes, landmarks = [f.box for f in faces], [f.placement and f.placement.landmarks for f in faces]
+        batches = await asyncio.to_thread(lambda: [head.batch(image, boxes, landmarks) for head in run])
+        outputs = await asyncio.gather(*(self.backend.infer(head.spec, batch) for head, batch in zip(run, batches)))
+        return {key: head.decode(out) for key, head, out in zip(keys, run, outputs)}
 
     @staticmethod
     def check_top_k(top_k: int, limit: int) -> None:

@@ -24,6 +24,13 @@ class Pose(BaseModel):
     roll: float = Field(description="degrees; positive when the eye line slopes down towards the image's right")
 
 
+class IdentityMatch(BaseModel):
+    id: str = Field(description="the identity's id")
+    name: str
+    similarity: float = Field(description="cosine similarity of the face to the identity's closest enrolled face, "
+                                          "-1..1")
+
+
 class Face(BaseModel):
     """One face: its box and score, where its features are, then one field per head of the repository
     (the typed ones below, and any other head's answer under its task's name)."""
@@ -39,12 +46,18 @@ class Face(BaseModel):
     emotion: LabelScores | None = None
     gender: LabelScores | None = None
     age: float | None = Field(None, description="estimated age in years")
+    identity: IdentityMatch | None = Field(
+        None, description="with `identify`: the closest enrolled identity at or above the similarity threshold, "
+                          "null when the face is nobody known (or `identify` was not asked)")
 
 
 # Where a face is and what its features' positions say, filled before the heads run.
 PLACEMENT_FIELDS: tuple[str, ...] = ("box", "score", "landmarks", "pose")
+# Filled after the heads, from what they answered (the identity stage, from the embedding).
+STAGE_FIELDS: tuple[str, ...] = ("identity",)
 # The per-face fields the schema types, in response order; the heads present fill them.
-HEAD_FIELDS: tuple[str, ...] = tuple(name for name in Face.model_fields if name not in PLACEMENT_FIELDS)
+HEAD_FIELDS: tuple[str, ...] = tuple(name for name in Face.model_fields
+                                     if name not in PLACEMENT_FIELDS + STAGE_FIELDS)
 
 
 class Analysis(BaseModel):
@@ -80,3 +93,74 @@ class ModelsInfo(BaseModel):
     missing: list[str] = Field(description="models the manifest declares that are not built")
     detectors: list[str]
     default_detector: str
+
+
+# ---- identity: the gallery, verify, identify -----------------------------------------------------------
+
+
+class FaceRecord(BaseModel):
+    """An enrolled face: where it was in its photo, never its vector (and never the photo)."""
+
+    id: str
+    identity_id: str
+    box: Box
+    image_sha256: str = Field(description="sha256 of the image bytes it was enrolled from")
+    model: str = Field(description="embedding model, as name:version")
+    has_thumbnail: bool
+    created_at: str
+
+
+class Identity(BaseModel):
+    id: str
+    name: str
+    metadata: dict = Field(description="the caller's JSON object, as given")
+    created_at: str
+    face_count: int
+
+
+class IdentityDetail(Identity):
+    faces: list[FaceRecord]
+
+
+class IdentityPage(BaseModel):
+    identities: list[Identity] = Field(description="in creation order")
+    next_after: str | None = Field(description="pass as `after` for the next page; null on the last page")
+    total: int = Field(description="identities in the gallery")
+
+
+class FacesAdded(BaseModel):
+    identity_id: str
+    faces: list[FaceRecord] = Field(description="one per image, in the order sent")
+
+
+class Deleted(BaseModel):
+    id: str
+    faces_deleted: int = Field(description="face embeddings removed with it")
+
+
+class Verification(BaseModel):
+    same_person: bool = Field(description="similarity >= threshold")
+    similarity: float = Field(description="cosine similarity of the two faces' embeddings, -1..1")
+    threshold: float
+    faces: list[Box] = Field(description="the face compared in each image")
+    model: str = Field(description="embedding model, as name:version")
+
+
+class IdentifiedFace(BaseModel):
+    box: Box
+    score: float = Field(description="detector confidence, 0..1")
+    identity: IdentityMatch | None = Field(description="the best match, or null: nobody known (below the threshold)")
+    matches: list[IdentityMatch] = Field(description="up to top_k identities at or above the threshold, best first")
+
+
+class Identification(BaseModel):
+    width: int
+    height: int
+    faces: list[IdentifiedFace]
+    threshold: float
+    model: str = Field(description="embedding model, as name:version")
+
+
+class GalleryImport(BaseModel):
+    identities: int = Field(description="identities added (those already present are skipped)")
+    faces: int = Field(description="faces added")

@@ -20,18 +20,11 @@ import pytest
 
 from faceserve.errors import InvalidRequest, ModelMismatch, NotFound, StoreUnavailable
 from faceserve.gallery import EmbeddingModel, Gallery, NewFace, TransferCounts
-from faceserve.postgres_local import LocalPostgres
 from faceserve.store import open_store
 from tests.support import ROOT
 
 MODEL = EmbeddingModel("test-embedder", "1", 32)
 VISIBLE_WITHIN_S = 1.0  # issue 12: an enrolment is visible to every worker within one second
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    with LocalPostgres() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

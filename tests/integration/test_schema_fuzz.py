@@ -16,12 +16,15 @@ from schemathesis.generation import GenerationMode
 from tests.support import serve
 
 MAX_EXAMPLES = 20
-OPERATIONS = ("analyze", "analyze_batch", "annotate", "classify", "rotate", "models")
+OPERATIONS = ("analyze", "analyze_batch", "annotate", "classify", "rotate", "models", "identify", "verify",
+              "identities/create", "identities/add_faces", "identities", "identities/get", "identities/delete",
+              "identities/delete_face", "identities/face_thumbnail", "gallery/export", "gallery/import")
 
 
 @pytest.fixture(scope="module")
-def server(repository):
-    with serve({"FACESERVE_URL_FETCH": "1", "FACESERVE_URL_TIMEOUT_S": "2"}) as url:
+def server(repository, tmp_path_factory):
+    with serve({"FACESERVE_URL_FETCH": "1", "FACESERVE_URL_TIMEOUT_S": "2",
+                "FACESERVE_DATA_DIR": str(tmp_path_factory.mktemp("fuzz-data"))}) as url:
         yield url
 
 

@@ -8,13 +8,15 @@ subclass and one line in `REGISTRY`.
 from __future__ import annotations
 
 from faceserve.models.heads.base import Head
+from faceserve.models.heads.embedding import EmbeddingHead
 from faceserve.models.heads.regression import RegressionHead
 from faceserve.models.heads.sigmoid import SigmoidHead
 from faceserve.models.heads.softmax import SoftmaxHead
 from faceserve.models.repository import is_head
 from faceserve.models.spec import ModelSpec
 
-REGISTRY: dict[str, type[Head]] = {cls.decoder: cls for cls in (SoftmaxHead, SigmoidHead, RegressionHead)}
+REGISTRY: dict[str, type[Head]] = {cls.decoder: cls for cls in (SoftmaxHead, SigmoidHead, RegressionHead,
+                                                               EmbeddingHead)}
 
 
 def head_for(spec: ModelSpec) -> Head:
@@ -24,4 +26,4 @@ def head_for(spec: ModelSpec) -> Head:
     return REGISTRY[spec.decoder](spec)
 
 
-__all__ = ["REGISTRY", "Head", "head_for", "is_head"]
+__all__ = ["REGISTRY", "EmbeddingHead", "Head", "head_for", "is_head"]

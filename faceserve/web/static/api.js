@@ -61,10 +61,10 @@ export async function callJson(path, options) {
   return (await call(path, options)).json();
 }
 
-/** A form for one of the service's image endpoints: the image and the other fields, strings only. */
-export function imageForm(image, fields = {}) {
+/** A form for one of the service's image endpoints: the image (as `imageField`) and the other fields, strings only. */
+export function imageForm(image, fields = {}, imageField = "image") {
   const form = new FormData();
-  if (image) form.append("image", image, image.name || "image");
+  if (image) form.append(imageField, image, image.name || "image");
   for (const [name, value] of Object.entries(fields)) {
     if (value !== undefined && value !== null) form.append(name, String(value));
   }

@@ -27,7 +27,8 @@ function identityCell(face, number, onEnrol) {
     return el("span", {}, el("strong", {}, face.identity.name), ` ${percent(face.identity.similarity)}`);
   }
   if (!onEnrol) return "unknown";
-  const status = el("span", { className: "hint", role: "status" });
+  // announced when it changes, without being a second status region beside the page's own
+  const status = el("span", { className: "hint", "aria-live": "polite" });
   const input = el("input", { type: "text", required: true, list: "identity-names", "aria-label": `Name of face ${number}` });
   const form = el("form", { className: "enrol" }, "unknown ", input, el("button", { type: "submit" }, "Enrol"), status);
   form.addEventListener("submit", async (event) => {

@@ -1,29 +1,28 @@
 // Known people (the identity API, when the service offers it): enrol a face under a name, list, delete.
+// The API takes ids in the JSON body: /identities (a page), /identities/create, /identities/add_faces,
+// /identities/delete.
 
-import { callJson, call, imageForm } from "./api.js";
+import { callJson, imageForm } from "./api.js";
 import { el } from "./dom.js";
 
 const PAGE_SIZE = 50;
-
-// The list answer may be a bare list or an object holding one (`identities` or `items`) with a `total`.
-function listed(body) {
-  if (Array.isArray(body)) return { items: body, total: null };
-  return { items: body.identities ?? body.items ?? [], total: body.total ?? null };
-}
 
 export class Identities {
   constructor({ table, more, error, names }) {
     Object.assign(this, { table, more, error, names });
     this.known = [];
-    more.addEventListener("click", () => this.load(this.known.length));
+    this.nextAfter = null;
+    more.addEventListener("click", () => this.load(this.nextAfter));
   }
 
-  async load(offset = 0) {
+  /** The first page, or the page after the identity `after` (appended). */
+  async load(after = null) {
     this.error.hidden = true;
     try {
-      const { items, total } = listed(await callJson(`/identities?offset=${offset}&limit=${PAGE_SIZE}`, { method: "GET" }));
-      this.known = offset ? [...this.known, ...items] : items;
-      this.more.hidden = total !== null ? this.known.length >= total : items.length < PAGE_SIZE;
+      const page = await callJson("/identities", { json: { limit: PAGE_SIZE, after } });
+      this.known = after ? [...this.known, ...page.identities] : page.identities;
+      this.nextAfter = page.next_after;
+      this.more.hidden = !page.next_after;
     } catch (error) {
       this.error.textContent = `The list of known people could not be read: ${error.message}`;
       this.error.hidden = false;
@@ -35,7 +34,7 @@ export class Identities {
     const body = this.table.tBodies[0];
     body.replaceChildren(...this.known.map((identity) => el("tr", {},
       el("td", {}, identity.name),
-      el("td", {}, String(identity.faces ?? identity.face_count ?? "")),
+      el("td", {}, String(identity.face_count)),
       el("td", {}, el("button", { type: "button", onClick: () => this.remove(identity) }, `Delete ${identity.name}`)))));
     if (!this.known.length) body.append(el("tr", {}, el("td", { colspan: 3 }, "Nobody is enrolled yet.")));
     this.names.replaceChildren(...this.known.map((identity) => el("option", { value: identity.name })));
@@ -43,7 +42,7 @@ export class Identities {
 
   async remove(identity) {
     try {
-      await call(`/identities/${encodeURIComponent(identity.id)}`, { method: "DELETE" });
+      await callJson("/identities/delete", { json: { identity_id: identity.id } });
       this.known = this.known.filter((other) => other.id !== identity.id);
       this.render();
     } catch (error) {
@@ -57,11 +56,12 @@ export class Identities {
     if (!name) throw new Error("type a name first");
     let identity = this.known.find((known) => known.name === name);
     if (!identity) {
-      identity = await callJson("/identities", { json: { name, metadata: {} } });
-      identity.name ??= name;
+      identity = await callJson("/identities/create", { json: { name, metadata: {} } });
       this.known.push(identity);
     }
-    await call(`/identities/${encodeURIComponent(identity.id)}/faces`, { body: imageForm(image, { box: JSON.stringify(box) }) });
+    const form = imageForm(image, { identity_id: identity.id, boxes: JSON.stringify([box]) }, "images");
+    const added = await callJson("/identities/add_faces", { body: form });
+    identity.face_count += added.faces.length;
     this.render();
     return `enrolled as ${name}`;
   }

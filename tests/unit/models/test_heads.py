@@ -38,10 +38,19 @@ def test_regression_answers_one_number_per_face():
 
 def test_the_field_is_the_task_and_unknown_decoders_are_refused():
     assert heads.head_for(head_spec("softmax", ("x", "y"), 2, task="emotion_2")).field == "emotion_2"
-    with pytest.raises(ValueError, match="decoder 'embedding' is not a face head"):
-        heads.head_for(head_spec("embedding", (), 8))
+    with pytest.raises(ValueError, match="decoder 'cluster' is not a face head"):
+        heads.head_for(head_spec("cluster", (), 8))
     assert heads.is_head(head_spec("softmax", ("x",), 1, task="mood"))
     assert not heads.is_head(head_spec("softmax", ("x",), 1, task="image_classifier"))
+    assert not heads.is_head(head_spec("embedding", (), 8, task="embedding"))  # the identity stage's, no field
+
+
+def test_embedding_rows_become_unit_vectors():
+    head = heads.head_for(head_spec("embedding", (), 3, task="embedding"))
+    assert head.dimension == 3
+    vectors = head.decode({"out": np.array([[3, 0, 4], [0, 0, 0]], np.float32)})
+    assert vectors.shape == (2, 3) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, [[0.6, 0, 0.8], [0, 0, 0]])  # a zero row stays zero: it matches nothing
 
 
 def test_batch_cuts_one_row_per_box_by_the_recipe():

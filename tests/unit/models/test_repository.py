@@ -34,7 +34,7 @@ def test_one_parameter_per_recipe_field():
     assert set(config.parameters) == {p.key for p in PARAMETERS}
     head = dataclasses.replace(detector_spec(), task="emotion", decoder="softmax", labels=tuple("abcdefg"),
                                output_names=("p",), output_dims=((7,),))
-    assert set(model_config(head).parameters) == {p.key for p in PARAMETERS if not p.detectors_only}
+    assert set(model_config(head).parameters) == {p.key for p in PARAMETERS if not p.tasks}
 
 
 def test_gpu_config_batches_up_to_max_with_a_queue_delay(tmp_path):

@@ -1,0 +1,116 @@
+"""The identity stage: the embedding head's unit vectors against the gallery and the similarity threshold.
+
+What belongs here: which face of an image is enrolled (its only face, or the one at the caller's box),
+verification of two faces, identification of every face (top-k at or above the threshold), the best match
+per face for `analyze`. What does not: storing and searching (`faceserve.gallery`), computing embeddings
+(`Pipeline`, the embedding head), HTTP (`faceserve.runtime`, `service.py`).
+
+Biometric data stays out of the logs: no name, metadata or vector from a request is ever logged here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from faceserve.errors import InvalidRequest
+from faceserve.gallery import Gallery, Match, NewFace, validation
+from faceserve.models.landmarks import PRESENCE_THRESHOLD
+from faceserve.pipeline import imaging
+from faceserve.pipeline.pipeline import FoundFace, Pipeline
+from faceserve.pipeline.schemas import Box, IdentifiedFace, Identification, IdentityMatch, Verification
+
+THUMBNAIL_SIDE = 112  # pixels: enough to recognise someone in a list, far from the photo
+
+
+class IdentityStage:
+    def __init__(self, pipeline: Pipeline, gallery: Gallery, threshold: float):
+        self.pipeline, self.gallery, self.threshold = pipeline, gallery, threshold
+        spec = pipeline.require_embedding().spec
+        self.model = f"{spec.name}:{spec.version}"
+
+    async def enrolment(self, image: np.ndarray, image_sha256: str, box: Sequence[float] | None, label: str,
+                        thumbnail: bool = False) -> NewFace:
+        """The face to enrol from one image: its only face, or the one at the caller's `box`; `label` names
+        the image in errors ("image 2")."""
+        if box is not None:
+            face = await self._at_box(image, box, label)
+        else:
+            faces = await self.pipeline.locate(image)
+            if not faces:
+                raise InvalidRequest(f"{label}: no face found; send a photo of the face, or give its box",
+                                     code="no_face")
+            if len(faces) > 1:
+                raise InvalidRequest(f"{label}: {len(faces)} faces found; send a photo of one face, or give the "
+                                     "box of the face to enrol", code="several_faces")
+            (face,) = faces
+        (vector,) = await self.pipeline.embed(image, [face])
+        small = await asyncio.to_thread(_thumbnail, image, face.box) if thumbnail else None
+        return NewFace(vector, image_sha256, face.box, small)
+
+    async def verify(self, first: np.ndarray, second: np.ndarray) -> Verification:
+        """Whether the most prominent (largest) face of each image is the same person."""
+        faces = [_largest(await self.pipeline.locate(image), f"image {n}") for n, image in enumerate((first, second), 1)]
+        vectors = [(await self.pipeline.embed(image, [face]))[0] for image, face in zip((first, second), faces)]
+        similarity = float(np.clip(vectors[0] @ vectors[1], -1.0, 1.0))
+        return Verification(same_person=similarity >= self.threshold, similarity=round(similarity, 4),
+                            threshold=self.threshold, faces=[_box(face.box) for face in faces], model=self.model)
+
+    async def identify(self, image: np.ndarray, detector: str | None, top_k: int) -> Identification:
+        faces = await self.pipeline.locate(image, detector)
+        found = await self.matches(await self.pipeline.embed(image, faces), top_k)
+        return Identification(
+            width=image.shape[1], height=image.shape[0], threshold=self.threshold, model=self.model,
+            faces=[IdentifiedFace(box=_box(face.box), score=face.score, identity=matches[0] if matches else None,
+                                  matches=matches) for face, matches in zip(faces, found)])
+
+    async def matches(self, vectors: np.ndarray, top_k: int = 1) -> list[list[IdentityMatch]]:
+        """For each unit vector (row), up to `top_k` identities at or above the threshold, best first."""
+        answers: list[list[IdentityMatch]] = [[] for _ in range(len(vectors))]
+        searchable = [i for i, vector in enumerate(vectors) if np.any(vector)]  # a zero vector matches nobody
+        if searchable:
+            found = await asyncio.to_thread(self.gallery.search, vectors[searchable], top_k)
+            for i, candidates in zip(searchable, found):
+                answers[i] = [_match(m) for m in candidates if m.similarity >= self.threshold]
+        return answers
+
+    async def _at_box(self, image: np.ndarray, box: Sequence[float], label: str) -> FoundFace:
+        x1, y1, x2, y2 = validation.box(box)
+        height, width = image.shape[:2]
+        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            raise InvalidRequest(f"{label}: the box lies outside the {width}x{height} image", code="box_outside_image")
+        (face,) = await self.pipeline.at_boxes(image, [(x1, y1, x2, y2)])
+        if face.score < PRESENCE_THRESHOLD:
+            raise InvalidRequest(f"{label}: the landmark model sees no face in the given box", code="no_face")
+        return face
+
+
+def _largest(faces: list[FoundFace], label: str) -> FoundFace:
+    if not faces:
+        raise InvalidRequest(f"{label}: no face found", code="no_face")
+    return max(faces, key=lambda face: (face.box[2] - face.box[0]) * (face.box[3] - face.box[1]))
+
+
+def _box(box: Sequence[float]) -> Box:
+    x1, y1, x2, y2 = box
+    return Box(x1=x1, y1=y1, x2=x2, y2=y2)
+
+
+def _match(match: Match) -> IdentityMatch:
+    return IdentityMatch(id=match.identity_id, name=match.name, similarity=round(match.similarity, 4))
+
+
+def _thumbnail(image: np.ndarray, box: Sequence[float]) -> bytes:
+    """A small JPEG of the face (the box, clipped to the image), stored only when the caller asks."""
+    height, width = image.shape[:2]
+    x1, y1 = max(0, int(box[0])), max(0, int(box[1]))
+    x2, y2 = min(width, max(x1 + 1, int(round(box[2])))), min(height, max(y1 + 1, int(round(box[3]))))
+    face = image[y1:y2, x1:x2]
+    scale = THUMBNAIL_SIDE / max(face.shape[:2])
+    if scale < 1:
+        face = cv2.resize(face, (max(1, round(face.shape[1] * scale)), max(1, round(face.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA)
+    return imaging.encode(face, "jpeg", quality=85)
