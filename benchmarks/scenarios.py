@@ -402,14 +402,17 @@ def _search_galleries(cfg: Config) -> tuple[int, ...]:
 def identity(ctx: Context) -> list[dict]:
     """Identity through the service: the enrolment rate (create + one photo each), then identify beside analyze
     at the comparison concurrency on the workload's photos, against the gallery just enrolled; then exact
-    search per face, in process, against synthetic galleries of 1k, 10k and 100k identities."""
+    search per face, in process, against synthetic galleries of 1k, 10k and 100k identities; and the
+    threshold's evidence: similarity distributions and the DET curve on the identity photos (`similarity.png`)."""
     import tempfile
+
+    from benchmarks import similarity
 
     rows, cfg = [], ctx.config
     c = seed_comparison_concurrencies(cfg)[0]
     with tempfile.TemporaryDirectory(prefix="faceserve-bench-gallery-") as data, \
             devserver.bentoml_serve(ctx.out / "logs", {"FACESERVE_DATA_DIR": data}) as server:
-        ctx.info["identity"] = {"cold_start_s": server.cold_start_s}
+        ctx.info["identity"] = {"cold_start_s": server.cold_start_s, "similarity": similarity.measure(ctx.out)}
         rows.append(ctx.row("identity", 4, asyncio.run(_enrolments(ctx, server.url, 4)), variant="enrol",
                             peak_rss_mb={}, cpu_percent=None))
         ctx.advance("identity enrol")

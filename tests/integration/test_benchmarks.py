@@ -122,6 +122,15 @@ def test_detectors_scenario_reports_accuracy_and_speed_side_by_side(quick_report
     assert target["verdict"] in {"PASS", "MISS"} and target["value"] > 0, target
 
 
+def test_identity_threshold_evidence_is_drawn(quick_report, fixtures):
+    result = json.loads((quick_report / "results.json").read_text())
+    figures = result["scenarios"]["identity"]["info"]["similarity"]
+    assert figures["same_person_pairs"] == 12 and figures["different_people_pairs"] == 79
+    assert figures["same_min"] > figures["threshold"] > figures["different_max"]
+    assert figures["false_accept_rate"] == figures["false_reject_rate"] == 0
+    assert (quick_report / "similarity.png").read_bytes().startswith(PNG_MAGIC)
+
+
 # --- without a server ------------------------------------------------------------------------------
 
 def test_locust_csv_with_no_completed_request_parses_to_no_values(tmp_path):
