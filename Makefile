@@ -1,7 +1,7 @@
 # Two commands for a fresh machine:
 #   make serve   build the default model repository and serve it (embedded onnxruntime, 127.0.0.1:3000)
 #   make test    run the whole test suite
-# and one for several instances behind nginx on one local Triton (Ctrl-C stops all of it):
+# and one for several instances behind nginx on one local Triton and one local PostgreSQL (Ctrl-C stops all of it):
 #   make cluster [INSTANCES=3] [CLUSTER_PORT=8080] [CLUSTER_ARGS=--embedded]
 PYTHON ?= python3
 VENV ?= .venv

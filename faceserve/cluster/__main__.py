@@ -1,4 +1,5 @@
-"""`python -m faceserve.cluster`: nginx and several faceserve instances on 127.0.0.1, until Ctrl-C or SIGTERM."""
+"""`python -m faceserve.cluster`: nginx, several faceserve instances, their Triton and their PostgreSQL on
+127.0.0.1, until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="each instance runs its models in-process instead of on the one local Triton")
     parser.add_argument("--port", type=int, default=8080, help="nginx's port on 127.0.0.1 (default 8080)")
     parser.add_argument("--gallery", default=os.environ.get(GALLERY_ENV),
-                        help=f"the shared store's URL, given to every instance as {GALLERY_ENV} (default: ${GALLERY_ENV})")
+                        help=f"the shared store's URL, given to every instance as {GALLERY_ENV} (default: "
+                             f"${GALLERY_ENV}, else a local PostgreSQL started with the cluster and removed with it)")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/faceserve-cluster"),
                         help="nginx's and the instances' logs (default %(default)s)")
     args = parser.parse_args(argv)
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                       port=args.port, gallery=args.gallery, log_dir=args.log_dir)
     with cluster:
         backend = f"Triton grpc://{cluster.triton.grpc_url}" if cluster.triton else "embedded onnxruntime"
-        print(f"faceserve cluster ready on {cluster.url} ({backend})\n"
+        store = (f"local PostgreSQL {cluster.store_url}, log {cluster.postgres.log_path}" if cluster.postgres
+                 else "store given by --gallery")  # its URL may hold a password: not printed
+        print(f"faceserve cluster ready on {cluster.url} ({backend})\n  store: {store}\n"
               + "".join(f"  {i.name}: {i.url} (pid {i.server.pid}, log {i.log})\n" for i in cluster.instances)
               + f"  nginx access log {cluster.nginx.access_log}\nCtrl-C to stop.", flush=True)
         while not stop.wait(0.5):

@@ -1,4 +1,5 @@
-"""The instances behind nginx, the Triton they share, and the order in which all of it starts and stops."""
+"""The instances behind nginx, the Triton and the PostgreSQL they share, and the order in which all of it
+starts and stops."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Literal
 
 from faceserve import devserver
 from faceserve.cluster.nginx import Nginx, NginxConfig
+from faceserve.postgres_local import LocalPostgres
 from faceserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,12 @@ class Instance:
 class Cluster:
     """`with Cluster(instances=2) as cluster:` nginx on `cluster.url` load-balancing `instances` faceserve
     instances, each with `workers` processes, all on one local Triton (`backend="triton"`, as in production)
-    or each with the embedded onnxruntime backend (`backend="embedded"`).
+    or each with the embedded onnxruntime backend (`backend="embedded"`), and all sharing one store.
 
-    `gallery` is handed to every instance as FACESERVE_GALLERY (the shared store's URL); `env` holds any
-    other FACESERVE_* setting for every instance, and nginx takes the instances' body limit from it.
+    The store is a local PostgreSQL started before the instances and removed with the cluster
+    (`cluster.postgres`), unless `gallery` names one already running; either way every instance gets its
+    URL as FACESERVE_GALLERY. `env` holds any other FACESERVE_* setting for every instance, and nginx takes
+    the instances' body limit from it.
     """
 
     def __init__(self, instances: int = 2, *, backend: Backend = "triton", workers: int = 1, port: int | None = None,
@@ -82,6 +86,7 @@ class Cluster:
         self.instances = [Instance(f"instance-{i + 1}", devserver.free_port(), {}, self.log_dir)
                           for i in range(instances)]
         self.triton = None
+        self.postgres: LocalPostgres | None = None
         self.nginx: Nginx | None = None
         self._stack = contextlib.ExitStack()
 
@@ -90,10 +95,15 @@ class Cluster:
         assert self.nginx is not None
         return self.nginx.url
 
+    @property
+    def store_url(self) -> str | None:
+        """The store every instance shares: `gallery`, else the local PostgreSQL's once started."""
+        return self.gallery or (self.postgres.url if self.postgres else None)
+
     def instance_env(self) -> dict[str, str]:
         env = {"FACESERVE_WORKERS": str(self.workers), **self.extra_env}
-        if self.gallery:
-            env[GALLERY_ENV] = self.gallery
+        if self.store_url:
+            env[GALLERY_ENV] = self.store_url
         if self.triton is not None:
             env["FACESERVE_BACKEND"] = f"grpc://{self.triton.grpc_url}"
         else:
@@ -123,6 +133,8 @@ class Cluster:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if not self.gallery:
+            self.postgres = self._stack.enter_context(LocalPostgres())
         settings = self.instance_settings()
         if self.backend == "triton":
             from faceserve.triton_local import LocalTriton
@@ -140,5 +152,5 @@ class Cluster:
         log.info("nginx on %s in front of %s", self.url, ", ".join(i.address for i in self.instances))
 
     def close(self) -> None:
-        """nginx first (no new requests), then the instances, then Triton."""
+        """nginx first (no new requests), then the instances, then Triton, then PostgreSQL."""
         self._stack.close()

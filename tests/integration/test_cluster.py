@@ -1,6 +1,7 @@
 """The local multi-instance deployment (faceserve.cluster): real nginx in front of two real `bentoml serve`
-instances on one real local Triton. One cluster for the module; the kill test restarts an instance, so the
-tests after it see it back.
+instances on one real local Triton and one real local PostgreSQL holding the gallery. One cluster for the
+module; the kill test restarts an instance and the store test restarts PostgreSQL, so the tests after them
+see both back.
 
 Which instance answered a request is read from nginx's access log, by the X-Request-Id nginx returns.
 """
@@ -8,7 +9,9 @@ Which instance answered a request is read from nginx's access log, by the X-Requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import httpx
 import numpy as np
@@ -25,6 +29,8 @@ from faceserve import devserver
 from faceserve.cluster import Cluster
 from faceserve import photos
 from tests.hostile_corpus import good_jpeg
+from tests.integration.test_identity_http import (IDENTITY, PROBES, enrol, enrol_photos, every_identity, identify,
+                                                  named_left_to_right)
 from tests.manifests import OVERLAYS, SERVICE, TRITON, container, probes, rendered
 from tests.support import LOG_DIR, ROOT, free_port, jpeg
 
@@ -35,6 +41,9 @@ BODY_LIMIT = 3_000_000  # FACESERVE_MAX_BODY_BYTES of every instance; nginx must
 API_KEY = "cluster-test-key"
 AUTH = {"X-API-Key": API_KEY}
 CONCURRENCY = 16
+# A load scenario waits for counts of answers, never for time; past this many requests it has failed.
+MAX_LOAD_REQUESTS = 5000
+PROBE = IDENTITY / "probe" / "obama1.jpg"  # the load's identify photo: one face, obama's
 
 
 @pytest.fixture(scope="module")
@@ -103,63 +112,158 @@ def test_health_through_nginx_needs_no_key_and_the_rest_does(cluster):
     assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
 
 
+def identified_people(client: httpx.Client) -> dict[str, list]:
+    """Every probe photo's names, as test_identity_http's PROBES lists them (others in the photo: nobody)."""
+    found = {}
+    for probe, expected in PROBES.items():
+        named, others = named_left_to_right(identify(client, IDENTITY / "probe" / probe)["faces"], len(expected))
+        found[probe] = named + [name for name in others if name is not None]
+    return found
+
+
+@pytest.fixture(scope="module")
+def enrolled(cluster, fixtures) -> dict[str, str]:
+    """The fixture people, enrolled alternately through each instance directly: {name: identity id}."""
+    if not (IDENTITY / "enroll").is_dir():
+        pytest.skip(f"{IDENTITY} is absent: the identity photos are needed")
+    ids = {}
+    instances = itertools.cycle(cluster.instances)
+    for person, photo_paths in enrol_photos().items():
+        with httpx.Client(base_url=next(instances).url, headers=AUTH) as client:
+            identity, added = enrol(client, person, photo_paths)
+        assert [face["identity_id"] for face in added["faces"]] == [identity["id"]] * len(photo_paths)
+        ids[person] = identity["id"]
+    return ids
+
+
+def test_enrolments_through_one_instance_are_identified_through_another(cluster, enrolled):
+    """Each instance identifies the people the other enrolled, and so does nginx, whichever answers."""
+    assert sorted(enrolled) == ["alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie"]
+    for url in [i.url for i in cluster.instances] + [cluster.url]:
+        with httpx.Client(base_url=url, headers=AUTH) as client:
+            assert identified_people(client) == PROBES, url
+            listed = {i["id"]: (i["name"], i["face_count"]) for i in every_identity(client)}
+        assert listed == {enrolled[name]: (name, len(paths)) for name, paths in enrol_photos().items()}
+
+
 @dataclasses.dataclass
 class Outcome:
-    phase: str  # what had happened to the victim when the request was sent
+    kind: str  # "analyze", "identify", "create" or "add_faces"
+    phase: str  # what the scenario had done when the request was sent
     request_id: str | None
     status: int  # 0: no HTTP answer at all
     body: dict | None
+    retry_after: str | None
 
 
-async def load_while(cluster: Cluster, victim, image: bytes) -> list[Outcome]:
-    """Analyze requests at CONCURRENCY through nginx while `victim` is killed (`kill -9` of its whole tree),
-    started again, and until it has answered requests sent after its restart."""
-    outcomes: list[Outcome] = []
-    phase = "before"
-    stop = asyncio.Event()
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+Step = Callable[["Load"], Awaitable[None]]
 
-    async with httpx.AsyncClient(base_url=cluster.url, headers=AUTH, timeout=60, limits=limits) as client:
-        async def user():
-            while not stop.is_set():
-                sent_in = phase
-                try:
-                    response = await client.post("/analyze", files={"image": ("a.jpg", image, "image/jpeg")})
-                except httpx.HTTPError:
-                    outcomes.append(Outcome(sent_in, None, 0, None))
-                    continue
-                outcomes.append(Outcome(sent_in, response.headers.get("x-request-id"), response.status_code,
-                                        response.json()))
 
-        async def answered(count: int, *, phase_of: str | None = None) -> None:
-            while sum(1 for o in outcomes if phase_of in (None, o.phase)) < count:
-                await asyncio.sleep(0.05)
+class Load:
+    """CONCURRENCY clients through nginx, each taking the steps of `mix` in turn (client i from step i) while
+    the scenario runs; every request's outcome is tagged with the phase the scenario had reached when it was
+    sent. Waits are bounded by requests (MAX_LOAD_REQUESTS), not by time."""
 
-        async def victim_answered(count: int) -> None:
-            """Requests sent after the restart that the victim answered; bounded by requests, not time."""
-            while len(outcomes) < 5000:
-                log = access_log(cluster)
-                served = [o for o in outcomes if o.phase == "restarted" and o.request_id in log
-                          and upstreams(log[o.request_id])[-1:] == [victim.address] and o.status == 200]
-                if len(served) >= count:
-                    return
-                await asyncio.sleep(0.2)
+    def __init__(self, cluster: Cluster, mix: list[Step]):
+        self.cluster, self.mix = cluster, mix
+        self.phase = "before"
+        self.outcomes: list[Outcome] = []
+        self.client: httpx.AsyncClient | None = None
 
-        users = [asyncio.create_task(user()) for _ in range(CONCURRENCY)]
-        loop = asyncio.get_running_loop()
+    async def post(self, kind: str, route: str, **request) -> Outcome:
+        sent_in = self.phase
         try:
-            await answered(60)
-            await loop.run_in_executor(None, victim.kill)
-            phase = "killed"
-            await answered(60, phase_of="killed")
-            phase = "restarting"
-            await loop.run_in_executor(None, victim.start)  # the load goes on while it starts
-            phase = "restarted"
-            await victim_answered(10)
-        finally:
-            stop.set()
-            await asyncio.gather(*users)
-    return outcomes
+            response = await self.client.post(route, **request)
+        except httpx.HTTPError:
+            outcome = Outcome(kind, sent_in, None, 0, None, None)
+        else:
+            outcome = Outcome(kind, sent_in, response.headers.get("x-request-id"), response.status_code,
+                              response.json(), response.headers.get("retry-after"))
+        self.outcomes.append(outcome)
+        return outcome
+
+    def count(self, *, phase: str | None = None, kind: str | None = None, status: int | None = None) -> int:
+        return sum(1 for o in self.outcomes
+                   if phase in (None, o.phase) and kind in (None, o.kind) and status in (None, o.status))
+
+    async def until(self, enough: Callable[[], bool], what: str) -> None:
+        while not enough():
+            assert len(self.outcomes) < MAX_LOAD_REQUESTS, f"no {what} after {len(self.outcomes)} requests"
+            await asyncio.sleep(0.05)
+
+    async def meanwhile(self, action: Callable[[], None], during: str, after: str) -> None:
+        """`action()` in a thread while the load goes on: requests sent meanwhile are tagged `during`."""
+        self.phase = during
+        await asyncio.get_running_loop().run_in_executor(None, action)
+        self.phase = after
+
+    @contextlib.asynccontextmanager
+    async def running(self):
+        stop = asyncio.Event()
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+        async with httpx.AsyncClient(base_url=self.cluster.url, headers=AUTH, timeout=60, limits=limits) as client:
+            self.client = client
+
+            async def user(first: int) -> None:
+                for step in itertools.islice(itertools.cycle(self.mix), first, None):
+                    if stop.is_set():
+                        return
+                    await step(self)
+
+            users = [asyncio.create_task(user(i)) for i in range(CONCURRENCY)]
+            try:
+                yield self
+            finally:
+                stop.set()
+                await asyncio.gather(*users)
+
+    def summary(self) -> str:
+        phases = dict.fromkeys(o.phase for o in self.outcomes)
+        kinds = dict.fromkeys(o.kind for o in self.outcomes)
+        failed = sorted((o.phase, o.kind, o.status, o.body and o.body.get("error")) for o in self.outcomes
+                        if o.status != 200)
+        return (f"{len(self.outcomes)} requests; by phase and kind: "
+                f"{ {p: {k: self.count(phase=p, kind=k) for k in kinds} for p in phases} }; "
+                f"{len(failed)} failed: {failed}")
+
+
+def analyze_step(image: bytes) -> Step:
+    async def step(load: Load) -> None:
+        await load.post("analyze", "/analyze", files={"image": ("a.jpg", image, "image/jpeg")})
+    return step
+
+
+def identify_step(photo: Path) -> Step:
+    image = photo.read_bytes()
+
+    async def step(load: Load) -> None:
+        await load.post("identify", "/identify", files={"image": (photo.name, image, "image/jpeg")})
+    return step
+
+
+LOAD_ENROLMENT = "astronaut"  # the face good_jpeg() shows; nobody else enrolled looks like her
+
+
+def enrol_step(image: bytes) -> Step:
+    """An enrolment as a client makes it: create the identity, then add its face."""
+    async def step(load: Load) -> None:
+        created = await load.post("create", "/identities/create", json={"name": LOAD_ENROLMENT, "metadata": {}})
+        if created.status == 200:
+            await load.post("add_faces", "/identities/add_faces", data={"identity_id": created.body["id"]},
+                            files=[("images", ("a.jpg", image, "image/jpeg"))])
+    return step
+
+
+
+def answered_right(outcome: Outcome, reference: dict, person_id: str) -> bool:
+    """An analysis the same as the reference; an identification naming the person in PROBE and nobody else."""
+    if outcome.kind == "analyze":
+        return same_faces(outcome.body, reference)
+    return [face["identity"] and face["identity"]["id"] for face in outcome.body["faces"]] == [person_id]
+
+
+def served_by(log: dict[str, dict], outcome: Outcome) -> list[str]:
+    return upstreams(log[outcome.request_id]) if outcome.request_id in log else []
 
 
 def large_photo() -> bytes:
@@ -169,35 +273,104 @@ def large_photo() -> bytes:
     return jpeg(np.asarray(Image.fromarray(photos.astronaut()).resize((2048, 2048))))
 
 
-def test_kill_9_of_one_instance_under_load(cluster):
+async def kill_and_restart(load: Load, victim) -> None:
+    def victim_answered_each_kind(count: int) -> bool:
+        """Requests sent after the restart that the victim answered, of each kind in the load."""
+        log = access_log(load.cluster)
+        served = [o for o in load.outcomes if o.phase == "restarted" and o.status == 200
+                  and served_by(log, o)[-1:] == [victim.address]]
+        return all(sum(1 for o in served if o.kind == kind) >= count for kind in ("analyze", "identify"))
+
+    async with load.running():
+        await load.until(lambda: load.count() >= 60, "60 answers")
+        await load.meanwhile(victim.kill, "killing", "killed")
+        await load.until(lambda: load.count(phase="killed") >= 60, "60 answers while the victim was dead")
+        await load.meanwhile(victim.start, "restarting", "restarted")  # the load goes on while it starts
+        await load.until(lambda: victim_answered_each_kind(5), "answers of the restarted victim")
+
+
+def test_kill_9_of_one_instance_under_mixed_load(cluster, enrolled):
+    """Analyze (a large photo) and identify (obama1.jpg) through nginx while one instance is `kill -9`ed and
+    restarted: only requests in flight on it fail, and every answer given is right."""
     victim, survivor = cluster.instances
     image = large_photo()
     with httpx.Client(base_url=victim.url, headers=AUTH, timeout=30) as client:
         reference = analyze(client, image).json()
     assert len(reference["faces"]) == 1 and reference["faces"][0]["emotion"]["label"] == "happy"
-    outcomes = asyncio.run(load_while(cluster, victim, image))
+    load = Load(cluster, [analyze_step(image), identify_step(PROBE)])
+    asyncio.run(kill_and_restart(load, victim))
     log = access_log(cluster)
-    failed = [o for o in outcomes if o.status != 200]
-    by_phase = {p: sum(1 for o in outcomes if o.phase == p) for p in ("before", "killed", "restarting", "restarted")}
-    print(f"\n{len(outcomes)} requests {by_phase}; failed: {len(failed)} "
-          f"{sorted((o.phase, o.status) for o in failed)}")
+    failed = [o for o in load.outcomes if o.status != 200]
+    print(f"\nkill -9: {load.summary()}")
 
-    assert all(o.status != 0 for o in outcomes), "every request got an HTTP answer from nginx"
-    # Every answer given is the right one.
-    assert all(same_faces(o.body, reference) for o in outcomes if o.status == 200)
-    # Only requests in flight on the victim when it died failed: sent before the kill, to the victim,
+    assert all(o.status != 0 for o in load.outcomes), "every request got an HTTP answer from nginx"
+    assert all(answered_right(o, reference, enrolled["obama"]) for o in load.outcomes if o.status == 200)
+    # Only requests in flight on the victim when it died failed: sent before it was dead, to the victim,
     # answered by nginx with 503 (its 502) in the service's error shape and with Retry-After.
     for outcome in failed:
-        assert outcome.phase == "before", outcome
+        assert outcome.phase in ("before", "killing"), outcome
         assert outcome.status in (502, 503) and outcome.body["error"] == "unavailable", outcome
-        assert upstreams(log[outcome.request_id]) == [victim.address], log[outcome.request_id]
+        assert outcome.retry_after, outcome
+        assert served_by(log, outcome) == [victim.address], log[outcome.request_id]
     assert 1 <= len(failed) <= CONCURRENCY  # at most one per client, each in flight on the victim
     # Once it was dead, requests nginx sent the victim were passed on: refused connections are safe to retry.
-    moved = [o for o in outcomes if o.phase == "killed" and upstreams(log[o.request_id])[0] == victim.address]
-    assert all(upstreams(log[o.request_id]) == [victim.address, survivor.address] for o in moved)
-    # Back after its restart.
-    restarted = [o for o in outcomes if o.phase == "restarted" and upstreams(log[o.request_id])[-1:] == [victim.address]]
-    assert len([o for o in restarted if o.status == 200]) >= 10
+    moved = [o for o in load.outcomes if o.phase == "killed" and served_by(log, o)[:1] == [victim.address]]
+    assert all(served_by(log, o) == [victim.address, survivor.address] for o in moved)
+    # Back after its restart, identifying from the shared store (asserted in kill_and_restart's last wait).
+
+
+async def stop_and_start_postgres(load: Load) -> None:
+    """PostgreSQL restarted under load, held down until store requests have met the outage: a bare restart
+    is over in a fraction of a second, before any request may need the store."""
+    postgres = load.cluster.postgres
+    async with load.running():
+        await load.until(lambda: load.count(kind="add_faces", status=200) >= 4, "4 enrolments before the outage")
+        await load.meanwhile(postgres.stop, "stopping", "down")
+        await load.until(lambda: load.count(phase="down", kind="create") >= 8, "8 enrolments during the outage")
+        await load.meanwhile(postgres.start, "starting", "restarted")
+        await load.until(lambda: load.count(phase="restarted", kind="add_faces", status=200) >= 8,
+                         "8 enrolments after the restart")
+
+
+def test_postgres_restart_under_load(cluster, enrolled, reference, tmp_path):
+    """Analyze, identify and enrolments through nginx while the shared PostgreSQL stops and starts again:
+    enrolments get 503 `store_unavailable` with Retry-After while it is down and succeed again once it is
+    back, with no instance restarted; analyze and identify (each instance's index in memory) never fail;
+    nothing committed is lost."""
+    enrolled_face = tmp_path / "astronaut.jpg"
+    enrolled_face.write_bytes(good_jpeg())
+    load = Load(cluster, [analyze_step(good_jpeg()), identify_step(PROBE), enrol_step(enrolled_face.read_bytes())])
+    server_pids = [i.server.pid for i in cluster.instances]
+    asyncio.run(stop_and_start_postgres(load))
+    print(f"\nPostgreSQL restart: {load.summary()}")
+
+    assert all(o.status != 0 for o in load.outcomes), "every request got an HTTP answer from nginx"
+    answers = [o for o in load.outcomes if o.kind in ("analyze", "identify")]
+    assert all(o.status == 200 and answered_right(o, reference, enrolled["obama"]) for o in answers)
+    writes = [o for o in load.outcomes if o.kind in ("create", "add_faces")]
+    refused = [o for o in writes if o.status != 200]
+    for outcome in refused:
+        assert (outcome.status, outcome.body["error"]) == (503, "store_unavailable"), outcome
+        assert outcome.retry_after == "1", outcome
+        # sent while the store was down or going down, or before that and still in flight when it went
+        assert outcome.phase != "restarted", outcome
+    assert any(o.phase == "down" for o in refused)
+    assert [i.server.pid for i in cluster.instances] == server_pids  # recovered without a restart
+
+    # Nothing committed is lost: every identity and face confirmed is in the store and every instance's index.
+    created = {o.body["id"] for o in writes if o.kind == "create" and o.status == 200}
+    committed = {o.body["identity_id"] for o in writes if o.kind == "add_faces" and o.status == 200}
+    assert len(committed) <= 100, "more enrolments than identify's top_k can list"
+    for instance in cluster.instances:
+        with httpx.Client(base_url=instance.url, headers=AUTH) as client:
+            listed = {i["id"]: i["face_count"] for i in every_identity(client) if i["name"] == LOAD_ENROLMENT}
+            (face,) = identify(client, enrolled_face, top_k="100")["faces"]
+            assert identified_people(client) == PROBES, instance.name  # enrolled before the restart
+        assert listed.keys() == created
+        assert all(listed[i] == 1 for i in committed)
+        assert all(listed[i] in (0, 1) for i in created - committed)  # refused: absent, or whole if committed
+        assert committed <= {match["id"] for match in face["matches"]}
+
 
 
 def json_body_of_size(size: int) -> bytes:
@@ -309,8 +482,9 @@ def test_command_line_cluster_stops_everything_on_sigterm(repository, tmp_path):
                 break
         assert process.poll() is None, "".join(output)
         tree = devserver.process_tree(process.pid)
-        # the CLI, two bentoml arbiters with a worker each, nginx's master and worker
-        assert len(tree) >= 7, "".join(output)
+        # the CLI, two bentoml arbiters with a worker each, nginx's master and worker, the postmaster and its
+        # background processes
+        assert len(tree) >= 9, "".join(output)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
         response = httpx.post(f"http://127.0.0.1:{port}/analyze", files={"image": ("a.jpg", good_jpeg(), "image/jpeg")},
                               timeout=30)
