@@ -414,14 +414,15 @@ def identity(ctx: Context) -> list[dict]:
             devserver.bentoml_serve(ctx.out / "logs", {"FACESERVE_DATA_DIR": data}) as server:
         ctx.info["identity"] = {"cold_start_s": server.cold_start_s, "similarity": similarity.measure(ctx.out)}
         rows.append(ctx.row("identity", 4, asyncio.run(_enrolments(ctx, server.url, 4)), variant="enrol",
-                            peak_rss_mb={}, cpu_percent=None))
+                            mean_batch=None, peak_rss_mb={}, cpu_percent=None))
         ctx.advance("identity enrol")
         for path in ("/analyze", "/identify"):
             with TreeMonitor([server.pid]) as mon:
                 result = loadgen.run_locust(server.url, ctx.images, c, cfg.warmup_s, cfg.duration_s, ctx.out / "locust",
                                             path=path, label=f"identity{path.replace('/', '-')}-c{c}",
                                             min_ok=cfg.min_ok, max_s=cfg.max_window_s, server_pids=[server.pid])
-            rows.append(ctx.row("identity", c, result, variant=path.strip("/"), peak_rss_mb=mon.peak_rss_mb))
+            rows.append(ctx.row("identity", c, result, variant=path.strip("/"), mean_batch=None,
+                                peak_rss_mb=mon.peak_rss_mb))
             ctx.advance(f"identity {path} c={c}")
     return rows + _search_rows(ctx)
 
@@ -449,8 +450,8 @@ def _search_rows(ctx: Context) -> list[dict]:
         del vectors
         result = loadgen.timed_per_item(lambda i: index.search(queries[i:i + 1], 5), len(queries),
                                         max(1.0, ctx.config.duration_s / 3))
-        rows.append(ctx.row("identity", 1, result, variant=f"search {size // 1000}k identities", peak_rss_mb={},
-                            cpu_percent=None))
+        rows.append(ctx.row("identity", 1, result, variant=f"search {size // 1000}k identities", mean_batch=None,
+                            peak_rss_mb={}, cpu_percent=None))
         ctx.advance(f"identity search {size}")
     return rows
 

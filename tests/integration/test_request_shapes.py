@@ -24,7 +24,9 @@ from tests.hostile_requests import MULTIPART, HitCounter, multipart, part, send,
 from tests.support import png, serve
 
 ImageFile = Annotated[Path, ContentType("image/*")]
-API_ROUTES = {"/analyze", "/analyze_batch", "/annotate", "/classify", "/rotate", "/models"}
+API_ROUTES = {"/analyze", "/analyze_batch", "/annotate", "/classify", "/rotate", "/models", "/verify", "/identify",
+              "/identities", "/identities/create", "/identities/add_faces", "/identities/get", "/identities/delete",
+              "/identities/delete_face", "/identities/face_thumbnail", "/gallery/export", "/gallery/import"}
 
 
 @pytest.fixture(scope="module")

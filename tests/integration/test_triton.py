@@ -33,7 +33,7 @@ from tests.support import free_port, jpeg, serve
 
 pytestmark = pytest.mark.triton
 
-DEFAULT_MODELS = ("face_detector", "faceboxes", "face_landmarks", "emotion", "gender", "age")
+DEFAULT_MODELS = ("face_detector", "faceboxes", "face_landmarks", "emotion", "gender", "age", "faceres")
 
 
 @pytest.fixture(scope="module")
