@@ -64,10 +64,14 @@ def _dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def from_keras(path: Path, outputs: list[str]) -> SourceModel:
     import keras
+
+    return _from_keras_model(keras.models.load_model(path, compile=False), outputs)
+
+
+def _from_keras_model(model, outputs: list[str]) -> SourceModel:
     import tensorflow as tf
     import tf2onnx
 
-    model = keras.models.load_model(path, compile=False)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     signature = (tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
@@ -231,12 +235,63 @@ def from_tfjs(path: Path, outputs: list[str], graph_outputs: list[str] | None = 
     return SourceModel(run, _stable_names(proto, outputs), shape)
 
 
-LOADERS = {"keras": from_keras, "savedmodel": from_saved_model, "tflite": from_tflite, "tfjs": from_tfjs}
+def _tfjs_artifact(path: Path):
+    """A TensorFlow.js file as published: JSON (`model.json`, binary shards), or, as in nsfwjs, a browserified
+    JS module exporting the model object (a JS literal, not JSON) or a shard as a base64 string, read with
+    node (which `npm pack` needs anyway)."""
+    if path.suffix != ".js":
+        return json.loads(path.read_text()) if path.suffix == ".json" else path.read_bytes()
+    import subprocess
+
+    exported = subprocess.run(["node", "-e", "process.stdout.write(JSON.stringify(require(process.argv[1])))",
+                               str(path.resolve())], check=True, capture_output=True, text=True).stdout
+    value = json.loads(exported)
+    return base64.b64decode(value) if isinstance(value, str) else value
+
+
+# Keras 2 variable names (as tfjs layers files carry them) that Keras 3 shortened
+_KERAS2_VARIABLE_NAMES = {"depthwise_kernel": "kernel"}
+
+
+def from_tfjs_layers(path: Path, outputs: list[str]) -> SourceModel:
+    """A TensorFlow.js *layers* model (a Keras model config + weight shards, which tf2onnx's tfjs reader,
+    made for graph models, cannot read): rebuilt in Keras from its config, given its (dequantised) weights,
+    then converted like any Keras model. `path` is the model file; the shards lie beside it under the
+    manifest's names (with the model file's `.min.js` suffix when it is a JS bundle)."""
+    import keras
+    from tf2onnx import tfjs_utils
+
+    np.product = np.prod  # tf2onnx 1.17's tfjs reader calls numpy.product, which numpy 2 removed
+    artifact = _tfjs_artifact(path)
+    bundle_suffix = ".min.js" if path.name.endswith(".min.js") else ""
+    weights = {}
+    for group in artifact["weightsManifest"]:
+        data = b"".join(_tfjs_artifact(path.parent / f"{shard}{bundle_suffix}") for shard in group["paths"])
+        offset = 0
+        for weight in group["weights"]:
+            name, values, size = tfjs_utils.read_tfjs_weight(weight, data, offset)
+            layer, _, variable = name.rpartition("/")
+            weights[f"{layer}/{_KERAS2_VARIABLE_NAMES.get(variable, variable)}"] = values
+            offset += size
+    config = artifact["modelTopology"]["model_config"]
+    if config["class_name"] not in ("Model", "Functional"):
+        raise ValueError(f"{path}: a {config['class_name']} model; only functional models are read")
+    model = keras.Model.from_config(config["config"])
+    for layer in model.layers:
+        for variable in layer.weights:
+            variable.assign(weights.pop(f"{layer.name}/{variable.name}"))
+    if weights:
+        raise ValueError(f"{path}: weights no layer takes: {', '.join(sorted(weights))}")
+    return _from_keras_model(model, outputs)
+
+
+LOADERS = {"keras": from_keras, "savedmodel": from_saved_model, "tflite": from_tflite, "tfjs": from_tfjs,
+           "tfjs_layers": from_tfjs_layers}
 
 
 def load(fmt: str, path: Path, outputs: list[str], **options) -> SourceModel:
-    """Convert a source artifact; `fmt` is keras (.h5/.keras), savedmodel, tflite or tfjs (model.json);
-    `options` are the format's own (tfjs: graph_outputs)."""
+    """Convert a source artifact; `fmt` is keras (.h5/.keras), savedmodel, tflite, tfjs (a graph model's
+    model.json) or tfjs_layers (a layers model's model.json or JS bundle); `options` are the format's own (tfjs: graph_outputs)."""
     if fmt not in LOADERS:
         raise ValueError(f"unknown source format {fmt!r}; use one of {sorted(LOADERS)}")
     return LOADERS[fmt](path, outputs, **options)

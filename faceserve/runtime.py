@@ -25,6 +25,7 @@ from faceserve.pipeline import imaging
 from faceserve.pipeline.annotate import annotate
 from faceserve.pipeline.identity import IdentityStage
 from faceserve.pipeline.pipeline import Pipeline
+from faceserve.pipeline.policy import DeclinePolicy
 from faceserve.pipeline.schemas import (Analysis, BatchAnalysis, Box, Classification, Deleted, FaceRecord, FacesAdded,
                                         GalleryImport, Identification, Identity, IdentityDetail, IdentityPage,
                                         ModelsInfo, Verification)
@@ -49,6 +50,12 @@ class Runtime:
             limits = self.settings.limits
             self.fetch = UrlFetcher(allowlist=self.settings.url_allowlist, max_bytes=limits.url_max_bytes,
                                     timeout_s=limits.url_timeout_s, max_redirects=limits.url_max_redirects)
+        self.decline: DeclinePolicy | None = None
+        self._decline_model: str | None = None
+        if self.settings.decline_labels:
+            self.decline = DeclinePolicy(self.settings.decline_labels, self.settings.decline_threshold)
+            self._decline_model = self.decline.model(
+                {name: spec.labels for name, spec in self.repository.classifiers.items()})
         self._started = False
         self._lock = asyncio.Lock()
         self._identity: IdentityStage | None = None
@@ -96,8 +103,12 @@ class Runtime:
 
     async def annotate(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
                        detector: str | None = None, fmt: str = "png", landmarks: bool = False) -> bytes:
-        """The photo with each face boxed and captioned (and its landmarks dotted), encoded as `fmt`."""
+        """The photo with each face boxed and captioned (and its landmarks dotted), encoded as `fmt`; an image
+        the decline policy names is a 422 `image_declined`."""
         pixels = await self.image(upload, b64, url)
+        if self.decline is not None:
+            labels = self.repository.classifiers[self._decline_model].labels
+            self.decline.check(await self.pipeline.classify(pixels, self._decline_model, len(labels)))
         analysis = await self.pipeline.analyze(pixels, detector)
         return await asyncio.to_thread(lambda: imaging.encode(annotate(pixels, analysis, landmarks), fmt))
 

@@ -54,6 +54,10 @@ class Settings:
     # FACESERVE_IDENTITY_THRESHOLD: the same person at or above this cosine similarity; None: the embedding
     # model's own (its measured `score_threshold`, docs/identity.md)
     identity_threshold: float | None = None
+    # FACESERVE_DECLINE_LABELS (comma-separated labels of a whole-image classifier) and _THRESHOLD: `/annotate`
+    # declines an image scoring at or above the threshold in any of them (faceserve/pipeline/policy.py)
+    decline_labels: tuple[str, ...] = ()
+    decline_threshold: float = 0.5
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -77,6 +81,8 @@ class Settings:
             data_dir=data_dir,
             store=_store_url(data_dir),
             identity_threshold=float(_env("IDENTITY_THRESHOLD", "")) if _env("IDENTITY_THRESHOLD", "") else None,
+            decline_labels=_split(_env("DECLINE_LABELS", "")),
+            decline_threshold=float(_env("DECLINE_THRESHOLD", "0.5")),
         )
 
 

@@ -119,11 +119,13 @@ def test_rotate(url):
     assert bad.status_code == 422 and bad.json()["error"] == "invalid_rotation"
 
 
-def test_classify_without_a_classifier_names_what_is_there(url):
-    response = post(url, "classify", files={"image": ("a.jpg", jpeg(photos.astronaut()), "image/jpeg")})
-    assert response.status_code == 404
-    body = response.json()
-    assert body["error"] == "no_classifier" and "emotion" in body["message"] and "face_detector" in body["message"]
+def test_classify_on_the_default_repository(url):
+    """nsfwjs' MobileNetV2 (the default repository's whole-image classifier): a real photo is neutral."""
+    body = post(url, "classify", data={"top_k": "5"},
+                files={"image": ("a.jpg", jpeg(photos.astronaut()), "image/jpeg")}).json()
+    assert body["model"] == "nsfw_mobilenet_v2" and body["top_k"][0]["label"] == "neutral"
+    assert sorted(item["label"] for item in body["top_k"]) == ["drawing", "hentai", "neutral", "porn", "sexy"]
+    assert abs(sum(item["score"] for item in body["top_k"]) - 1) < 1e-5
 
 
 def test_models(url):
