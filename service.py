@@ -30,8 +30,8 @@ from faceserve.http.responses import ErrorShapeMiddleware, json_errors
 from faceserve.http.upload_guard import UploadGuardMiddleware
 from faceserve.models import detectors
 from faceserve.pipeline.schemas import (Analysis, BatchAnalysis, Box, Classification, Deleted, FacesAdded,
-                                        GalleryImport, Identification, IdentityDetail, IdentityPage, ModelsInfo,
-                                        Verification)
+                                        FeedbackRecord, FeedbackSummary, GalleryImport, Identification,
+                                        IdentityDetail, IdentityPage, ModelsInfo, Verification)
 from faceserve.runtime import Runtime
 from faceserve.settings import Settings
 from faceserve.web import app as web_page
@@ -41,6 +41,7 @@ ImageOut = Annotated[Path, ContentType("image/*")]  # endpoints return the encod
 Detector = Literal[tuple(d.name for d in detectors.REGISTRY)]  # None: the default (`/models`)
 ImageFormat = Literal["png", "jpeg"]
 GalleryFile = Annotated[Path, ContentType("application/x-ndjson")]  # the export format, docs/store.md
+CsvFile = Annotated[Path, ContentType("text/csv")]
 
 _settings = Settings.from_env()
 
@@ -63,10 +64,11 @@ class FaceAnalysis:
     @json_errors
     async def analyze(self, image: ImageFile = None, image_base64: str | None = None,
                       image_url: str | None = None, detector: Detector | None = None,
-                      identify: bool = False) -> Analysis:
+                      identify: bool = False, keep_image: bool = False) -> Analysis:
         """Faces with box, score, emotion, gender and age; with `identify`, each face's best match in the
-        gallery (`identity`, null for nobody known)."""
-        return await self.runtime.analyze(image, image_base64, image_url, detector, identify)
+        gallery (`identity`, null for nobody known). The answer is remembered under its `request_id` for
+        `/feedback` (the image's sha256, never the image unless `keep_image`)."""
+        return await self.runtime.analyze(image, image_base64, image_url, detector, identify, keep_image)
 
     @bentoml.api
     @json_errors
@@ -173,6 +175,29 @@ class FaceAnalysis:
         """Add what an exported gallery file holds and this gallery does not; a file of another embedding model
         or version is refused (409)."""
         return await self.runtime.import_gallery(file)
+
+    # ---- feedback ----
+
+    @bentoml.api(route="/feedback")
+    @json_errors
+    async def feedback(self, request_id: str, field: str, correct: str, face_index: int | None = None,
+                       model_said: str | None = None, comment: str | None = None) -> FeedbackRecord:
+        """A correction of an answer: of `field` (emotion, gender, age, identity; `label` for `/classify`) of face
+        `face_index` of the answer `request_id`; stored with the model's name and version and the image's sha256."""
+        return await self.runtime.correct(request_id, face_index, field, correct, model_said, comment)
+
+    @bentoml.api(route="/feedback/export")
+    @json_errors
+    async def export_feedback(self) -> CsvFile:
+        """Every correction as CSV, oldest first."""
+        return Response(await self.runtime.export_feedback(), media_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="faceserve-feedback.csv"'})
+
+    @bentoml.api(route="/feedback/summary")
+    @json_errors
+    async def feedback_summary(self) -> FeedbackSummary:
+        """Per field: how many corrections, and the most frequent confusions."""
+        return await self.runtime.feedback_summary()
 
     @bentoml.api
     async def models(self) -> ModelsInfo:

@@ -7,16 +7,19 @@ Shared by `service.py` and the CLI so both answer identically.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from faceserve.backends import create
-from faceserve.errors import InvalidRequest, LimitExceeded, NotFound
+from faceserve.errors import InvalidRequest, LimitExceeded, NotFound, StoreUnavailable
+from faceserve.feedback import Answer, Feedback, FieldModel
 from faceserve.gallery import EmbeddingModel, Gallery
 from faceserve.gallery import records
 from faceserve.http import inputs
@@ -27,10 +30,10 @@ from faceserve.pipeline.identity import IdentityStage
 from faceserve.pipeline.pipeline import Pipeline
 from faceserve.pipeline.policy import DeclinePolicy
 from faceserve.pipeline.schemas import (Analysis, BatchAnalysis, Box, Classification, Deleted, FaceRecord, FacesAdded,
-                                        GalleryImport, Identification, Identity, IdentityDetail, IdentityPage,
-                                        ModelsInfo, Verification)
+                                        FeedbackRecord, FeedbackSummary, GalleryImport, Identification, Identity,
+                                        IdentityDetail, IdentityPage, ModelsInfo, Verification)
 from faceserve.settings import Settings
-from faceserve.store import open_store
+from faceserve.store import Store, open_store
 
 ImageItem = tuple[Path | None, str | None]  # an upload or a base64 string
 
@@ -58,8 +61,12 @@ class Runtime:
                 {name: spec.labels for name, spec in self.repository.classifiers.items()})
         self._started = False
         self._lock = asyncio.Lock()
+        self._store: Store | None = None
+        self._store_lock = threading.Lock()
         self._identity: IdentityStage | None = None
         self._identity_lock = asyncio.Lock()
+        self._feedback: Feedback | None = None
+        self._feedback_lock = asyncio.Lock()
         log.info("model repository: %s", self.repository.path)
         if self.repository.missing:
             log.warning("models declared but not built (heads answered as missing): %s",
@@ -81,15 +88,19 @@ class Runtime:
     # ---- what each endpoint does (the service and the CLI only call these) ----
 
     async def analyze(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
-                      detector: str | None = None, identify: bool = False) -> Analysis:
-        pixels = await self.image(upload, b64, url)
+                      detector: str | None = None, identify: bool = False, keep_image: bool = False) -> Analysis:
+        """One image's faces, remembered under the answer's `request_id` (the image's bytes too with
+        `keep_image`)."""
+        pixels, data = await self.image_and_bytes(upload, b64, url)
         if not identify:
-            return await self.analyze_image(pixels, detector)
-        stage = await self.identity()
-        analysis, vectors = await self.pipeline.analyze_and_embed(pixels, detector)
-        for face, matches in zip(analysis.faces, await stage.matches(vectors)):
-            face.identity = matches[0] if matches else None
-        return analysis
+            analysis = await self.analyze_image(pixels, detector)
+        else:
+            stage = await self.identity()
+            analysis, vectors = await self.pipeline.analyze_and_embed(pixels, detector)
+            for face, matches in zip(analysis.faces, await stage.matches(vectors)):
+                face.identity = matches[0] if matches else None
+        return await self._remember_analysis(analysis, hashlib.sha256(data).hexdigest(), identify,
+                                             data if keep_image else None)
 
     async def analyze_image(self, pixels: np.ndarray, detector: str | None = None) -> Analysis:
         return await self.pipeline.analyze(pixels, detector)
@@ -98,8 +109,11 @@ class Runtime:
                             detector: str | None = None) -> BatchAnalysis:
         """`analyze` for several images; every image is checked before any is decoded, all their faces
         share model calls."""
-        pixels = await self.images(self._image_items(uploads, b64s, range(1, self.settings.limits.max_batch_images + 1)))
-        return BatchAnalysis(results=await asyncio.gather(*(self.pipeline.analyze(p, detector) for p in pixels)))
+        images = await self.images_with_digests(
+            self._image_items(uploads, b64s, range(1, self.settings.limits.max_batch_images + 1)))
+        analyses = await asyncio.gather(*(self.pipeline.analyze(pixels, detector) for pixels, _ in images))
+        return BatchAnalysis(results=[await self._remember_analysis(analysis, digest, identified=False)
+                                      for analysis, (_, digest) in zip(analyses, images)])
 
     async def annotate(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
                        detector: str | None = None, fmt: str = "png", landmarks: bool = False) -> bytes:
@@ -115,7 +129,13 @@ class Runtime:
     async def classify(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
                        model: str | None = None, top_k: int = 5) -> Classification:
         self.pipeline.check_top_k(top_k, self.settings.limits.max_top_k)
-        return await self.pipeline.classify(await self.image(upload, b64, url), model, top_k)
+        pixels, data = await self.image_and_bytes(upload, b64, url)
+        answer = await self.pipeline.classify(pixels, model, top_k)
+        spec = self.repository.classifiers[answer.model]
+        answer.request_id = await self._remember(Answer(
+            hashlib.sha256(data).hexdigest(), {"label": FieldModel(f"{spec.name}:{spec.version}", spec.labels)},
+            [{"label": answer.top_k[0].label}], per_face=False))
+        return answer
 
     async def rotate(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
                      degrees: int = 90, fmt: str = "png") -> bytes:
@@ -126,9 +146,13 @@ class Runtime:
     # ---- images in ----
 
     async def image(self, upload: Path | None = None, b64: str | None = None, url: str | None = None) -> np.ndarray:
+        return (await self.image_and_bytes(upload, b64, url))[0]
+
+    async def image_and_bytes(self, upload: Path | None = None, b64: str | None = None,
+                              url: str | None = None) -> tuple[np.ndarray, bytes]:
         await self.start()
         data = await inputs.image_bytes(upload, b64, url, self.settings.limits, self.fetch)
-        return await asyncio.to_thread(imaging.decode, data, self.settings.limits.decode)
+        return await asyncio.to_thread(imaging.decode, data, self.settings.limits.decode), data
 
     async def images(self, items: list[ImageItem]) -> list[np.ndarray]:
         """The (upload, base64) images of a batch, decoded only once every header is checked and
@@ -168,10 +192,17 @@ class Runtime:
                     self._identity = await asyncio.to_thread(self._open_identity_stage)
         return self._identity
 
+    def _shared_store(self) -> Store:
+        """This process's store, opened by its first user (the gallery or feedback)."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = open_store(self.settings.store)
+            return self._store
+
     def _open_identity_stage(self) -> IdentityStage:
         head = self.pipeline.require_embedding()
         model = EmbeddingModel(head.spec.name, head.spec.version, head.dimension)
-        gallery = Gallery(open_store(self.settings.store), model)
+        gallery = Gallery(self._shared_store(), model)
         threshold = self.settings.identity_threshold
         log.info("gallery: %s faces of %s:%s", self.settings.store.split("://")[0], model.name, model.version)
         return IdentityStage(self.pipeline, gallery, head.spec.score_threshold if threshold is None else threshold)
@@ -245,6 +276,51 @@ class Runtime:
         counts = await self._gallery("import_file", Path(upload))
         return GalleryImport(identities=counts.identities, faces=counts.faces)
 
+    # ---- feedback: answers remembered, corrections of them ----
+
+    async def feedback(self) -> Feedback:
+        if self._feedback is None:
+            async with self._feedback_lock:
+                if self._feedback is None:
+                    self._feedback = await asyncio.to_thread(lambda: Feedback(self._shared_store()))
+        return self._feedback
+
+    async def _remember(self, answer: Answer) -> str | None:
+        """The request id the answer is remembered under; None when the store cannot be reached (the answer
+        is still worth giving, only its feedback is lost)."""
+        try:
+            feedback = await self.feedback()
+            return await asyncio.to_thread(feedback.remember, answer)
+        except StoreUnavailable as exc:
+            log.warning("answer not remembered for feedback: %s", exc.message)
+            return None
+
+    async def _remember_analysis(self, analysis: Analysis, digest: str, identified: bool,
+                                 image: bytes | None = None) -> Analysis:
+        fields = {head.field: FieldModel(f"{head.spec.name}:{head.spec.version}", head.spec.labels or None)
+                  for head in self.pipeline.heads}
+        if identified:
+            fields["identity"] = FieldModel(analysis.models[self.pipeline.embedding.spec.task])
+        answers = [{field: _said(getattr(face, field, None)) for field in fields} for face in analysis.faces]
+        analysis.request_id = await self._remember(Answer(digest, fields, answers, image=image))
+        return analysis
+
+    async def correct(self, request_id: str, face_index: int | None, field: str, correct: str,
+                      model_said: str | None = None, comment: str | None = None) -> FeedbackRecord:
+        feedback = await self.feedback()
+        stored = await asyncio.to_thread(feedback.correct, request_id, face_index, field, correct, model_said, comment)
+        return FeedbackRecord(id=stored.id, request_id=stored.request_id, face_index=stored.face_index,
+                              field=stored.field, model_said=stored.model_said, correct=stored.correct,
+                              comment=stored.comment, model=f"{stored.model_name}:{stored.model_version}",
+                              image_sha256=stored.image_sha256, created_at=stored.created_at)
+
+    async def export_feedback(self) -> str:
+        return await asyncio.to_thread((await self.feedback()).export_csv)
+
+    async def feedback_summary(self) -> FeedbackSummary:
+        summary = await asyncio.to_thread((await self.feedback()).summary)
+        return FeedbackSummary.model_validate(dataclasses.asdict(summary))
+
     def models(self) -> ModelsInfo:
         backend = self.pipeline.backend
         return ModelsInfo(
@@ -258,8 +334,21 @@ class Runtime:
 
     async def close(self) -> None:
         await self.pipeline.backend.close()
-        if self._identity is not None:
-            self._identity.gallery.store.close()
+        if self._store is not None:
+            self._store.close()
+
+
+def _said(value: Any) -> str | None:
+    """What a model said for a field, as text: a label, a number, an identity's name ("unknown": nobody known)."""
+    if value is None:
+        return "unknown"
+    if hasattr(value, "label"):
+        return value.label
+    if hasattr(value, "name"):
+        return value.name
+    if isinstance(value, dict) and "label" in value:  # a head the schema does not type
+        return value["label"]
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def _check_batch_pixels(pixels: list[int], limit: int) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,16 @@ REPOSITORY = ROOT / "model_repository"
 # that a too-large photo is cheap to make.
 FRONT_END_ENV = {"FACESERVE_WORKERS": "1", "FACESERVE_URL_FETCH": "1", "FACESERVE_URL_ALLOWLIST": "localhost",
                  "FACESERVE_MAX_BODY_BYTES": str(2_000_000)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def throwaway_data_dir(tmp_path_factory):
+    """Every service and runtime a test starts remembers its answers (feedback) in a store of the session's,
+    never in the user's data directory; a test that names its own keeps it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FACESERVE_DATA_DIR", os.environ.get("FACESERVE_DATA_DIR")
+                     or str(tmp_path_factory.mktemp("session-data")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,11 @@ HEAD_FIELDS: tuple[str, ...] = tuple(name for name in Face.model_fields
                                      if name not in PLACEMENT_FIELDS + STAGE_FIELDS)
 
 
+REQUEST_ID = "names this answer in `/feedback`; null when the store could not remember it"
+
+
 class Analysis(BaseModel):
+    request_id: str | None = Field(None, description=REQUEST_ID)
     width: int
     height: int
     detector: str
@@ -80,6 +84,7 @@ class Label(BaseModel):
 
 
 class Classification(BaseModel):
+    request_id: str | None = Field(None, description=REQUEST_ID)
     model: str
     width: int
     height: int
@@ -164,3 +169,38 @@ class Identification(BaseModel):
 class GalleryImport(BaseModel):
     identities: int = Field(description="identities added (those already present are skipped)")
     faces: int = Field(description="faces added")
+
+
+# ---- feedback ------------------------------------------------------------------------------------------
+
+
+class FeedbackRecord(BaseModel):
+    """A stored correction, with the model that answered and the image it answered about."""
+
+    id: str
+    request_id: str
+    face_index: int | None
+    field: str
+    model_said: str
+    correct: str
+    comment: str
+    model: str = Field(description="the model that answered the field, as name:version")
+    image_sha256: str
+    created_at: str
+
+
+class Confusion(BaseModel):
+    model_said: str
+    correct: str
+    count: int
+
+
+class FieldFeedback(BaseModel):
+    field: str
+    count: int = Field(description="corrections of this field")
+    confusions: list[Confusion] = Field(description="the most frequent (model said, correct) pairs, most frequent first")
+
+
+class FeedbackSummary(BaseModel):
+    total: int
+    fields: list[FieldFeedback]

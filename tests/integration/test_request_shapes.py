@@ -26,7 +26,8 @@ from tests.support import png, serve
 ImageFile = Annotated[Path, ContentType("image/*")]
 API_ROUTES = {"/analyze", "/analyze_batch", "/annotate", "/classify", "/rotate", "/models", "/verify", "/identify",
               "/identities", "/identities/create", "/identities/add_faces", "/identities/get", "/identities/delete",
-              "/identities/delete_face", "/identities/face_thumbnail", "/gallery/export", "/gallery/import"}
+              "/identities/delete_face", "/identities/face_thumbnail", "/gallery/export", "/gallery/import", "/feedback",
+              "/feedback/export", "/feedback/summary"}
 
 
 @pytest.fixture(scope="module")

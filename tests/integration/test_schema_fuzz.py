@@ -18,7 +18,8 @@ from tests.support import serve
 MAX_EXAMPLES = 20
 OPERATIONS = ("analyze", "analyze_batch", "annotate", "classify", "rotate", "models", "identify", "verify",
               "identities/create", "identities/add_faces", "identities", "identities/get", "identities/delete",
-              "identities/delete_face", "identities/face_thumbnail", "gallery/export", "gallery/import")
+              "identities/delete_face", "identities/face_thumbnail", "gallery/export", "gallery/import", "feedback",
+              "feedback/export", "feedback/summary")
 
 
 @pytest.fixture(scope="module")

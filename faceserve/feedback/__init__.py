@@ -1,0 +1,14 @@
+"""What users tell us the models got wrong: every analysis remembered under its request id, and corrections of it.
+
+What belongs here: the feedback tables (`schema.py`), remembering an answer and checking a correction against
+it, the CSV export and the summary (`feedback.py`). What does not: connections and migrations
+(`faceserve/store`), which models answered and with which labels (the runtime passes that in), HTTP.
+
+    feedback = Feedback(open_store(settings.store))
+    request_id = feedback.remember(Answer(image_sha256, fields, faces))
+    feedback.correct(request_id, face_index=0, field="emotion", correct="sad")
+"""
+
+from faceserve.feedback.feedback import Answer, Correction, Feedback, FieldModel, Summary
+
+__all__ = ["Answer", "Correction", "Feedback", "FieldModel", "Summary"]

@@ -1,0 +1,185 @@
+"""Remembered answers and the corrections users send for them."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+
+from faceserve.errors import InvalidRequest, NotFound
+from faceserve.feedback.schema import MIGRATIONS
+from faceserve.store import Store, new_id, utc_now
+
+MAX_COMMENT = 2000
+MAX_AGE = 150
+CONFUSIONS_SHOWN = 5
+CSV_COLUMNS = ("created_at", "request_id", "face_index", "field", "model_said", "correct", "comment", "model_name",
+               "model_version", "image_sha256")
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldModel:
+    """The model that answered a field ("name:version") and its labels (None: a number or a name, not a label)."""
+
+    model: str
+    labels: tuple[str, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """What one request answered: per face (or, for a whole-image answer, one entry), each field's value."""
+
+    image_sha256: str
+    fields: dict[str, FieldModel]
+    answers: list[dict[str, str]]
+    per_face: bool = True
+    image: bytes | None = None  # kept only when the caller opted in
+
+
+@dataclasses.dataclass(frozen=True)
+class Correction:
+    id: str
+    request_id: str
+    face_index: int | None
+    field: str
+    model_said: str
+    correct: str
+    comment: str
+    model_name: str
+    model_version: str
+    image_sha256: str
+    created_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Confusion:
+    model_said: str
+    correct: str
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSummary:
+    field: str
+    count: int
+    confusions: tuple[Confusion, ...]  # the most frequent first
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    total: int
+    fields: tuple[FieldSummary, ...]
+
+
+class Feedback:
+    """Every method is synchronous and thread-safe; any number of processes may share the store."""
+
+    def __init__(self, store: Store):
+        store.migrate("feedback", MIGRATIONS)
+        self.store = store
+
+    def remember(self, answer: Answer) -> str:
+        request_id = new_id()
+        fields = {name: {"model": f.model, "labels": list(f.labels) if f.labels is not None else None}
+                  for name, f in answer.fields.items()}
+        with self.store.transaction() as tx:
+            tx.execute("INSERT INTO feedback_requests (id, created_at, image_sha256, fields, per_face, answers, image) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (request_id, utc_now(), answer.image_sha256, json.dumps(fields), int(answer.per_face),
+                        json.dumps(answer.answers), answer.image))
+        return request_id
+
+    def correct(self, request_id: str, face_index: int | None, field: str, correct: str,
+                model_said: str | None = None, comment: str | None = None) -> Correction:
+        """Store a correction of what request `request_id` answered for `field` (of face `face_index`); every
+        inconsistency with that answer is an error naming it."""
+        for name, text in (("request_id", request_id), ("field", field), ("correct", correct),
+                           ("model_said", model_said), ("comment", comment)):
+            if text is not None and "\x00" in text:  # PostgreSQL text cannot hold it
+                raise InvalidRequest(f"{name} holds a NUL character", code="invalid_value")
+        with self.store.read() as tx:
+            row = tx.one("SELECT image_sha256, fields, per_face, answers FROM feedback_requests WHERE id = ?",
+                         (request_id,))
+        if row is None:
+            raise NotFound(f"no answered request has the id {request_id!r}", code="unknown_request")
+        image_sha256, fields, per_face, answers = row[0], json.loads(row[1]), bool(row[2]), json.loads(row[3])
+        if field not in fields:
+            raise InvalidRequest(f"request {request_id} answered no field {field!r}; it answered "
+                                 f"{', '.join(sorted(fields))}", code="unknown_field")
+        entry = _answer_for(answers, face_index, per_face)
+        said = entry.get(field)
+        if model_said is not None and model_said != said:
+            raise InvalidRequest(f"model_said {model_said!r} is not what the model said for {field}: {said!r}",
+                                 code="model_said_mismatch")
+        correct = _checked_value(field, correct, fields[field]["labels"])
+        comment = comment or ""
+        if len(comment) > MAX_COMMENT:
+            raise InvalidRequest(f"the comment is {len(comment)} characters; at most {MAX_COMMENT}",
+                                 code="comment_too_long")
+        name, _, version = fields[field]["model"].rpartition(":")
+        correction = Correction(new_id(), request_id, face_index, field, str(said), correct, comment, name, version,
+                                image_sha256, utc_now())
+        with self.store.transaction() as tx:
+            tx.execute(f"INSERT INTO feedback_corrections ({', '.join(_CORRECTION_COLUMNS)}) "
+                       f"VALUES ({', '.join('?' * len(_CORRECTION_COLUMNS))})",
+                       tuple(getattr(correction, c) for c in _CORRECTION_COLUMNS))
+        return correction
+
+    def export_csv(self) -> str:
+        """Every correction, oldest first, one CSV row each (CSV_COLUMNS)."""
+        with self.store.read() as tx:
+            rows = tx.all(f"SELECT {', '.join(CSV_COLUMNS)} FROM feedback_corrections ORDER BY id")
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(rows)
+        return out.getvalue()
+
+    def summary(self) -> Summary:
+        with self.store.read() as tx:
+            counts = tx.all("SELECT field, COUNT(*) FROM feedback_corrections GROUP BY field ORDER BY field")
+            pairs = tx.all("SELECT field, model_said, correct, COUNT(*) FROM feedback_corrections "
+                           "GROUP BY field, model_said, correct")
+        confusions: dict[str, list[Confusion]] = {}
+        for field, said, correct, count in sorted(pairs, key=lambda p: (-p[3], p[1], p[2])):
+            confusions.setdefault(field, []).append(Confusion(said, correct, count))
+        return Summary(total=sum(count for _, count in counts),
+                       fields=tuple(FieldSummary(field, count, tuple(confusions[field][:CONFUSIONS_SHOWN]))
+                                    for field, count in counts))
+
+
+_CORRECTION_COLUMNS = tuple(f.name for f in dataclasses.fields(Correction))
+
+
+def _answer_for(answers: list[dict], face_index: int | None, per_face: bool) -> dict:
+    if not per_face:
+        if face_index not in (None, 0):
+            raise InvalidRequest("this request answered for the whole image: give no face_index",
+                                 code="face_index_out_of_range")
+        return answers[0]
+    if face_index is None or not 0 <= face_index < len(answers):
+        raise InvalidRequest(f"face_index {face_index} is out of range: the request answered {len(answers)} faces"
+                             + (f" (0 to {len(answers) - 1})" if answers else ""), code="face_index_out_of_range")
+    return answers[face_index]
+
+
+def _checked_value(field: str, correct: str, labels: list[str] | None) -> str:
+    correct = str(correct).strip()
+    if labels is not None:
+        if correct not in labels:
+            raise InvalidRequest(f"{correct!r} is not a label of the {field} model; its labels: {', '.join(labels)}",
+                                 code="unknown_label")
+        return correct
+    if field == "age":
+        try:
+            age = float(correct)
+        except ValueError:
+            age = -1.0
+        if not 0 <= age <= MAX_AGE:
+            raise InvalidRequest(f"age must be a number of years from 0 to {MAX_AGE}, got {correct!r}",
+                                 code="invalid_value")
+        return correct
+    if not correct:
+        raise InvalidRequest(f"give the correct {field}", code="invalid_value")
+    return correct

@@ -1,0 +1,32 @@
+"""The feedback tables, versioned (faceserve/store applies them)."""
+
+from faceserve.store import Migration
+
+MIGRATIONS = (
+    Migration(1, (
+        # One row per answered request: enough to check a correction against what was said.
+        """CREATE TABLE feedback_requests (
+               id TEXT PRIMARY KEY,              -- the request id answered to the caller (a UUIDv7)
+               created_at TEXT NOT NULL,
+               image_sha256 TEXT NOT NULL,
+               fields TEXT NOT NULL,             -- JSON: each field's model ("name:version") and labels (null: not a label)
+               per_face INTEGER NOT NULL,        -- 1: answers per face; 0: one answer for the whole image
+               answers TEXT NOT NULL,            -- JSON: per face (or for the image), what the model said per field
+               image {blob}                      -- the image's bytes, only when the caller opted in
+           )""",
+        """CREATE TABLE feedback_corrections (
+               id TEXT PRIMARY KEY,
+               request_id TEXT NOT NULL REFERENCES feedback_requests (id),
+               face_index INTEGER,               -- null for a whole-image answer
+               field TEXT NOT NULL,
+               model_said TEXT NOT NULL,
+               correct TEXT NOT NULL,
+               comment TEXT NOT NULL,
+               model_name TEXT NOT NULL,
+               model_version TEXT NOT NULL,
+               image_sha256 TEXT NOT NULL,
+               created_at TEXT NOT NULL
+           )""",
+        "CREATE INDEX feedback_corrections_field ON feedback_corrections (field)",
+    )),
+)

@@ -1,0 +1,82 @@
+"""Feedback over a real SQLite store: answers remembered, corrections checked against them, export, summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from faceserve.errors import FaceserveError
+from faceserve.feedback import Answer, Feedback, FieldModel
+from faceserve.store import open_store
+
+FIELDS = {"emotion": FieldModel("emotion:1", ("angry", "happy", "sad")), "age": FieldModel("age:1"),
+          "identity": FieldModel("faceres:1")}
+
+
+@pytest.fixture
+def store_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'faceserve.db'}"
+
+
+@pytest.fixture
+def feedback(store_url):
+    with open_store(store_url) as store:
+        yield Feedback(store)
+
+
+def two_faces(feedback: Feedback) -> str:
+    return feedback.remember(Answer("ab" * 32, FIELDS, [{"emotion": "happy", "age": "31.0", "identity": "unknown"},
+                                                         {"emotion": "sad", "age": "8.5", "identity": "Ada"}]))
+
+
+def test_a_correction_is_exported_with_the_model_and_survives_reopening(store_url, feedback):
+    request_id = two_faces(feedback)
+    stored = feedback.correct(request_id, 1, "emotion", "angry", model_said="sad", comment="frowning")
+    assert (stored.model_name, stored.model_version, stored.model_said) == ("emotion", "1", "sad")
+    with open_store(store_url) as again:
+        rows = list(csv.DictReader(io.StringIO(Feedback(again).export_csv())))
+    assert rows == [{"created_at": stored.created_at, "request_id": request_id, "face_index": "1", "field": "emotion",
+                     "model_said": "sad", "correct": "angry", "comment": "frowning", "model_name": "emotion",
+                     "model_version": "1", "image_sha256": "ab" * 32}]
+
+
+def test_summary_counts_per_field_and_orders_confusions(feedback):
+    request_id = two_faces(feedback)
+    for correct in ("angry", "angry", "happy"):
+        feedback.correct(request_id, 1, "emotion", correct)
+    feedback.correct(request_id, 0, "age", "45")
+    summary = feedback.summary()
+    assert summary.total == 4
+    (age, emotion) = summary.fields
+    assert (age.field, age.count, age.confusions[0].model_said, age.confusions[0].correct) == ("age", 1, "31.0", "45")
+    assert emotion.count == 3
+    assert [(c.model_said, c.correct, c.count) for c in emotion.confusions] == [("sad", "angry", 2), ("sad", "happy", 1)]
+
+
+def test_a_whole_image_answer_takes_no_face_index(feedback):
+    request_id = feedback.remember(Answer("cd" * 32, {"label": FieldModel("nsfw:1", ("drawing", "neutral"))},
+                                          [{"label": "neutral"}], per_face=False))
+    assert feedback.correct(request_id, None, "label", "drawing").model_said == "neutral"
+
+
+@pytest.mark.parametrize("args, code, named", [
+    (("0190aaaa-0000-7000-8000-000000000000", 0, "emotion", "sad"), "unknown_request", "0190aaaa"),
+    ((None, 0, "hair", "sad"), "unknown_field", "age, emotion, identity"),
+    ((None, 2, "emotion", "sad"), "face_index_out_of_range", "2 faces (0 to 1)"),
+    ((None, None, "emotion", "sad"), "face_index_out_of_range", "face_index None"),
+    ((None, 0, "emotion", "bored"), "unknown_label", "angry, happy, sad"),
+    ((None, 0, "age", "old"), "invalid_value", "'old'"),
+])
+def test_bad_feedback_names_what_is_wrong(feedback, args, code, named):
+    request_id = two_faces(feedback)
+    with pytest.raises(FaceserveError) as error:
+        feedback.correct(args[0] or request_id, *args[1:])
+    assert error.value.code == code and 400 <= error.value.status < 500 and named in error.value.message
+    assert feedback.summary().total == 0
+
+
+def test_model_said_must_be_what_the_model_said(feedback):
+    with pytest.raises(FaceserveError, match="'happy' is not what the model said for emotion: 'sad'"):
+        feedback.correct(two_faces(feedback), 1, "emotion", "angry", model_said="happy")
