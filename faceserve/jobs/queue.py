@@ -1,0 +1,169 @@
+"""The job queue over the shared store: submit, claim under a lease, complete, cancel, status, results."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Iterator
+
+from faceserve.errors import LimitExceeded, NotFound
+from faceserve.jobs.schema import MIGRATIONS
+from faceserve.store import Store, new_id, utc_now
+
+# A worker that died holding an item dies again on it this many times before the item is reported failed:
+# an image that kills its worker must not kill every worker in turn forever.
+MAX_ATTEMPTS = 3
+FINISHED = ("done", "failed", "cancelled")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobLimits:
+    max_images: int = 1000
+    max_bytes: int = 200 * 1024 * 1024
+    max_queued_jobs: int = 4  # unfinished jobs per owner
+
+
+@dataclasses.dataclass(frozen=True)
+class NewItem:
+    name: str
+    image: bytes | None = None
+    url: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    job_id: str
+    position: int
+    name: str
+    image: bytes | None
+    url: str | None
+    options: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStatus:
+    id: str
+    state: str  # queued | done | cancelled
+    total: int
+    done: int
+    failed: int
+    cancelled: int
+    created_at: str
+    finished_at: str | None
+
+
+class JobQueue:
+    """Every method is synchronous and thread-safe; any number of processes may share the store."""
+
+    def __init__(self, store: Store, limits: JobLimits = JobLimits(), lease_s: float = 30.0):
+        store.migrate("jobs", MIGRATIONS)
+        self.store, self.limits, self.lease_s = store, limits, lease_s
+
+    def submit(self, owner: str, items: list[NewItem], options: dict) -> str:
+        if not items:
+            raise LimitExceeded("a job needs at least one image", code="job_empty")
+        if len(items) > self.limits.max_images:
+            raise LimitExceeded(f"{len(items)} images; the limit is {self.limits.max_images} images per job",
+                                code="job_images")
+        size = sum(len(item.image or b"") for item in items)
+        if size > self.limits.max_bytes:
+            raise LimitExceeded(f"{size} bytes of images; the limit is {self.limits.max_bytes} bytes per job",
+                                code="job_bytes")
+        job_id = new_id()
+        with self.store.transaction() as tx:
+            (queued,) = tx.one("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'queued'", (owner,))
+            if queued >= self.limits.max_queued_jobs:
+                raise LimitExceeded(f"{queued} of your jobs are unfinished; the limit is "
+                                    f"{self.limits.max_queued_jobs} queued jobs per API key", code="jobs_queued")
+            tx.execute("INSERT INTO jobs (id, owner, state, options, total, created_at) VALUES (?, ?, 'queued', ?, ?, ?)",
+                       (job_id, owner, json.dumps(options), len(items), utc_now()))
+            tx.executemany("INSERT INTO jobs_items (job_id, position, name, image, url, state, attempts) "
+                           "VALUES (?, ?, ?, ?, ?, 'queued', 0)",
+                           [(job_id, i, item.name, item.image, item.url) for i, item in enumerate(items)])
+        return job_id
+
+    def claim(self, worker: str, count: int = 1) -> list[WorkItem]:
+        """Up to `count` items to work on, oldest job first: queued ones, or running ones whose worker's lease ran
+        out (it died); each leased to `worker` for `lease_s`. An item abandoned MAX_ATTEMPTS times is failed."""
+        now = time.time()
+        lock = " FOR UPDATE OF i SKIP LOCKED" if self.store.dialect == "postgresql" else ""
+        with self.store.transaction() as tx:
+            for job_id, position, attempts in tx.all(
+                    "SELECT job_id, position, attempts FROM jobs_items WHERE state = 'running' AND lease_until < ? "
+                    f"AND attempts >= ?{lock.replace(' OF i', '')}", (now, MAX_ATTEMPTS)):
+                self._finish(tx, job_id, position, None, "failed", None, {
+                    "error": "worker_died", "message": f"the service stopped {attempts} times while analysing "
+                                                       "this image; it is not tried again"})
+            rows = tx.all("SELECT i.job_id, i.position, i.name, i.image, i.url, j.options "
+                          "FROM jobs_items i JOIN jobs j ON j.id = i.job_id "
+                          "WHERE i.state = 'queued' OR (i.state = 'running' AND i.lease_until < ?) "
+                          f"ORDER BY i.job_id, i.position LIMIT ?{lock}", (now, count))
+            claimed = []
+            for job_id, position, name, image, url, options in rows:
+                tx.execute("UPDATE jobs_items SET state = 'running', lease_owner = ?, lease_until = ?, "
+                           "attempts = attempts + 1 WHERE job_id = ? AND position = ?",
+                           (worker, now + self.lease_s, job_id, position))
+                claimed.append(WorkItem(job_id, position, name, bytes(image) if image is not None else None, url,
+                                        json.loads(options)))
+        return claimed
+
+    def complete(self, worker: str, item: WorkItem, result: dict | None = None, error: dict | None = None) -> bool:
+        """Record an item's analysis or error; False when `worker` no longer holds it (its lease ran out and
+        another worker took it, or the job was cancelled): then nothing is written, so nothing is duplicated."""
+        with self.store.transaction() as tx:
+            return self._finish(tx, item.job_id, item.position, worker, "failed" if error else "done", result, error)
+
+    def _finish(self, tx, job_id: str, position: int, worker: str | None, state: str, result, error) -> bool:
+        held = " AND lease_owner = ? AND state = 'running'" if worker else ""
+        cursor = tx.execute(f"UPDATE jobs_items SET state = ?, result = ?, error = ?, image = NULL, lease_owner = NULL "
+                            f"WHERE job_id = ? AND position = ?{held}",
+                            (state, json.dumps(result) if result is not None else None,
+                             json.dumps(error) if error is not None else None, job_id, position,
+                             *([worker] if worker else [])))
+        if cursor.rowcount != 1:
+            return False
+        (left,) = tx.one("SELECT COUNT(*) FROM jobs_items WHERE job_id = ? AND state IN ('queued', 'running')",
+                         (job_id,))
+        if not left:
+            tx.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ? AND state = 'queued'",
+                       (utc_now(), job_id))
+        return True
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Stop a job: its items not finished yet are cancelled (one being analysed now is not written)."""
+        with self.store.transaction() as tx:
+            self._require(tx, job_id)
+            tx.execute("UPDATE jobs_items SET state = 'cancelled', image = NULL, lease_owner = NULL "
+                       "WHERE job_id = ? AND state IN ('queued', 'running')", (job_id,))
+            tx.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'",
+                       (utc_now(), job_id))
+        return self.status(job_id)
+
+    def status(self, job_id: str) -> JobStatus:
+        with self.store.read() as tx:
+            state, total, created, finished = self._require(tx, job_id)
+            counts = dict(tx.all("SELECT state, COUNT(*) FROM jobs_items WHERE job_id = ? GROUP BY state", (job_id,)))
+        return JobStatus(job_id, state, total, counts.get("done", 0), counts.get("failed", 0),
+                         counts.get("cancelled", 0), created, finished)
+
+    def results(self, job_id: str) -> Iterator[dict]:
+        """One record per finished item, in submission order: its name and its analysis or its error."""
+        with self.store.read() as tx:
+            self._require(tx, job_id)
+            rows = tx.all("SELECT position, name, state, result, error FROM jobs_items "
+                          "WHERE job_id = ? AND state IN ('done', 'failed', 'cancelled') ORDER BY position", (job_id,))
+        for position, name, state, result, error in rows:
+            record = {"index": position, "name": name, "state": state}
+            if result is not None:
+                record["analysis"] = json.loads(result)
+            if error is not None:
+                record["error"] = json.loads(error)
+            yield record
+
+    @staticmethod
+    def _require(tx, job_id: str) -> tuple:
+        row = tx.one("SELECT state, total, created_at, finished_at FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise NotFound(f"no job has the id {job_id!r}", code="unknown_job")
+        return row

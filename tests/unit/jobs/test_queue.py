@@ -1,0 +1,107 @@
+"""The job queue over real stores (SQLite, PostgreSQL): limits, leases, a dead worker's items, cancel, a reopened
+store."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from faceserve.errors import LimitExceeded, NotFound
+from faceserve.jobs import JobLimits, JobQueue, NewItem
+from faceserve.jobs.queue import MAX_ATTEMPTS
+from faceserve.store import open_store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'faceserve.db'}"
+        return
+    postgres = request.getfixturevalue("postgres")
+    name = f"jobs_{uuid.uuid4().hex[:12]}"
+    yield postgres.create_database(name)
+    postgres.drop_database(name)
+
+
+@pytest.fixture
+def queue(store_url):
+    with open_store(store_url) as store:
+        yield JobQueue(store, JobLimits(max_images=5, max_bytes=100, max_queued_jobs=2), lease_s=30)
+
+
+def images(count: int) -> list[NewItem]:
+    return [NewItem(f"{i}.jpg", image=bytes([i]) * 10) for i in range(count)]
+
+
+def test_every_item_is_claimed_once_and_its_result_kept_in_order(store_url, queue):
+    job = queue.submit("key", images(3), {"detector": None})
+    claimed = queue.claim("a", 2) + queue.claim("b", 2)
+    assert [(item.position, item.image) for item in claimed] == [(0, b"\0" * 10), (1, b"\1" * 10), (2, b"\2" * 10)]
+    assert queue.claim("c", 2) == []
+    for item in reversed(claimed):
+        worker = "a" if item.position < 2 else "b"
+        error = {"error": "invalid_image", "message": "no"} if item.position == 1 else None
+        assert queue.complete(worker, item, None if error else {"faces": [], "n": item.position}, error)
+    with open_store(store_url) as store:  # another process, or the same after a restart
+        reopened = JobQueue(store)
+        status = reopened.status(job)
+        assert (status.state, status.total, status.done, status.failed) == ("done", 3, 2, 1)
+        lines = list(reopened.results(job))
+    assert [line["name"] for line in lines] == ["0.jpg", "1.jpg", "2.jpg"]
+    assert lines[0]["analysis"] == {"faces": [], "n": 0} and lines[1]["error"]["error"] == "invalid_image"
+
+
+@pytest.mark.parametrize("items, code, named", [
+    (images(6), "job_images", "limit is 5 images per job"),
+    ([NewItem("big.jpg", image=b"x" * 101)], "job_bytes", "limit is 100 bytes per job"),
+    ([], "job_empty", "at least one image"),
+])
+def test_limits_are_named(queue, items, code, named):
+    with pytest.raises(LimitExceeded) as error:
+        queue.submit("key", items, {})
+    assert error.value.code == code and named in error.value.message
+
+
+def test_queued_jobs_per_key(queue):
+    queue.submit("key", images(1), {})
+    queue.submit("key", images(1), {})
+    with pytest.raises(LimitExceeded, match="limit is 2 queued jobs per API key") as error:
+        queue.submit("key", images(1), {})
+    assert error.value.code == "jobs_queued"
+    queue.submit("another key", images(1), {})
+
+
+def test_a_dead_workers_item_goes_to_another_and_is_written_once(queue):
+    queue.lease_s = 0.05
+    job = queue.submit("key", images(1), {})
+    (first,) = queue.claim("dies")
+    time.sleep(0.1)
+    (again,) = queue.claim("lives")
+    assert again.position == first.position
+    assert queue.complete("lives", again, {"faces": []})
+    assert not queue.complete("dies", first, {"faces": ["late"]})  # it came back to life: nothing written
+    assert [line["analysis"] for line in queue.results(job)] == [{"faces": []}]
+
+
+def test_an_item_that_kills_every_worker_is_failed_with_the_reason(queue):
+    queue.lease_s = 0.0
+    job = queue.submit("key", images(2), {})
+    for attempt in range(MAX_ATTEMPTS):
+        assert [item.position for item in queue.claim(f"worker{attempt}", 1)] == [0]
+        time.sleep(0.01)
+    (next_item,) = queue.claim("survivor", 1)
+    assert next_item.position == 1
+    (line,) = queue.results(job)
+    assert line["state"] == "failed" and line["error"]["error"] == "worker_died"
+
+
+def test_cancel(queue):
+    job = queue.submit("key", images(3), {})
+    (item,) = queue.claim("a")
+    status = queue.cancel(job)
+    assert (status.state, status.cancelled, status.done) == ("cancelled", 3, 0)
+    assert not queue.complete("a", item, {"faces": []}) and queue.claim("a") == []
+    with pytest.raises(NotFound):
+        queue.status("0190aaaa-0000-7000-8000-000000000000")
