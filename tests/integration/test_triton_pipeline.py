@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,7 +29,7 @@ from faceserve.triton_models import configs
 from faceserve.triton_models.client import PipelineClient
 from tests import hostile_corpus
 from tests.integration.test_triton import model_stats, real_photos
-from tests.support import free_port, jpeg
+from tests.support import ROOT, free_port, jpeg
 
 pytestmark = pytest.mark.triton
 
@@ -254,3 +257,34 @@ def test_twenty_megabyte_photo_over_grpc(clients):
     answer = clients["grpc"].analyze(data)
     assert (answer.analysis["width"], answer.analysis["height"]) == (4800, 3600)
     assert len(answer.analysis["faces"]) == 1
+
+
+# ---- the client paths --------------------------------------------------------------------------
+
+
+def test_cli_analyzes_on_the_server(triton, clients, tmp_path):
+    photo = tmp_path / "grid.jpg"
+    photo.write_bytes(jpeg(photos.fixture("emotion_classification.jpg")))
+    run = subprocess.run([sys.executable, "-m", "faceserve", "analyze", str(photo), "--server",
+                          f"grpc://{triton.grpc_url}"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert_same(json.loads(run.stdout), clients["http"].analyze(photo.read_bytes()).analysis)
+    photo.write_bytes(b"not a photo")
+    run = subprocess.run([sys.executable, "-m", "faceserve", "analyze", str(photo), "--server",
+                          f"http://{triton.http_url}"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 2 and json.loads(run.stderr)["error"] == "invalid_image", run.stderr
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_readme_client_example_runs(triton, tmp_path, protocol):
+    """The README's tritonclient block, as written (gRPC), and with its HTTP alternative."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- tested: tests/integration/test_triton_pipeline.py runs this block -->\n```python\n")[1]
+    code = block.split("```")[0].replace("127.0.0.1:8001", triton.grpc_url)
+    if protocol == "http":
+        code = code.replace("tritonclient.grpc as grpcclient", "tritonclient.http as grpcclient").replace(
+            triton.grpc_url, triton.http_url)
+    (tmp_path / "photo.jpg").write_bytes(jpeg(photos.astronaut()))
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("1 [[") and run.stdout.rstrip().endswith("['happy']"), run.stdout
