@@ -45,15 +45,19 @@ def grpc_channel_args() -> list[tuple[str, int]]:
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)]
 
 
+def parse_url(url: str) -> tuple[str, str]:
+    """(protocol, host:port) of a Triton URL: grpc://host:8001 (also a bare host:port) or http://host:8000."""
+    parsed = urlparse(url if "://" in url else f"grpc://{url}")
+    if parsed.scheme not in ("grpc", "http"):
+        raise ValueError(f"Triton URL must start with grpc:// or http://, got {url!r}")
+    return parsed.scheme, parsed.netloc
+
+
 class TritonBackend(Backend):
     kind = "triton"
 
     def __init__(self, url: str, timeout_s: float = 10.0):
-        parsed = urlparse(url if "://" in url else f"grpc://{url}")
-        if parsed.scheme not in ("grpc", "http"):
-            raise ValueError(f"Triton URL must start with grpc:// or http://, got {url!r}")
-        self.protocol = parsed.scheme
-        self.url = parsed.netloc
+        self.protocol, self.url = parse_url(url)
         self._timeout = timeout_s
         if self.protocol == "grpc":
             import tritonclient.grpc.aio as client

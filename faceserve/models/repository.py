@@ -34,6 +34,7 @@ DETECTOR_TASK = "face_detector"
 CLASSIFIER_TASK = "image_classifier"
 LANDMARKS_TASK = "landmarks"  # a face model whose points place every face before the heads run
 EMBEDDING_TASK = "embedding"  # a face descriptor for the identity stage, not a response field
+PYTHON_BACKEND = "python"  # faceserve's own models (faceserve.triton_models): code, nothing to build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +103,12 @@ def model_file(model_dir: Path) -> Path:
 def model_dirs(repository: Path) -> list[Path]:
     """Model folders of a repository that hold a config and a built model."""
     return sorted(d for d in repository.iterdir() if (d / CONFIG_FILE).is_file() and model_file(d).is_file())
+
+
+def python_model_dirs(repository: Path) -> list[Path]:
+    """Model folders whose config runs Python code (the pipeline and rotate models), not an ONNX file."""
+    return sorted(d for d in repository.iterdir()
+                  if (d / CONFIG_FILE).is_file() and read_config(d / CONFIG_FILE).backend == PYTHON_BACKEND)
 
 
 def read_config(path: Path) -> mc.ModelConfig:
@@ -207,7 +214,8 @@ class Repository:
         if not path.is_dir():
             raise FileNotFoundError(f"model repository {path} does not exist; run `python -m convert build`")
         built = {d.name: load_spec(d) for d in model_dirs(path)}
-        declared = {d.name for d in path.iterdir() if (d / CONFIG_FILE).is_file()}
+        declared = ({d.name for d in path.iterdir() if (d / CONFIG_FILE).is_file()}
+                    - {d.name for d in python_model_dirs(path)})
         # one model per role: per task, and for detectors per decoder (each decoder is its own detector)
         roles: dict[tuple[str, str], list[str]] = {}
         for spec in built.values():

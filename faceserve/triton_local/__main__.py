@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--no-dynamic-batching", action="store_true",
                          help="same models and configs, without dynamic_batching")
         sub.add_argument("--models", nargs="+", help="only these models (default: every built one)")
+        sub.add_argument("--no-pipeline", action="store_true",
+                         help="without faceserve's pipeline and rotate models (faceserve.triton_models)")
     for kind, port in DEFAULT_PORTS.items():
         serve.add_argument(f"--{kind}-port", type=int, default=port)
     build.add_argument("--out", type=Path, default=PROJECT_ROOT / "build" / "triton-cpu")
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         ensure_env()
         names = build_cpu_repository(args.repository, args.out, dynamic_batching=not args.no_dynamic_batching,
-                                     models=args.models)
+                                     models=args.models, python_models=not args.no_pipeline)
         print(f"wrote {', '.join(names)} to {args.out}")
         return 0
 
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server = LocalTriton(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
                          metrics_port=args.metrics_port, dynamic_batching=not args.no_dynamic_batching,
-                         models=args.models)
+                         models=args.models, python_models=not args.no_pipeline)
     with server:
         print(f"tritonserver ready (pid {server.pid}): models {', '.join(server.models)}\n"
               f"  grpc://{server.grpc_url}  http://{server.http_url}  metrics http://{server.metrics_url}/metrics\n"

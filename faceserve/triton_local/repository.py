@@ -4,6 +4,10 @@ Each canonical `<model>/config.pbtxt` (onnxruntime backend) becomes a Python-bac
 config with the same name, inputs, outputs, max_batch_size and dynamic_batching, a
 KIND_CPU instance, and an `onnx_model` parameter naming the canonical `model.onnx`
 by absolute path; `1/model.py` is the one shim in this package.
+
+With `python_models`, faceserve's own Python models of the canonical repository (pipeline, rotate:
+`faceserve.triton_models`) are served too, their configs kept as they are but for where they find
+this checkout and the canonical repository.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from faceserve.models.repository import (CONFIG_FILE, LABELS_FILE, VERSION_DIR, model_dirs, model_file, read_config,
-                                         write_config)
+from faceserve.models.repository import (CONFIG_FILE, LABELS_FILE, VERSION_DIR, model_dirs, model_file,
+                                         python_model_dirs, read_config, write_config)
+from faceserve.settings import PROJECT_ROOT
+from faceserve.triton_models import configs as triton_models
 
 SHIM = Path(__file__).with_name("python_model.py")
 
@@ -36,10 +42,22 @@ def cpu_config(canonical: mc.ModelConfig, onnx_path: Path, *, dynamic_batching: 
     return config
 
 
+def local_python_config(canonical_config: mc.ModelConfig, canonical: Path) -> mc.ModelConfig:
+    """A faceserve Python model's config as this checkout serves it."""
+    config = mc.ModelConfig()
+    config.CopyFrom(canonical_config)
+    config.parameters["faceserve_root"].string_value = str(PROJECT_ROOT)
+    config.parameters["model_repository"].string_value = str(canonical.resolve())
+    return config
+
+
 def build_cpu_repository(canonical: Path, out: Path, *, dynamic_batching: bool = True,
-                         models: list[str] | None = None, ort_threads: int = 1) -> list[str]:
-    """Write the CPU repository for `models` (default: every built model) to `out`; return the names."""
+                         models: list[str] | None = None, ort_threads: int = 1,
+                         python_models: bool = False) -> list[str]:
+    """Write the CPU repository for `models` (default: every built model, and with `python_models` faceserve's
+    Python models) to `out`; return the names."""
     dirs = {d.name: d for d in model_dirs(canonical)}
+    code = {d.name: d for d in python_model_dirs(canonical)} if python_models else {}
     names = sorted(dirs) if models is None else list(models)
     unknown = [n for n in names if n not in dirs]
     if unknown:
@@ -48,6 +66,8 @@ def build_cpu_repository(canonical: Path, out: Path, *, dynamic_batching: bool =
         raise ValueError(f"{canonical} has no built model; run `python -m convert build`")
     if out.exists():
         shutil.rmtree(out)
+    for name, source in code.items():
+        triton_models.write_model_folder(local_python_config(read_config(source / CONFIG_FILE), canonical), out / name)
     for name in names:
         source = dirs[name]
         config = cpu_config(read_config(source / CONFIG_FILE), model_file(source),
@@ -58,4 +78,4 @@ def build_cpu_repository(canonical: Path, out: Path, *, dynamic_batching: bool =
         shutil.copyfile(SHIM, target / VERSION_DIR / "model.py")
         if (source / LABELS_FILE).exists():
             shutil.copyfile(source / LABELS_FILE, target / LABELS_FILE)
-    return names
+    return names + sorted(code)

@@ -40,13 +40,16 @@ class LocalTriton:
 
     def __init__(self, repository: Path, *, http_port: int, grpc_port: int, metrics_port: int,
                  dynamic_batching: bool = True, models: list[str] | None = None,
-                 ready_timeout_s: float = 120.0, ort_threads: int = 1, log_verbose: int = 0):
+                 ready_timeout_s: float = 120.0, ort_threads: int = 1, log_verbose: int = 0,
+                 python_models: bool = False, env: dict[str, str] | None = None):
         self.repository = Path(repository)
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.dynamic_batching = dynamic_batching
         self.ready_timeout_s = ready_timeout_s
         self.ort_threads = ort_threads
         self.log_verbose = log_verbose
+        self.python_models = python_models  # also faceserve's pipeline and rotate models (faceserve.triton_models)
+        self.env = dict(env or {})  # added to tritonserver's environment (FACESERVE_* limits for those models)
         self._requested = models
         self.models: list[str] = []
         self._workdir: Path | None = None
@@ -100,7 +103,7 @@ class LocalTriton:
         self._workdir = Path(tempfile.mkdtemp(prefix="faceserve-triton-"))
         self.models = build_cpu_repository(self.repository, self._workdir / "models",
                                            dynamic_batching=self.dynamic_batching, models=self._requested,
-                                           ort_threads=self.ort_threads)
+                                           ort_threads=self.ort_threads, python_models=self.python_models)
 
     def command(self) -> list[str]:
         assert self._env is not None and self._workdir is not None
@@ -126,7 +129,8 @@ class LocalTriton:
         with open(self.log_path, "a") as log_file:
             log_file.write(f"\n==== {' '.join(self.command())}\n")
             log_file.flush()
-            self._process = subprocess.Popen(self.command(), env=self._env.process_env(), cwd=self._workdir,
+            self._process = subprocess.Popen(self.command(), env={**self._env.process_env(), **self.env},
+                                             cwd=self._workdir,
                                              stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                              start_new_session=True)
         log.info("tritonserver pid %d: http %s grpc %s metrics %s", self._process.pid, self.http_url,

@@ -1,0 +1,107 @@
+"""The `config.pbtxt` of faceserve's Python-backend models, generated from the model repository.
+
+The pipeline model's plain outputs follow from the heads present (lesson 13): a head with labels
+answers `<task>_label` (BYTES) and `<task>_score` (FP32) per face, a head without a number `<task>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from faceserve.models.repository import CONFIG_FILE, GPU_CONFIG_FILE, VERSION_DIR, Repository, write_config
+from faceserve.models.spec import ModelSpec
+
+PIPELINE, ROTATE = "pipeline", "rotate"
+MODELS = (PIPELINE, ROTATE)
+SHIM = Path(__file__).with_name("model.py")
+MODEL_FILE = "model.py"
+# Where the NGC image finds the checkout (docs/triton.md mounts it there); the local Triton gives its own.
+CONTAINER_ROOT = "/opt/faceserve"
+# Requests one `execute` call may take together: the pipeline runs them concurrently, so their crops meet in
+# the heads' dynamic batchers.
+MAX_BATCH_SIZE = 32
+INSTANCES = {False: 1, True: 2}  # by `gpu`: one decoding process per CPU core the host can spare for it
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    name: str
+    data_type: int  # model_config_pb2.TYPE_*
+    dims: tuple[int, ...]  # after the batch dimension
+    optional: bool = False
+
+
+IMAGE = Tensor("image", mc.TYPE_STRING, (1,))
+PIPELINE_INPUTS = (IMAGE, Tensor("detector", mc.TYPE_STRING, (1,), optional=True))
+ROTATE_INPUTS = (IMAGE, Tensor("degrees", mc.TYPE_INT32, (1,)), Tensor("format", mc.TYPE_STRING, (1,), optional=True))
+ROTATE_OUTPUTS = (Tensor("image", mc.TYPE_STRING, (1,)),)
+ANALYSIS = Tensor("analysis", mc.TYPE_STRING, (1,))
+BOXES = Tensor("boxes", mc.TYPE_FP32, (-1, 4))
+SCORES = Tensor("scores", mc.TYPE_FP32, (-1,))
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceOutput:
+    """A per-face output: one value per face, read from the face's JSON answer."""
+
+    tensor: Tensor
+    value: Callable[[dict], object]
+
+
+def face_outputs(spec: ModelSpec) -> tuple[FaceOutput, ...]:
+    """The per-face outputs that carry a head's answers."""
+    task = spec.task
+    if spec.labels:
+        return (FaceOutput(Tensor(f"{task}_label", mc.TYPE_STRING, (-1,)), lambda face: face[task]["label"]),
+                FaceOutput(Tensor(f"{task}_score", mc.TYPE_FP32, (-1,)), lambda face: face[task]["score"]))
+    return (FaceOutput(Tensor(task, mc.TYPE_FP32, (-1,)), lambda face: face[task]),)
+
+
+def pipeline_outputs(heads: list[ModelSpec]) -> tuple[Tensor, ...]:
+    return (ANALYSIS, BOXES, SCORES, *(output.tensor for spec in heads for output in face_outputs(spec)))
+
+
+def python_model_config(name: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...], *,
+                        gpu: bool = False) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=MAX_BATCH_SIZE)
+    for tensor in inputs:
+        config.input.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims),
+                         optional=tensor.optional)
+    for tensor in outputs:
+        config.output.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
+    config.dynamic_batching.SetInParent()  # no queue delay: requests are grouped only when they queue
+    # The Python code decodes images on CPU cores; on a GPU host the models it calls run on the GPU.
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=INSTANCES[gpu])
+    config.parameters["faceserve_model"].string_value = name
+    config.parameters["faceserve_root"].string_value = CONTAINER_ROOT
+    return config
+
+
+def configs(repository: Repository, *, gpu: bool = False) -> dict[str, mc.ModelConfig]:
+    """Both models' configs for this repository's heads."""
+    heads = [spec for _, spec in sorted(repository.heads.items())]
+    return {PIPELINE: python_model_config(PIPELINE, PIPELINE_INPUTS, pipeline_outputs(heads), gpu=gpu),
+            ROTATE: python_model_config(ROTATE, ROTATE_INPUTS, ROTATE_OUTPUTS, gpu=gpu)}
+
+
+def write_model_folder(config: mc.ModelConfig, model_dir: Path, gpu_config: mc.ModelConfig | None = None) -> None:
+    """`config.pbtxt` (and `configs/gpu.pbtxt`) and the shim as `1/model.py`."""
+    write_config(config, model_dir / CONFIG_FILE)
+    if gpu_config is not None:
+        write_config(gpu_config, model_dir / GPU_CONFIG_FILE)
+    (model_dir / VERSION_DIR).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SHIM, model_dir / VERSION_DIR / MODEL_FILE)
+
+
+def write(repository_path: Path) -> list[str]:
+    """Write both models into the canonical repository, beside the ONNX models they call."""
+    repository = Repository.load(repository_path)
+    cpu, gpu = configs(repository), configs(repository, gpu=True)
+    for name in MODELS:
+        write_model_folder(cpu[name], repository_path / name, gpu[name])
+    return list(MODELS)

@@ -1,0 +1,150 @@
+"""What faceserve's Python-backend models do with the requests of one `execute` call.
+
+Every request of the call is answered concurrently on the model's own event loop. A `FaceserveError`
+(an undecodable image, a limit, an unknown detector) becomes that request's Triton error
+`<code>: <message>` with the same words the HTTP service answers; any other exception is logged and
+answered as `internal_error`: the stub never dies of an input.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from faceserve.backends.bls import BlsBackend
+from faceserve.errors import FaceserveError, InvalidRequest
+from faceserve.models.repository import Repository
+from faceserve.pipeline import imaging
+from faceserve.pipeline.pipeline import Pipeline
+from faceserve.pipeline.schemas import Analysis
+from faceserve.settings import Settings
+from faceserve.triton_models import configs
+
+log = logging.getLogger(__name__)
+
+# Decoding, crops and BLS calls (`async_exec` runs in the loop's executor) all take a thread: enough for every
+# request of a full batch to have its head calls in flight at once.
+WORKER_THREADS = 4 * configs.MAX_BATCH_SIZE
+
+
+def triton_error(pb_utils, error: FaceserveError):
+    """Triton's INVALID_ARG for the caller's mistakes (HTTP 4xx), UNAVAILABLE when a model cannot answer."""
+    code = pb_utils.TritonError.UNAVAILABLE if error.status >= 500 else pb_utils.TritonError.INVALID_ARG
+    return pb_utils.TritonError(f"{error.code}: {error.message}", code)
+
+
+class Model(abc.ABC):
+    def __init__(self, pb_utils):
+        self.pb = pb_utils
+        self.limits = Settings.from_env().limits  # the service's FACESERVE_* limits, from Triton's environment
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="faceserve"))
+
+    @abc.abstractmethod
+    async def answer(self, request) -> dict[str, np.ndarray]:
+        """The output tensors of one request, each with its batch dimension of 1."""
+
+    def execute(self, requests) -> list:
+        return self.loop.run_until_complete(self._respond_all(requests))
+
+    async def _respond_all(self, requests) -> list:
+        return await asyncio.gather(*(self._respond(request) for request in requests))
+
+    async def _respond(self, request):
+        pb = self.pb
+        try:
+            outputs = await self.answer(request)
+        except FaceserveError as error:
+            return pb.InferenceResponse(output_tensors=[], error=triton_error(pb, error))
+        except Exception as exc:  # noqa: BLE001 - one request's failure must not take the stub down
+            log.exception("%s failed", type(self).__name__)
+            return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(
+                f"internal_error: {type(exc).__name__}: {exc}", pb.TritonError.INTERNAL))
+        return pb.InferenceResponse(output_tensors=[pb.Tensor(name, value) for name, value in outputs.items()])
+
+    def _scalar(self, request, name: str):
+        """The one element of input `name` (None when an optional input is absent)."""
+        tensor = self.pb.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return None
+        array = tensor.as_numpy()
+        if array.size != 1:
+            raise InvalidRequest(f"send one value per request in `{name}` (shape [1, 1]), got shape "
+                                 f"{list(array.shape)}", code="one_per_request")
+        return array.reshape(-1)[0]
+
+    def image_bytes(self, request) -> bytes:
+        return bytes(self._scalar(request, configs.IMAGE.name))
+
+    def text(self, request, name: str) -> str | None:
+        value = self._scalar(request, name)
+        if value is None:
+            return None
+        try:
+            return value.decode() if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"`{name}` must be UTF-8 text", code="invalid_request") from None
+
+    def close(self) -> None:
+        self.loop.close()
+
+
+class PipelineModel(Model):
+    """`Pipeline.analyze` on the encoded photo, its models called through BLS."""
+
+    def __init__(self, pb_utils, repository: Path):
+        super().__init__(pb_utils)
+        self.pipeline = Pipeline(Repository.load(repository), BlsBackend(pb_utils), max_faces=self.limits.max_faces)
+        self.loop.run_until_complete(self.pipeline.start())
+        self.face_outputs = [output for head in self.pipeline.heads for output in configs.face_outputs(head.spec)]
+
+    async def answer(self, request) -> dict[str, np.ndarray]:
+        detector = self.pipeline.detector(self.text(request, "detector")).name  # an unknown one before decoding
+        data = self.image_bytes(request)
+        pixels = await asyncio.to_thread(imaging.decode, data, self.limits.decode)
+        return self.tensors(await self.pipeline.analyze(pixels, detector))
+
+    def tensors(self, analysis: Analysis) -> dict[str, np.ndarray]:
+        faces = analysis.model_dump(mode="json")["faces"]
+        boxes = [[face["box"][corner] for corner in ("x1", "y1", "x2", "y2")] for face in faces]
+        outputs = {configs.ANALYSIS.name: np.array([[analysis.model_dump_json().encode()]], dtype=np.object_),
+                   configs.BOXES.name: np.array(boxes, np.float32).reshape(1, len(faces), 4),
+                   configs.SCORES.name: np.array([[face["score"] for face in faces]], np.float32).reshape(1, -1)}
+        for output in self.face_outputs:
+            values = [output.value(face) for face in faces]
+            if output.tensor.data_type == configs.mc.TYPE_STRING:
+                outputs[output.tensor.name] = np.array([[value.encode() for value in values]],
+                                                       dtype=np.object_).reshape(1, -1)
+            else:
+                outputs[output.tensor.name] = np.array([values], np.float32).reshape(1, -1)
+        return outputs
+
+
+class RotateModel(Model):
+    """The photo turned counter-clockwise by a multiple of 90 degrees, encoded as PNG (or JPEG)."""
+
+    async def answer(self, request) -> dict[str, np.ndarray]:
+        degrees = int(self._scalar(request, "degrees"))
+        imaging.check_rotation(degrees)  # before the image is decoded
+        fmt = self.text(request, "format") or "png"
+        data = self.image_bytes(request)
+        rotated = await asyncio.to_thread(
+            lambda: imaging.encode(imaging.rotate(imaging.decode(data, self.limits.decode), degrees), fmt))
+        return {configs.ROTATE_OUTPUTS[0].name: np.array([[rotated]], dtype=np.object_)}
+
+
+def create(pb_utils, parameters: dict[str, str], model_dir: str) -> Model:
+    """The model its `faceserve_model` parameter names. The pipeline reads the recipes of the models it calls
+    from `model_repository` (default: the repository this model is in)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    kind = parameters["faceserve_model"]
+    if kind == configs.PIPELINE:
+        return PipelineModel(pb_utils, Path(parameters.get("model_repository") or Path(model_dir).parent))
+    if kind == configs.ROTATE:
+        return RotateModel(pb_utils)
+    raise ValueError(f"faceserve_model must be one of {', '.join(configs.MODELS)}, got {kind!r}")
