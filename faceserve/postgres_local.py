@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from faceserve.devserver import free_port
+from faceserve.lifecycle import StartedInWith
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def server_user() -> str | None:
     raise PostgresStartError("running as root and neither a `postgres` nor a `nobody` user exists")
 
 
-class LocalPostgres:
+class LocalPostgres(StartedInWith):
     """`start()` initialises the cluster once, starts the server and creates the database; `stop()`,
     `start()` and `restart()` keep its port and data; `kill()` SIGKILLs it (a crash); `close()` stops it
     and removes every file. Closed at interpreter exit if still open."""
@@ -94,16 +95,6 @@ class LocalPostgres:
         assert self.workdir is not None, "not started"
         return self.workdir / "postgres.log"
 
-    def __enter__(self) -> "LocalPostgres":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _as_server_user(self) -> dict:
         """subprocess arguments that run a command as the server's user, in its folder, with a plain locale."""

@@ -13,6 +13,7 @@ from typing import Literal
 
 from faceserve import devserver
 from faceserve.cluster.nginx import Nginx, NginxConfig
+from faceserve.lifecycle import StartedInWith
 from faceserve.postgres_local import LocalPostgres
 from faceserve.settings import Settings
 
@@ -64,7 +65,7 @@ class Instance:
         self.server = None
 
 
-class Cluster:
+class Cluster(StartedInWith):
     """`with Cluster(instances=2) as cluster:` nginx on `cluster.url` load-balancing `instances` faceserve
     instances, each with `workers` processes, all on one local Triton (`backend="triton"`, as in production)
     or each with the embedded onnxruntime backend (`backend="embedded"`), and all sharing one store.
@@ -120,16 +121,6 @@ class Cluster:
             os.environ.clear()
             os.environ.update(saved)
 
-    def __enter__(self) -> "Cluster":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import jinja2
 from faceserve.devserver import process_tree
 from faceserve.errors import PayloadTooLarge, Unavailable
 from faceserve.http.responses import RETRY_AFTER_S
+from faceserve.lifecycle import StartedInWith
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.j2")
 # Debian's nginx runs its workers as www-data; elsewhere the account every system has.
@@ -79,7 +80,7 @@ class NginxConfig:
             retry_after_s=RETRY_AFTER_S)
 
 
-class Nginx:
+class Nginx(StartedInWith):
     """`with Nginx(config) as nginx:` nginx in the foreground (own process group), its pid file and temporary
     folders in a private directory that is removed afterwards; logs in `config.log_dir`."""
 
@@ -110,16 +111,6 @@ class Nginx:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def __enter__(self) -> "Nginx":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def command(self, *extra: str) -> list[str]:
         assert self.workdir is not None

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from faceserve.lifecycle import StartedInWith
 from faceserve.triton_local.env import TritonEnv, ensure_env
 from faceserve.triton_local.repository import build_cpu_repository
 
@@ -30,7 +31,7 @@ class TritonStartError(RuntimeError):
     """tritonserver exited or did not get every model ready in time; the message ends with its log."""
 
 
-class LocalTriton:
+class LocalTriton(StartedInWith):
     """`with LocalTriton(repo, http_port=..., grpc_port=..., metrics_port=...) as server:`
 
     Generates the CPU variant of `repository` into a private temporary folder, starts
@@ -85,16 +86,6 @@ class LocalTriton:
 
     # ---- lifecycle -------------------------------------------------------
 
-    def __enter__(self) -> "LocalTriton":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _prepare(self) -> None:
         if self._workdir is not None:

@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from faceserve import devserver, photos
+from faceserve import devserver
 from faceserve.store import open_store
 from tests.support import LOG_DIR, jpeg
 
