@@ -12,6 +12,11 @@ response models in the OpenAPI schema (BentoML merges only FastAPI apps' routes,
 dependency of ours), BentoML's multipart parsing of uploads under the upload guard, `json_errors` and
 the request limits. API keys, the error shape and the concurrency limit are ASGI middlewares and would
 apply either way.
+
+Asynchronous jobs (`/jobs/...`, docs/jobs.md) are plain `@bentoml.api` routes over the job queue in the store,
+worked by one background worker per process, rather than BentoML's `@bentoml.task`: a task's state lives in
+BentoML's own per-machine SQLite file and its work in the process that took the request, so neither survives a
+restart on another replica nor is shared by processes; ours lives in the store beside the gallery.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import bentoml
 from bentoml.validators import ContentType
 from starlette.responses import Response
 
-from faceserve.http.auth import ApiKeyMiddleware
+from faceserve.http.auth import ApiKeyMiddleware, presented_key
 from faceserve.http.framework import bound_metrics_labels, close_framework_downloads
 from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimitMiddleware
 from faceserve.http.responses import ErrorShapeMiddleware, json_errors
@@ -31,7 +36,7 @@ from faceserve.http.upload_guard import UploadGuardMiddleware
 from faceserve.models import detectors
 from faceserve.pipeline.schemas import (Analysis, BatchAnalysis, Box, Classification, Deleted, FacesAdded,
                                         FeedbackRecord, FeedbackSummary, GalleryImport, Identification,
-                                        IdentityDetail, IdentityPage, ModelsInfo, Verification)
+                                        IdentityDetail, Job, IdentityPage, ModelsInfo, Verification)
 from faceserve.runtime import Runtime
 from faceserve.settings import Settings
 from faceserve.web import app as web_page
@@ -42,6 +47,8 @@ Detector = Literal[tuple(d.name for d in detectors.REGISTRY)]  # None: the defau
 ImageFormat = Literal["png", "jpeg"]
 GalleryFile = Annotated[Path, ContentType("application/x-ndjson")]  # the export format, docs/store.md
 CsvFile = Annotated[Path, ContentType("text/csv")]
+ZipFile = Annotated[Path, ContentType("application/zip")]
+ResultsFile = Annotated[Path, ContentType("application/x-ndjson")]  # JSON Lines, one line per image
 
 _settings = Settings.from_env()
 
@@ -59,6 +66,14 @@ class FaceAnalysis:
 
     async def __is_ready__(self) -> bool:
         return await self.runtime.ready()
+
+    @bentoml.on_startup
+    async def start_job_worker(self) -> None:
+        self.runtime.job_worker.start()
+
+    @bentoml.on_shutdown
+    async def close(self) -> None:
+        await self.runtime.close()
 
     @bentoml.api
     @json_errors
@@ -199,6 +214,39 @@ class FaceAnalysis:
         """Per field: how many corrections, and the most frequent confusions."""
         return await self.runtime.feedback_summary()
 
+    # ---- asynchronous jobs ----
+
+    @bentoml.api(route="/jobs/submit")
+    @json_errors
+    async def submit_job(self, ctx: bentoml.Context, images: list[ImageFile] = None, archive: ZipFile = None,
+                         image_urls: list[str] | None = None, detector: Detector | None = None,
+                         identify: bool = False) -> Job:
+        """Queue many images for `analyze` at once, given one way: uploads (`images`), one zip file (`archive`)
+        or URLs (`image_urls`, fetched by the server's URL rules). Answers the job at once; follow it with
+        `/jobs/status`, read it with `/jobs/results`. Beyond the limits (images or bytes per job, unfinished jobs
+        per API key) a 422 naming the limit."""
+        return await self.runtime.submit_job(presented_key(ctx.request.headers.raw), images, archive, image_urls,
+                                             detector, identify)
+
+    @bentoml.api(route="/jobs/status")
+    @json_errors
+    async def job_status(self, job_id: str) -> Job:
+        """A job's state and progress (images done, failed, cancelled, of the total)."""
+        return await self.runtime.job_status(job_id)
+
+    @bentoml.api(route="/jobs/results")
+    @json_errors
+    async def job_results(self, job_id: str) -> ResultsFile:
+        """JSON Lines, one line per finished image in submission order: `index`, `name`, `state` and its
+        `analysis` (as `/analyze` answers) or its `error` (`error`, `message`)."""
+        return Response(await self.runtime.job_results(job_id), media_type="application/x-ndjson")
+
+    @bentoml.api(route="/jobs/cancel")
+    @json_errors
+    async def cancel_job(self, job_id: str) -> Job:
+        """Stop a job: its images not yet analysed are cancelled; results already written stay."""
+        return await self.runtime.cancel_job(job_id)
+
     @bentoml.api
     async def models(self) -> ModelsInfo:
         """What is loaded: input specs, labels, source artifacts, and what is missing."""
@@ -221,4 +269,4 @@ FaceAnalysis.add_asgi_middleware(ErrorShapeMiddleware, max_body_bytes=_settings.
 if _settings.api_keys:
     FaceAnalysis.add_asgi_middleware(ApiKeyMiddleware, keys=_settings.api_keys)
 FaceAnalysis.add_asgi_middleware(ConcurrencyLimitMiddleware, max_concurrency=_settings.limits.max_concurrency)
-FaceAnalysis.add_asgi_middleware(UploadGuardMiddleware, file_fields=("image", "images", "file"))
+FaceAnalysis.add_asgi_middleware(UploadGuardMiddleware, file_fields=("image", "images", "file", "archive"))

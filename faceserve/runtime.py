@@ -1,5 +1,5 @@
 """Everything a running service holds: settings, repository, backend, pipeline, and (opened at its first use,
-once per process) the gallery behind the identity endpoints.
+once per process) the store behind the gallery, feedback and the job queue, and the job worker.
 
 Shared by `service.py` and the CLI so both answer identically.
 """
@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import threading
 from pathlib import Path
@@ -22,6 +23,8 @@ from faceserve.errors import InvalidRequest, LimitExceeded, NotFound, StoreUnava
 from faceserve.feedback import Answer, Feedback, FieldModel
 from faceserve.gallery import EmbeddingModel, Gallery
 from faceserve.gallery import records
+from faceserve.jobs import JobQueue, WorkItem, intake
+from faceserve.jobs.worker import JobWorker
 from faceserve.http import inputs
 from faceserve.models.repository import Repository
 from faceserve.pipeline import imaging
@@ -31,7 +34,7 @@ from faceserve.pipeline.pipeline import Pipeline
 from faceserve.pipeline.policy import DeclinePolicy
 from faceserve.pipeline.schemas import (Analysis, BatchAnalysis, Box, Classification, Deleted, FaceRecord, FacesAdded,
                                         FeedbackRecord, FeedbackSummary, GalleryImport, Identification, Identity,
-                                        IdentityDetail, IdentityPage, ModelsInfo, Verification)
+                                        IdentityDetail, Job, IdentityPage, ModelsInfo, Verification)
 from faceserve.settings import Settings
 from faceserve.store import Store, open_store
 
@@ -67,6 +70,9 @@ class Runtime:
         self._identity_lock = asyncio.Lock()
         self._feedback: Feedback | None = None
         self._feedback_lock = asyncio.Lock()
+        self._jobs: JobQueue | None = None
+        self._jobs_lock = asyncio.Lock()
+        self.job_worker = JobWorker(self.jobs, self._analyze_job_item, concurrency=self.settings.job_concurrency)
         log.info("model repository: %s", self.repository.path)
         if self.repository.missing:
             log.warning("models declared but not built (heads answered as missing): %s",
@@ -92,6 +98,10 @@ class Runtime:
         """One image's faces, remembered under the answer's `request_id` (the image's bytes too with
         `keep_image`)."""
         pixels, data = await self.image_and_bytes(upload, b64, url)
+        return await self._analyze_decoded(pixels, data, detector, identify, keep_image)
+
+    async def _analyze_decoded(self, pixels: np.ndarray, data: bytes, detector: str | None, identify: bool,
+                               keep_image: bool = False) -> Analysis:
         if not identify:
             analysis = await self.analyze_image(pixels, detector)
         else:
@@ -152,7 +162,10 @@ class Runtime:
                               url: str | None = None) -> tuple[np.ndarray, bytes]:
         await self.start()
         data = await inputs.image_bytes(upload, b64, url, self.settings.limits, self.fetch)
-        return await asyncio.to_thread(imaging.decode, data, self.settings.limits.decode), data
+        return await self._decoded(data), data
+
+    async def _decoded(self, data: bytes) -> np.ndarray:
+        return await asyncio.to_thread(imaging.decode, data, self.settings.limits.decode)
 
     async def images(self, items: list[ImageItem]) -> list[np.ndarray]:
         """The (upload, base64) images of a batch, decoded only once every header is checked and
@@ -321,6 +334,73 @@ class Runtime:
         summary = await asyncio.to_thread((await self.feedback()).summary)
         return FeedbackSummary.model_validate(dataclasses.asdict(summary))
 
+    # ---- asynchronous jobs: the queue in the store, this process's worker ----
+
+    async def jobs(self) -> JobQueue:
+        if self._jobs is None:
+            async with self._jobs_lock:
+                if self._jobs is None:
+                    self._jobs = await asyncio.to_thread(lambda: JobQueue(
+                        self._shared_store(), self.settings.jobs, lease_s=self.settings.job_lease_s))
+        return self._jobs
+
+    async def submit_job(self, api_key: bytes | None, uploads: list[Path] | None, archive: Path | None,
+                         urls: list[str] | None, detector: str | None = None, identify: bool = False) -> Job:
+        """A job of the images given one way (uploads, a zip file or URLs), queued at once; nothing is analysed yet."""
+        given = [name for name, value in (("images", uploads), ("archive", archive), ("image_urls", urls)) if value]
+        if len(given) != 1:
+            raise InvalidRequest("send the images one way: `images` (uploads), `archive` (a zip file) or "
+                                 f"`image_urls` (JSON); got {', '.join(given) or 'none'}", code="missing_image"
+                                 if not given else "ambiguous_image")
+        if identify:
+            self.pipeline.require_embedding()
+        if urls:
+            fetch = inputs.require_fetch(self.fetch)
+            self.settings.jobs.check_images(len(urls))
+            for url in urls:
+                fetch.check(url)
+            items = intake.from_urls(urls)
+        elif archive is not None:
+            items = await asyncio.to_thread(intake.from_zip, archive, self.settings.jobs)
+        else:
+            self.settings.jobs.check_images(len(uploads))
+            items = await asyncio.to_thread(intake.from_uploads, uploads)
+        queue = await self.jobs()
+        job_id = await asyncio.to_thread(queue.submit, self._job_owner(api_key), items,
+                                         {"detector": detector, "identify": identify})
+        self.job_worker.wake()
+        return await self.job_status(job_id)
+
+    def _job_owner(self, api_key: bytes | None) -> str:
+        """Whom the queued-jobs limit counts for: the API key (by its digest, never the key), or everyone alike
+        where no keys are configured (any header would do there, so it must not count)."""
+        if not self.settings.api_keys or api_key is None:
+            return ""
+        return hashlib.sha256(api_key).hexdigest()
+
+    async def job_status(self, job_id: str) -> Job:
+        status = await asyncio.to_thread((await self.jobs()).status, job_id)
+        return Job.model_validate(dataclasses.asdict(status))
+
+    async def cancel_job(self, job_id: str) -> Job:
+        status = await asyncio.to_thread((await self.jobs()).cancel, job_id)
+        return Job.model_validate(dataclasses.asdict(status))
+
+    async def job_results(self, job_id: str) -> bytes:
+        """JSON Lines: one line per finished image, in submission order."""
+        queue = await self.jobs()
+        return await asyncio.to_thread(
+            lambda: b"".join(json.dumps(line).encode() + b"\n" for line in queue.results(job_id)))
+
+    async def _analyze_job_item(self, item: WorkItem) -> dict:
+        """One image of a job, as `analyze` answers it (remembered for feedback like any answer)."""
+        await self.start()
+        data = item.image if item.image is not None else await inputs.image_bytes(
+            None, None, item.url, self.settings.limits, self.fetch)
+        analysis = await self._analyze_decoded(await self._decoded(data), data, item.options.get("detector"),
+                                               bool(item.options.get("identify")))
+        return analysis.model_dump(mode="json")
+
     def models(self) -> ModelsInfo:
         backend = self.pipeline.backend
         return ModelsInfo(
@@ -333,6 +413,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.job_worker.stop()
         await self.pipeline.backend.close()
         if self._store is not None:
             self._store.close()

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from faceserve.jobs.queue import JobLimits
 from faceserve.pipeline.imaging import DecodeLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,12 @@ class Settings:
     # declines an image scoring at or above the threshold in any of them (faceserve/pipeline/policy.py)
     decline_labels: tuple[str, ...] = ()
     decline_threshold: float = 0.5
+    # Asynchronous jobs (docs/jobs.md): FACESERVE_JOB_MAX_IMAGES, _MAX_BYTES, _MAX_QUEUED (unfinished jobs per API
+    # key); FACESERVE_JOB_CONCURRENCY images analysed at once by each service process's worker (0: no worker);
+    # FACESERVE_JOB_LEASE_S: how long an image's claim lasts, hence how soon a dead process's images are taken again
+    jobs: JobLimits = JobLimits()
+    job_concurrency: int = 1
+    job_lease_s: float = 30.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -83,6 +90,11 @@ class Settings:
             identity_threshold=float(_env("IDENTITY_THRESHOLD", "")) if _env("IDENTITY_THRESHOLD", "") else None,
             decline_labels=_split(_env("DECLINE_LABELS", "")),
             decline_threshold=float(_env("DECLINE_THRESHOLD", "0.5")),
+            jobs=JobLimits(max_images=int(_env("JOB_MAX_IMAGES", str(JobLimits.max_images))),
+                           max_bytes=int(_env("JOB_MAX_BYTES", str(JobLimits.max_bytes))),
+                           max_queued_jobs=int(_env("JOB_MAX_QUEUED", str(JobLimits.max_queued_jobs)))),
+            job_concurrency=int(_env("JOB_CONCURRENCY", "1")),
+            job_lease_s=float(_env("JOB_LEASE_S", "30")),
         )
 
 

@@ -41,7 +41,12 @@ async def image_bytes(upload: Path | None, b64: str | None, url: str | None, lim
         return upload.read_bytes()
     if b64 is not None:
         return from_base64(b64, limits)
+    return await require_fetch(fetch)(url)
+
+
+def require_fetch(fetch):
+    """The URL fetcher, or the error saying that this server fetches no URL."""
     if fetch is None:
         raise InvalidRequest("fetching images by URL is disabled on this server (FACESERVE_URL_FETCH=1 enables it)",
                              code="url_fetch_disabled")
-    return await fetch(url)
+    return fetch

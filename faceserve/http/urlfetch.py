@@ -197,6 +197,11 @@ class UrlFetcher:
         self.timeout_s = timeout_s
         self.max_redirects = max_redirects
 
+    @staticmethod
+    def check(url: str) -> None:
+        """Refuse a URL that is never fetched (scheme, credentials, length) before it is kept for later."""
+        _checked_url(url)
+
     async def __call__(self, url: str) -> bytes:
         try:
             async with asyncio.timeout(self.timeout_s):

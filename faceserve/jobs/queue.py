@@ -23,6 +23,15 @@ class JobLimits:
     max_bytes: int = 200 * 1024 * 1024
     max_queued_jobs: int = 4  # unfinished jobs per owner
 
+    def check_images(self, count: int) -> None:
+        if count > self.max_images:
+            raise LimitExceeded(f"{count} images; the limit is {self.max_images} images per job", code="job_images")
+
+    def check_bytes(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise LimitExceeded(f"{size} bytes of images; the limit is {self.max_bytes} bytes per job",
+                                code="job_bytes")
+
 
 @dataclasses.dataclass(frozen=True)
 class NewItem:
@@ -63,13 +72,8 @@ class JobQueue:
     def submit(self, owner: str, items: list[NewItem], options: dict) -> str:
         if not items:
             raise LimitExceeded("a job needs at least one image", code="job_empty")
-        if len(items) > self.limits.max_images:
-            raise LimitExceeded(f"{len(items)} images; the limit is {self.limits.max_images} images per job",
-                                code="job_images")
-        size = sum(len(item.image or b"") for item in items)
-        if size > self.limits.max_bytes:
-            raise LimitExceeded(f"{size} bytes of images; the limit is {self.limits.max_bytes} bytes per job",
-                                code="job_bytes")
+        self.limits.check_images(len(items))
+        self.limits.check_bytes(sum(len(item.image or b"") for item in items))
         job_id = new_id()
         with self.store.transaction() as tx:
             (queued,) = tx.one("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'queued'", (owner,))

@@ -204,3 +204,16 @@ class FieldFeedback(BaseModel):
 class FeedbackSummary(BaseModel):
     total: int
     fields: list[FieldFeedback]
+
+
+class Job(BaseModel):
+    """An asynchronous job (`/jobs/submit`) and its progress; its results are `/jobs/results`."""
+
+    id: str
+    state: str = Field(description="queued (waiting or running) | done | cancelled")
+    total: int = Field(description="images in the job")
+    done: int = Field(description="images analysed")
+    failed: int = Field(description="images that could not be analysed (their result line says why)")
+    cancelled: int = Field(description="images not analysed because the job was cancelled")
+    created_at: str
+    finished_at: str | None
