@@ -1,5 +1,9 @@
 """`faceserve analyze IMAGE [--annotate OUT]`: the `analyze` endpoint's JSON, without a server, or from the
-pipeline model of a Triton server (`--server grpc://HOST:8001`)."""
+pipeline model of a Triton server (`--server grpc://HOST:8001`).
+
+`faceserve jobs submit DIR --server URL`: every photo of DIR as one asynchronous job of a running service; prints
+the job's id, then follows it with a progress bar. `faceserve jobs results ID --server URL > out.jsonl`: its
+results, one JSON line per photo."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +73,40 @@ def _report(analysis: Analysis, pixels, args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from faceserve.jobs.client import JobsClient, JobsError, photos_in
+
+    with JobsClient(args.server, args.api_key) as client:
+        try:
+            if args.jobs_command == "results":
+                for chunk in client.results(args.job_id):
+                    sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                return 0
+            photos = photos_in(args.folder)
+            if not photos:
+                print(json.dumps({"error": "no_images", "message": f"no image files in {args.folder}"}),
+                      file=sys.stderr)
+                return 2
+            job = client.submit(photos, args.detector, args.identify)
+            print(job["id"], flush=True)
+            if args.no_wait:
+                return 0
+            with tqdm(total=job["total"], unit="image", file=sys.stderr) as bar:
+                def progress(status: dict) -> None:
+                    bar.update(status["done"] + status["failed"] + status["cancelled"] - bar.n)
+                    bar.set_postfix(failed=status["failed"])
+
+                status = client.wait(job["id"], progress)
+            print(json.dumps(status), file=sys.stderr)
+            return 0 if status["state"] == "done" else 1
+        except JobsError as error:
+            print(json.dumps(error.body), file=sys.stderr)
+            return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faceserve")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,7 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--backend", help="onnxruntime (default) or a Triton URL such as grpc://127.0.0.1:8001")
     a.add_argument("--server", metavar="URL",
                    help="analyse on a Triton server's pipeline model instead: grpc://HOST:8001 or http://HOST:8000")
+    jobs = sub.add_parser("jobs", help="asynchronous jobs on a running service").add_subparsers(
+        dest="jobs_command", required=True)
+    submit = jobs.add_parser("submit", help="submit every photo of a folder as one job and follow it")
+    submit.add_argument("folder", type=Path)
+    submit.add_argument("--detector", choices=[d.name for d in REGISTRY])
+    submit.add_argument("--identify", action="store_true", help="match each face against the gallery")
+    submit.add_argument("--no-wait", action="store_true", help="print the job's id and return")
+    results = jobs.add_parser("results", help="a job's results as JSON Lines, on stdout")
+    results.add_argument("job_id")
+    for command in (submit, results):
+        command.add_argument("--server", required=True, metavar="URL", help="the service, e.g. http://127.0.0.1:3000")
+        command.add_argument("--api-key", default=os.environ.get("FACESERVE_API_KEY"),
+                             help="default: FACESERVE_API_KEY")
     args = parser.parse_args(argv)
+    if args.command == "jobs":
+        return _jobs(args)
     return asyncio.run(_analyze(args))
 
 

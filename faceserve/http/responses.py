@@ -38,9 +38,21 @@ def json_errors(func):
             return await func(*args, **kwargs)
         except FaceserveError as error:
             log.info("%s: %s %s", func.__name__, error.code, error.message)
+            _answer_through_context(error, kwargs)
             return error_response(error)
 
     return endpoint
+
+
+def _answer_through_context(error: FaceserveError, kwargs: dict) -> None:
+    """BentoML gives an endpoint that takes its `bentoml.Context` the context's status and headers, whatever
+    the endpoint returns: there the error's must be set on the context."""
+    from bentoml import Context
+
+    for value in kwargs.values():
+        if isinstance(value, Context):
+            value.response.status_code = error.status
+            value.response.headers.update(error.headers)
 
 
 def _framework_message(status: int, body: bytes) -> str:
