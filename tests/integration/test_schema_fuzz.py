@@ -19,7 +19,7 @@ MAX_EXAMPLES = 20
 OPERATIONS = ("analyze", "analyze_batch", "annotate", "classify", "rotate", "models", "identify", "verify",
               "identities/create", "identities/add_faces", "identities", "identities/get", "identities/delete",
               "identities/delete_face", "identities/face_thumbnail", "gallery/export", "gallery/import", "feedback",
-              "feedback/export", "feedback/summary")
+              "feedback/export", "feedback/summary", "jobs/submit", "jobs/status", "jobs/results", "jobs/cancel")
 
 
 @pytest.fixture(scope="module")
