@@ -46,10 +46,14 @@ class PipelineClient:
         timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         return self.client.infer(model, inputs, **timeout)
 
-    def analyze(self, photo: bytes, detector: str | None = None) -> PipelineAnswer:
+    def analyze(self, photo: bytes, detector: str | None = None, identify: bool = False) -> PipelineAnswer:
         inputs = [bytes_input(self.module, configs.IMAGE.name, photo)]
         if detector:
             inputs.append(bytes_input(self.module, "detector", detector.encode()))
+        if identify:
+            flag = self.module.InferInput("identify", [1, 1], "BOOL")
+            flag.set_data_from_numpy(np.array([[True]]))
+            inputs.append(flag)
         result = self._infer(configs.PIPELINE, inputs)
         outputs = [o["name"] for o in (result.get_response(as_json=True) if self.protocol == "grpc"
                                        else result.get_response())["outputs"]]

@@ -156,6 +156,21 @@ def test_detector_input_picks_the_detector(clients):
     assert answer.analysis["detector"] == "haar" and len(answer.analysis["faces"]) == 1
 
 
+def test_identify_finds_whom_the_service_enrolled(clients, service):
+    """The pipeline model opens the service's store (FACESERVE_STORE: here both processes inherit the session's
+    data directory): a person enrolled through the service is identified by the pipeline model, which answers
+    as the service's `analyze` with `identify` does."""
+    data = jpeg(photos.astronaut())
+    created = service.post("/identities/create", json={"name": "Eileen Collins"}).raise_for_status().json()
+    service.post("/identities/add_faces", data={"identity_id": created["id"]},
+                 files={"images": ("astronaut.jpg", data, "image/jpeg")}).raise_for_status()
+    want = service_post(service, "analyze", data, identify="true").json()
+    assert want["faces"][0]["identity"]["name"] == "Eileen Collins"
+    for protocol in PROTOCOLS:
+        assert_same(clients[protocol].analyze(data, identify=True).analysis, want, protocol)
+    assert clients["grpc"].analyze(data).analysis["faces"][0]["identity"] is None  # only when asked
+
+
 def test_concurrent_pipeline_requests_share_head_batches(triton, clients):
     """32 pipeline requests at a time: Triton groups them into one `execute`, whose requests run concurrently,
     so their BLS calls meet in the heads' dynamic batchers."""
