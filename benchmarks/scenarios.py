@@ -65,10 +65,13 @@ class Context:
         return {"warmup_s": cfg.warmup_s, "duration_s": cfg.duration_s if duration_s is None else duration_s,
                 "min_ok": cfg.min_ok, "max_s": cfg.max_window_s}
 
-    def triton(self, dynamic_batching: bool):
-        """A LocalTriton on the model repository, started once per batching setting for the whole run."""
-        if dynamic_batching in self._tritons:
-            return self._tritons[dynamic_batching]
+    def triton(self, dynamic_batching: bool, python_models: bool = False):
+        """A LocalTriton on the model repository, started once per setting for the whole run. `python_models`:
+        also faceserve's pipeline and rotate models, in a server of their own, so that the other scenarios'
+        servers (their RSS, their cold start) stay what they were."""
+        key = (dynamic_batching, python_models)
+        if key in self._tritons:
+            return self._tritons[key]
         try:
             from faceserve.triton_local import LocalTriton
         except ImportError as exc:
@@ -78,12 +81,13 @@ class Context:
         started = time.perf_counter()
         try:
             server = self.stack.enter_context(LocalTriton(Settings.from_env().repository,
-                                                          dynamic_batching=dynamic_batching, **ports))
+                                                          dynamic_batching=dynamic_batching,
+                                                          python_models=python_models, **ports))
         except Exception as exc:  # a clear line in the report, not a traceback
             raise Skip(f"the local Triton server did not start: {type(exc).__name__}: {exc}"[:400]) from None
-        self.info[f"triton(dynamic_batching={dynamic_batching})"] = {
-            "cold_start_s": round(time.perf_counter() - started, 2)}
-        self._tritons[dynamic_batching] = (server, ports)
+        name = f"triton(dynamic_batching={dynamic_batching}{', python_models=True' if python_models else ''})"
+        self.info[name] = {"cold_start_s": round(time.perf_counter() - started, 2)}
+        self._tritons[key] = (server, ports)
         return server, ports
 
 
@@ -206,6 +210,56 @@ def service_triton_grpc(ctx: Context) -> list[dict]:
 def service_triton_http(ctx: Context) -> list[dict]:
     """The service in front of the local Triton server over HTTP."""
     return _service_triton(ctx, "http")
+
+
+def _triton_pipeline(ctx: Context, protocol: str) -> list[dict]:
+    """The workload's photos sent straight to the pipeline model, one photo per request, closed loop at the
+    service concurrencies; the mean batch is the head models' (their batchers merge crops across requests)."""
+    from faceserve.backends.triton import grpc_channel_args
+    from faceserve.models.repository import Repository
+    from faceserve.settings import Settings
+    from faceserve.triton_models import configs
+    from faceserve.triton_models.client import bytes_input
+
+    if protocol == "grpc":
+        import tritonclient.grpc.aio as module
+    else:
+        import tritonclient.http.aio as module
+    triton, _ = ctx.triton(dynamic_batching=True, python_models=True)
+    heads = {spec.name for spec in Repository.load(Settings.from_env().repository).heads.values()}
+    pids, name, rows = _triton_pids(triton), f"triton-pipeline-{protocol}", []
+    # serialised once, as for triton-heads: the client should cost the server no CPU
+    inputs = [bytes_input(module, configs.IMAGE.name, path.read_bytes()) for path in ctx.images]
+    outputs = [module.InferRequestedOutput(configs.ANALYSIS.name)]
+
+    async def sweep():
+        client = (module.InferenceServerClient(triton.grpc_url, channel_args=grpc_channel_args())
+                  if protocol == "grpc" else module.InferenceServerClient(triton.http_url))
+
+        async def call(i: int):
+            await client.infer(configs.PIPELINE, [inputs[i % len(inputs)]], outputs=outputs)
+        for c in ctx.config.concurrencies:
+            before = triton_counts(triton.metrics_url)
+            with TreeMonitor(pids) if pids else contextlib.nullcontext() as mon:
+                result = await loadgen.closed_loop(call, c, **ctx.window(), cpu=CpuWindow(pids) if pids else None)
+            after = triton_counts(triton.metrics_url)
+            rows.append(ctx.row(name, c, result, mean_batch=mean_batch(before, after, heads)[0],
+                                batch_by_model=mean_batch(before, after)[1],
+                                peak_rss_mb=mon.peak_rss_mb if mon else {}))
+            ctx.advance(f"{name} c={c}")
+        await client.close()
+    asyncio.run(sweep())
+    return rows
+
+
+def triton_pipeline_grpc(ctx: Context) -> list[dict]:
+    """faceserve's pipeline model on the local Triton, called over gRPC with no service in front."""
+    return _triton_pipeline(ctx, "grpc")
+
+
+def triton_pipeline_http(ctx: Context) -> list[dict]:
+    """faceserve's pipeline model on the local Triton, called over HTTP with no service in front."""
+    return _triton_pipeline(ctx, "http")
 
 
 def _face_crops(ctx: Context, spec) -> list[np.ndarray]:
@@ -461,6 +515,8 @@ SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "service-embedded": service_embedded,
     "service-triton-grpc": service_triton_grpc,
     "service-triton-http": service_triton_http,
+    "triton-pipeline-grpc": triton_pipeline_grpc,
+    "triton-pipeline-http": triton_pipeline_http,
     "triton-heads": triton_heads,
     "seed-baseline": seed_baseline,
     "detectors": detectors,

@@ -21,7 +21,6 @@ import numpy as np
 from faceserve.backends import create
 from faceserve.errors import InvalidRequest, LimitExceeded, NotFound, StoreUnavailable
 from faceserve.feedback import Answer, Feedback, FieldModel
-from faceserve.gallery import EmbeddingModel, Gallery
 from faceserve.gallery import records
 from faceserve.jobs import JobQueue, WorkItem, intake
 from faceserve.jobs.worker import JobWorker
@@ -105,10 +104,7 @@ class Runtime:
         if not identify:
             analysis = await self.analyze_image(pixels, detector)
         else:
-            stage = await self.identity()
-            analysis, vectors = await self.pipeline.analyze_and_embed(pixels, detector)
-            for face, matches in zip(analysis.faces, await stage.matches(vectors)):
-                face.identity = matches[0] if matches else None
+            analysis = await (await self.identity()).analyze(pixels, detector)
         return await self._remember_analysis(analysis, hashlib.sha256(data).hexdigest(), identify,
                                              data if keep_image else None)
 
@@ -213,12 +209,7 @@ class Runtime:
             return self._store
 
     def _open_identity_stage(self) -> IdentityStage:
-        head = self.pipeline.require_embedding()
-        model = EmbeddingModel(head.spec.name, head.spec.version, head.dimension)
-        gallery = Gallery(self._shared_store(), model)
-        threshold = self.settings.identity_threshold
-        log.info("gallery: %s faces of %s:%s", self.settings.store.split("://")[0], model.name, model.version)
-        return IdentityStage(self.pipeline, gallery, head.spec.score_threshold if threshold is None else threshold)
+        return IdentityStage.open(self.pipeline, self._shared_store(), self.settings.identity_threshold)
 
     async def _gallery(self, method: str, *args: Any):
         """A gallery call in a worker thread (every Gallery method is synchronous and thread-safe)."""

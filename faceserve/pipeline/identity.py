@@ -11,17 +11,21 @@ Biometric data stays out of the logs: no name, metadata or vector from a request
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Sequence
 
 import cv2
 import numpy as np
 
 from faceserve.errors import InvalidRequest
-from faceserve.gallery import Gallery, Match, NewFace, validation
+from faceserve.gallery import EmbeddingModel, Gallery, Match, NewFace, validation
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
 from faceserve.pipeline import imaging
 from faceserve.pipeline.pipeline import FoundFace, Pipeline
-from faceserve.pipeline.schemas import Box, IdentifiedFace, Identification, IdentityMatch, Verification
+from faceserve.pipeline.schemas import Analysis, Box, IdentifiedFace, Identification, IdentityMatch, Verification
+from faceserve.store import Store
+
+log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 112  # pixels: enough to recognise someone in a list, far from the photo
 
@@ -31,6 +35,23 @@ class IdentityStage:
         self.pipeline, self.gallery, self.threshold = pipeline, gallery, threshold
         spec = pipeline.require_embedding().spec
         self.model = f"{spec.name}:{spec.version}"
+
+    @classmethod
+    def open(cls, pipeline: Pipeline, store: Store, threshold: float | None = None) -> "IdentityStage":
+        """The stage over the gallery in `store` for the pipeline's embedding head (slow: the gallery's index is
+        loaded); `threshold` None is the head's own measured one."""
+        head = pipeline.require_embedding()
+        model = EmbeddingModel(head.spec.name, head.spec.version, head.dimension)
+        gallery = Gallery(store, model)
+        log.info("gallery: %s faces of %s:%s", type(store).__name__, model.name, model.version)
+        return cls(pipeline, gallery, head.spec.score_threshold if threshold is None else threshold)
+
+    async def analyze(self, image: np.ndarray, detector: str | None = None) -> Analysis:
+        """`Pipeline.analyze` with each face's best match in the gallery (`identity`, None for nobody known)."""
+        analysis, vectors = await self.pipeline.analyze_and_embed(image, detector)
+        for face, matches in zip(analysis.faces, await self.matches(vectors)):
+            face.identity = matches[0] if matches else None
+        return analysis
 
     async def enrolment(self, image: np.ndarray, image_sha256: str, box: Sequence[float] | None, label: str,
                         thumbnail: bool = False) -> NewFace:

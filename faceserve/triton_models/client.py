@@ -18,6 +18,13 @@ class PipelineAnswer:
     tensors: dict[str, np.ndarray]  # every other output, without its batch dimension
 
 
+def bytes_input(module, name: str, value: bytes):
+    """One request's BYTES input of shape [1, 1]; `module` is any of tritonclient's grpc, http (or their aio)."""
+    tensor = module.InferInput(name, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+    return tensor
+
+
 class PipelineClient:
     """`PipelineClient("grpc://127.0.0.1:8001").analyze(photo_bytes)`; Triton's errors are raised as
     `tritonclient.utils.InferenceServerException` (its message: `<code>: <our message>`)."""
@@ -35,19 +42,18 @@ class PipelineClient:
                                                        network_timeout=timeout_s)
         self.module = module
 
-    def _bytes_input(self, name: str, value: bytes):
-        tensor = self.module.InferInput(name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-        return tensor
-
     def _infer(self, model: str, inputs: list):
         timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         return self.client.infer(model, inputs, **timeout)
 
-    def analyze(self, photo: bytes, detector: str | None = None) -> PipelineAnswer:
-        inputs = [self._bytes_input(configs.IMAGE.name, photo)]
+    def analyze(self, photo: bytes, detector: str | None = None, identify: bool = False) -> PipelineAnswer:
+        inputs = [bytes_input(self.module, configs.IMAGE.name, photo)]
         if detector:
-            inputs.append(self._bytes_input("detector", detector.encode()))
+            inputs.append(bytes_input(self.module, "detector", detector.encode()))
+        if identify:
+            flag = self.module.InferInput("identify", [1, 1], "BOOL")
+            flag.set_data_from_numpy(np.array([[True]]))
+            inputs.append(flag)
         result = self._infer(configs.PIPELINE, inputs)
         outputs = [o["name"] for o in (result.get_response(as_json=True) if self.protocol == "grpc"
                                        else result.get_response())["outputs"]]
@@ -57,7 +63,8 @@ class PipelineClient:
     def rotate(self, photo: bytes, degrees: int, fmt: str = "png") -> bytes:
         turn = self.module.InferInput("degrees", [1, 1], "INT32")
         turn.set_data_from_numpy(np.array([[degrees]], np.int32))
-        inputs = [self._bytes_input(configs.IMAGE.name, photo), turn, self._bytes_input("format", fmt.encode())]
+        inputs = [bytes_input(self.module, configs.IMAGE.name, photo), turn,
+                  bytes_input(self.module, "format", fmt.encode())]
         return self._infer(configs.ROTATE, inputs).as_numpy(configs.ROTATE_OUTPUTS[0].name)[0][0]
 
     def close(self) -> None:

@@ -37,7 +37,9 @@ class Tensor:
 
 
 IMAGE = Tensor("image", mc.TYPE_STRING, (1,))
-PIPELINE_INPUTS = (IMAGE, Tensor("detector", mc.TYPE_STRING, (1,), optional=True))
+# `identify`: each face's best match in the gallery of FACESERVE_STORE, as the service's `analyze` answers it
+PIPELINE_INPUTS = (IMAGE, Tensor("detector", mc.TYPE_STRING, (1,), optional=True),
+                   Tensor("identify", mc.TYPE_BOOL, (1,), optional=True))
 ROTATE_INPUTS = (IMAGE, Tensor("degrees", mc.TYPE_INT32, (1,)), Tensor("format", mc.TYPE_STRING, (1,), optional=True))
 ROTATE_OUTPUTS = (Tensor("image", mc.TYPE_STRING, (1,)),)
 ANALYSIS = Tensor("analysis", mc.TYPE_STRING, (1,))

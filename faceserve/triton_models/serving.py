@@ -20,9 +20,11 @@ from faceserve.backends.bls import BlsBackend
 from faceserve.errors import FaceserveError, InvalidRequest
 from faceserve.models.repository import Repository
 from faceserve.pipeline import imaging
+from faceserve.pipeline.identity import IdentityStage
 from faceserve.pipeline.pipeline import Pipeline
 from faceserve.pipeline.schemas import Analysis
 from faceserve.settings import Settings
+from faceserve.store import Store, open_store
 from faceserve.triton_models import configs
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,8 @@ def triton_error(pb_utils, error: FaceserveError):
 class Model(abc.ABC):
     def __init__(self, pb_utils):
         self.pb = pb_utils
-        self.limits = Settings.from_env().limits  # the service's FACESERVE_* limits, from Triton's environment
+        self.settings = Settings.from_env()  # the service's FACESERVE_* settings, from Triton's environment
+        self.limits = self.settings.limits
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="faceserve"))
 
@@ -95,19 +98,43 @@ class Model(abc.ABC):
 
 
 class PipelineModel(Model):
-    """`Pipeline.analyze` on the encoded photo, its models called through BLS."""
+    """`Pipeline.analyze` on the encoded photo, its models called through BLS; with `identify`, the identity stage
+    over the same store the service opens (FACESERVE_STORE), opened at the first such request."""
 
     def __init__(self, pb_utils, repository: Path):
         super().__init__(pb_utils)
         self.pipeline = Pipeline(Repository.load(repository), BlsBackend(pb_utils), max_faces=self.limits.max_faces)
         self.loop.run_until_complete(self.pipeline.start())
         self.face_outputs = [output for head in self.pipeline.heads for output in configs.face_outputs(head.spec)]
+        self.store: Store | None = None
+        self.identity: IdentityStage | None = None
+        self.identity_lock = asyncio.Lock()
 
     async def answer(self, request) -> dict[str, np.ndarray]:
         detector = self.pipeline.detector(self.text(request, "detector")).name  # an unknown one before decoding
+        identify = bool(self._scalar(request, "identify"))
+        if identify:
+            self.pipeline.require_embedding()  # no embedding model: the service's words, before decoding
         data = self.image_bytes(request)
         pixels = await asyncio.to_thread(imaging.decode, data, self.limits.decode)
+        if identify:
+            return self.tensors(await (await self.identity_stage()).analyze(pixels, detector))
         return self.tensors(await self.pipeline.analyze(pixels, detector))
+
+    async def identity_stage(self) -> IdentityStage:
+        """A store that cannot be reached fails this request (503's words) and the next one tries again."""
+        async with self.identity_lock:
+            if self.identity is None:
+                if self.store is None:
+                    self.store = await asyncio.to_thread(open_store, self.settings.store)
+                self.identity = await asyncio.to_thread(IdentityStage.open, self.pipeline, self.store,
+                                                        self.settings.identity_threshold)
+        return self.identity
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        super().close()
 
     def tensors(self, analysis: Analysis) -> dict[str, np.ndarray]:
         faces = analysis.model_dump(mode="json")["faces"]

@@ -1,18 +1,19 @@
 """The pipeline and rotate models inside the real local Triton (faceserve.triton_models), over gRPC and HTTP.
 
-One `tritonserver` for the module, serving the ONNX models and faceserve's Python models; the pipeline's answers
-are compared with `Pipeline.analyze` run in this process on embedded onnxruntime.
+One `tritonserver` for the module, serving the ONNX models and faceserve's Python models; the pipeline's and
+rotate's answers are compared with those of the real service (`bentoml serve`, embedded backend), also one for
+the module.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -20,21 +21,21 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from faceserve import photos
-from faceserve.backends.onnx import OnnxRuntimeBackend
 from faceserve.models.repository import Repository, read_config
 from faceserve.pipeline import imaging
-from faceserve.pipeline.pipeline import Pipeline
 from faceserve.triton_local import LocalTriton
 from faceserve.triton_models import configs
 from faceserve.triton_models.client import PipelineClient
 from tests import hostile_corpus
 from tests.integration.test_triton import model_stats, real_photos
-from tests.support import ROOT, free_port, jpeg
+from tests.support import ROOT, free_port, jpeg, serve
 
 pytestmark = pytest.mark.triton
 
 PROTOCOLS = ("grpc", "http")
-IGNORED = {"timings_ms"}  # measured per call
+# The service's own fields, not the analysis': `request_id` names the answer its store remembered for `/feedback`
+# (the pipeline model keeps no store, so null), `timings_ms` is measured per call.
+IGNORED = {"request_id", "timings_ms"}
 PIXELS = 1e-3  # boxes, landmarks and pose are in pixels and degrees (rounded to 2 places by the pipeline)
 
 
@@ -54,14 +55,16 @@ def clients(triton) -> dict[str, PipelineClient]:
 
 
 @pytest.fixture(scope="module")
-def in_process(repository):
-    """`Pipeline.analyze` on embedded onnxruntime, as the service runs it: returns a function of the photo's bytes."""
-    loop = asyncio.new_event_loop()
-    pipeline = Pipeline(Repository.load(repository), OnnxRuntimeBackend(repository))
-    loop.run_until_complete(pipeline.start())
-    yield lambda data: loop.run_until_complete(pipeline.analyze(imaging.decode(data))).model_dump(mode="json")
-    loop.run_until_complete(pipeline.backend.close())
-    loop.close()
+def service(repository, gender_age_built) -> httpx.Client:
+    """The real service on the embedded backend (onnxruntime in its own process)."""
+    with serve() as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+def service_post(service: httpx.Client, endpoint: str, data: bytes, **form) -> httpx.Response:
+    response = service.post(f"/{endpoint}", data=form, files={"image": ("photo.jpg", data, "image/jpeg")})
+    assert response.status_code == 200, response.text
+    return response
 
 
 def assert_same(got, want, path: str = "analysis") -> None:
@@ -112,15 +115,15 @@ def test_server_serves_the_python_models(triton):
                        "emotion_score": "FP32", "gender_label": "BYTES", "gender_score": "FP32", "age": "FP32"}
 
 
-# ---- the pipeline model answers as the in-process pipeline does ---------------------------------
+# ---- the pipeline model answers as the service does ---------------------------------------------
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_pipeline_answers_like_in_process(clients, in_process, fixtures, protocol):
+def test_pipeline_answers_like_the_service(clients, service, fixtures, protocol):
     for name, (image, faces) in real_photos(fixtures).items():
         data = jpeg(image)
         answer = clients[protocol].analyze(data)
-        want = in_process(data)
+        want = service_post(service, "analyze", data).json()
         assert len(answer.analysis["faces"]) == faces, name
         assert_same(answer.analysis, want, name)
     grid = clients[protocol].analyze(jpeg(photos.fixture("emotion_classification.jpg"))).analysis
@@ -147,10 +150,25 @@ def test_pipeline_without_faces_has_empty_tensors(clients):
     assert answer.tensors["boxes"].shape == (0, 4) and answer.tensors["emotion_label"].shape == (0,)
 
 
-def test_detector_input_picks_the_detector(clients, in_process):
+def test_detector_input_picks_the_detector(clients):
     data = jpeg(photos.astronaut())
     answer = clients["grpc"].analyze(data, detector="haar")
     assert answer.analysis["detector"] == "haar" and len(answer.analysis["faces"]) == 1
+
+
+def test_identify_finds_whom_the_service_enrolled(clients, service):
+    """The pipeline model opens the service's store (FACESERVE_STORE: here both processes inherit the session's
+    data directory): a person enrolled through the service is identified by the pipeline model, which answers
+    as the service's `analyze` with `identify` does."""
+    data = jpeg(photos.astronaut())
+    created = service.post("/identities/create", json={"name": "Eileen Collins"}).raise_for_status().json()
+    service.post("/identities/add_faces", data={"identity_id": created["id"]},
+                 files={"images": ("astronaut.jpg", data, "image/jpeg")}).raise_for_status()
+    want = service_post(service, "analyze", data, identify="true").json()
+    assert want["faces"][0]["identity"]["name"] == "Eileen Collins"
+    for protocol in PROTOCOLS:
+        assert_same(clients[protocol].analyze(data, identify=True).analysis, want, protocol)
+    assert clients["grpc"].analyze(data).analysis["faces"][0]["identity"] is None  # only when asked
 
 
 def test_concurrent_pipeline_requests_share_head_batches(triton, clients):
@@ -177,12 +195,13 @@ def test_concurrent_pipeline_requests_share_head_batches(triton, clients):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_rotate_gives_the_service_pixels_and_round_trips(clients, protocol):
+def test_rotate_gives_the_service_pixels_and_round_trips(clients, service, protocol):
     photo = photos.astronaut()[:300, :200]
     data = jpeg(photo)
     turned = clients[protocol].rotate(data, 90)
-    # what the service's /rotate answers: Runtime.rotate's steps on the same bytes
-    assert np.array_equal(decoded(turned), imaging.rotate(imaging.decode(data), 90))
+    for degrees in (90, -180, 270):
+        want = service_post(service, "rotate", data, degrees=str(degrees)).content
+        assert np.array_equal(decoded(clients[protocol].rotate(data, degrees)), decoded(want)), degrees
     back = clients[protocol].rotate(turned, 270)
     assert np.array_equal(decoded(back), imaging.decode(data))
     assert decoded(clients[protocol].rotate(data, -180, "jpeg")).shape == (300, 200, 3)
