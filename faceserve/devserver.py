@@ -18,6 +18,7 @@ from typing import Iterator
 
 import httpx
 
+from faceserve.lifecycle import signal_then_wait
 from faceserve.settings import PROJECT_ROOT as ROOT
 
 BIN = Path(sys.executable).parent
@@ -97,11 +98,7 @@ def launch(command: list[str], port: int, ready_path: str, log: Path, env: dict[
             time.sleep(0.05)
         yield Server(process, url, round(time.perf_counter() - started, 2), log)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        if not signal_then_wait(process, signal.SIGTERM, 20, group=True):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()

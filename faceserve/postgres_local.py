@@ -32,8 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from faceserve.devserver import free_port
-from faceserve.lifecycle import StartedInWith
+from faceserve.devserver import alive, free_port, process_tree
+from faceserve.lifecycle import StartedInWith, signal_then_wait
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +177,7 @@ class LocalPostgres(StartedInWith):
             process, self._process = self._process, None
             if process is None:
                 return
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
+            if not signal_then_wait(process, signal.SIGINT, timeout_s):
                 log.warning("postgres %d did not stop in %g s; killing it", process.pid, timeout_s)
                 self._kill(process)
 
@@ -200,12 +196,12 @@ class LocalPostgres(StartedInWith):
     def _kill(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
         """SIGKILL and reap the postmaster, then wait until its backends noticed and exited: a new server
         refuses a data directory whose shared memory they still hold."""
-        backends = _children(process.pid)
+        backends = process_tree(process.pid)[1:]
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         process.wait()
         deadline = time.monotonic() + timeout_s
-        while any(_alive(pid) for pid in backends) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in backends) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def log_tail(self, lines: int = 30) -> str:
@@ -221,23 +217,6 @@ class LocalPostgres(StartedInWith):
         atexit.unregister(self.close)
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir = None
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(stat.parent.name))
-    return children
-
-
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie waiting for a parent that may never reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import jinja2
 from faceserve.devserver import process_tree
 from faceserve.errors import PayloadTooLarge, Unavailable
 from faceserve.http.responses import RETRY_AFTER_S
-from faceserve.lifecycle import StartedInWith
+from faceserve.lifecycle import StartedInWith, signal_then_wait
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.j2")
 # Debian's nginx runs its workers as www-data; elsewhere the account every system has.
@@ -151,11 +151,7 @@ class Nginx(StartedInWith):
         process, self.process = self.process, None
         if process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGQUIT)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        if not signal_then_wait(process, signal.SIGQUIT, timeout_s):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from faceserve.lifecycle import StartedInWith
+from faceserve.lifecycle import StartedInWith, signal_then_wait
 from faceserve.triton_local.env import TritonEnv, ensure_env
 from faceserve.triton_local.repository import build_cpu_repository
 
@@ -200,13 +200,8 @@ class LocalTriton(StartedInWith):
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("tritonserver %d did not stop in %g s; killing it", process.pid, timeout_s)
+        if not signal_then_wait(process, signal.SIGTERM, timeout_s):
+            log.warning("tritonserver %d did not stop in %g s; killing it", process.pid, timeout_s)
         self._kill_group(process)
         self._unlink_shm()
 
