@@ -53,8 +53,10 @@ class Gallery:
             version = tx.bump(TOPIC)
             tx.execute(INSERT_IDENTITY, (identity_id, name, metadata_json, created))
             tx.executemany(INSERT_FACE, [(face_id, identity_id, *row, version) for face_id, *row in rows])
+            # Read back before the commit: a store lost after it must not turn a committed create into a 503.
+            detail = self._detail(tx, identity_id)
         self.index.mark_stale()
-        return self.get_identity(identity_id)
+        return detail
 
     def add_faces(self, identity_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
         if not faces:
@@ -86,14 +88,16 @@ class Gallery:
     def get_identity(self, identity_id: str) -> IdentityDetail:
         """The identity and its faces' metadata (never their vectors)."""
         with self.store.read() as tx:
-            row = tx.one("SELECT id, name, metadata, created_at FROM gallery_identities WHERE id = ?",
-                         (identity_id,))
-            if row is None:
-                raise NotFound(f"no identity {identity_id!r} in the gallery")
-            faces = tuple(_face(face) for face in tx.all(
-                f"SELECT {FACE_COLUMNS} FROM gallery_faces f WHERE f.identity_id = ? ORDER BY f.id", (identity_id,)))
-        identity = _identity((*row, len(faces)))
-        return IdentityDetail(**vars(identity), faces=faces)
+            return self._detail(tx, identity_id)
+
+    @staticmethod
+    def _detail(tx: Transaction, identity_id: str) -> IdentityDetail:
+        row = tx.one("SELECT id, name, metadata, created_at FROM gallery_identities WHERE id = ?", (identity_id,))
+        if row is None:
+            raise NotFound(f"no identity {identity_id!r} in the gallery")
+        faces = tuple(_face(face) for face in tx.all(
+            f"SELECT {FACE_COLUMNS} FROM gallery_faces f WHERE f.identity_id = ? ORDER BY f.id", (identity_id,)))
+        return IdentityDetail(**vars(_identity((*row, len(faces)))), faces=faces)
 
     def thumbnail(self, face_id: str) -> bytes | None:
         with self.store.read() as tx:
