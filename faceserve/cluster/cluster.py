@@ -13,6 +13,7 @@ from typing import Literal
 
 from faceserve import devserver
 from faceserve.cluster.nginx import Nginx, NginxConfig
+from faceserve.cluster.readiness import ReadinessWatch
 from faceserve.lifecycle import StartedInWith
 from faceserve.postgres_local import LocalPostgres
 from faceserve.settings import Settings
@@ -89,6 +90,7 @@ class Cluster(StartedInWith):
         self.triton = None
         self.postgres: LocalPostgres | None = None
         self.nginx: Nginx | None = None
+        self.readiness: ReadinessWatch | None = None
         self._stack = contextlib.ExitStack()
 
     @property
@@ -140,8 +142,10 @@ class Cluster(StartedInWith):
         self.nginx = self._stack.enter_context(Nginx(NginxConfig(
             port=self.port, upstreams=tuple(i.address for i in self.instances),
             max_body_bytes=settings.limits.max_body_bytes, log_dir=self.log_dir)))
+        self.readiness = self._stack.enter_context(
+            ReadinessWatch({i.address: i.url for i in self.instances}, self.nginx.reroute))
         log.info("nginx on %s in front of %s", self.url, ", ".join(i.address for i in self.instances))
 
     def close(self) -> None:
-        """nginx first (no new requests), then the instances, then Triton, then PostgreSQL."""
+        """The readiness polls, nginx (no new requests), the instances, Triton, then PostgreSQL."""
         self._stack.close()

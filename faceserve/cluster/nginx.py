@@ -68,6 +68,7 @@ class NginxConfig:
     fail_timeout_s: int = 3
     connect_timeout_s: int = 2
     read_timeout_s: int = 60  # above the service's own request timeout (service.py: traffic timeout 30 s)
+    down: frozenset[str] = frozenset()  # upstreams nginx sends nothing (not ready: faceserve.cluster.readiness)
 
     def render(self, workdir: Path) -> str:
         environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -145,6 +146,16 @@ class Nginx(StartedInWith):
 
     def worker_pids(self) -> list[int]:
         return process_tree(self.process.pid)[1:] if self.running else []
+
+    def reroute(self, down: frozenset[str]) -> None:
+        """Take the upstreams in `down` out and put every other back: the configuration rewritten and reloaded
+        (SIGHUP). New workers route by it; the old ones finish the requests they hold, then exit."""
+        if not self.running:
+            raise NginxError("nginx is not running")
+        config = dataclasses.replace(self.config, down=frozenset(down))
+        self.conf.write_text(config.render(self.workdir))
+        self.config = config
+        self.process.send_signal(signal.SIGHUP)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGQUIT: nginx finishes the requests in flight, then exits; SIGKILL to its group past the timeout."""
