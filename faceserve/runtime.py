@@ -286,7 +286,8 @@ class Runtime:
         if self._feedback is None:
             async with self._feedback_lock:
                 if self._feedback is None:
-                    self._feedback = await asyncio.to_thread(lambda: Feedback(self._shared_store()))
+                    self._feedback = await asyncio.to_thread(
+                        lambda: Feedback(self._shared_store(), self.settings.answers_kept_days))
         return self._feedback
 
     async def _remember(self, answer: Answer) -> str | None:

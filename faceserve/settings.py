@@ -65,6 +65,9 @@ class Settings:
     jobs: JobLimits = JobLimits()
     job_concurrency: int = 1
     job_lease_s: float = 30.0
+    # FACESERVE_ANSWERS_KEPT_DAYS: every answer is remembered so that it can be corrected (/feedback); answers
+    # older than this that nobody corrected are forgotten. 0 keeps them all.
+    answers_kept_days: float = 30.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -95,6 +98,7 @@ class Settings:
                            max_queued_jobs=int(_env("JOB_MAX_QUEUED", str(JobLimits.max_queued_jobs)))),
             job_concurrency=int(_env("JOB_CONCURRENCY", "1")),
             job_lease_s=float(_env("JOB_LEASE_S", "30")),
+            answers_kept_days=float(_env("ANSWERS_KEPT_DAYS", "30")),
         )
 
 

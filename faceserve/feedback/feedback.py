@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import io
 import json
+import threading
 
 from faceserve.errors import InvalidRequest, NotFound
 from faceserve.feedback.schema import MIGRATIONS
-from faceserve.store import Store, new_id, utc_now
+from faceserve.store import Store, first_id_at, new_id, utc_now
 
 MAX_COMMENT = 2000
 MAX_AGE = 150
 CONFUSIONS_SHOWN = 5
+# Every FORGET_EVERY answers a process remembers, it forgets up to that many expired ones: the table stays
+# bounded at a steady rate without a scheduler, and no single request pays for a large delete.
+FORGET_EVERY = 1000
 CSV_COLUMNS = ("created_at", "request_id", "face_index", "field", "model_said", "correct", "comment", "model_name",
                "model_version", "image_sha256")
 
@@ -75,9 +80,14 @@ class Summary:
 class Feedback:
     """Every method is synchronous and thread-safe; any number of processes may share the store."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, answers_kept_days: float = 0):
+        """`answers_kept_days` > 0: answers older than that, never corrected, are forgotten (a correction of
+        one is then a 404); 0 keeps every answer."""
         store.migrate("feedback", MIGRATIONS)
         self.store = store
+        self.answers_kept = datetime.timedelta(days=answers_kept_days) if answers_kept_days > 0 else None
+        self._remembered = 0
+        self._count_lock = threading.Lock()
 
     def remember(self, answer: Answer) -> str:
         request_id = new_id()
@@ -88,7 +98,21 @@ class Feedback:
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (request_id, utc_now(), answer.image_sha256, json.dumps(fields), int(answer.per_face),
                         json.dumps(answer.answers), answer.image))
+        with self._count_lock:
+            self._remembered += 1
+            due = self.answers_kept is not None and self._remembered % FORGET_EVERY == 0
+        if due:
+            self.forget_answers_before(datetime.datetime.now(datetime.timezone.utc) - self.answers_kept)
         return request_id
+
+    def forget_answers_before(self, moment: datetime.datetime, limit: int = FORGET_EVERY) -> int:
+        """Forget up to `limit` of the oldest answers remembered before `moment` that no correction refers to
+        (a corrected answer stays with its correction, image included); how many were forgotten."""
+        with self.store.transaction() as tx:
+            return tx.execute(
+                "DELETE FROM feedback_requests WHERE id IN (SELECT r.id FROM feedback_requests r WHERE r.id < ? "
+                "AND NOT EXISTS (SELECT 1 FROM feedback_corrections c WHERE c.request_id = r.id) "
+                "ORDER BY r.id LIMIT ?)", (first_id_at(moment), limit)).rowcount
 
     def correct(self, request_id: str, face_index: int | None, field: str, correct: str,
                 model_said: str | None = None, comment: str | None = None) -> Correction:

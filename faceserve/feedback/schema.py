@@ -29,4 +29,6 @@ MIGRATIONS = (
            )""",
         "CREATE INDEX feedback_corrections_field ON feedback_corrections (field)",
     )),
+    # Forgetting old answers asks, per answer, whether a correction refers to it.
+    Migration(2, ("CREATE INDEX feedback_corrections_request ON feedback_corrections (request_id)",)),
 )

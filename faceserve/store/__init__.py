@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faceserve.store.base import Migration, Store, Transaction, new_id, utc_now
+from faceserve.store.base import Migration, Store, Transaction, first_id_at, new_id, utc_now
 
-__all__ = ["open_store", "Store", "Transaction", "Migration", "new_id", "utc_now"]
+__all__ = ["open_store", "Store", "Transaction", "Migration", "first_id_at", "new_id", "utc_now"]
 
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")

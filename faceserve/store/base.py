@@ -59,6 +59,12 @@ def new_id() -> str:
     return str(uuid.UUID(int=value))
 
 
+def first_id_at(moment: datetime.datetime) -> str:
+    """The smallest id `new_id` can give at `moment`: every id made before it sorts below, every later one not."""
+    milliseconds = int(moment.timestamp() * 1000)
+    return str(uuid.UUID(int=(milliseconds & (2**48 - 1)) << 80 | 0x7 << 76 | 0x2 << 62))
+
+
 def utc_now() -> str:
     """Timestamps are ISO 8601 text in UTC on both engines (one logical schema, sortable, portable in exports)."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import io
+import uuid
 
 import pytest
 
 from faceserve.errors import FaceserveError
 from faceserve.feedback import Answer, Feedback, FieldModel
-from faceserve.store import open_store
+from faceserve.store import first_id_at, open_store
 
 FIELDS = {"emotion": FieldModel("emotion:1", ("angry", "happy", "sad")), "age": FieldModel("age:1"),
           "identity": FieldModel("faceres:1")}
@@ -80,3 +82,54 @@ def test_bad_feedback_names_what_is_wrong(feedback, args, code, named):
 def test_model_said_must_be_what_the_model_said(feedback):
     with pytest.raises(FaceserveError, match="'happy' is not what the model said for emotion: 'sad'"):
         feedback.correct(two_faces(feedback), 1, "emotion", "angry", model_said="happy")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'faceserve.db'}"
+        return
+    postgres = request.getfixturevalue("postgres")
+    name = f"feedback_{uuid.uuid4().hex[:12]}"
+    yield postgres.create_database(name)
+    postgres.drop_database(name)
+
+
+def test_old_uncorrected_answers_are_forgotten_and_corrected_ones_kept(any_store_url):
+    with open_store(any_store_url) as store:
+        feedback = Feedback(store)
+        corrected, forgotten, another = two_faces(feedback), two_faces(feedback), two_faces(feedback)
+        feedback.correct(corrected, 0, "emotion", "angry")
+        cutoff = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
+        assert feedback.forget_answers_before(cutoff - datetime.timedelta(days=1)) == 0  # none is that old
+        assert feedback.forget_answers_before(cutoff, limit=1) == 1  # the oldest uncorrected first
+        with pytest.raises(FaceserveError) as gone:
+            feedback.correct(forgotten, 0, "emotion", "angry")
+        assert (gone.value.status, gone.value.code) == (404, "unknown_request")
+        feedback.correct(another, 1, "age", "9")  # not forgotten yet: the limit held
+        assert feedback.forget_answers_before(cutoff) == 0  # what is left is corrected
+        feedback.correct(corrected, 1, "emotion", "happy")  # its answer is still there
+        assert feedback.summary().total == 3
+
+
+def test_a_process_forgets_expired_answers_as_it_remembers_new_ones(tmp_path, monkeypatch):
+    import faceserve.feedback.feedback as module
+    monkeypatch.setattr(module, "FORGET_EVERY", 3)
+    with open_store(f"sqlite:///{tmp_path / 'faceserve.db'}") as store:
+        feedback = Feedback(store, answers_kept_days=1)
+        old = [two_faces(feedback) for _ in range(2)]
+        with store.transaction() as tx:  # made two days ago, as far as the ids and timestamps tell
+            for request_id in old:
+                two_days_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+                aged = first_id_at(two_days_ago)[:24] + request_id[24:]
+                tx.execute("UPDATE feedback_requests SET id = ? WHERE id = ?", (aged, request_id))
+        with store.read() as tx:
+            assert tx.one("SELECT COUNT(*) FROM feedback_requests") == (2,)
+        fresh = two_faces(feedback)  # the third answer of this process: it forgets what expired
+        with store.read() as tx:
+            assert tx.all("SELECT id FROM feedback_requests") == [(fresh,)]
+        keep_all = Feedback(store)  # 0 days: nothing is ever forgotten
+        for _ in range(6):
+            two_faces(keep_all)
+        with store.read() as tx:
+            assert tx.one("SELECT COUNT(*) FROM feedback_requests") == (7,)
