@@ -8,7 +8,7 @@ mounted on the service by `service.py`. `app(settings)` is the ASGI app it mount
 - `/docs`      Swagger (BentoML's Swagger UI files), which the page displaces from `/`
 - `/features`  what the page cannot read from the OpenAPI schema: whether URL fetching is on, the limits
 
-Everything the page shows comes from the API itself (`/docs.json`, `/models`, `/analyze`, ...).
+Everything the page shows comes from the API itself (`/docs.json`, `/models`, `/analyze`, `/feedback/summary`, ...).
 Not here: any endpoint logic (`faceserve.runtime`), the chat bot (`faceserve.bot`).
 """
 

@@ -6,6 +6,7 @@ astronaut photo), a fresh browser context per test. Screenshots go to tests/arti
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 from pathlib import Path
@@ -114,6 +115,32 @@ def is_pink(rgb: np.ndarray) -> np.ndarray:  # a landmark dot, #ff2d95
 
 def analyze(url: str, data: bytes, kind: str) -> dict:
     return httpx.post(f"{url}/analyze", files={"image": ("photo", data, kind)}, timeout=60).raise_for_status().json()
+
+
+def model_labels(url: str, task: str, headers: dict | None = None) -> list[str]:
+    models = httpx.post(f"{url}/models", headers=headers, timeout=30).raise_for_status().json()["models"]
+    (model,) = [m for m in models if m["task"] == task]
+    return model["labels"]
+
+
+def feedback_summary(url: str) -> dict:
+    """Per field, the count and each (model said, correct) pair's count, as the service sums them up."""
+    summary = httpx.post(f"{url}/feedback/summary", timeout=30).raise_for_status().json()
+    return {f["field"]: (f["count"], {(c["model_said"], c["correct"]): c["count"] for c in f["confusions"]})
+            for f in summary["fields"]} | {"total": summary["total"]}
+
+
+def summary_row(page, field: str):
+    table = page.get_by_role("table", name="Corrections by field")
+    return table.locator("tbody tr").filter(has=page.get_by_role("rowheader", name=field, exact=True))
+
+
+def downloaded_csv(page) -> tuple[str, list[dict]]:
+    """Click the Feedback tab's "Download CSV": the file name the browser saved under, and its rows."""
+    with page.expect_download() as downloading:
+        page.get_by_role("button", name="Download CSV").click()
+    download = downloading.value
+    return download.suggested_filename, list(csv.DictReader(io.StringIO(Path(download.path()).read_text())))
 
 
 def test_grid_photo_four_faces_boxed_in_green_and_highlighted_from_the_table(front_end_service, context,
@@ -297,6 +324,155 @@ def test_classify_tab_names_what_the_service_has(front_end_service, context):
     expect(page.get_by_label("Photos")).to_be_visible()
 
 
+def test_correct_an_emotion_then_the_feedback_tab_counts_it_and_its_csv_holds_it(front_end_service, context,
+                                                                                 emotion_grid, gender_age_built):
+    """A face's emotion corrected from its row (labels from /models), the confirmation, the Feedback tab's summary
+    counting it, and the CSV downloaded through the page holding it with the model's version."""
+    labels = model_labels(front_end_service, "emotion")
+    before = feedback_summary(front_end_service)
+    page = open_page(context, front_end_service)
+    with page.expect_response("**/analyze") as answered:
+        page.get_by_label("Photos").set_input_files(photo("grid.jpg", jpeg(emotion_grid), "image/jpeg"))
+    analysis = answered.value.json()
+    expect(rows(page, "grid.jpg")).to_have_count(4)
+
+    # Face 2 of the table (top right); its place in the service's answer is what /feedback is told.
+    said = READING_ORDER[1]
+    index = [face["emotion"]["label"] for face in analysis["faces"]].index(said)
+    face = analysis["faces"][index]
+    right = next(label for label in labels if label != said)
+    row = rows(page, "grid.jpg").nth(1)
+    row.get_by_role("button", name="Correct face 2").click()
+    dialog = row.get_by_role("dialog", name="Correct face 2 of grid.jpg")
+    expect(dialog.get_by_label("Answer to correct")).to_be_focused()
+    expect(dialog.get_by_label("Answer to correct").locator("option")).to_have_text(
+        [f"Emotion (said {said})", f"Gender (said {face['gender']['label']})", f"Age (said {face['age']:.1f})",
+         "Identity (said unknown)"])  # the page asks analyze to identify; nobody is enrolled
+    expect(dialog.get_by_label("Right answer").locator("option")).to_have_text(
+        ["Choose…", *[label for label in labels if label != said]])
+    dialog.get_by_label("Right answer").select_option(right)
+    dialog.get_by_label("Comment (optional)").fill("the eyebrows say otherwise")
+    page.screenshot(path=ARTIFACTS / "web-feedback-correct.png", full_page=True)
+    dialog.get_by_role("button", name="Send correction").click()
+
+    expect(row.get_by_role("status")).to_have_text(
+        f"Correction sent: emotion {said} → {right} (“the eyebrows say otherwise”)")
+    expect(dialog).to_be_hidden()
+    expect(row.get_by_role("button", name="Correct face 2")).to_be_focused()
+    page.screenshot(path=ARTIFACTS / "web-feedback-sent.png", full_page=True)
+    after = feedback_summary(front_end_service)
+    emotions_before, pairs_before = before.get("emotion", (0, {}))
+    assert after["emotion"][0] == emotions_before + 1
+    assert after["emotion"][1][(said, right)] == pairs_before.get((said, right), 0) + 1
+
+    page.get_by_role("tab", name="Feedback").click()
+    emotion = summary_row(page, "emotion")
+    expect(emotion.locator("td").nth(0)).to_have_text(str(after["emotion"][0]))
+    expect(emotion.locator("td").nth(1)).to_contain_text(f"{said} → {right} ({after['emotion'][1][(said, right)]}×)")
+    expect(page.get_by_text(re.compile(r"^\d+ corrections? in all\.$"))).to_have_text(
+        f"{after['total']} correction{'s' if after['total'] != 1 else ''} in all.")
+    page.screenshot(path=ARTIFACTS / "web-feedback-tab.png", full_page=True)
+
+    name, exported = downloaded_csv(page)
+    assert name == "faceserve-feedback.csv"
+    (mine,) = [r for r in exported if r["request_id"] == analysis["request_id"]]
+    assert (mine["face_index"], mine["field"], mine["model_said"], mine["correct"], mine["comment"]) == (
+        str(index), "emotion", said, right, "the eyebrows say otherwise")
+    assert f"{mine['model_name']}:{mine['model_version']}" == analysis["models"]["emotion"] == "emotion:1"
+    expect(page.get_by_role("status")).to_have_text(re.compile(r"^Saved faceserve-feedback\.csv \(\d+ bytes\)\.$"))
+
+
+def test_a_refused_correction_shows_the_service_message_and_is_not_counted(front_end_service, context,
+                                                                          gender_age_built):
+    """With the keyboard: open the dialog, correct the age to one the service refuses; its message is shown and
+    nothing is stored; Escape closes the dialog and gives the focus back."""
+    page = open_page(context, front_end_service)
+    page.get_by_label("Photos").set_input_files(photo("astronaut.jpg", jpeg(photos.astronaut()), "image/jpeg"))
+    row = rows(page, "astronaut.jpg").first
+    expect(row).to_contain_text("happy")
+    before = feedback_summary(front_end_service)
+
+    toggle = row.get_by_role("button", name="Correct face 1")
+    toggle.focus()
+    page.keyboard.press("Enter")
+    dialog = row.get_by_role("dialog", name="Correct face 1 of astronaut.jpg")
+    expect(dialog.get_by_label("Answer to correct")).to_be_focused()
+    dialog.get_by_label("Answer to correct").select_option("age")
+    expect(dialog.get_by_label("Right age (years)")).to_have_attribute("type", "number")
+    dialog.get_by_label("Right age (years)").fill("200")
+    dialog.get_by_label("Right age (years)").press("Enter")
+    alert = dialog.get_by_role("alert")
+    expect(alert).to_have_text("The correction was not stored: age must be a number of years from 0 to 150, got '200'")
+    page.screenshot(path=ARTIFACTS / "web-feedback-refused.png", full_page=True)
+    assert feedback_summary(front_end_service) == before
+    expect(row.get_by_role("status")).to_have_count(0)  # nothing claims it was sent
+
+    dialog.get_by_label("Right age (years)").press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(toggle).to_be_focused()
+
+
+def test_an_answer_not_remembered_offers_no_correction(front_end_service, context):
+    """When the service could not remember an answer (its store unreachable: `request_id` null), the page says so
+    instead of offering corrections the service would refuse."""
+    def forgotten(route):
+        answer = route.fetch().json()
+        route.fulfill(json={**answer, "request_id": None})
+
+    context.route("**/analyze", forgotten)
+    page = open_page(context, front_end_service)
+    page.get_by_label("Photos").set_input_files(photo("astronaut.jpg", jpeg(photos.astronaut()), "image/jpeg"))
+    expect(rows(page, "astronaut.jpg")).to_have_count(1)
+    expect(page.get_by_role("article", name="Result for astronaut.jpg")).to_contain_text(
+        "corrections off: the service did not remember this answer")
+    expect(page.get_by_role("columnheader", name="Feedback")).to_have_count(0)
+    expect(page.get_by_role("button", name=re.compile("^Correct"))).to_have_count(0)
+
+
+def test_numbers_are_sent_as_the_service_remembers_them(front_end_service, context):
+    """`model_said` for a number is the service's `f"{value:.1f}"`, exact ties (x.25, x.75) rounded to even as
+    Python does, which JavaScript's toFixed does not."""
+    page = open_page(context, front_end_service)
+    values = [0.25, 0.75, 1.25, 2.5, 26.45, 37.15, 24.016101837158203, 23.462814331054688, 100.05, 0.05, 26.0, 27.75]
+    sent = page.evaluate("async (values) => { const { said } = await import('/web/feedback.js');"
+                         " return values.map(said); }", values)
+    assert sent == [f"{value:.1f}" for value in values]
+
+
+def test_classify_top_label_corrected(front_end_service, context):
+    models = httpx.post(f"{front_end_service}/models", timeout=30).json()
+    classifiers = [m for m in models["models"] if m["task"] == "image_classifier"]
+    if not classifiers:
+        pytest.skip("the repository has no whole-image classifier")
+    labels = classifiers[0]["labels"]
+    page = open_page(context, front_end_service)
+    page.get_by_role("tab", name="Classify").click()
+    with page.expect_response("**/classify") as answered:
+        page.get_by_label("Photo", exact=True).set_input_files(
+            photo("astronaut.jpg", jpeg(photos.astronaut()), "image/jpeg"))
+    answer = answered.value.json()
+    said = answer["top_k"][0]["label"]
+    right = next(label for label in labels if label != said)
+    page.get_by_role("button", name="Correct the top label of astronaut.jpg").click()
+    dialog = page.get_by_role("dialog", name="Correct the top label of astronaut.jpg")
+    expect(dialog.get_by_label("Right answer")).to_be_focused()  # one field: straight to the answer
+    expect(dialog.get_by_label("Right answer").locator("option")).to_have_text(
+        ["Choose…", *[label for label in labels if label != said]])
+    dialog.get_by_label("Right answer").select_option(right)
+    dialog.get_by_role("button", name="Send correction").click()
+    expect(page.get_by_role("status")).to_have_text(f"Correction sent: label {said} → {right}")
+
+    page.get_by_role("tab", name="Feedback").click()
+    total, pairs = feedback_summary(front_end_service)["label"]
+    expect(summary_row(page, "label").locator("td").nth(0)).to_have_text(str(total))
+    expect(summary_row(page, "label").locator("td").nth(1)).to_contain_text(
+        f"{said} → {right} ({pairs[(said, right)]}×)")
+    _, exported = downloaded_csv(page)
+    (mine,) = [r for r in exported if r["request_id"] == answer["request_id"]]
+    assert (mine["face_index"], mine["field"], mine["model_said"], mine["correct"]) == ("", "label", said, right)
+    assert f"{mine['model_name']}:{mine['model_version']}" == f"{answer['model']}:{classifiers[0]['version']}"
+
+
 def test_phone_width(front_end_service, browser):
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
     try:
@@ -304,6 +480,9 @@ def test_phone_width(front_end_service, browser):
         page.get_by_label("Photos").set_input_files(photo("astronaut.jpg", jpeg(photos.astronaut()), "image/jpeg"))
         expect(rows(page, "astronaut.jpg")).to_have_count(1)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+        tabs = page.get_by_role("tab")
+        expect(tabs).to_have_text(["Faces", "Classify", "Identities", "Feedback"])
+        assert all(tab.bounding_box()["x"] + tab.bounding_box()["width"] <= 390 for tab in tabs.all())  # no tab cut off
         assert canvas_of(page, "astronaut.jpg").bounding_box()["width"] <= 390
         page.screenshot(path=ARTIFACTS / "web-phone.png", full_page=True)
     finally:
@@ -336,9 +515,30 @@ def test_api_key_asked_for_and_kept_for_the_tab_only(keyed_service, context):
     expect(page.locator("body[data-ready]")).to_be_attached()
     expect(page.get_by_label("Image URL")).to_be_hidden()  # this service fetches no URL
 
-    page.get_by_label("Photos").set_input_files(photo("astronaut.jpg", jpeg(photos.astronaut()), "image/jpeg"))
+    with page.expect_response("**/analyze") as answered:
+        page.get_by_label("Photos").set_input_files(photo("astronaut.jpg", jpeg(photos.astronaut()), "image/jpeg"))
     expect(rows(page, "astronaut.jpg")).to_have_count(1)
     assert page.evaluate("[sessionStorage.length, localStorage.length]") == [1, 0]
+    # Corrections and the CSV go with the key too.
+    rows(page, "astronaut.jpg").first.get_by_role("button", name="Correct face 1").click()
+    dialog = page.get_by_role("dialog", name="Correct face 1 of astronaut.jpg")
+    said = "happy"
+    right = next(label for label in model_labels(keyed_service, "emotion", {"X-API-Key": KEY}) if label != said)
+    dialog.get_by_label("Right answer").select_option(right)
+    page.evaluate("sessionStorage.clear()")  # the key forgotten while the dialog is open: asked for again
+    dialog.get_by_role("button", name="Send correction").click()
+    expect(key_form).to_be_visible()  # the dialog steps aside: a modal dialog would leave the prompt unreachable
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_label("API key", exact=True)).to_be_focused()
+    page.get_by_label("API key", exact=True).fill(KEY)
+    page.get_by_role("button", name="Use this key").click()
+    expect(rows(page, "astronaut.jpg").first.get_by_role("status")).to_have_text(
+        f"Correction sent: emotion {said} → {right}")
+    page.get_by_role("tab", name="Feedback").click()
+    expect(summary_row(page, "emotion").locator("td").nth(1)).to_contain_text(f"{said} → {right}")
+    _, exported = downloaded_csv(page)
+    assert [(r["face_index"], r["field"], r["model_said"], r["correct"]) for r in exported
+            if r["request_id"] == answered.value.json()["request_id"]] == [("0", "emotion", said, right)]
     # Another tab is another session: asked again.
     expect(open_page(context, keyed_service, ready=False).get_by_role("form", name="API key needed")).to_be_visible()
     # The API itself still asks for the key; only the page's files are open.

@@ -3,6 +3,7 @@
 import { ApiError, call, callJson, imageForm, onKeyNeeded } from "./api.js";
 import { el, percent, scoreBars } from "./dom.js";
 import { resultShell, showAnalysis, showError } from "./faces.js";
+import { classifierFields, correctionControl, faceFields, FeedbackSummary } from "./feedback.js";
 import { Identities } from "./identities.js";
 
 const $ = (id) => document.getElementById(id);
@@ -23,13 +24,16 @@ const page = {
 };
 
 // What the service offers, filled by `boot` from /docs.json, /models and /features.
-const offer = { identity: false, urlFetch: false };
+const offer = { identity: false, urlFetch: false, feedback: false, models: [] };
 let identities = null;
+let feedback = null;
 
 // ---- the API key: asked for when the service answers 401, kept for this tab only (api.js)
 
 onKeyNeeded((reason) => new Promise((resolve) => {
   const form = $("key-form");
+  // A modal dialog (a correction being sent) would leave the prompt unreachable; it opens again if the call fails.
+  document.querySelectorAll("dialog[open]").forEach((dialog) => dialog.close());
   $("key-reason").textContent = reason ? `The service refused the key: ${reason}.` : "This service asks for an API key.";
   form.hidden = false;
   $("key-input").value = "";
@@ -67,6 +71,8 @@ async function boot() {
   // Identity lights up when the API has both halves: the identities resource and `identify` on analyze.
   offer.identity = Boolean(schema.paths?.["/identities"]) && requestFields(schema, "/analyze").has("identify");
   offer.urlFetch = Boolean(features.url_fetch);
+  offer.feedback = ["/feedback", "/feedback/summary", "/feedback/export"].every((path) => schema.paths?.[path]);
+  offer.models = models.models;
 
   page.detector.replaceChildren(...models.detectors.map((name) =>
     el("option", { value: name, selected: name === models.default_detector }, name)));
@@ -78,6 +84,12 @@ async function boot() {
     identities = new Identities({ table: $("identities-table"), more: $("identities-more"),
       error: $("identities-error"), names: document.body.appendChild(el("datalist", { id: "identity-names" })) });
     identities.load();
+  }
+  if (offer.feedback) {
+    $("tab-feedback").hidden = false;
+    feedback = new FeedbackSummary({ table: $("feedback-table"), total: $("feedback-total"),
+      error: $("feedback-error"), refresh: $("feedback-refresh"), download: $("feedback-download"),
+      downloaded: $("feedback-downloaded") });
   }
   document.body.dataset.ready = "true";
 }
@@ -103,9 +115,20 @@ async function photoBitmap(image) {
   }
 }
 
+/** Each face's "Correct…" control, when the service remembered the answer; face_index is the face's place in the
+ * service's answer (the table shows the faces in reading order). */
+function corrections(analysis, title) {
+  const fields = offer.feedback && analysis.request_id ? faceFields(analysis, offer.models) : [];
+  if (!fields.length) return null;
+  return (face, number) => correctionControl({ requestId: analysis.request_id, faceIndex: analysis.faces.indexOf(face),
+    answer: face, fields, subject: `face ${number}`, heading: `Correct face ${number} of ${title}`,
+    onSent: () => feedback.load() });
+}
+
 async function show(article, image, analysis) {
   const onEnrol = offer.identity ? (face, name) => identities.enrol(image, face.box, name) : null;
-  showAnalysis(article, await photoBitmap(image), analysis, { identityOffered: offer.identity, onEnrol });
+  showAnalysis(article, await photoBitmap(image), analysis,
+    { identityOffered: offer.identity, onEnrol, correction: corrections(analysis, article.dataset.title) });
 }
 
 async function analyzeImages(images) {
@@ -247,10 +270,15 @@ function setUpClassify(classifiers) {
     try {
       const answer = await callJson("/classify", { body: imageForm(asImage(image), { model: select.value, top_k: 5 }) });
       const scores = Object.fromEntries(answer.top_k.map(({ label, score }) => [label, score]));
+      const model = classifiers.find(({ name }) => name === answer.model);
+      const correction = offer.feedback && answer.request_id && model && answer.top_k[0]
+        ? correctionControl({ requestId: answer.request_id, answer: { label: answer.top_k[0].label },
+          fields: classifierFields(model), subject: `the top label of ${image.name}`, onSent: () => feedback.load() })
+        : null;
       result.replaceChildren(el("article", { className: "card" }, el("h2", {}, image.name),
         el("p", {}, el("strong", { className: "top-label" }, answer.top_k[0]?.label ?? "—"), " ",
           answer.top_k[0] ? percent(answer.top_k[0].score) : "", ` · ${answer.model}`),
-        scoreBars(scores, `Top labels for ${image.name}`)));
+        scoreBars(scores, `Top labels for ${image.name}`), correction));
     } catch (error) {
       result.replaceChildren(el("p", { className: "error", role: "alert" }, error instanceof ApiError ? error.message : String(error)));
     }
@@ -270,6 +298,7 @@ function selectTab(tab) {
     $(other.getAttribute("aria-controls")).hidden = !selected;
   }
   tab.focus();
+  if (tab.id === "tab-feedback") feedback?.load(); // what other clients sent since is shown too
 }
 
 for (const tab of tabs) {

@@ -44,7 +44,7 @@ function identityCell(face, number, onEnrol) {
 }
 
 /** The table's columns: those some face answers, identity whenever the service offers it, in a fixed order. */
-function columns(faces, onEnrol, identityOffered) {
+function columns(faces, onEnrol, identityOffered, correction) {
   const answered = (name) => faces.some((face) => face[name] !== undefined && face[name] !== null);
   const list = [];
   if (answered("emotion")) list.push(["Emotion", (face, n) => labelCell(face.emotion, `Emotion scores of face ${n}`)]);
@@ -53,6 +53,7 @@ function columns(faces, onEnrol, identityOffered) {
   const others = [...new Set(faces.flatMap(Object.keys))].filter((name) => !KNOWN_FIELDS.has(name));
   for (const name of others) list.push([name.replaceAll("_", " "), (face) => genericCell(face[name])]);
   if (identityOffered || answered("identity")) list.push(["Identity", (face, n) => identityCell(face, n, onEnrol)]);
+  if (correction) list.push(["Feedback", (face, n) => correction(face, n)]);
   if (answered("pose")) {
     list.push(["Pose", (face) => (face.pose
       ? `yaw ${degrees(face.pose.yaw)}, pitch ${degrees(face.pose.pitch)}, roll ${degrees(face.pose.roll)}` : "—")]);
@@ -68,6 +69,7 @@ function summary(analysis) {
     `${analysis.width} × ${analysis.height} pixels`];
   for (const [stage, ms] of Object.entries(analysis.timings_ms || {})) parts.push(`${stage} ${ms.toFixed(0)} ms`);
   if (analysis.missing_heads?.length) parts.push(`not served: ${analysis.missing_heads.join(", ")}`);
+  if (analysis.request_id === null) parts.push("corrections off: the service did not remember this answer");
   return parts.join(" · ");
 }
 
@@ -85,13 +87,14 @@ export function readingOrder(faces) {
   return rows.flatMap((row) => row.sort((a, b) => middle(a)[0] - middle(b)[0]));
 }
 
-/** Fill `article` (made by `resultShell`) with the photo, its boxes and the face table. */
-export function showAnalysis(article, bitmap, analysis, { identityOffered = false, onEnrol = null } = {}) {
+/** Fill `article` (made by `resultShell`) with the photo, its boxes and the face table; `correction(face, number)`,
+ * when given, makes each face's control for correcting its answers. */
+export function showAnalysis(article, bitmap, analysis, { identityOffered = false, onEnrol = null, correction = null } = {}) {
   const title = article.dataset.title;
   const faces = readingOrder(analysis.faces);
   const canvas = el("canvas", { width: analysis.width, height: analysis.height, role: "img",
     "aria-label": `${title} with ${faces.length} ${faces.length === 1 ? "face" : "faces"} boxed` });
-  const cols = columns(faces, onEnrol, identityOffered);
+  const cols = columns(faces, onEnrol, identityOffered, correction);
   const rows = faces.map((face, index) => el("tr", { tabindex: 0 },
     el("th", { scope: "row" }, String(index + 1)),
     cols.map(([, cell]) => el("td", {}, cell(face, index + 1)))));
