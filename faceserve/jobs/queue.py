@@ -112,6 +112,14 @@ class JobQueue:
                                         json.loads(options)))
         return claimed
 
+    def renew(self, worker: str, item: WorkItem) -> bool:
+        """Extend `worker`'s lease on an item it is still analysing by another `lease_s`, so that a slow image is
+        not taken by another process meanwhile; False when it no longer holds it."""
+        with self.store.transaction() as tx:
+            return tx.execute("UPDATE jobs_items SET lease_until = ? WHERE job_id = ? AND position = ? "
+                              "AND lease_owner = ? AND state = 'running'",
+                              (time.time() + self.lease_s, item.job_id, item.position, worker)).rowcount == 1
+
     def complete(self, worker: str, item: WorkItem, result: dict | None = None, error: dict | None = None) -> bool:
         """Record an item's analysis or error; False when `worker` no longer holds it (its lease ran out and
         another worker took it, or the job was cancelled): then nothing is written, so nothing is duplicated."""

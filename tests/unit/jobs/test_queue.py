@@ -85,6 +85,20 @@ def test_a_dead_workers_item_goes_to_another_and_is_written_once(queue):
     assert [line["analysis"] for line in queue.results(job)] == [{"faces": []}]
 
 
+def test_a_renewed_lease_keeps_a_slow_item_from_other_workers(queue):
+    queue.lease_s = 1.0
+    job = queue.submit("key", images(1), {})
+    (slow,) = queue.claim("slow")
+    for _ in range(3):  # 1.2 s in all: past the first lease, never past a renewed one
+        time.sleep(0.4)
+        assert queue.renew("slow", slow)
+    assert queue.claim("other") == []
+    assert not queue.renew("other", slow)  # only its holder renews it
+    assert queue.complete("slow", slow, {"faces": []})
+    assert not queue.renew("slow", slow)  # done: nothing left to hold
+    assert [line["analysis"] for line in queue.results(job)] == [{"faces": []}]
+
+
 def test_an_item_that_kills_every_worker_is_failed_with_the_reason(queue):
     queue.lease_s = 0.0
     job = queue.submit("key", images(2), {})
