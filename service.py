@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from faceserve.http.auth import ApiKeyMiddleware, presented_key
 from faceserve.http.framework import bound_metrics_labels, close_framework_downloads
-from faceserve.http.middleware import ConcurrencyLimitMiddleware, InFlight, KeepAliveLimitMiddleware
+from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimitMiddleware
 from faceserve.http.responses import ErrorShapeMiddleware, json_errors
 from faceserve.http.upload_guard import UploadGuardMiddleware
 from faceserve.models import detectors
@@ -51,7 +51,6 @@ ZipFile = Annotated[Path, ContentType("application/zip")]
 ResultsFile = Annotated[Path, ContentType("application/x-ndjson")]  # JSON Lines, one line per image
 
 _settings = Settings.from_env()
-_in_flight = InFlight()  # this process's requests, counted by the concurrency limit; the job worker yields to them
 
 
 @bentoml.service(
@@ -63,7 +62,7 @@ _in_flight = InFlight()  # this process's requests, counted by the concurrency l
 )
 class FaceAnalysis:
     def __init__(self) -> None:
-        self.runtime = Runtime(_settings, live_requests=_in_flight)
+        self.runtime = Runtime(_settings)
 
     async def __is_ready__(self) -> bool:
         return await self.runtime.ready()
@@ -269,6 +268,5 @@ if _settings.workers > 1 and _settings.keepalive_requests > 0:
 FaceAnalysis.add_asgi_middleware(ErrorShapeMiddleware, max_body_bytes=_settings.limits.max_body_bytes)
 if _settings.api_keys:
     FaceAnalysis.add_asgi_middleware(ApiKeyMiddleware, keys=_settings.api_keys)
-FaceAnalysis.add_asgi_middleware(ConcurrencyLimitMiddleware, max_concurrency=_settings.limits.max_concurrency,
-                                  in_flight=_in_flight)
+FaceAnalysis.add_asgi_middleware(ConcurrencyLimitMiddleware, max_concurrency=_settings.limits.max_concurrency)
 FaceAnalysis.add_asgi_middleware(UploadGuardMiddleware, file_fields=("image", "images", "file", "archive"))

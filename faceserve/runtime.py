@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -43,9 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: Settings | None = None, live_requests: Callable[[], int] = lambda: 0):
-        """`live_requests`: how many requests this process is answering now (the service counts them in its
-        concurrency limit); the job worker yields to them."""
+    def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
         self.repository = Repository.load(self.settings.repository)
         backend = create(self.settings.backend, self.repository.path, threads=self.settings.ort_threads,
@@ -73,8 +71,7 @@ class Runtime:
         self._feedback_lock = asyncio.Lock()
         self._jobs: JobQueue | None = None
         self._jobs_lock = asyncio.Lock()
-        self.job_worker = JobWorker(self.jobs, self._analyze_job_item, concurrency=self.settings.job_concurrency,
-                                    live=live_requests, yield_factor=self.settings.job_yield)
+        self.job_worker = JobWorker(self.jobs, self._analyze_job_item, concurrency=self.settings.job_concurrency)
         log.info("model repository: %s", self.repository.path)
         if self.repository.missing:
             log.warning("models declared but not built (heads answered as missing): %s",

@@ -61,13 +61,10 @@ class Settings:
     decline_threshold: float = 0.5
     # Asynchronous jobs (docs/jobs.md): FACESERVE_JOB_MAX_IMAGES, _MAX_BYTES, _MAX_QUEUED (unfinished jobs per API
     # key); FACESERVE_JOB_CONCURRENCY images analysed at once by each service process's worker (0: no worker);
-    # FACESERVE_JOB_LEASE_S: how long an image's claim lasts, hence how soon a dead process's images are taken again;
-    # FACESERVE_JOB_YIELD: while live requests are in flight, the worker rests this many times as long as its last
-    # images took (0: it never yields)
+    # FACESERVE_JOB_LEASE_S: how long an image's claim lasts, hence how soon a dead process's images are taken again
     jobs: JobLimits = JobLimits()
     job_concurrency: int = 1
     job_lease_s: float = 30.0
-    job_yield: float = 1.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -98,7 +95,6 @@ class Settings:
                            max_queued_jobs=int(_env("JOB_MAX_QUEUED", str(JobLimits.max_queued_jobs)))),
             job_concurrency=int(_env("JOB_CONCURRENCY", "1")),
             job_lease_s=float(_env("JOB_LEASE_S", "30")),
-            job_yield=float(_env("JOB_YIELD", "1")),
         )
 
 

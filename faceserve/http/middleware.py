@@ -9,42 +9,31 @@ from faceserve.http import OPEN_PATHS
 from faceserve.http.responses import RETRY_AFTER_S, error_response
 
 
-class InFlight:
-    """How many requests a process is answering now: kept by ConcurrencyLimitMiddleware, read by whatever yields
-    to live traffic (the job worker)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> int:
-        return self.count
-
-
 class ConcurrencyLimitMiddleware:
     """ASGI middleware: beyond `max_concurrency` requests in flight, answer 503 with Retry-After at once.
 
     Replaces BentoML's `traffic.max_concurrency`, whose 429 is sent by a middleware
     outside ours (so it could carry neither our body nor Retry-After). Health and
-    metrics are never limited, nor counted in `in_flight` (given: shared with the rest of the process).
+    metrics are never limited.
     """
 
-    def __init__(self, app, max_concurrency: int, in_flight: InFlight | None = None):
+    def __init__(self, app, max_concurrency: int):
         self.app = app
         self.max_concurrency = max_concurrency
-        self.in_flight = in_flight or InFlight()
+        self.in_flight = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
-        if self.in_flight.count >= self.max_concurrency:
+        if self.in_flight >= self.max_concurrency:
             error = Overloaded(f"the server is handling its limit of {self.max_concurrency} concurrent requests; "
                                f"retry after {RETRY_AFTER_S} s", retry_after=int(RETRY_AFTER_S))
             return await error_response(error)(scope, receive, send)
-        self.in_flight.count += 1
+        self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight.count -= 1
+            self.in_flight -= 1
 
 
 class KeepAliveLimitMiddleware:

@@ -22,20 +22,12 @@ Analyze = Callable[[WorkItem], Awaitable[dict]]
 class JobWorker:
     """`concurrency` images at a time at most, so that live requests keep most of the process. Idle, it asks the
     queue every `idle_s` (work may come from any process), or at once when `wake` is called after a submission
-    here.
-
-    Jobs yield to live requests: while `live()` (this process's requests in flight) is above zero, the worker rests
-    after each round of images for `yield_factor` times as long as the round took, and goes on at once when the last
-    live request is answered. Under steady live load a job so keeps at most 1 / (1 + yield_factor) of the time it
-    would otherwise have; on a service with no live request it runs at full speed, and it is never stopped."""
+    here."""
 
     def __init__(self, open_queue: Callable[[], Awaitable[JobQueue]], analyze: Analyze, concurrency: int = 1,
-                 idle_s: float = 0.5, stop_wait_s: float = 10.0, live: Callable[[], int] = lambda: 0,
-                 yield_factor: float = 1.0, yield_poll_s: float = 0.005):
+                 idle_s: float = 0.5, stop_wait_s: float = 10.0):
         self.open_queue, self.analyze, self.concurrency = open_queue, analyze, concurrency
         self.idle_s, self.stop_wait_s = idle_s, stop_wait_s
-        self.live, self.yield_factor, self.yield_poll_s = live, yield_factor, yield_poll_s
-        self.rested_s = 0.0  # statistics: seconds spent yielding to live requests
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # the lease holder's name
         self._wake = asyncio.Event()
         self._stopping = False
@@ -54,7 +46,6 @@ class JobWorker:
         short stays leased and is claimed again, by any process, once the lease runs out."""
         if self._task is None:
             return
-        log.info("job worker %s: stopping; it rested %.1f s for live requests", self.name, self.rested_s)
         self._stopping = True
         self._wake.set()
         try:
@@ -79,18 +70,7 @@ class JobWorker:
             if not items:
                 await self._idle()
                 continue
-            began = asyncio.get_running_loop().time()
             await asyncio.gather(*(self._work(queue, item) for item in items))
-            await self._yield(asyncio.get_running_loop().time() - began)
-
-    async def _yield(self, worked_s: float) -> None:
-        """Rest up to `yield_factor * worked_s` while live requests are in flight."""
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        until = began + self.yield_factor * worked_s
-        while not self._stopping and self.live() > 0 and (left := until - loop.time()) > 0:
-            await asyncio.sleep(min(left, self.yield_poll_s))
-        self.rested_s += loop.time() - began
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
