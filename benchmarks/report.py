@@ -144,7 +144,8 @@ def job_section(rows: list[dict]) -> list[str]:
              f"{during['concurrency']} closed-loop clients on `/analyze` throughout; the job is the workload's photos "
              f"repeated, one {job['archive_mb']} MB zip to `/jobs/submit` (its upload, {job['submit_s']} s, is in "
              "neither window).", "",
-             "| window | live requests | live req/s | p50 ms | p95 ms | p99 ms | errors | server CPU % (job's included) |",
+             "| window | live requests | live req/s | p50 ms | p95 ms | p99 ms | errors "
+             "| server CPU % (job's included) |",
              "|---|---|---|---|---|---|---|---|"]
     for label, r, cpu in (("idle", idle, idle.get("cpu_percent")), ("during the job", during,
                                                                      job.get("server_cpu_percent"))):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import io
 import json
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -160,7 +162,7 @@ def test_jobs_contention_reports_both_windows_their_ratios_and_every_job_line_ch
     assert timeline["idle"][0][1] <= timeline["job"][0] < timeline["job"][1] <= timeline["idle"][1][0]
     markdown = (quick_report / "report.md").read_text()
     assert "## Live /analyze beside a 20-image job (`jobs-contention`)" in markdown
-    assert f"| during / idle | | " in markdown and f"**{job['images_per_s']} images/s**" in markdown
+    assert "| during / idle | | " in markdown and f"**{job['images_per_s']} images/s**" in markdown
     assert (quick_report / "jobs-contention.png").read_bytes().startswith(PNG_MAGIC)
 
 
@@ -186,8 +188,6 @@ def test_contention_job_archive_cycles_the_photos_in_order(tmp_path):
         photos[-1].write_bytes(name.encode())
     archive, names = contention.job_archive(photos, 5)
     assert names == ["000-a.jpg", "001-b.jpg", "002-a.jpg", "003-b.jpg", "004-a.jpg"]
-    import io
-    import zipfile
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:
         assert opened.namelist() == names and opened.read("003-b.jpg") == b"b.jpg"
 
