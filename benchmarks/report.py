@@ -237,8 +237,19 @@ def markdown(report: dict) -> str:
             by_size = {int(r["mean_batch"]): r["ms_per_image"] for r in cost if r["variant"].startswith(model + "/")}
             lines.append(f"| {model} | " + " | ".join(_fmt(by_size.get(n), 3) for n in sizes) + " |")
     lines += job_section(report["rows"])
-    lines += ["", "Plots: `throughput.png`, `p99.png`.", ""]
+    drawn = [*(["throughput.png", "p99.png"] if _sweeps(report["rows"]) else []),
+             *(["jobs-contention.png"] if all(_job_rows(report["rows"])) else [])]
+    lines += ["", "Plots: " + ", ".join(f"`{name}`" for name in drawn) + ".", ""] if drawn else [""]
     return "\n".join(lines)
+
+
+def _sweeps(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows of the concurrency sweeps, by scenario and variant: what throughput.png and p99.png draw."""
+    series: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["scenario"] not in ("detectors", "batch-cost", "identity", JOBS):  # not concurrency sweeps
+            series.setdefault(r["scenario"] + (f" {r['variant']}" if r["variant"] else ""), []).append(r)
+    return series
 
 
 def plots(rows: list[dict], out: Path) -> list[Path]:
@@ -246,13 +257,11 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["scenario"] not in ("detectors", "batch-cost", "identity", JOBS):  # not concurrency sweeps
-            series.setdefault(r["scenario"] + (f" {r['variant']}" if r["variant"] else ""), []).append(r)
+    series = _sweeps(rows)
+    figures = (("throughput", "throughput (requests/s)", "throughput.png"),
+               ("p99_ms", "p99 latency (ms)", "p99.png")) if series else ()  # none when no sweep ran
     written = []
-    for key, label, file in (("throughput", "throughput (requests/s)", "throughput.png"),
-                             ("p99_ms", "p99 latency (ms)", "p99.png")):
+    for key, label, file in figures:
         fig, ax = plt.subplots(figsize=(9, 5.5))
         for name, points in sorted(series.items()):
             points = sorted(points, key=lambda r: r["concurrency"])
