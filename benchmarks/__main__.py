@@ -1,4 +1,5 @@
 """python -m benchmarks [--quick] [--scenarios NAME ...] [--workload single|group|multi|mixed] [--out DIR]
+                     [--concurrency C ...] [--duration S] [--job-images N]
 
 Runs every named scenario side by side on the same photos and models, then writes
 <out>/results.json, <out>/report.md, <out>/throughput.png and <out>/p99.png.
@@ -32,10 +33,10 @@ HERE = Path(__file__).resolve().parent
 # 3 s and until 20 requests succeeded.
 QUICK = Config(concurrencies=(1, 16), warmup_s=1.0, duration_s=3.0, heads=("emotion",),
                head_concurrencies=(32,), head_duration_s=3.0, seed_workers=1, seed_threads=4,
-               min_ok=20, max_window_s=60.0)
+               min_ok=20, max_window_s=60.0, job_images=20)
 FULL = Config(concurrencies=(1, 4, 16, 32, 64), warmup_s=2.0, duration_s=8.0,
               heads=("emotion", "gender", "age"), head_concurrencies=(1, 4, 16, 32, 64), head_duration_s=4.0,
-              seed_workers=2, seed_threads=4, min_ok=100, max_window_s=120.0)
+              seed_workers=2, seed_threads=4, min_ok=100, max_window_s=120.0, job_images=500)
 
 
 def machine() -> str:
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=None,
                         help="override the concurrency sweep (service and heads scenarios alike)")
     parser.add_argument("--duration", type=float, default=None, help="override the least measured seconds per point")
+    parser.add_argument("--job-images", type=int, default=None,
+                        help="jobs-contention's job size (default 500; quick: 20)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                                   head_concurrencies=tuple(args.concurrency))
     if args.duration:
         cfg = dataclasses.replace(cfg, duration_s=args.duration, head_duration_s=args.duration)
+    if args.job_images:
+        cfg = dataclasses.replace(cfg, job_images=args.job_images)
     out = (args.out or HERE / "results" / datetime.date.today().isoformat()).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     count, close = count_faces_with_blazeface()

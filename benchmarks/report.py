@@ -90,6 +90,8 @@ def targets(rows: list[dict], info: dict) -> list[dict]:
                        best1 is not None and best1["p50_ms"] <= 15,
                        f"{best1['scenario']}: p50 {best1['p50_ms']} ms" if best1 else "not measured", c1))
 
+    out += job_targets(rows)
+
     cold = info.get("service-embedded", {}).get("cold_start_s")
     out.append(_target("cold start to /readyz <= 5 s (service-embedded)", cold, cold is not None and cold <= 5,
                        f"{cold} s from `bentoml serve` to the first 200 on /readyz" if cold else "not measured"))
@@ -100,6 +102,66 @@ def targets(rows: list[dict], info: dict) -> list[dict]:
                        f"largest process of the bentoml tree peaked at {peak} MB" if peak else "not measured",
                        embedded))
     return out
+
+
+JOBS = "jobs-contention"
+JOB_LATENCY_FACTOR = 2.0  # issue 14: a live analyze within 2x of the idle service's latency while a job runs
+
+
+def _job_rows(rows: list[dict]) -> tuple[dict | None, dict | None]:
+    """jobs-contention's idle row and its during-the-job row (the one that carries the job)."""
+    found = [r for r in rows if r["scenario"] == JOBS]
+    return (next((r for r in found if r["variant"] == "idle"), None),
+            next((r for r in found if "job" in r), None))
+
+
+def job_targets(rows: list[dict]) -> list[dict]:
+    idle, during = _job_rows(rows)
+    name = (f"jobs-contention: live /analyze p50 and p95 while a job runs <= {JOB_LATENCY_FACTOR:g}x the idle "
+            "service's")
+    if not (idle and during):
+        return [_target(name, None, False, "not measured"),
+                _target("jobs-contention: every job line equals a synchronous /analyze", None, False, "not measured")]
+    ratios, job = during["ratios"], during["job"]
+    worst = max((v for v in (ratios["p50"], ratios["p95"]) if v is not None), default=None)
+    detail = (f"c={during['concurrency']}, {job['images']}-image job: p50 {idle['p50_ms']} -> {during['p50_ms']} ms "
+              f"({ratios['p50']}x), p95 {idle['p95_ms']} -> {during['p95_ms']} ms ({ratios['p95']}x); "
+              f"the job ran {job['seconds']} s, {job['images_per_s']} images/s")
+    return [_target(name, worst, worst is not None and worst <= JOB_LATENCY_FACTOR, detail, [idle, during]),
+            _target("jobs-contention: every job line equals a synchronous /analyze", job["mismatches"],
+                    job["mismatches"] == 0 and job["result_lines"] == job["images"] and job["names_in_order"],
+                    f"{job['mismatches']} of {job['result_lines']} lines differ ({job['mismatches_seen']} in a face, "
+                    f"a box or a label; {job['failed_lines']} failed); names in submission order: "
+                    f"{job['names_in_order']}")]
+
+
+def job_section(rows: list[dict]) -> list[str]:
+    idle, during = _job_rows(rows)
+    if not (idle and during):
+        return []
+    job, ratios = during["job"], during["ratios"]
+    lines = ["", f"## Live /analyze beside a {job['images']}-image job (`jobs-contention`)", "",
+             f"{during['concurrency']} closed-loop clients on `/analyze` throughout; the job is the workload's photos "
+             f"repeated, one {job['archive_mb']} MB zip to `/jobs/submit` (its upload, {job['submit_s']} s, is in "
+             "neither window).", "",
+             "| window | live requests | live req/s | p50 ms | p95 ms | p99 ms | errors "
+             "| server CPU % (job's included) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, r, cpu in (("idle", idle, idle.get("cpu_percent")), ("during the job", during,
+                                                                     job.get("server_cpu_percent"))):
+        lines.append(f"| {label} | {r['requests']} | {_fmt(r['throughput'])} | {_fmt(r['p50_ms'])} | "
+                     f"{_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | {r['errors']} | {_fmt(cpu, 0)} |")
+    lines += [f"| during / idle | | {_fmt(ratio_of(during['throughput'], idle['throughput']), 2)} | "
+              f"{_fmt(ratios['p50'], 2)} | {_fmt(ratios['p95'], 2)} | {_fmt(ratios['p99'], 2)} | | |", "",
+              f"The job: {job['done']} done, {job['failed']} failed of {job['images']} in {job['seconds']} s "
+              f"(created to finished, the server's clock): **{job['images_per_s']} images/s**. Its result lines "
+              f"against a synchronous `/analyze` of each photo: **{job['mismatches']} mismatches** "
+              f"({job['mismatches_seen']} in a face, a box or a label). Plot: `jobs-contention.png`."]
+    return lines
+
+
+def ratio_of(a, b):
+    return round(a / b, 2) if a is not None and b else None
 
 
 def _fmt(v, digits=1):
@@ -174,8 +236,20 @@ def markdown(report: dict) -> str:
         for model in models:
             by_size = {int(r["mean_batch"]): r["ms_per_image"] for r in cost if r["variant"].startswith(model + "/")}
             lines.append(f"| {model} | " + " | ".join(_fmt(by_size.get(n), 3) for n in sizes) + " |")
-    lines += ["", "Plots: `throughput.png`, `p99.png`.", ""]
+    lines += job_section(report["rows"])
+    drawn = [*(["throughput.png", "p99.png"] if _sweeps(report["rows"]) else []),
+             *(["jobs-contention.png"] if all(_job_rows(report["rows"])) else [])]
+    lines += ["", "Plots: " + ", ".join(f"`{name}`" for name in drawn) + ".", ""] if drawn else [""]
     return "\n".join(lines)
+
+
+def _sweeps(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows of the concurrency sweeps, by scenario and variant: what throughput.png and p99.png draw."""
+    series: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["scenario"] not in ("detectors", "batch-cost", "identity", JOBS):  # not concurrency sweeps
+            series.setdefault(r["scenario"] + (f" {r['variant']}" if r["variant"] else ""), []).append(r)
+    return series
 
 
 def plots(rows: list[dict], out: Path) -> list[Path]:
@@ -183,13 +257,11 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["scenario"] not in ("detectors", "batch-cost", "identity"):  # not concurrency sweeps
-            series.setdefault(r["scenario"] + (f" {r['variant']}" if r["variant"] else ""), []).append(r)
+    series = _sweeps(rows)
+    figures = (("throughput", "throughput (requests/s)", "throughput.png"),
+               ("p99_ms", "p99 latency (ms)", "p99.png")) if series else ()  # none when no sweep ran
     written = []
-    for key, label, file in (("throughput", "throughput (requests/s)", "throughput.png"),
-                             ("p99_ms", "p99 latency (ms)", "p99.png")):
+    for key, label, file in figures:
         fig, ax = plt.subplots(figsize=(9, 5.5))
         for name, points in sorted(series.items()):
             points = sorted(points, key=lambda r: r["concurrency"])
@@ -205,7 +277,55 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
         fig.savefig(out / file, dpi=110)
         plt.close(fig)
         written.append(out / file)
-    return written
+    job_plot = job_timeline_plot(rows, out)
+    return written + ([job_plot] if job_plot else [])
+
+
+def job_timeline_plot(rows: list[dict], out: Path) -> Path | None:
+    """jobs-contention: live latency over time with the job's progress on a second axis, and the two windows'
+    latency distributions side by side."""
+    idle, during = _job_rows(rows)
+    if not (idle and during and during.get("timeline")):
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timeline, job = during["timeline"], during["job"]
+    fig, (ax, dist) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [2.2, 1]})
+    t = [p[0] for p in timeline["latency"]]
+    ax.scatter(t, [p[1] for p in timeline["latency"]], s=4, alpha=0.5, color="tab:blue", label="live /analyze")
+    for i, span in enumerate(timeline["idle"]):
+        ax.axvspan(*span, color="tab:green", alpha=0.10, label="idle windows" if i == 0 else None)
+        ax.hlines([idle["p50_ms"], idle["p95_ms"]], *span, colors="tab:green", linestyles=["-", "--"])
+    ax.axvspan(*timeline["job"], color="tab:orange", alpha=0.10, label="job window")
+    ax.hlines([during["p50_ms"], during["p95_ms"]], *timeline["job"], colors="tab:orange", linestyles=["-", "--"])
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the live load began")
+    ax.set_ylabel("live /analyze latency (ms; lines: p50, dashed p95)")
+    done = ax.twinx()
+    done.step([p[0] for p in timeline["progress"]], [p[1] for p in timeline["progress"]], where="post",
+              color="tab:red", label="job images finished")
+    done.set_ylabel("job images finished")
+    done.set_ylim(0, job["images"] * 1.05)
+    handles = ax.get_legend_handles_labels()[0] + done.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    ax.set_title(f"{during['concurrency']} live clients; {job['images']}-image job at {job['images_per_s']} images/s")
+    ax.grid(True, which="both", alpha=0.3)
+
+    windows = [[p[1] for p in timeline["latency"]
+                if any(start <= p[0] and p[0] + p[1] / 1e3 <= end for start, end in spans)]
+               for spans in (timeline["idle"], [timeline["job"]])]
+    dist.boxplot(windows, whis=(5, 95), showfliers=False)
+    dist.set_xticks([1, 2], ["idle (before and after)", "during the job"])
+    dist.set_yscale("log")
+    dist.set_ylabel("latency (ms; box: quartiles, whiskers: p5-p95)")
+    dist.set_title(f"p50 x{during['ratios']['p50']}, p95 x{during['ratios']['p95']}")
+    dist.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "jobs-contention.png", dpi=110)
+    plt.close(fig)
+    return out / "jobs-contention.png"
 
 
 def write(report: dict, out: Path) -> None:

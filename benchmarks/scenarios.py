@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import psutil
 
-from benchmarks import loadgen, servers
+from benchmarks import contention, loadgen, servers
 from faceserve import devserver
 from benchmarks.monitor import CpuWindow, TreeMonitor
 from benchmarks.report import COMPARISON_C
@@ -38,6 +38,8 @@ class Config:
     seed_threads: int = 4
     min_ok: int = 1              # a measured window also lasts until this many requests succeeded ...
     max_window_s: float = 60.0   # ... but no longer than this
+    job_images: int = 500        # jobs-contention: the job's size (the workload's photos repeated) ...
+    job_clients: int = 4         # ... and the live closed-loop clients measured beside it
 
 
 @dataclasses.dataclass
@@ -510,6 +512,36 @@ def _search_rows(ctx: Context) -> list[dict]:
     return rows
 
 
+def jobs_contention(ctx: Context) -> list[dict]:
+    """Live `/analyze` latency (a closed loop of `job_clients`) on the idle service, then while a job of
+    `job_images` photos runs through the same service (one zip file to `/jobs/submit`); every line of the job
+    compared with a synchronous `/analyze` of its photo (benchmarks/contention.py)."""
+    import tempfile
+
+    cfg = ctx.config
+    # The job is one upload of ~65 kB x job_images: above the default 20 MB body limit at 500 images.
+    env = {"FACESERVE_MAX_BODY_BYTES": str(256 * 2**20)}
+    with tempfile.TemporaryDirectory(prefix="faceserve-bench-jobs-") as data, \
+            devserver.bentoml_serve(ctx.out / "logs", {**env, "FACESERVE_DATA_DIR": data}) as server, \
+            TreeMonitor([server.pid]) as mon:
+        measured = asyncio.run(contention.measure(
+            server.url, ctx.images, clients=cfg.job_clients, job_images=cfg.job_images, warmup_s=cfg.warmup_s,
+            idle_s=cfg.duration_s, min_ok=cfg.min_ok, max_s=cfg.max_window_s, server_pids=[server.pid]))
+    job, ratios = measured["job"], measured["ratios"]
+    ctx.info["jobs-contention"] = {
+        "cold_start_s": server.cold_start_s, "live_clients": cfg.job_clients, "job_images": job["images"],
+        "job_seconds": job["seconds"], "job_images_per_s": job["images_per_s"], "job_submit_s": job["submit_s"],
+        "job_failed": job["failed"], "result_mismatches": job["mismatches"], "p50_ratio": ratios["p50"],
+        "p95_ratio": ratios["p95"]}
+    rows = []
+    for variant, key in (("idle", "idle"), (f"during {job['images']}-image job", "during")):
+        rows.append(ctx.row("jobs-contention", cfg.job_clients, measured[key], variant=variant, mean_batch=None,
+                            peak_rss_mb=mon.peak_rss_mb))
+        ctx.advance(f"jobs-contention {key}")
+    rows[-1].update(job=job, ratios=ratios, timeline=measured["timeline"])
+    return rows
+
+
 SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "inprocess": inprocess,
     "service-embedded": service_embedded,
@@ -523,6 +555,7 @@ SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "batch-cost": batch_cost,
     "cluster": cluster,
     "identity": identity,
+    "jobs-contention": jobs_contention,
 }
 # Run only when named (`--scenarios cluster`): each starts a whole deployment per instance count.
 OPT_IN = {"cluster"}
@@ -553,4 +586,6 @@ def runs_in(name: str, cfg: Config) -> int:
         return len(CLUSTER_INSTANCES) * len(cfg.concurrencies)
     if name == "identity":
         return 3 + len(_search_galleries(cfg))
+    if name == "jobs-contention":
+        return 2
     return len(cfg.concurrencies)

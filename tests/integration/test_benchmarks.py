@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import io
 import json
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from benchmarks import loadgen, report, soak
+from benchmarks import contention, loadgen, report, soak
 from benchmarks.scenarios import unusable
 from tests.support import ROOT
 
 SCENARIOS = ["inprocess", "service-embedded", "service-triton-grpc", "service-triton-http", "triton-pipeline-grpc",
-             "triton-pipeline-http", "triton-heads", "seed-baseline", "detectors", "batch-cost", "identity"]
+             "triton-pipeline-http", "triton-heads", "seed-baseline", "detectors", "batch-cost", "identity",
+             "jobs-contention"]
 ROW_KEYS = {"scenario", "variant", "workload", "concurrency", "throughput", "p50_ms", "p95_ms", "p99_ms",
             "requests", "errors", "successes", "mean_batch", "peak_rss_mb", "cpu_percent"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -131,7 +134,75 @@ def test_identity_threshold_evidence_is_drawn(quick_report, fixtures):
     assert (quick_report / "similarity.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_jobs_contention_reports_both_windows_their_ratios_and_every_job_line_checked(quick_report):
+    """The quick variant: a 20-image job beside the live clients. Fields and arithmetic, never the speed."""
+    result = json.loads((quick_report / "results.json").read_text())
+    rows = [r for r in result["rows"] if r["scenario"] == "jobs-contention"]
+    assert [r["variant"] for r in rows] == ["idle", "during 20-image job"]
+    idle, during = rows
+    for row in rows:
+        assert row["concurrency"] == result["meta"]["config"]["job_clients"] == 4
+        assert row["successes"] == row["requests"] > 0 and row["errors"] == 0, row
+        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], row
+    job, ratios = during["job"], during["ratios"]
+    assert (job["images"], job["state"], job["done"], job["failed"], job["result_lines"]) == (20, "done", 20, 0, 20)
+    assert job["names_in_order"] and job["mismatches"] == job["mismatches_seen"] == 0, job
+    assert job["seconds"] > 0 and job["images_per_s"] == pytest.approx(20 / job["seconds"], rel=0.01)
+    for q in ("p50", "p95", "p99"):
+        assert ratios[q] == round(during[f"{q}_ms"] / idle[f"{q}_ms"], 2)
+    latency, lines = (next(t for t in result["targets"] if t["target"].startswith(f"jobs-contention: {start}"))
+                      for start in ("live /analyze", "every job line"))
+    assert latency["value"] == max(ratios["p50"], ratios["p95"]) and latency["verdict"] in {"PASS", "MISS"}
+    assert latency["verdict"] == ("PASS" if latency["value"] <= report.JOB_LATENCY_FACTOR else "MISS")
+    assert (lines["value"], lines["verdict"]) == (0, "PASS")
+    info = result["scenarios"]["jobs-contention"]["info"]
+    assert (info["job_images"], info["result_mismatches"], info["p95_ratio"]) == (20, 0, ratios["p95"])
+    timeline = during["timeline"]
+    assert timeline["progress"][-1][1] == 20 and len(timeline["idle"]) == 2
+    assert timeline["idle"][0][1] <= timeline["job"][0] < timeline["job"][1] <= timeline["idle"][1][0]
+    markdown = (quick_report / "report.md").read_text()
+    assert "## Live /analyze beside a 20-image job (`jobs-contention`)" in markdown
+    assert "| during / idle | | " in markdown and f"**{job['images_per_s']} images/s**" in markdown
+    assert (quick_report / "jobs-contention.png").read_bytes().startswith(PNG_MAGIC)
+
+
 # --- without a server ------------------------------------------------------------------------------
+
+def test_contention_windows_count_requests_that_started_and_finished_inside():
+    samples = [(10.0, 100.0, True, None),    # 10.0-10.1: in the first span
+               (10.95, 100.0, True, None),   # ends at 11.05, after the first span: in none
+               (11.5, 50.0, True, None),     # between the spans
+               (12.0, 200.0, False, "500: boom"),  # in the second span, failed
+               (12.5, 300.0, True, None)]    # in the second span
+    result = contention.window(samples, [(10.0, 11.0), (12.0, 13.0)])
+    assert (result["requests"], result["errors"], result["successes"], result["duration_s"]) == (3, 1, 2, 2.0)
+    assert result["throughput"] == 1.0 and result["first_error"] == "500: boom"
+    assert result["p50_ms"] == 200.0  # of the successful ones: 100 and 300
+    assert contention.ratio(300.0, 150.0) == 2.0 and contention.ratio(3.0, None) is None
+
+
+def test_contention_job_archive_cycles_the_photos_in_order(tmp_path):
+    photos = []
+    for name in ("a.jpg", "b.jpg"):
+        photos.append(tmp_path / name)
+        photos[-1].write_bytes(name.encode())
+    archive, names = contention.job_archive(photos, 5)
+    assert names == ["000-a.jpg", "001-b.jpg", "002-a.jpg", "003-b.jpg", "004-a.jpg"]
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        assert opened.namelist() == names and opened.read("003-b.jpg") == b"b.jpg"
+
+
+def test_contention_compares_all_but_the_request_id_and_timings():
+    face = {"box": {"x1": 1.0, "y1": 2.0, "x2": 30.4, "y2": 40.0}, "score": 0.9,
+            "emotion": {"label": "happy", "score": 0.8, "scores": {}}, "age": 30.0}
+    line = {"request_id": "x", "timings_ms": {"total": 5.0}, "width": 64, "faces": [face]}
+    same = {**line, "request_id": "y", "timings_ms": {"total": 9.0}}
+    assert contention.comparable(line) == contention.comparable(same)
+    nudged = {**line, "faces": [{**face, "age": 30.01}]}
+    assert contention.comparable(nudged) != contention.comparable(line)
+    assert not contention.faces_differ(nudged, line)  # the age differs, no face, box or label does
+    relabelled = {**line, "faces": [{**face, "emotion": {**face["emotion"], "label": "sad"}}]}
+    assert contention.faces_differ(relabelled, line) and contention.faces_differ({**line, "faces": []}, line)
 
 def test_locust_csv_with_no_completed_request_parses_to_no_values(tmp_path):
     stats = tmp_path / "run_stats.csv"
