@@ -77,8 +77,20 @@ class JobWorker:
             await asyncio.wait_for(self._wake.wait(), self.idle_s)
         self._wake.clear()
 
+    async def _hold(self, queue: JobQueue, item: WorkItem) -> None:
+        """Renew the item's lease every third of it while its analysis lasts, so that no other process takes a
+        slow image meanwhile; a renewal that fails is only logged (the lease then runs out as for a dead worker)."""
+        while True:
+            await asyncio.sleep(queue.lease_s / 3)
+            try:
+                if not await asyncio.to_thread(queue.renew, self.name, item):
+                    return  # cancelled, or already taken: complete() will find out
+            except StoreUnavailable as exc:
+                log.warning("job %s image %d: lease not renewed (%s)", item.job_id, item.position, exc.message)
+
     async def _work(self, queue: JobQueue, item: WorkItem) -> None:
         result = error = None
+        holding = asyncio.create_task(self._hold(queue, item))
         try:
             result = await self.analyze(item)
         except FaceserveError as exc:
@@ -86,6 +98,8 @@ class JobWorker:
         except Exception as exc:
             log.exception("job %s image %d (%s) failed", item.job_id, item.position, item.name)
             error = {"error": "internal_error", "message": f"analysing this image failed: {type(exc).__name__}"}
+        finally:
+            holding.cancel()
         try:
             if not await asyncio.to_thread(queue.complete, self.name, item, result, error):
                 log.info("job %s image %d: no longer ours (cancelled, or taken after the lease ran out)",
