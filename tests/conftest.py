@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,15 @@ def postgres():
     """A real PostgreSQL server for the session (faceserve/postgres_local.py); tests create databases on it."""
     with LocalPostgres() as server:
         yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url_each_engine(request, tmp_path):
+    """A fresh store on each engine: a SQLite file, then a database of its own on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'faceserve.db'}"
+        return
+    postgres = request.getfixturevalue("postgres")
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield postgres.create_database(name)
+    postgres.drop_database(name)

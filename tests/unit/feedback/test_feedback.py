@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import datetime
 import io
-import uuid
 
 import pytest
 
@@ -84,19 +83,8 @@ def test_model_said_must_be_what_the_model_said(feedback):
         feedback.correct(two_faces(feedback), 1, "emotion", "angry", model_said="happy")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'faceserve.db'}"
-        return
-    postgres = request.getfixturevalue("postgres")
-    name = f"feedback_{uuid.uuid4().hex[:12]}"
-    yield postgres.create_database(name)
-    postgres.drop_database(name)
-
-
-def test_old_uncorrected_answers_are_forgotten_and_corrected_ones_kept(any_store_url):
-    with open_store(any_store_url) as store:
+def test_old_uncorrected_answers_are_forgotten_and_corrected_ones_kept(store_url_each_engine):
+    with open_store(store_url_each_engine) as store:
         feedback = Feedback(store)
         corrected, forgotten, another = two_faces(feedback), two_faces(feedback), two_faces(feedback)
         feedback.correct(corrected, 0, "emotion", "angry")

@@ -4,7 +4,6 @@ store."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
@@ -14,15 +13,9 @@ from faceserve.jobs.queue import MAX_ATTEMPTS
 from faceserve.store import open_store
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'faceserve.db'}"
-        return
-    postgres = request.getfixturevalue("postgres")
-    name = f"jobs_{uuid.uuid4().hex[:12]}"
-    yield postgres.create_database(name)
-    postgres.drop_database(name)
+@pytest.fixture
+def store_url(store_url_each_engine):
+    return store_url_each_engine
 
 
 @pytest.fixture
