@@ -230,22 +230,24 @@ class FaceAnalysis:
 
     @bentoml.api(route="/jobs/status")
     @json_errors
-    async def job_status(self, job_id: str) -> Job:
-        """A job's state and progress (images done, failed, cancelled, of the total)."""
-        return await self.runtime.job_status(job_id)
+    async def job_status(self, ctx: bentoml.Context, job_id: str) -> Job:
+        """A job's state and progress (images done, failed, cancelled, of the total). With API keys, only the key
+        that submitted a job sees it (another key's job is a 404 `unknown_job`)."""
+        return await self.runtime.job_status(presented_key(ctx.request.headers.raw), job_id)
 
     @bentoml.api(route="/jobs/results")
     @json_errors
-    async def job_results(self, job_id: str) -> ResultsFile:
+    async def job_results(self, ctx: bentoml.Context, job_id: str) -> ResultsFile:
         """JSON Lines, one line per finished image in submission order: `index`, `name`, `state` and its
         `analysis` (as `/analyze` answers) or its `error` (`error`, `message`)."""
-        return Response(await self.runtime.job_results(job_id), media_type="application/x-ndjson")
+        return Response(await self.runtime.job_results(presented_key(ctx.request.headers.raw), job_id),
+                        media_type="application/x-ndjson")
 
     @bentoml.api(route="/jobs/cancel")
     @json_errors
-    async def cancel_job(self, job_id: str) -> Job:
+    async def cancel_job(self, ctx: bentoml.Context, job_id: str) -> Job:
         """Stop a job: its images not yet analysed are cancelled; results already written stay."""
-        return await self.runtime.cancel_job(job_id)
+        return await self.runtime.cancel_job(presented_key(ctx.request.headers.raw), job_id)
 
     @bentoml.api
     async def models(self) -> ModelsInfo:

@@ -361,28 +361,31 @@ class Runtime:
         job_id = await asyncio.to_thread(queue.submit, self._job_owner(api_key), items,
                                          {"detector": detector, "identify": identify})
         self.job_worker.wake()
-        return await self.job_status(job_id)
+        return await self.job_status(api_key, job_id)
 
     def _job_owner(self, api_key: bytes | None) -> str:
-        """Whom the queued-jobs limit counts for: the API key (by its digest, never the key), or everyone alike
-        where no keys are configured (any header would do there, so it must not count)."""
+        """Whose a job is (who may follow, read and cancel it; whom the queued-jobs limit counts for): the API key
+        (by its digest, never the key), or everyone alike where no keys are configured (any header would do
+        there, so it must not count)."""
         if not self.settings.api_keys or api_key is None:
             return ""
         return hashlib.sha256(api_key).hexdigest()
 
-    async def job_status(self, job_id: str) -> Job:
-        status = await asyncio.to_thread((await self.jobs()).status, job_id)
+    # A job is its submitter's: with API keys, another key's job is a 404 like a missing one.
+
+    async def job_status(self, api_key: bytes | None, job_id: str) -> Job:
+        status = await asyncio.to_thread((await self.jobs()).status, job_id, self._job_owner(api_key))
         return Job.model_validate(dataclasses.asdict(status))
 
-    async def cancel_job(self, job_id: str) -> Job:
-        status = await asyncio.to_thread((await self.jobs()).cancel, job_id)
+    async def cancel_job(self, api_key: bytes | None, job_id: str) -> Job:
+        status = await asyncio.to_thread((await self.jobs()).cancel, job_id, self._job_owner(api_key))
         return Job.model_validate(dataclasses.asdict(status))
 
-    async def job_results(self, job_id: str) -> bytes:
+    async def job_results(self, api_key: bytes | None, job_id: str) -> bytes:
         """JSON Lines: one line per finished image, in submission order."""
-        queue = await self.jobs()
+        queue, owner = await self.jobs(), self._job_owner(api_key)
         return await asyncio.to_thread(
-            lambda: b"".join(json.dumps(line).encode() + b"\n" for line in queue.results(job_id)))
+            lambda: b"".join(json.dumps(line).encode() + b"\n" for line in queue.results(job_id, owner)))
 
     async def _analyze_job_item(self, item: WorkItem) -> dict:
         """One image of a job, as `analyze` answers it (remembered for feedback like any answer)."""

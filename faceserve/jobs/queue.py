@@ -142,27 +142,27 @@ class JobQueue:
                        (utc_now(), job_id))
         return True
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, owner: str | None = None) -> JobStatus:
         """Stop a job: its items not finished yet are cancelled (one being analysed now is not written)."""
         with self.store.transaction() as tx:
-            self._require(tx, job_id)
+            self._require(tx, job_id, owner)
             tx.execute("UPDATE jobs_items SET state = 'cancelled', image = NULL, lease_owner = NULL "
                        "WHERE job_id = ? AND state IN ('queued', 'running')", (job_id,))
             tx.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'",
                        (utc_now(), job_id))
         return self.status(job_id)
 
-    def status(self, job_id: str) -> JobStatus:
+    def status(self, job_id: str, owner: str | None = None) -> JobStatus:
         with self.store.read() as tx:
-            state, total, created, finished = self._require(tx, job_id)
+            state, total, created, finished = self._require(tx, job_id, owner)
             counts = dict(tx.all("SELECT state, COUNT(*) FROM jobs_items WHERE job_id = ? GROUP BY state", (job_id,)))
         return JobStatus(job_id, state, total, counts.get("done", 0), counts.get("failed", 0),
                          counts.get("cancelled", 0), created, finished)
 
-    def results(self, job_id: str) -> Iterator[dict]:
+    def results(self, job_id: str, owner: str | None = None) -> Iterator[dict]:
         """One record per finished item, in submission order: its name and its analysis or its error."""
         with self.store.read() as tx:
-            self._require(tx, job_id)
+            self._require(tx, job_id, owner)
             rows = tx.all("SELECT position, name, state, result, error FROM jobs_items "
                           "WHERE job_id = ? AND state IN ('done', 'failed', 'cancelled') ORDER BY position", (job_id,))
         for position, name, state, result, error in rows:
@@ -174,8 +174,12 @@ class JobQueue:
             yield record
 
     @staticmethod
-    def _require(tx, job_id: str) -> tuple:
-        row = tx.one("SELECT state, total, created_at, finished_at FROM jobs WHERE id = ?", (job_id,))
+    def _require(tx, job_id: str, owner: str | None) -> tuple:
+        """The job's state, total and times; unknown when `owner` (None: anyone) did not submit it. Another
+        owner's job is as unknown as a missing one: its id tells nothing about it."""
+        owned = "" if owner is None else " AND owner = ?"
+        row = tx.one(f"SELECT state, total, created_at, finished_at FROM jobs WHERE id = ?{owned}",
+                     (job_id, *(() if owner is None else (owner,))))
         if row is None:
             raise NotFound(f"no job has the id {job_id!r}", code="unknown_job")
         return row

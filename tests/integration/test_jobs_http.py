@@ -266,6 +266,20 @@ def test_api_keys_apply(service):
     assert response.status_code == 401 and response.json()["error"] == "unauthorized"
 
 
+def test_a_job_is_its_submitters_alone(service, client, photo_bytes):
+    """Another key can neither follow, read nor cancel a job: to it the job does not exist (404, as for an id
+    nobody gave), and its attempt to cancel changes nothing."""
+    job = call(client, "/jobs/submit", files=uploads(job_photos(photo_bytes, 2)))
+    with client_for(service, KEYS[1]) as other:
+        for route in ("/jobs/status", "/jobs/results", "/jobs/cancel"):
+            refused = other.post(route, json={"job_id": job["id"]})
+            assert (refused.status_code, refused.json()["error"]) == (404, "unknown_job"), route
+            assert job["id"] in refused.json()["message"]
+    finished = wait(client, job["id"])
+    assert (finished["state"], finished["done"], finished["cancelled"]) == ("done", 2, 0)
+    assert [line["name"] for line in results(client, job["id"])] == [name for name, _ in job_photos(photo_bytes, 2)]
+
+
 def test_queued_jobs_per_key_and_cancel(service, client, photo_bytes):
     """Behind a long job of one key, the other key's jobs wait: a third is refused, cancelling one frees a place."""
     long_job = call(client, "/jobs/submit", files=uploads(job_photos(photo_bytes, BUSY_IMAGES)))
@@ -277,8 +291,8 @@ def test_queued_jobs_per_key_and_cancel(service, client, photo_bytes):
         cancelled = call(other, "/jobs/cancel", json={"job_id": waiting[0]["id"]})
         assert (cancelled["state"], cancelled["cancelled"], cancelled["done"]) == ("cancelled", 3, 0)
         accepted = call(other, "/jobs/submit", files=uploads(job_photos(photo_bytes, 1)))
-        for job in (long_job, waiting[1], accepted):
-            assert wait(client, job["id"])["state"] == "done"
+        for owner, job in ((client, long_job), (other, waiting[1]), (other, accepted)):
+            assert wait(owner, job["id"])["state"] == "done"
         assert [line["state"] for line in results(other, waiting[0]["id"])] == ["cancelled"] * 3
         assert wait(other, waiting[0]["id"])["state"] == "cancelled"  # no worker wrote into it afterwards
     unknown = client.post("/jobs/cancel", json={"job_id": "0190aaaa-0000-7000-8000-000000000000"})

@@ -104,6 +104,18 @@ def test_an_item_that_kills_every_worker_is_failed_with_the_reason(queue):
     assert line["state"] == "failed" and line["error"]["error"] == "worker_died"
 
 
+def test_another_owners_job_is_unknown_to_it(queue):
+    job = queue.submit("alice", images(2), {})
+    for attempt in (lambda: queue.status(job, "bob"), lambda: list(queue.results(job, "bob")),
+                    lambda: queue.cancel(job, "bob")):
+        with pytest.raises(NotFound) as unknown:
+            attempt()
+        assert unknown.value.code == "unknown_job"
+    assert queue.status(job, "alice").state == "queued"  # bob's cancel changed nothing
+    assert queue.status(job).total == 2  # no owner given: the service's own reads
+    assert queue.cancel(job, "alice").cancelled == 2
+
+
 def test_cancel(queue):
     job = queue.submit("key", images(3), {})
     (item,) = queue.claim("a")
