@@ -38,7 +38,7 @@ from faceserve.pipeline.schemas import (Analysis, BatchAnalysis, Box, Classifica
                                         FeedbackRecord, FeedbackSummary, GalleryImport, Identification,
                                         IdentityDetail, Job, IdentityPage, ModelsInfo, Verification)
 from faceserve.runtime import Runtime
-from faceserve.settings import Settings
+from faceserve.settings import JOBS_SUBMIT_ROUTE, Settings
 from faceserve.web import app as web_page
 
 ImageFile = Annotated[Path, ContentType("image/*")]
@@ -216,7 +216,7 @@ class FaceAnalysis:
 
     # ---- asynchronous jobs ----
 
-    @bentoml.api(route="/jobs/submit")
+    @bentoml.api(route=JOBS_SUBMIT_ROUTE)
     @json_errors
     async def submit_job(self, ctx: bentoml.Context, images: list[ImageFile] = None, archive: ZipFile = None,
                          image_urls: list[str] | None = None, detector: Detector | None = None,
@@ -267,7 +267,8 @@ bound_metrics_labels()
 # requests that could make BentoML read text as a file refused.
 if _settings.workers > 1 and _settings.keepalive_requests > 0:
     FaceAnalysis.add_asgi_middleware(KeepAliveLimitMiddleware, max_requests=_settings.keepalive_requests)
-FaceAnalysis.add_asgi_middleware(ErrorShapeMiddleware, max_body_bytes=_settings.limits.max_body_bytes)
+FaceAnalysis.add_asgi_middleware(ErrorShapeMiddleware, max_body_bytes=_settings.limits.max_body_bytes,
+                                  route_body_bytes=_settings.route_body_bytes)
 if _settings.api_keys:
     FaceAnalysis.add_asgi_middleware(ApiKeyMiddleware, keys=_settings.api_keys)
 FaceAnalysis.add_asgi_middleware(ConcurrencyLimitMiddleware, max_concurrency=_settings.limits.max_concurrency)

@@ -14,6 +14,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("FACESERVE_FIXTURES", PROJECT_ROOT.parent / "shared" / "fixtures"))
 
 
+JOBS_SUBMIT_ROUTE = "/jobs/submit"
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"FACESERVE_{name}", default)
 
@@ -68,6 +71,12 @@ class Settings:
     # FACESERVE_ANSWERS_KEPT_DAYS: every answer is remembered so that it can be corrected (/feedback); answers
     # older than this that nobody corrected are forgotten. 0 keeps them all.
     answers_kept_days: float = 30.0
+
+    @property
+    def route_body_bytes(self) -> dict[str, int]:
+        """Routes whose bodies may exceed `max_body_bytes`: a job's uploads are bounded by the job limits
+        (FACESERVE_JOB_MAX_BYTES), not by one image's."""
+        return {JOBS_SUBMIT_ROUTE: max(self.limits.max_body_bytes, self.jobs.max_request_bytes)}
 
     @classmethod
     def from_env(cls) -> "Settings":

@@ -141,7 +141,8 @@ class Cluster(StartedInWith):
                 started.result()
         self.nginx = self._stack.enter_context(Nginx(NginxConfig(
             port=self.port, upstreams=tuple(i.address for i in self.instances),
-            max_body_bytes=settings.limits.max_body_bytes, log_dir=self.log_dir)))
+            max_body_bytes=settings.limits.max_body_bytes, route_body_bytes=settings.route_body_bytes,
+            log_dir=self.log_dir)))
         self.readiness = self._stack.enter_context(
             ReadinessWatch({i.address: i.url for i in self.instances}, self.nginx.reroute))
         log.info("nginx on %s in front of %s", self.url, ", ".join(i.address for i in self.instances))

@@ -63,6 +63,7 @@ class NginxConfig:
     upstreams: tuple[str, ...]  # host:port of each instance
     max_body_bytes: int  # the instances' FACESERVE_MAX_BODY_BYTES
     log_dir: Path
+    route_body_bytes: dict[str, int] = dataclasses.field(default_factory=dict)  # the instances' routes' own limits
     host: str = "127.0.0.1"
     max_fails: int = 2
     fail_timeout_s: int = 3
@@ -73,12 +74,17 @@ class NginxConfig:
     def render(self, workdir: Path) -> str:
         environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                                          keep_trailing_newline=True)
-        too_large = PayloadTooLarge(f"the request body is over the limit of {self.max_body_bytes} bytes")
         unavailable = Unavailable("no faceserve instance could answer; retry")
+        # One 413 answer per limit, each naming its own; index 0 is the service-wide one.
+        routes = [{"path": path, "body_bytes": limit} for path, limit in self.route_body_bytes.items()]
+        too_large = [self._too_large(limit) for limit in [self.max_body_bytes, *(r["body_bytes"] for r in routes)]]
         return environment.from_string(TEMPLATE.read_text()).render(
-            **dataclasses.asdict(self), workdir=workdir, worker_user=worker_user(),
-            body_too_large=quoted(json.dumps(too_large.body())), unavailable=quoted(json.dumps(unavailable.body())),
-            retry_after_s=RETRY_AFTER_S)
+            **dataclasses.asdict(self), workdir=workdir, worker_user=worker_user(), routes=routes,
+            body_too_large=too_large, unavailable=quoted(json.dumps(unavailable.body())), retry_after_s=RETRY_AFTER_S)
+
+    @staticmethod
+    def _too_large(limit: int) -> str:
+        return quoted(json.dumps(PayloadTooLarge(f"the request body is over the limit of {limit} bytes").body()))
 
 
 class Nginx(StartedInWith):

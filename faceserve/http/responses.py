@@ -74,19 +74,22 @@ def _framework_message(status: int, body: bytes) -> str:
 
 
 class ErrorShapeMiddleware:
-    """ASGI middleware: body size limit, and every 4xx/5xx JSON answer in our shape."""
+    """ASGI middleware: body size limit (`max_body_bytes`, or the route's own in `route_body_bytes`), and every
+    4xx/5xx JSON answer in our shape."""
 
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app, max_body_bytes: int, route_body_bytes: dict[str, int] | None = None):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.route_body_bytes = dict(route_body_bytes or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.route_body_bytes.get(scope["path"], self.max_body_bytes)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            await self._reject_too_large(scope, receive, send, int(length))
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._reject_too_large(scope, receive, send, int(length), limit)
             return
         received = 0
 
@@ -95,7 +98,7 @@ class ErrorShapeMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise _BodyTooLarge()
             return message
 
@@ -121,10 +124,11 @@ class ErrorShapeMiddleware:
             await self.app(scope, limited_receive, shaped_send)
         except _BodyTooLarge:
             if not sent_start:
-                await self._reject_too_large(scope, receive, send, received)
+                await self._reject_too_large(scope, receive, send, received, limit)
 
-    async def _reject_too_large(self, scope, receive, send, size: int) -> None:
-        error = PayloadTooLarge(f"the request body is at least {size} bytes; the limit is {self.max_body_bytes} bytes")
+    @staticmethod
+    async def _reject_too_large(scope, receive, send, size: int, limit: int) -> None:
+        error = PayloadTooLarge(f"the request body is at least {size} bytes; the limit is {limit} bytes")
         await error_response(error)(scope, receive, send)
 
     @staticmethod

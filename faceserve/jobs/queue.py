@@ -17,11 +17,22 @@ MAX_ATTEMPTS = 3
 FINISHED = ("done", "failed", "cancelled")
 
 
+# A generous bound on one upload's multipart framing: boundary, Content-Disposition with a long file name,
+# Content-Type.
+MULTIPART_PART_BYTES = 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class JobLimits:
     max_images: int = 1000
     max_bytes: int = 200 * 1024 * 1024
     max_queued_jobs: int = 4  # unfinished jobs per owner
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest `/jobs/submit` body that can hold a job within these limits: its images' bytes and each
+        part's multipart headers (a zip's own headers fit in the same allowance)."""
+        return self.max_bytes + self.max_images * MULTIPART_PART_BYTES
 
     def check_images(self, count: int) -> None:
         if count > self.max_images:

@@ -27,6 +27,7 @@ import pytest
 
 from faceserve import devserver
 from faceserve.cluster import Cluster
+from faceserve.jobs import JobLimits
 from faceserve import photos
 from tests.hostile_corpus import good_jpeg
 from tests.integration.test_identity_http import (IDENTITY, PROBES, enrol, enrol_photos, every_identity, identify,
@@ -38,6 +39,8 @@ pytestmark = pytest.mark.triton
 
 INSTANCES = 2
 BODY_LIMIT = 3_000_000  # FACESERVE_MAX_BODY_BYTES of every instance; nginx must take it over
+JOB_LIMITS = JobLimits(max_images=100, max_bytes=4_000_000)  # and for /jobs/submit, from the job limits
+JOB_BODY_LIMIT = JOB_LIMITS.max_request_bytes
 API_KEY = "cluster-test-key"
 AUTH = {"X-API-Key": API_KEY}
 CONCURRENCY = 16
@@ -48,7 +51,8 @@ PROBE = IDENTITY / "probe" / "obama1.jpg"  # the load's identify photo: one face
 
 @pytest.fixture(scope="module")
 def cluster(repository):
-    env = {"FACESERVE_MAX_BODY_BYTES": str(BODY_LIMIT), "FACESERVE_API_KEYS": API_KEY}
+    env = {"FACESERVE_MAX_BODY_BYTES": str(BODY_LIMIT), "FACESERVE_API_KEYS": API_KEY,
+           "FACESERVE_JOB_MAX_IMAGES": str(JOB_LIMITS.max_images), "FACESERVE_JOB_MAX_BYTES": str(JOB_LIMITS.max_bytes)}
     with Cluster(INSTANCES, backend="triton", env=env, log_dir=LOG_DIR / f"faceserve-cluster-{os.getpid()}") as cluster:
         yield cluster
 
@@ -386,22 +390,25 @@ def json_body_of_size(size: int) -> bytes:
     return frame.replace(b"%s", b"A" * (size - len(frame) + 2))
 
 
-def test_body_limit_is_the_services_and_nginx_applies_it(cluster):
-    limit = cluster.instance_settings().limits.max_body_bytes
-    assert limit == BODY_LIMIT
+@pytest.mark.parametrize("route, limit", [("/analyze", BODY_LIMIT), ("/jobs/submit", JOB_BODY_LIMIT)])
+def test_body_limit_is_the_services_and_nginx_applies_it(cluster, route, limit):
+    """The same limit on both sides, per route: a job's uploads are bounded by the job limits, not by one
+    image's."""
+    settings = cluster.instance_settings()
+    assert settings.route_body_bytes.get(route, settings.limits.max_body_bytes) == limit
     headers = {**AUTH, "content-type": "application/json"}
     over, at_limit = json_body_of_size(limit + 1), json_body_of_size(limit)
     assert (len(over), len(at_limit)) == (limit + 1, limit)
     with httpx.Client(headers=headers, timeout=30) as client:
-        refused = client.post(f"{cluster.url}/analyze", content=over)
-        passed = client.post(f"{cluster.url}/analyze", content=at_limit)
-        by_instance = client.post(f"{cluster.instances[0].url}/analyze", content=over)
+        refused = client.post(f"{cluster.url}{route}", content=over)
+        passed = client.post(f"{cluster.url}{route}", content=at_limit)
+        by_instance = client.post(f"{cluster.instances[0].url}{route}", content=over)
     log = access_log(cluster)
     assert refused.status_code == 413 and refused.json()["error"] == "body_too_large"
     assert str(limit) in refused.json()["message"]
     assert upstreams(log[refused.headers["x-request-id"]]) == []  # nginx answered; no instance was busy
     # One byte less reaches an instance, which finds no image in it: the same limit on both sides.
-    assert passed.status_code == 400 and passed.json()["error"] != "body_too_large"
+    assert passed.status_code == 400 and passed.json()["error"] != "body_too_large", passed.json()
     assert upstreams(log[passed.headers["x-request-id"]])
     assert by_instance.status_code == 413 and by_instance.json()["error"] == "body_too_large"
 

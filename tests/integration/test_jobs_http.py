@@ -40,11 +40,13 @@ BUSY_IMAGES = 40  # a job long enough to keep the worker busy while another key'
 # The service's limits: that job just fits (the bytes with room to spare); the limit tests go one past them.
 MAX_IMAGES = JOB_IMAGES
 MAX_BYTES = 32_000_000
+BODY_LIMIT = 10_000_000
 KEYS = ("job-key-one", "job-key-two")
 ENV = {"FACESERVE_WORKERS": "1", "FACESERVE_API_KEYS": ",".join(KEYS),
        "FACESERVE_JOB_LEASE_S": "3",  # a killed process's images are taken again 3 s after, not 30
        "FACESERVE_JOB_MAX_IMAGES": str(MAX_IMAGES), "FACESERVE_JOB_MAX_BYTES": str(MAX_BYTES),
-       "FACESERVE_MAX_BODY_BYTES": str(MAX_BYTES + 8_000_000),  # the 200 uploads are one request
+       # One image's request is bounded by this; a job's uploads (one request of 21 MB) by the job limits.
+       "FACESERVE_MAX_BODY_BYTES": str(BODY_LIMIT),
        "FACESERVE_JOB_MAX_QUEUED": "2", "FACESERVE_URL_FETCH": "1", "FACESERVE_URL_ALLOWLIST": "localhost"}
 NOT_COMPARED = ("request_id", "timings_ms")
 SERVING: set[str] = set()  # the stores whose module service is up
@@ -258,6 +260,21 @@ def zip_of_zeros(size: int) -> bytes:
 def test_limits_are_a_4xx_naming_the_limit(client, request_kwargs, status, code, named):
     response = client.post("/jobs/submit", **request_kwargs())
     assert (response.status_code, response.json()["error"]) == (status, code) and named in response.json()["message"]
+
+
+def test_a_jobs_uploads_are_bounded_by_the_job_limits_not_one_images(client, photo_bytes):
+    """The 200-image job's upload (about 21 MB, test_every_line_matches...) is over FACESERVE_MAX_BODY_BYTES, which
+    still bounds every other route."""
+    named = job_photos(photo_bytes, JOB_IMAGES)
+    assert sum(len(data) for _, data in named) > BODY_LIMIT
+    body = b"A" * (BODY_LIMIT + 1)
+    refused = client.post("/analyze", files={"image": ("big.jpg", body, "image/jpeg")})
+    assert (refused.status_code, refused.json()["error"]) == (413, "body_too_large")
+    assert f"the limit is {BODY_LIMIT} bytes" in refused.json()["message"]
+    job = call(client, "/jobs/submit", files=[("images", ("big.jpg", body, "image/jpeg"))])
+    assert (job["total"], job["state"]) == (1, "queued")  # accepted; the image itself is then refused
+    (line,) = results(client, wait(client, job["id"])["id"])
+    assert (line["state"], line["error"]["error"]) == ("failed", "invalid_image"), line
 
 
 def test_api_keys_apply(service):
