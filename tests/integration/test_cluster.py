@@ -57,10 +57,20 @@ def cluster(repository):
         yield cluster
 
 
-def access_log(cluster: Cluster) -> dict[str, dict]:
-    """nginx's access log by request id."""
-    lines = cluster.nginx.access_log.read_text().splitlines()
-    return {entry["request_id"]: entry for entry in map(json.loads, lines)}
+def access_log(cluster: Cluster, awaited=(), timeout_s: float = 30.0) -> dict[str, dict]:
+    """nginx's access log by request id, once it holds every id in `awaited`: nginx writes a request's line
+    when it is done with the connection, which may be just after the client has read the answer."""
+    awaited, deadline = {i for i in awaited if i}, time.monotonic() + timeout_s
+    while True:
+        lines = cluster.nginx.access_log.read_text().splitlines()
+        log = {entry["request_id"]: entry for entry in map(json.loads, lines)}
+        if awaited <= log.keys() or time.monotonic() > deadline:
+            return log
+        time.sleep(0.05)
+
+
+def request_ids(*answers) -> list[str]:
+    return [answer.headers["x-request-id"] for answer in answers]
 
 
 def upstreams(entry: dict) -> list[str]:
@@ -103,7 +113,7 @@ def test_requests_are_spread_over_every_instance(cluster, reference):
     with httpx.Client(base_url=cluster.url, headers=AUTH, timeout=30) as client:
         responses = [analyze(client, good_jpeg()) for _ in range(4 * INSTANCES)]
     assert all(r.status_code == 200 and same_faces(r.json(), reference) for r in responses)
-    log = access_log(cluster)
+    log = access_log(cluster, request_ids(*responses))
     served_by = [upstreams(log[r.headers["x-request-id"]]) for r in responses]
     assert all(len(tried) == 1 for tried in served_by)  # nobody failed over
     assert {tried[0] for tried in served_by} == {i.address for i in cluster.instances}
@@ -307,7 +317,7 @@ def test_kill_9_of_one_instance_under_mixed_load(cluster, enrolled):
     assert len(reference["faces"]) == 1 and reference["faces"][0]["emotion"]["label"] == "happy"
     load = Load(cluster, [analyze_step(image), identify_step(PROBE)])
     asyncio.run(kill_and_restart(load, victim))
-    log = access_log(cluster)
+    log = access_log(cluster, [o.request_id for o in load.outcomes])
     failed = [o for o in load.outcomes if o.status != 200]
     print(f"\nkill -9: {load.summary()}")
 
@@ -403,7 +413,7 @@ def test_body_limit_is_the_services_and_nginx_applies_it(cluster, route, limit):
         refused = client.post(f"{cluster.url}{route}", content=over)
         passed = client.post(f"{cluster.url}{route}", content=at_limit)
         by_instance = client.post(f"{cluster.instances[0].url}{route}", content=over)
-    log = access_log(cluster)
+    log = access_log(cluster, request_ids(refused, passed))
     assert refused.status_code == 413 and refused.json()["error"] == "body_too_large"
     assert str(limit) in refused.json()["message"]
     assert upstreams(log[refused.headers["x-request-id"]]) == []  # nginx answered; no instance was busy
@@ -419,7 +429,7 @@ def test_logs_hold_no_keys(cluster):
         response = client.post(f"/analyze?api_key={secret_in_query}", headers={"Authorization": f"Bearer {API_KEY}"},
                                files={"image": ("a.jpg", good_jpeg(), "image/jpeg")})
     assert response.status_code == 200
-    entry = access_log(cluster)[response.headers["x-request-id"]]
+    entry = access_log(cluster, request_ids(response))[response.headers["x-request-id"]]
     assert entry["path"] == "/analyze" and entry["status"] == 200
     for log in (cluster.nginx.access_log, cluster.nginx.error_log):
         text = log.read_text() if log.exists() else ""
