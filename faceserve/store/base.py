@@ -44,15 +44,20 @@ _last_id = 0
 _id_lock = threading.Lock()
 
 
+def _uuid7(milliseconds: int, random_bits: int) -> int:
+    """RFC 9562's UUIDv7 layout: 48 bits of Unix milliseconds, then the random bits with the version (7) and
+    variant fields set over them."""
+    value = (milliseconds & (2**48 - 1)) << 80 | random_bits & (2**80 - 1)
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    return value & ~(0x3 << 62) | 0x2 << 62  # RFC 4122 variant
+
+
 def new_id() -> str:
     """A UUIDv7 (RFC 9562) as text: unique without coordination between replicas, and sorting by it
     sorts by creation time (strictly within a process, to the millisecond across them), so it doubles
     as a stable pagination key."""
     global _last_id
-    milliseconds = time.time_ns() // 1_000_000
-    value = (milliseconds & (2**48 - 1)) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
-    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 4122 variant
+    value = _uuid7(time.time_ns() // 1_000_000, int.from_bytes(os.urandom(10), "big"))
     with _id_lock:
         # Within one millisecond the random bits would order ids at random: count up instead (RFC 9562 6.2).
         value = _last_id = max(value, _last_id + 1)
@@ -61,8 +66,7 @@ def new_id() -> str:
 
 def first_id_at(moment: datetime.datetime) -> str:
     """The smallest id `new_id` can give at `moment`: every id made before it sorts below, every later one not."""
-    milliseconds = int(moment.timestamp() * 1000)
-    return str(uuid.UUID(int=(milliseconds & (2**48 - 1)) << 80 | 0x7 << 76 | 0x2 << 62))
+    return str(uuid.UUID(int=_uuid7(int(moment.timestamp() * 1000), 0)))
 
 
 def utc_now() -> str:
