@@ -75,12 +75,11 @@ class NginxConfig:
         environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                                          keep_trailing_newline=True)
         unavailable = Unavailable("no faceserve instance could answer; retry")
-        # One 413 answer per limit, each naming its own; index 0 is the service-wide one.
-        routes = [{"path": path, "body_bytes": limit} for path, limit in self.route_body_bytes.items()]
-        too_large = [self._too_large(limit) for limit in [self.max_body_bytes, *(r["body_bytes"] for r in routes)]]
+        # One 413 answer per limit, each naming its own: the service-wide one first, then each route's in order.
+        too_large = [self._too_large(limit) for limit in (self.max_body_bytes, *self.route_body_bytes.values())]
         return environment.from_string(TEMPLATE.read_text()).render(
-            **dataclasses.asdict(self), workdir=workdir, worker_user=worker_user(), routes=routes,
-            body_too_large=too_large, unavailable=quoted(json.dumps(unavailable.body())), retry_after_s=RETRY_AFTER_S)
+            **dataclasses.asdict(self), workdir=workdir, worker_user=worker_user(), body_too_large=too_large,
+            unavailable=quoted(json.dumps(unavailable.body())), retry_after_s=RETRY_AFTER_S)
 
     @staticmethod
     def _too_large(limit: int) -> str:
