@@ -28,6 +28,7 @@ from faceserve.triton_models import configs
 from faceserve.triton_models.client import PipelineClient
 from tests import hostile_corpus
 from tests.integration.test_triton import model_stats, real_photos
+from tests.support import FIXTURES
 from tests.support import ROOT, free_port, jpeg, serve
 
 pytestmark = pytest.mark.triton
@@ -101,6 +102,9 @@ def test_committed_configs_are_the_generated_ones(repository):
     """model_repository/{pipeline,rotate} hold what `python -m faceserve.triton_models write` writes."""
     built = Repository.load(repository)
     assert not {"pipeline", "rotate"} & set(built.missing)  # Python models are not "declared but not built"
+    if built.missing and not FIXTURES.is_dir():
+        pytest.skip(f"{', '.join(built.missing)} not built: their artifacts come from {FIXTURES}, which is absent, "
+                    "and the committed configs describe the whole repository")
     for gpu, path in ((False, "config.pbtxt"), (True, "configs/gpu.pbtxt")):
         for name, config in configs.configs(built, gpu=gpu).items():
             assert read_config(repository / name / path) == config, f"{name}/{path}"
