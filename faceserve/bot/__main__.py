@@ -8,6 +8,7 @@ FACESERVE_BOT_MAX_QUEUE (200), TELEGRAM_API_URL / TELEGRAM_FILE_URL (a local Bot
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 from telegram import Update
@@ -15,7 +16,10 @@ from telegram import Update
 from faceserve.bot.app import BotConfig, FaceBot
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # Configuration is the environment's (a token does not belong on a command line); --help needs none of it.
+    argparse.ArgumentParser(prog="python -m faceserve.bot", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines carry the bot token
     config = BotConfig.from_env()
