@@ -28,7 +28,8 @@ import bentoml
 from bentoml.validators import ContentType
 from starlette.responses import Response
 
-from faceserve.http.auth import ApiKeyMiddleware, presented_key
+from faceserve.http.auth import ApiKeyMiddleware
+from faceserve.http.caller import caller_of
 from faceserve.http.framework import bound_metrics_labels, close_framework_downloads
 from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimitMiddleware
 from faceserve.http.responses import ErrorShapeMiddleware, json_errors
@@ -77,20 +78,21 @@ class FaceAnalysis:
 
     @bentoml.api
     @json_errors
-    async def analyze(self, image: ImageFile = None, image_base64: str | None = None,
+    async def analyze(self, ctx: bentoml.Context, image: ImageFile = None, image_base64: str | None = None,
                       image_url: str | None = None, detector: Detector | None = None,
                       identify: bool = False, keep_image: bool = False) -> Analysis:
         """Faces with box, score, emotion, gender and age; with `identify`, each face's best match in the
         gallery (`identity`, null for nobody known). The answer is remembered under its `request_id` for
-        `/feedback` (the image's sha256, never the image unless `keep_image`)."""
-        return await self.runtime.analyze(image, image_base64, image_url, detector, identify, keep_image)
+        `/feedback` by the same caller (the image's sha256, never the image unless `keep_image`)."""
+        return await self.runtime.analyze(caller_of(ctx.request.scope), image, image_base64, image_url, detector,
+                                          identify, keep_image)
 
     @bentoml.api
     @json_errors
-    async def analyze_batch(self, images: list[ImageFile] = None, images_base64: list[str] | None = None,
-                            detector: Detector | None = None) -> BatchAnalysis:
+    async def analyze_batch(self, ctx: bentoml.Context, images: list[ImageFile] = None,
+                            images_base64: list[str] | None = None, detector: Detector | None = None) -> BatchAnalysis:
         """`analyze` for several images in one request (all their faces share model calls)."""
-        return await self.runtime.analyze_batch(images, images_base64, detector)
+        return await self.runtime.analyze_batch(caller_of(ctx.request.scope), images, images_base64, detector)
 
     @bentoml.api
     @json_errors
@@ -104,10 +106,10 @@ class FaceAnalysis:
 
     @bentoml.api
     @json_errors
-    async def classify(self, image: ImageFile = None, image_base64: str | None = None,
+    async def classify(self, ctx: bentoml.Context, image: ImageFile = None, image_base64: str | None = None,
                        image_url: str | None = None, model: str | None = None, top_k: int = 5) -> Classification:
         """Top-k labels from a whole-image classifier of the repository."""
-        return await self.runtime.classify(image, image_base64, image_url, model, top_k)
+        return await self.runtime.classify(caller_of(ctx.request.scope), image, image_base64, image_url, model, top_k)
 
     @bentoml.api
     @json_errors
@@ -195,16 +197,20 @@ class FaceAnalysis:
 
     @bentoml.api(route="/feedback")
     @json_errors
-    async def feedback(self, request_id: str, field: str, correct: str, face_index: int | None = None,
-                       model_said: str | None = None, comment: str | None = None) -> FeedbackRecord:
+    async def feedback(self, ctx: bentoml.Context, request_id: str, field: str, correct: str,
+                       face_index: int | None = None, model_said: str | None = None,
+                       comment: str | None = None) -> FeedbackRecord:
         """A correction of an answer: of `field` (emotion, gender, age, identity; `label` for `/classify`) of face
-        `face_index` of the answer `request_id`; stored with the model's name and version and the image's sha256."""
-        return await self.runtime.correct(request_id, face_index, field, correct, model_said, comment)
+        `face_index` of the answer `request_id`; stored with the model's name and version and the image's sha256.
+        Only the caller that got the answer may correct it: to anyone else its id is a 404 `unknown_request`."""
+        return await self.runtime.correct(caller_of(ctx.request.scope), request_id, face_index, field, correct,
+                                          model_said, comment)
 
     @bentoml.api(route="/feedback/export")
     @json_errors
     async def export_feedback(self) -> CsvFile:
-        """Every correction as CSV, oldest first."""
+        """Every correction as CSV, oldest first; every cell quoted, and a cell a spreadsheet would take for a
+        formula (starting with `=`, `+`, `-`, `@`, a tab or a line break) prefixed with `'`."""
         return Response(await self.runtime.export_feedback(), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="faceserve-feedback.csv"'})
 
@@ -224,30 +230,31 @@ class FaceAnalysis:
         """Queue many images for `analyze` at once, given one way: uploads (`images`), one zip file (`archive`)
         or URLs (`image_urls`, fetched by the server's URL rules). Answers the job at once; follow it with
         `/jobs/status`, read it with `/jobs/results`. Beyond the limits (images or bytes per job, unfinished jobs
-        per API key) a 422 naming the limit."""
-        return await self.runtime.submit_job(presented_key(ctx.request.headers.raw), images, archive, image_urls,
-                                             detector, identify)
+        per caller) a 422 naming the limit."""
+        return await self.runtime.submit_job(caller_of(ctx.request.scope), images, archive, image_urls, detector,
+                                             identify)
 
     @bentoml.api(route="/jobs/status")
     @json_errors
     async def job_status(self, ctx: bentoml.Context, job_id: str) -> Job:
-        """A job's state and progress (images done, failed, cancelled, of the total). With API keys, only the key
-        that submitted a job sees it (another key's job is a 404 `unknown_job`)."""
-        return await self.runtime.job_status(presented_key(ctx.request.headers.raw), job_id)
+        """A job's state and progress (images done, failed, cancelled, of the total). Only the caller that submitted
+        a job (its API key, or its client address without keys) and an `admin` see it; to anyone else it is a 404
+        `unknown_job`."""
+        return await self.runtime.job_status(caller_of(ctx.request.scope), job_id)
 
     @bentoml.api(route="/jobs/results")
     @json_errors
     async def job_results(self, ctx: bentoml.Context, job_id: str) -> ResultsFile:
         """JSON Lines, one line per finished image in submission order: `index`, `name`, `state` and its
         `analysis` (as `/analyze` answers) or its `error` (`error`, `message`)."""
-        return Response(await self.runtime.job_results(presented_key(ctx.request.headers.raw), job_id),
+        return Response(await self.runtime.job_results(caller_of(ctx.request.scope), job_id),
                         media_type="application/x-ndjson")
 
     @bentoml.api(route="/jobs/cancel")
     @json_errors
     async def cancel_job(self, ctx: bentoml.Context, job_id: str) -> Job:
         """Stop a job: its images not yet analysed are cancelled; results already written stay."""
-        return await self.runtime.cancel_job(presented_key(ctx.request.headers.raw), job_id)
+        return await self.runtime.cancel_job(caller_of(ctx.request.scope), job_id)
 
     @bentoml.api
     async def models(self) -> ModelsInfo:
@@ -272,4 +279,5 @@ FaceAnalysis.add_asgi_middleware(ErrorShapeMiddleware, max_body_bytes=_settings.
 if _settings.api_keys:
     FaceAnalysis.add_asgi_middleware(ApiKeyMiddleware, keys=_settings.api_keys)
 FaceAnalysis.add_asgi_middleware(ConcurrencyLimitMiddleware, max_concurrency=_settings.limits.max_concurrency)
-FaceAnalysis.add_asgi_middleware(UploadGuardMiddleware, file_fields=("image", "images", "file", "archive"))
+FaceAnalysis.add_asgi_middleware(UploadGuardMiddleware, file_fields=("image", "images", "file", "archive"),
+                                  file_counts={JOBS_SUBMIT_ROUTE: _settings.jobs.check_images})

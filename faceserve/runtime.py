@@ -25,6 +25,7 @@ from faceserve.gallery import records
 from faceserve.jobs import JobQueue, WorkItem, intake
 from faceserve.jobs.worker import JobWorker
 from faceserve.http import inputs
+from faceserve.http.caller import ADMIN, Caller
 from faceserve.models.repository import Repository
 from faceserve.pipeline import imaging
 from faceserve.pipeline.annotate import annotate
@@ -92,33 +93,35 @@ class Runtime:
 
     # ---- what each endpoint does (the service and the CLI only call these) ----
 
-    async def analyze(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
-                      detector: str | None = None, identify: bool = False, keep_image: bool = False) -> Analysis:
-        """One image's faces, remembered under the answer's `request_id` (the image's bytes too with
-        `keep_image`)."""
+    async def analyze(self, caller: Caller, upload: Path | None = None, b64: str | None = None,
+                      url: str | None = None, detector: str | None = None, identify: bool = False,
+                      keep_image: bool = False) -> Analysis:
+        """One image's faces, remembered as `caller`'s under the answer's `request_id` (the image's bytes too
+        with `keep_image`)."""
         pixels, data = await self.image_and_bytes(upload, b64, url)
-        return await self._analyze_decoded(pixels, data, detector, identify, keep_image)
+        return await self._analyze_decoded(caller.principal, pixels, data, detector, identify, keep_image)
 
-    async def _analyze_decoded(self, pixels: np.ndarray, data: bytes, detector: str | None, identify: bool,
-                               keep_image: bool = False) -> Analysis:
+    async def _analyze_decoded(self, owner: str, pixels: np.ndarray, data: bytes, detector: str | None,
+                               identify: bool, keep_image: bool = False) -> Analysis:
         if not identify:
             analysis = await self.analyze_image(pixels, detector)
         else:
             analysis = await (await self.identity()).analyze(pixels, detector)
-        return await self._remember_analysis(analysis, hashlib.sha256(data).hexdigest(), identify,
+        return await self._remember_analysis(owner, analysis, hashlib.sha256(data).hexdigest(), identify,
                                              data if keep_image else None)
 
     async def analyze_image(self, pixels: np.ndarray, detector: str | None = None) -> Analysis:
         return await self.pipeline.analyze(pixels, detector)
 
-    async def analyze_batch(self, uploads: list[Path] | None, b64s: list[str] | None,
+    async def analyze_batch(self, caller: Caller, uploads: list[Path] | None, b64s: list[str] | None,
                             detector: str | None = None) -> BatchAnalysis:
         """`analyze` for several images; every image is checked before any is decoded, all their faces
         share model calls."""
         images = await self.images_with_digests(
             self._image_items(uploads, b64s, range(1, self.settings.limits.max_batch_images + 1)))
         analyses = await asyncio.gather(*(self.pipeline.analyze(pixels, detector) for pixels, _ in images))
-        return BatchAnalysis(results=[await self._remember_analysis(analysis, digest, identified=False)
+        return BatchAnalysis(results=[await self._remember_analysis(caller.principal, analysis, digest,
+                                                                    identified=False)
                                       for analysis, (_, digest) in zip(analyses, images)])
 
     async def annotate(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
@@ -132,13 +135,13 @@ class Runtime:
         analysis = await self.pipeline.analyze(pixels, detector)
         return await asyncio.to_thread(lambda: imaging.encode(annotate(pixels, analysis, landmarks), fmt))
 
-    async def classify(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
-                       model: str | None = None, top_k: int = 5) -> Classification:
+    async def classify(self, caller: Caller, upload: Path | None = None, b64: str | None = None,
+                       url: str | None = None, model: str | None = None, top_k: int = 5) -> Classification:
         self.pipeline.check_top_k(top_k, self.settings.limits.max_top_k)
         pixels, data = await self.image_and_bytes(upload, b64, url)
         answer = await self.pipeline.classify(pixels, model, top_k)
         spec = self.repository.classifiers[answer.model]
-        answer.request_id = await self._remember(Answer(
+        answer.request_id = await self._remember(caller.principal, Answer(
             hashlib.sha256(data).hexdigest(), {"label": FieldModel(f"{spec.name}:{spec.version}", spec.labels)},
             [{"label": answer.top_k[0].label}], per_face=False))
         return answer
@@ -290,30 +293,33 @@ class Runtime:
                         lambda: Feedback(self._shared_store(), self.settings.answers_kept_days))
         return self._feedback
 
-    async def _remember(self, answer: Answer) -> str | None:
-        """The request id the answer is remembered under; None when the store cannot be reached (the answer
-        is still worth giving, only its feedback is lost)."""
+    async def _remember(self, owner: str, answer: Answer) -> str | None:
+        """The request id the answer is remembered under, as `owner`'s (a principal: only they may correct it);
+        None when the store cannot be reached (the answer is still worth giving, only its feedback is lost)."""
         try:
             feedback = await self.feedback()
-            return await asyncio.to_thread(feedback.remember, answer)
+            return await asyncio.to_thread(feedback.remember, owner, answer)
         except StoreUnavailable as exc:
             log.warning("answer not remembered for feedback: %s", exc.message)
             return None
 
-    async def _remember_analysis(self, analysis: Analysis, digest: str, identified: bool,
+    async def _remember_analysis(self, owner: str, analysis: Analysis, digest: str, identified: bool,
                                  image: bytes | None = None) -> Analysis:
         fields = {head.field: FieldModel(f"{head.spec.name}:{head.spec.version}", head.spec.labels or None)
                   for head in self.pipeline.heads}
         if identified:
             fields["identity"] = FieldModel(analysis.models[self.pipeline.embedding.spec.task])
         answers = [{field: _said(getattr(face, field, None)) for field in fields} for face in analysis.faces]
-        analysis.request_id = await self._remember(Answer(digest, fields, answers, image=image))
+        analysis.request_id = await self._remember(owner, Answer(digest, fields, answers, image=image))
         return analysis
 
-    async def correct(self, request_id: str, face_index: int | None, field: str, correct: str,
+    async def correct(self, caller: Caller, request_id: str, face_index: int | None, field: str, correct: str,
                       model_said: str | None = None, comment: str | None = None) -> FeedbackRecord:
+        """`caller`'s correction of an answer they were given (another caller's answer is a 404 `unknown_request`,
+        whatever their scopes)."""
         feedback = await self.feedback()
-        stored = await asyncio.to_thread(feedback.correct, request_id, face_index, field, correct, model_said, comment)
+        stored = await asyncio.to_thread(feedback.correct, caller.principal, request_id, face_index, field, correct,
+                                         model_said, comment)
         return FeedbackRecord(id=stored.id, request_id=stored.request_id, face_index=stored.face_index,
                               field=stored.field, model_said=stored.model_said, correct=stored.correct,
                               comment=stored.comment, model=f"{stored.model_name}:{stored.model_version}",
@@ -336,7 +342,7 @@ class Runtime:
                         self._shared_store(), self.settings.jobs, lease_s=self.settings.job_lease_s))
         return self._jobs
 
-    async def submit_job(self, api_key: bytes | None, uploads: list[Path] | None, archive: Path | None,
+    async def submit_job(self, caller: Caller, uploads: list[Path] | None, archive: Path | None,
                          urls: list[str] | None, detector: str | None = None, identify: bool = False) -> Job:
         """A job of the images given one way (uploads, a zip file or URLs), queued at once; nothing is analysed yet."""
         given = [name for name, value in (("images", uploads), ("archive", archive), ("image_urls", urls)) if value]
@@ -358,42 +364,42 @@ class Runtime:
             self.settings.jobs.check_images(len(uploads))
             items = await asyncio.to_thread(intake.from_uploads, uploads)
         queue = await self.jobs()
-        job_id = await asyncio.to_thread(queue.submit, self._job_owner(api_key), items,
+        # The job is its caller's principal's: they alone follow, read and cancel it, and the queued-jobs limit
+        # counts it for them (an API key's id, or the client's address without keys).
+        job_id = await asyncio.to_thread(queue.submit, caller.principal, items,
                                          {"detector": detector, "identify": identify})
         self.job_worker.wake()
-        return await self.job_status(api_key, job_id)
+        return await self.job_status(caller, job_id)
 
-    def _job_owner(self, api_key: bytes | None) -> str:
-        """Whose a job is (who may follow, read and cancel it; whom the queued-jobs limit counts for): the API key
-        (by its digest, never the key), or everyone alike where no keys are configured (any header would do
-        there, so it must not count)."""
-        if not self.settings.api_keys or api_key is None:
-            return ""
-        return hashlib.sha256(api_key).hexdigest()
+    # A job is its submitter's: to another caller it is a 404 like a missing one; an admin sees every job.
 
-    # A job is its submitter's: with API keys, another key's job is a 404 like a missing one.
+    @staticmethod
+    def _jobs_seen_by(caller: Caller) -> str | None:
+        """The owner whose jobs `caller` may see (None: every owner's)."""
+        return None if ADMIN in caller.scopes else caller.principal
 
-    async def job_status(self, api_key: bytes | None, job_id: str) -> Job:
-        status = await asyncio.to_thread((await self.jobs()).status, job_id, self._job_owner(api_key))
+    async def job_status(self, caller: Caller, job_id: str) -> Job:
+        status = await asyncio.to_thread((await self.jobs()).status, job_id, self._jobs_seen_by(caller))
         return Job.model_validate(dataclasses.asdict(status))
 
-    async def cancel_job(self, api_key: bytes | None, job_id: str) -> Job:
-        status = await asyncio.to_thread((await self.jobs()).cancel, job_id, self._job_owner(api_key))
+    async def cancel_job(self, caller: Caller, job_id: str) -> Job:
+        status = await asyncio.to_thread((await self.jobs()).cancel, job_id, self._jobs_seen_by(caller))
         return Job.model_validate(dataclasses.asdict(status))
 
-    async def job_results(self, api_key: bytes | None, job_id: str) -> bytes:
+    async def job_results(self, caller: Caller, job_id: str) -> bytes:
         """JSON Lines: one line per finished image, in submission order."""
-        queue, owner = await self.jobs(), self._job_owner(api_key)
+        queue, owner = await self.jobs(), self._jobs_seen_by(caller)
         return await asyncio.to_thread(
             lambda: b"".join(json.dumps(line).encode() + b"\n" for line in queue.results(job_id, owner)))
 
     async def _analyze_job_item(self, item: WorkItem) -> dict:
-        """One image of a job, as `analyze` answers it (remembered for feedback like any answer)."""
+        """One image of a job, as `analyze` answers it (remembered for feedback like any answer, as the job's
+        submitter's)."""
         await self.start()
         data = item.image if item.image is not None else await inputs.image_bytes(
             None, None, item.url, self.settings.limits, self.fetch)
-        analysis = await self._analyze_decoded(await self._decoded(data), data, item.options.get("detector"),
-                                               bool(item.options.get("identify")))
+        analysis = await self._analyze_decoded(item.owner, await self._decoded(data), data,
+                                               item.options.get("detector"), bool(item.options.get("identify")))
         return analysis.model_dump(mode="json")
 
     def models(self) -> ModelsInfo:

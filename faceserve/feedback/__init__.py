@@ -5,8 +5,8 @@ it, the CSV export and the summary (`feedback.py`). What does not: connections a
 (`faceserve/store`), which models answered and with which labels (the runtime passes that in), HTTP.
 
     feedback = Feedback(open_store(settings.store))
-    request_id = feedback.remember(Answer(image_sha256, fields, faces))
-    feedback.correct(request_id, face_index=0, field="emotion", correct="sad")
+    request_id = feedback.remember(caller.principal, Answer(image_sha256, fields, faces))
+    feedback.correct(caller.principal, request_id, face_index=0, field="emotion", correct="sad")
 """
 
 from faceserve.feedback.feedback import Answer, Correction, Feedback, FieldModel, Summary

@@ -11,14 +11,20 @@ import threading
 
 from faceserve.errors import InvalidRequest, NotFound
 from faceserve.feedback.schema import MIGRATIONS
+from faceserve.gallery.validation import MAX_NAME_CHARS
 from faceserve.store import Store, first_id_at, new_id, utc_now
 
-MAX_COMMENT = 2000
+# The most characters each text of a correction may hold: ids and field names are short; a correct value or what
+# the model said is a label, a number or an identity's name (bounded as the gallery bounds names).
+MAX_CHARS = {"request_id": 64, "field": 64, "correct": MAX_NAME_CHARS, "model_said": MAX_NAME_CHARS, "comment": 2000}
 MAX_AGE = 150
 CONFUSIONS_SHOWN = 5
 # Every FORGET_EVERY answers a process remembers, it forgets up to that many expired ones: the table stays
 # bounded at a steady rate without a scheduler, and no single request pays for a large delete.
 FORGET_EVERY = 1000
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection): the export prefixes it
+# with a quote, which the spreadsheet shows as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 CSV_COLUMNS = ("created_at", "request_id", "face_index", "field", "model_said", "correct", "comment", "model_name",
                "model_version", "image_sha256")
 
@@ -89,14 +95,16 @@ class Feedback:
         self._remembered = 0
         self._count_lock = threading.Lock()
 
-    def remember(self, answer: Answer) -> str:
+    def remember(self, owner: str, answer: Answer) -> str:
+        """Remember what `owner` (the caller's principal) was answered; the request id to correct it by, which only
+        `owner` may."""
         request_id = new_id()
         fields = {name: {"model": f.model, "labels": list(f.labels) if f.labels is not None else None}
                   for name, f in answer.fields.items()}
         with self.store.transaction() as tx:
-            tx.execute("INSERT INTO feedback_requests (id, created_at, image_sha256, fields, per_face, answers, image) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (request_id, utc_now(), answer.image_sha256, json.dumps(fields), int(answer.per_face),
+            tx.execute("INSERT INTO feedback_requests (id, owner, created_at, image_sha256, fields, per_face, answers, "
+                       "image) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (request_id, owner, utc_now(), answer.image_sha256, json.dumps(fields), int(answer.per_face),
                         json.dumps(answer.answers), answer.image))
         with self._count_lock:
             self._remembered += 1
@@ -114,17 +122,21 @@ class Feedback:
                 "AND NOT EXISTS (SELECT 1 FROM feedback_corrections c WHERE c.request_id = r.id) "
                 "ORDER BY r.id LIMIT ?)", (first_id_at(moment), limit)).rowcount
 
-    def correct(self, request_id: str, face_index: int | None, field: str, correct: str,
+    def correct(self, owner: str, request_id: str, face_index: int | None, field: str, correct: str,
                 model_said: str | None = None, comment: str | None = None) -> Correction:
-        """Store a correction of what request `request_id` answered for `field` (of face `face_index`); every
-        inconsistency with that answer is an error naming it."""
+        """Store `owner`'s correction of what request `request_id` answered them for `field` (of face
+        `face_index`); every inconsistency with that answer is an error naming it. Another caller's request is
+        unknown to `owner`, exactly as an id nobody was given."""
         for name, text in (("request_id", request_id), ("field", field), ("correct", correct),
                            ("model_said", model_said), ("comment", comment)):
+            if text is not None and len(text) > MAX_CHARS[name]:
+                raise InvalidRequest(f"{name} is {len(text)} characters; at most {MAX_CHARS[name]}",
+                                     code=f"{name}_too_long")
             if text is not None and "\x00" in text:  # PostgreSQL text cannot hold it
                 raise InvalidRequest(f"{name} holds a NUL character", code="invalid_value")
         with self.store.read() as tx:
-            row = tx.one("SELECT image_sha256, fields, per_face, answers FROM feedback_requests WHERE id = ?",
-                         (request_id,))
+            row = tx.one("SELECT image_sha256, fields, per_face, answers FROM feedback_requests WHERE id = ? "
+                         "AND owner = ?", (request_id, owner))
         if row is None:
             raise NotFound(f"no answered request has the id {request_id!r}", code="unknown_request")
         image_sha256, fields, per_face, answers = row[0], json.loads(row[1]), bool(row[2]), json.loads(row[3])
@@ -138,9 +150,6 @@ class Feedback:
                                  code="model_said_mismatch")
         correct = _checked_value(field, correct, fields[field]["labels"])
         comment = comment or ""
-        if len(comment) > MAX_COMMENT:
-            raise InvalidRequest(f"the comment is {len(comment)} characters; at most {MAX_COMMENT}",
-                                 code="comment_too_long")
         name, _, version = fields[field]["model"].rpartition(":")
         correction = Correction(new_id(), request_id, face_index, field, str(said), correct, comment, name, version,
                                 image_sha256, utc_now())
@@ -151,13 +160,14 @@ class Feedback:
         return correction
 
     def export_csv(self) -> str:
-        """Every correction, oldest first, one CSV row each (CSV_COLUMNS)."""
+        """Every correction, oldest first, one CSV row each (CSV_COLUMNS), every cell quoted and none a formula to a
+        spreadsheet."""
         with self.store.read() as tx:
             rows = tx.all(f"SELECT {', '.join(CSV_COLUMNS)} FROM feedback_corrections ORDER BY id")
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = csv.writer(out, quoting=csv.QUOTE_ALL)
         writer.writerow(CSV_COLUMNS)
-        writer.writerows(rows)
+        writer.writerows([_inert(cell) for cell in row] for row in rows)
         return out.getvalue()
 
     def summary(self) -> Summary:
@@ -174,6 +184,12 @@ class Feedback:
 
 
 _CORRECTION_COLUMNS = tuple(f.name for f in dataclasses.fields(Correction))
+
+
+def _inert(cell) -> str:
+    """The cell as text a spreadsheet shows and never evaluates (OWASP's rule for CSV injection)."""
+    text = "" if cell is None else str(cell)
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
 
 
 def _answer_for(answers: list[dict], face_index: int | None, per_face: bool) -> dict:

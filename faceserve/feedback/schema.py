@@ -31,4 +31,7 @@ MIGRATIONS = (
     )),
     # Forgetting old answers asks, per answer, whether a correction refers to it.
     Migration(2, ("CREATE INDEX feedback_corrections_request ON feedback_corrections (request_id)",)),
+    # Whose answer it is (the caller's principal: "key:<id>", "client:<address>"): only they may correct it. An
+    # answer of before was nobody's in particular, so nobody may correct it now.
+    Migration(3, ("ALTER TABLE feedback_requests ADD COLUMN owner TEXT NOT NULL DEFAULT 'legacy:'",)),
 )

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from urllib.parse import urlparse
 
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, Headers
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 
-from faceserve.errors import FaceserveError, InvalidRequest, UnsupportedRequest
+from faceserve.errors import FaceserveError, InvalidRequest, LimitExceeded, UnsupportedRequest
 from faceserve.http.responses import error_response
 
 log = logging.getLogger(__name__)
+
+# The most file parts the framework's multipart parser takes (Starlette's `Request.form()` default, as BentoML
+# calls it); past it, it answers a bare 400 before any endpoint runs.
+FRAMEWORK_MAX_FILES = 1000
 
 
 class UploadGuardMiddleware:
@@ -26,11 +31,16 @@ class UploadGuardMiddleware:
     charset other than UTF-8/ASCII (on the body, a part, or a `_charset_` field), a part
     with two Content-Disposition headers, a compressed body. BentoML's downloader itself
     is closed by `close_framework_downloads`; this guard gives the caller the reason.
+
+    `file_counts`: per route, a check of how many files a request uploads (it raises the route's own limit
+    error); it runs here because past FRAMEWORK_MAX_FILES the framework would refuse before the route could.
     """
 
-    def __init__(self, app, file_fields: tuple[str, ...] = ("image", "images")):
+    def __init__(self, app, file_fields: tuple[str, ...] = ("image", "images"),
+                 file_counts: Mapping[str, Callable[[int], None]] | None = None):
         self.app = app
         self.file_fields = file_fields
+        self.file_counts = dict(file_counts or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -74,7 +84,9 @@ class UploadGuardMiddleware:
         if kind == b"application/x-www-form-urlencoded":
             form = await _parse(FormParser(headers, _once(body)))
         elif kind == b"multipart/form-data":
-            form = await _parse(_FormHeadersParser(headers, _once(body)))
+            parser = _FormHeadersParser(headers, _once(body), max_files=FRAMEWORK_MAX_FILES)
+            form = await _parse(parser)
+            self._check_file_count(scope.get("path", ""), parser.files)
         else:
             text = body[:4096].decode("utf-8", "ignore")
             if any(urlparse(t).scheme in ("http", "https") for t in (text, text.strip().strip("\"'"))):
@@ -86,6 +98,12 @@ class UploadGuardMiddleware:
             if any(isinstance(value, str) for value in form.getlist(name)):
                 raise InvalidRequest(f"the `{name}` field must be a file upload, not text; "
                                      "to give a URL, send JSON with an `image_url` field")
+
+    def _check_file_count(self, path: str, files: int) -> None:
+        if path in self.file_counts:
+            self.file_counts[path](files)
+        if files > FRAMEWORK_MAX_FILES:
+            raise LimitExceeded(f"{files} files in one request; at most {FRAMEWORK_MAX_FILES}", code="too_many_files")
 
 
 _CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
@@ -121,7 +139,23 @@ class _FormHeadersParser(MultiPartParser):
     Field names, text values and which parts are files come out exactly as in
     `Request.form()`; a part with two Content-Disposition headers or a charset
     other than UTF-8 is refused (Starlette would take the last header, and ignores part charsets).
+    File parts past `max_files` are only counted (`files`), not refused here.
     """
+
+    @property
+    def files(self) -> int:
+        return self._current_files
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._current_part.content_disposition)
+        if self._current_files < self.max_files or b"filename" not in options:
+            return super().on_headers_finished()
+        self._current_files += 1  # no file object for a part that is refused anyway
+        self._current_part.file = _COUNTED_ONLY
+
+    def on_part_end(self) -> None:
+        if self._current_part.file is not _COUNTED_ONLY:
+            super().on_part_end()
 
     def on_part_begin(self) -> None:
         super().on_part_begin()
@@ -142,3 +176,6 @@ class _FormHeadersParser(MultiPartParser):
             _check_charset(parse_options_header(self._current_partial_header_value)[1].get(b"charset"),
                            "a form part")
         super().on_header_end()
+
+
+_COUNTED_ONLY = object()  # the file of a part past the parser's `max_files`

@@ -26,7 +26,7 @@ MULTIPART_PART_BYTES = 1024
 class JobLimits:
     max_images: int = 1000
     max_bytes: int = 200 * 1024 * 1024
-    max_queued_jobs: int = 4  # unfinished jobs per owner
+    max_queued_jobs: int = 4  # unfinished jobs per owner (the caller's principal)
 
     @property
     def max_request_bytes(self) -> int:
@@ -59,6 +59,7 @@ class WorkItem:
     image: bytes | None
     url: str | None
     options: dict
+    owner: str  # the submitter's principal: the answer remembered for feedback is theirs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,7 @@ class JobQueue:
         self.store, self.limits, self.lease_s = store, limits, lease_s
 
     def submit(self, owner: str, items: list[NewItem], options: dict) -> str:
+        """Queue `items` as one job of `owner` (a caller's principal), within the limits."""
         if not items:
             raise LimitExceeded("a job needs at least one image", code="job_empty")
         self.limits.check_images(len(items))
@@ -89,8 +91,9 @@ class JobQueue:
         with self.store.transaction() as tx:
             (queued,) = tx.one("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'queued'", (owner,))
             if queued >= self.limits.max_queued_jobs:
-                raise LimitExceeded(f"{queued} of your jobs are unfinished; the limit is "
-                                    f"{self.limits.max_queued_jobs} queued jobs per API key", code="jobs_queued")
+                raise LimitExceeded(f"{queued} of your jobs are unfinished; the limit is {self.limits.max_queued_jobs} "
+                                    "queued jobs per caller (an API key, or a client address without keys)",
+                                    code="jobs_queued")
             tx.execute("INSERT INTO jobs (id, owner, state, options, total, created_at) VALUES (?, ?, 'queued', ?, ?, ?)",
                        (job_id, owner, json.dumps(options), len(items), utc_now()))
             tx.executemany("INSERT INTO jobs_items (job_id, position, name, image, url, state, attempts) "
@@ -110,17 +113,17 @@ class JobQueue:
                 self._finish(tx, job_id, position, None, "failed", None, {
                     "error": "worker_died", "message": f"the service stopped {attempts} times while analysing "
                                                        "this image; it is not tried again"})
-            rows = tx.all("SELECT i.job_id, i.position, i.name, i.image, i.url, j.options "
+            rows = tx.all("SELECT i.job_id, i.position, i.name, i.image, i.url, j.options, j.owner "
                           "FROM jobs_items i JOIN jobs j ON j.id = i.job_id "
                           "WHERE i.state = 'queued' OR (i.state = 'running' AND i.lease_until < ?) "
                           f"ORDER BY i.job_id, i.position LIMIT ?{lock}", (now, count))
             claimed = []
-            for job_id, position, name, image, url, options in rows:
+            for job_id, position, name, image, url, options, owner in rows:
                 tx.execute("UPDATE jobs_items SET state = 'running', lease_owner = ?, lease_until = ?, "
                            "attempts = attempts + 1 WHERE job_id = ? AND position = ?",
                            (worker, now + self.lease_s, job_id, position))
                 claimed.append(WorkItem(job_id, position, name, bytes(image) if image is not None else None, url,
-                                        json.loads(options)))
+                                        json.loads(options), owner))
         return claimed
 
     def renew(self, worker: str, item: WorkItem) -> bool:

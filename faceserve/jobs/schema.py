@@ -30,4 +30,8 @@ MIGRATIONS = (
            )""",
         "CREATE INDEX jobs_items_state ON jobs_items (state, job_id, position)",
     )),
+    # Owners became callers' principals ("key:<id>", "client:<address>"). A job of before was owned by an API key's
+    # sha256 or by "" (everyone, without keys), neither of which names a principal: such a job becomes nobody's
+    # (an admin still sees it) and counts against nobody's queue.
+    Migration(2, ("UPDATE jobs SET owner = 'legacy:' || owner",)),
 )

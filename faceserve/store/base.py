@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-import os
+import secrets
 import threading
 import time
 import uuid
@@ -40,28 +40,39 @@ STORE_MIGRATIONS = (
 )
 
 
-_last_id = 0
+_last = (0, 0)  # the last id made here: (milliseconds, random part)
 _id_lock = threading.Lock()
+_RANDOM_BITS = 74  # rand_a (12) and rand_b (62): the 80 bits after the time, less version and variant
+# Within one millisecond the next id is the last one plus a random step of this many bits: ids stay in creation
+# order, and one id tells nothing usable about the next (a request id must not be guessable from one's own).
+_STEP_BITS = 62
 
 
 def _uuid7(milliseconds: int, random_bits: int) -> int:
-    """RFC 9562's UUIDv7 layout: 48 bits of Unix milliseconds, then the random bits with the version (7) and
-    variant fields set over them."""
-    value = (milliseconds & (2**48 - 1)) << 80 | random_bits & (2**80 - 1)
-    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
-    return value & ~(0x3 << 62) | 0x2 << 62  # RFC 4122 variant
+    """RFC 9562's UUIDv7 layout: 48 bits of Unix milliseconds, then 74 random bits around the version (7) and
+    variant fields."""
+    rand_a, rand_b = random_bits >> 62 & 0xFFF, random_bits & (2**62 - 1)
+    return (milliseconds & (2**48 - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0x2 << 62 | rand_b
 
 
 def new_id() -> str:
     """A UUIDv7 (RFC 9562) as text: unique without coordination between replicas, and sorting by it
     sorts by creation time (strictly within a process, to the millisecond across them), so it doubles
-    as a stable pagination key."""
-    global _last_id
-    value = _uuid7(time.time_ns() // 1_000_000, int.from_bytes(os.urandom(10), "big"))
+    as a stable pagination key. Its 74 bits after the time are from `secrets`: no id can be guessed
+    from another."""
+    global _last
+    milliseconds, random_bits = time.time_ns() // 1_000_000, secrets.randbits(_RANDOM_BITS)
     with _id_lock:
-        # Within one millisecond the random bits would order ids at random: count up instead (RFC 9562 6.2).
-        value = _last_id = max(value, _last_id + 1)
-    return str(uuid.UUID(int=value))
+        last_ms, last_random = _last
+        if milliseconds <= last_ms:
+            # Within one millisecond (or with the clock set back) random bits alone would order ids at random:
+            # step up from the last one by a random amount instead (RFC 9562 6.2, method 2), into the next
+            # millisecond when the random part would overflow.
+            milliseconds, random_bits = last_ms, last_random + 1 + secrets.randbits(_STEP_BITS)
+            if random_bits >= 2**_RANDOM_BITS:
+                milliseconds, random_bits = last_ms + 1, secrets.randbits(_RANDOM_BITS - 1)
+        _last = (milliseconds, random_bits)
+    return str(uuid.UUID(int=_uuid7(milliseconds, random_bits)))
 
 
 def first_id_at(moment: datetime.datetime) -> str:

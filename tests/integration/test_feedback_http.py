@@ -1,5 +1,7 @@
 """Feedback through the HTTP API of a real service, on SQLite and on PostgreSQL: analyze → correct → export and
-summary; bad feedback named; corrections and remembered answers survive a restart."""
+summary; bad feedback named; corrections and remembered answers survive a restart; attacked (issue 20): another
+client's request id, formulas in the export, unbounded texts, guessable ids, each refusal leaving the store as it
+was. Without keys clients are told apart by address: the second client connects from 127.0.0.2 (loopback too)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import csv
 import hashlib
 import io
 import uuid
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -126,3 +129,75 @@ def test_survives_a_restart(store_env, emotion_grid):
         later = call(second, "/feedback", json={"request_id": analysis["request_id"], "face_index": 1,
                                                 "field": "age", "correct": "40"})
         assert later["model"] == analysis["models"]["age"]
+
+
+@pytest.fixture(scope="module")
+def server_url(client) -> str:
+    return str(client.base_url)
+
+
+@contextmanager
+def client_from(url: str, address: str):
+    """A client whose requests come from `address` (another caller to a keyless service)."""
+    with httpx.Client(base_url=url, timeout=120, transport=httpx.HTTPTransport(local_address=address)) as other:
+        yield other
+
+
+def stored_rows(store_env: dict) -> dict[str, list[tuple]]:
+    with open_store(store_env["store"]) as store, store.read() as tx:
+        return {table: tx.all(f"SELECT * FROM {table} ORDER BY id")
+                for table in ("feedback_requests", "feedback_corrections")}
+
+
+def refused(client: httpx.Client, store_env: dict, body: dict) -> tuple[int, str, str]:
+    """`/feedback`'s (status, code, message) for `body`, having checked that the store is as it was."""
+    before = stored_rows(store_env)
+    response = client.post("/feedback", json=body)
+    assert stored_rows(store_env) == before
+    return response.status_code, response.json()["error"], response.json()["message"]
+
+
+def test_another_clients_answer_is_as_unknown_as_none(client, server_url, store_env, emotion_grid):
+    analysis, _ = analyze_grid(client, emotion_grid)
+    body = {"request_id": analysis["request_id"], "face_index": 0, "field": "emotion", "correct": "sad"}
+    nobodys = str(uuid.UUID(int=uuid.UUID(analysis["request_id"]).int ^ 1))
+    with client_from(server_url, "127.0.0.2") as other:
+        theirs = refused(other, store_env, body)
+        unknown = refused(other, store_env, {**body, "request_id": nobodys})
+        assert theirs[:2] == unknown[:2] == (404, "unknown_request")
+        assert theirs[2] == unknown[2].replace(nobodys, analysis["request_id"])
+        own, _ = analyze_grid(other, emotion_grid)  # its own answers it may correct
+        assert call(other, "/feedback", json={**body, "request_id": own["request_id"]})["correct"] == "sad"
+    assert call(client, "/feedback", json=body)["request_id"] == analysis["request_id"]
+
+
+def test_request_ids_of_one_batch_are_not_guessable_from_each_other(client, emotion_grid):
+    image = ("grid.jpg", jpeg(emotion_grid), "image/jpeg")
+    batch = call(client, "/analyze_batch", files=[("images", image)] * 4)
+    ids = [uuid.UUID(result["request_id"]) for result in batch["results"]]
+    assert ids == sorted(ids) and all(b.int - a.int > 2**32 for a, b in zip(ids, ids[1:]))
+
+
+def test_the_export_holds_no_formula(client, emotion_grid):
+    analysis, _ = analyze_grid(client, emotion_grid)
+    formulas = ["=1+1", "+1+1", "-1+1", "@SUM(1,1)", "\t=1+1", "\r=1+1", '=HYPERLINK("http://x.example","y")']
+    for formula in formulas:
+        call(client, "/feedback", json={"request_id": analysis["request_id"], "face_index": 1, "field": "emotion",
+                                        "correct": "sad", "comment": formula})
+    response = client.post("/feedback/export")
+    rows = list(csv.reader(io.StringIO(response.text, newline="")))
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row)
+    comments = [row[rows[0].index("comment")] for row in rows if row[1] == analysis["request_id"]]
+    assert comments == ["'" + formula for formula in formulas]
+
+
+@pytest.mark.parametrize("change, code, limit", [
+    ({"field": "identity", "correct": "x" * 201}, "correct_too_long", 200),
+    ({"model_said": "x" * 201}, "model_said_too_long", 200),
+    ({"comment": "x" * 2001}, "comment_too_long", 2000),
+])
+def test_every_text_of_a_correction_is_bounded(client, store_env, emotion_grid, change, code, limit):
+    analysis, _ = analyze_grid(client, emotion_grid)
+    body = {"request_id": analysis["request_id"], "face_index": 0, "field": "emotion", "correct": "sad", **change}
+    status, error, message = refused(client, store_env, body)
+    assert (status, error) == (400, code) and f"at most {limit}" in message

@@ -9,12 +9,17 @@ One `bentoml serve` per store serves the module. The kill test comes first: it s
 store, kills it mid-job, and the module's service, started next on the same store, is its restart. The synchronous
 answers are computed once per photo and service. The queue itself (leases, a dead worker's items) is tested in
 tests/unit/jobs on both engines.
+
+Issue 20: the keys are scoped (FACESERVE_API_KEYS_FILE): two `analyze` keys, whose jobs and answers are each their
+own, and an `admin` key that sees every job; an unreadable archive and too many uploads are named 4xx answers that
+leave the store as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import itertools
 import json
@@ -33,6 +38,7 @@ import pytest
 
 from faceserve import devserver, photos
 from tests.hostile_corpus import image_server
+from tests.unit.jobs import test_intake as intake_tests
 from tests.support import LOG_DIR, ROOT, jpeg
 
 JOB_IMAGES = 200  # issue 14: a 200-image job; the seven photos' JPEG files come to about 21 MB
@@ -42,7 +48,11 @@ MAX_IMAGES = JOB_IMAGES
 MAX_BYTES = 32_000_000
 BODY_LIMIT = 10_000_000
 KEYS = ("job-key-one", "job-key-two")
-ENV = {"FACESERVE_WORKERS": "1", "FACESERVE_API_KEYS": ",".join(KEYS),
+ADMIN_KEY = "job-key-admin"
+KEYS_FILE = "".join(f"{key_id} {scopes} sha256:{hashlib.sha256(key.encode()).hexdigest()}\n"
+                    for key_id, scopes, key in (("one", "analyze", KEYS[0]), ("two", "analyze", KEYS[1]),
+                                                ("root", "analyze,admin", ADMIN_KEY)))
+ENV = {"FACESERVE_WORKERS": "1",
        "FACESERVE_JOB_LEASE_S": "3",  # a killed process's images are taken again 3 s after, not 30
        "FACESERVE_JOB_MAX_IMAGES": str(MAX_IMAGES), "FACESERVE_JOB_MAX_BYTES": str(MAX_BYTES),
        # One image's request is bounded by this; a job's uploads (one request of 21 MB) by the job limits.
@@ -61,7 +71,9 @@ class StoreUnderTest:
     @property
     def env(self) -> dict[str, str]:
         store = {"FACESERVE_STORE": self.url} if self.kind == "postgresql" else {}  # SQLite: the default file
-        return {**ENV, "FACESERVE_DATA_DIR": str(self.data_dir), **store}
+        keys = self.data_dir / "keys"
+        keys.write_text(KEYS_FILE)
+        return {**ENV, "FACESERVE_DATA_DIR": str(self.data_dir), "FACESERVE_API_KEYS_FILE": str(keys), **store}
 
 
 def start(store: StoreUnderTest):
@@ -147,19 +159,27 @@ def photo_of(name: str) -> str:
     return name.split("-", 1)[1]
 
 
-def stored_job(store: StoreUnderTest, job_id: str) -> tuple[tuple, list[tuple]]:
-    """The job's row (state, total) and its items' rows (position, state, attempts, has a result, has an error),
-    read straight from the database with its own driver, not through faceserve."""
-    job_sql = "SELECT state, total FROM jobs WHERE id = {p}"
-    items_sql = ("SELECT position, state, attempts, result IS NOT NULL, error IS NOT NULL FROM jobs_items "
-                 "WHERE job_id = {p} ORDER BY position")
+def database_rows(store: StoreUnderTest, sql: str, params: tuple = ()) -> list[tuple]:
+    """`sql` (`?` placeholders) read straight from the database with its own driver, not through faceserve."""
     if store.kind == "sqlite":
         with contextlib.closing(sqlite3.connect(store.url.removeprefix("sqlite:///"))) as db:
-            return (db.execute(job_sql.format(p="?"), (job_id,)).fetchone(),
-                    [(p, s, a, bool(r), bool(e)) for p, s, a, r, e in db.execute(items_sql.format(p="?"), (job_id,))])
+            return db.execute(sql, params).fetchall()
     with psycopg.connect(store.url) as db:
-        return (db.execute(job_sql.format(p="%s"), (job_id,)).fetchone(),
-                db.execute(items_sql.format(p="%s"), (job_id,)).fetchall())
+        return db.execute(sql.replace("?", "%s"), params).fetchall()
+
+
+def stored_job(store: StoreUnderTest, job_id: str) -> tuple[tuple, list[tuple]]:
+    """The job's row (state, total) and its items' rows (position, state, attempts, has a result, has an error)."""
+    (job,) = database_rows(store, "SELECT state, total FROM jobs WHERE id = ?", (job_id,))
+    items = database_rows(store, "SELECT position, state, attempts, result IS NOT NULL, error IS NOT NULL "
+                                 "FROM jobs_items WHERE job_id = ? ORDER BY position", (job_id,))
+    return tuple(job), [(p, s, a, bool(r), bool(e)) for p, s, a, r, e in items]
+
+
+def stored_jobs(store: StoreUnderTest) -> list[tuple]:
+    """Every job's and item's row as the store holds it (what a refused request must leave as it was)."""
+    return (database_rows(store, "SELECT id, owner, state, total FROM jobs ORDER BY id")
+            + database_rows(store, "SELECT job_id, position, state FROM jobs_items ORDER BY job_id, position"))
 
 
 # The first test of the module: the module's service, started by it after the kill, is the restart.
@@ -256,10 +276,21 @@ def zip_of_zeros(size: int) -> bytes:
     (lambda: {"json": {}}, 400, "missing_image", "send the images one way"),
     (lambda: {"files": {"archive": ("a.zip", b"PK\3\4 no", "application/zip")}}, 400, "invalid_archive",
      "not a zip file"),
-], ids=["uploads", "zip", "urls", "none", "not-a-zip"])
-def test_limits_are_a_4xx_naming_the_limit(client, request_kwargs, status, code, named):
+    # Issue 20: each was a 500, or the framework's bare 400 past its 1000 files.
+    (lambda: {"files": {"archive": ("a.zip", intake_tests.encrypted(), "application/zip")}}, 400, "invalid_archive",
+     "it is encrypted"),
+    (lambda: {"files": {"archive": ("a.zip", intake_tests.corrupt_deflate(), "application/zip")}}, 400,
+     "invalid_archive", "its compressed data is corrupt"),
+    (lambda: {"files": {"archive": ("a.zip", intake_tests.stored_bad_crc(), "application/zip")}}, 400,
+     "invalid_archive", "Bad CRC-32"),
+    (lambda: {"files": [("images", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(1001)]}, 422, "job_images",
+     f"1001 images; the limit is {MAX_IMAGES} images per job"),
+], ids=["uploads", "zip", "urls", "none", "not-a-zip", "encrypted", "corrupt-deflate", "bad-crc", "1001-uploads"])
+def test_limits_are_a_4xx_naming_the_limit(store, client, request_kwargs, status, code, named):
+    before = stored_jobs(store)
     response = client.post("/jobs/submit", **request_kwargs())
     assert (response.status_code, response.json()["error"]) == (status, code) and named in response.json()["message"]
+    assert stored_jobs(store) == before
 
 
 def test_a_jobs_uploads_are_bounded_by_the_job_limits_not_one_images(client, photo_bytes):
@@ -283,28 +314,54 @@ def test_api_keys_apply(service):
     assert response.status_code == 401 and response.json()["error"] == "unauthorized"
 
 
-def test_a_job_is_its_submitters_alone(service, client, photo_bytes):
+def test_a_job_is_its_submitters_alone(store, service, client, photo_bytes):
     """Another key can neither follow, read nor cancel a job: to it the job does not exist (404, as for an id
-    nobody gave), and its attempt to cancel changes nothing."""
+    nobody gave), and its attempt to cancel changes nothing. An `admin` key sees every job."""
     job = call(client, "/jobs/submit", files=uploads(job_photos(photo_bytes, 2)))
     with client_for(service, KEYS[1]) as other:
         for route in ("/jobs/status", "/jobs/results", "/jobs/cancel"):
+            before = stored_jobs(store)
             refused = other.post(route, json={"job_id": job["id"]})
             assert (refused.status_code, refused.json()["error"]) == (404, "unknown_job"), route
-            assert job["id"] in refused.json()["message"]
+            assert refused.json()["message"] == f"no job has the id {job['id']!r}"
+            if route == "/jobs/cancel":
+                assert [row for row in stored_jobs(store) if row[0] == job["id"] and len(row) == 4] == [
+                    row for row in before if row[0] == job["id"] and len(row) == 4]  # still queued, untouched
     finished = wait(client, job["id"])
     assert (finished["state"], finished["done"], finished["cancelled"]) == ("done", 2, 0)
     assert [line["name"] for line in results(client, job["id"])] == [name for name, _ in job_photos(photo_bytes, 2)]
+    with client_for(service, ADMIN_KEY) as admin:
+        assert call(admin, "/jobs/status", json={"job_id": job["id"]}) == finished
+        assert results(admin, job["id"]) == results(client, job["id"])
 
 
-def test_queued_jobs_per_key_and_cancel(service, client, photo_bytes):
+def test_a_jobs_answers_are_corrected_by_its_submitter_alone(store, service, client, photo_bytes):
+    """Each line's `request_id` was remembered as the submitting key's: the other key's correction of it is
+    answered as for an id nobody was given, and stores nothing."""
+    job = call(client, "/jobs/submit", files=uploads(job_photos(photo_bytes, 1)))
+    (line,) = results(client, wait(client, job["id"])["id"])
+    correction = {"request_id": line["analysis"]["request_id"], "face_index": 0, "field": "emotion",
+                  "correct": "sad"}
+    corrections = "SELECT COUNT(*) FROM feedback_corrections"
+    before = database_rows(store, corrections)
+    with client_for(service, KEYS[1]) as other:
+        refused = other.post("/feedback", json=correction)
+    assert (refused.status_code, refused.json()["error"]) == (404, "unknown_request")
+    assert database_rows(store, corrections) == before
+    assert call(client, "/feedback", json=correction)["request_id"] == correction["request_id"]
+    assert database_rows(store, corrections) == [(before[0][0] + 1,)]
+
+
+def test_queued_jobs_per_key_and_cancel(store, service, client, photo_bytes):
     """Behind a long job of one key, the other key's jobs wait: a third is refused, cancelling one frees a place."""
     long_job = call(client, "/jobs/submit", files=uploads(job_photos(photo_bytes, BUSY_IMAGES)))
     with client_for(service, KEYS[1]) as other:
         waiting = [call(other, "/jobs/submit", files=uploads(job_photos(photo_bytes, 3))) for _ in range(2)]
+        before = stored_jobs(store)
         refused = other.post("/jobs/submit", files=uploads(job_photos(photo_bytes, 1)))
         assert refused.status_code == 422 and refused.json()["error"] == "jobs_queued"
-        assert "limit is 2 queued jobs per API key" in refused.json()["message"]
+        assert "limit is 2 queued jobs per caller" in refused.json()["message"]
+        assert stored_jobs(store) == before
         cancelled = call(other, "/jobs/cancel", json={"job_id": waiting[0]["id"]})
         assert (cancelled["state"], cancelled["cancelled"], cancelled["done"]) == ("cancelled", 3, 0)
         accepted = call(other, "/jobs/submit", files=uploads(job_photos(photo_bytes, 1)))

@@ -10,10 +10,13 @@ import pytest
 
 from faceserve.errors import FaceserveError
 from faceserve.feedback import Answer, Feedback, FieldModel
+from faceserve.http.caller import Caller
 from faceserve.store import first_id_at, open_store
 
 FIELDS = {"emotion": FieldModel("emotion:1", ("angry", "happy", "sad")), "age": FieldModel("age:1"),
           "identity": FieldModel("faceres:1")}
+# Two callers without keys, told apart by their addresses.
+ALICE, BOB = Caller("192.0.2.1").principal, Caller("192.0.2.2").principal
 
 
 @pytest.fixture
@@ -27,14 +30,14 @@ def feedback(store_url):
         yield Feedback(store)
 
 
-def two_faces(feedback: Feedback) -> str:
-    return feedback.remember(Answer("ab" * 32, FIELDS, [{"emotion": "happy", "age": "31.0", "identity": "unknown"},
+def two_faces(feedback: Feedback, owner: str = ALICE) -> str:
+    return feedback.remember(owner, Answer("ab" * 32, FIELDS, [{"emotion": "happy", "age": "31.0", "identity": "unknown"},
                                                          {"emotion": "sad", "age": "8.5", "identity": "Ada"}]))
 
 
 def test_a_correction_is_exported_with_the_model_and_survives_reopening(store_url, feedback):
     request_id = two_faces(feedback)
-    stored = feedback.correct(request_id, 1, "emotion", "angry", model_said="sad", comment="frowning")
+    stored = feedback.correct(ALICE, request_id, 1, "emotion", "angry", model_said="sad", comment="frowning")
     assert (stored.model_name, stored.model_version, stored.model_said) == ("emotion", "1", "sad")
     with open_store(store_url) as again:
         rows = list(csv.DictReader(io.StringIO(Feedback(again).export_csv())))
@@ -46,8 +49,8 @@ def test_a_correction_is_exported_with_the_model_and_survives_reopening(store_ur
 def test_summary_counts_per_field_and_orders_confusions(feedback):
     request_id = two_faces(feedback)
     for correct in ("angry", "angry", "happy"):
-        feedback.correct(request_id, 1, "emotion", correct)
-    feedback.correct(request_id, 0, "age", "45")
+        feedback.correct(ALICE, request_id, 1, "emotion", correct)
+    feedback.correct(ALICE, request_id, 0, "age", "45")
     summary = feedback.summary()
     assert summary.total == 4
     (age, emotion) = summary.fields
@@ -57,9 +60,9 @@ def test_summary_counts_per_field_and_orders_confusions(feedback):
 
 
 def test_a_whole_image_answer_takes_no_face_index(feedback):
-    request_id = feedback.remember(Answer("cd" * 32, {"label": FieldModel("nsfw:1", ("drawing", "neutral"))},
+    request_id = feedback.remember(ALICE, Answer("cd" * 32, {"label": FieldModel("nsfw:1", ("drawing", "neutral"))},
                                           [{"label": "neutral"}], per_face=False))
-    assert feedback.correct(request_id, None, "label", "drawing").model_said == "neutral"
+    assert feedback.correct(ALICE, request_id, None, "label", "drawing").model_said == "neutral"
 
 
 @pytest.mark.parametrize("args, code, named", [
@@ -73,30 +76,30 @@ def test_a_whole_image_answer_takes_no_face_index(feedback):
 def test_bad_feedback_names_what_is_wrong(feedback, args, code, named):
     request_id = two_faces(feedback)
     with pytest.raises(FaceserveError) as error:
-        feedback.correct(args[0] or request_id, *args[1:])
+        feedback.correct(ALICE, args[0] or request_id, *args[1:])
     assert error.value.code == code and 400 <= error.value.status < 500 and named in error.value.message
     assert feedback.summary().total == 0
 
 
 def test_model_said_must_be_what_the_model_said(feedback):
     with pytest.raises(FaceserveError, match="'happy' is not what the model said for emotion: 'sad'"):
-        feedback.correct(two_faces(feedback), 1, "emotion", "angry", model_said="happy")
+        feedback.correct(ALICE, two_faces(feedback), 1, "emotion", "angry", model_said="happy")
 
 
 def test_old_uncorrected_answers_are_forgotten_and_corrected_ones_kept(store_url_each_engine):
     with open_store(store_url_each_engine) as store:
         feedback = Feedback(store)
         corrected, forgotten, another = two_faces(feedback), two_faces(feedback), two_faces(feedback)
-        feedback.correct(corrected, 0, "emotion", "angry")
+        feedback.correct(ALICE, corrected, 0, "emotion", "angry")
         cutoff = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
         assert feedback.forget_answers_before(cutoff - datetime.timedelta(days=1)) == 0  # none is that old
         assert feedback.forget_answers_before(cutoff, limit=1) == 1  # the oldest uncorrected first
         with pytest.raises(FaceserveError) as gone:
-            feedback.correct(forgotten, 0, "emotion", "angry")
+            feedback.correct(ALICE, forgotten, 0, "emotion", "angry")
         assert (gone.value.status, gone.value.code) == (404, "unknown_request")
-        feedback.correct(another, 1, "age", "9")  # not forgotten yet: the limit held
+        feedback.correct(ALICE, another, 1, "age", "9")  # not forgotten yet: the limit held
         assert feedback.forget_answers_before(cutoff) == 0  # what is left is corrected
-        feedback.correct(corrected, 1, "emotion", "happy")  # its answer is still there
+        feedback.correct(ALICE, corrected, 1, "emotion", "happy")  # its answer is still there
         assert feedback.summary().total == 3
 
 

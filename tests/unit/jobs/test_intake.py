@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
 
 import pytest
@@ -45,3 +46,85 @@ def test_upload_names_lose_the_temporary_prefix(tmp_path):
     path = tmp_path / "tmpab_cd12xface 1.jpg"
     path.write_bytes(b"1")
     assert [item.name for item in intake.from_uploads([path])] == ["face 1.jpg"]
+
+
+def deflated(data: bytes = bytes(range(256)) * 40) -> bytearray:
+    return bytearray(archive_bytes({"a.jpg": data}))
+
+
+def archive_bytes(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as handle:
+        for name, data in members.items():
+            handle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def encrypted() -> bytes:
+    """A zip whose member says it is encrypted (the flag, in its local header and its directory entry)."""
+    raw = deflated()
+    raw[6] |= 1
+    raw[raw.index(b"PK\1\2") + 8] |= 1
+    return bytes(raw)
+
+
+def corrupt_deflate() -> bytes:
+    raw = deflated()
+    raw[30 + len("a.jpg"):30 + len("a.jpg") + 16] = b"\xff" * 16  # the deflate stream's first bytes
+    return bytes(raw)
+
+
+def unknown_method() -> bytes:
+    raw = deflated()
+    raw[8] = 99
+    raw[raw.index(b"PK\1\2") + 10] = 99
+    return bytes(raw)
+
+
+def corrupt(method: int) -> bytes:
+    raw = bytearray(archive_bytes({"a.jpg": bytes(range(256)) * 40}, method))
+    raw[40:60] = bytes(20)
+    return bytes(raw)
+
+
+def stored_bad_crc() -> bytes:
+    raw = bytearray(archive_bytes({"a.jpg": b"0123456789"}, zipfile.ZIP_STORED))
+    raw[30 + len("a.jpg")] ^= 1
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (encrypted(), "it is encrypted"),
+    (corrupt_deflate(), "its compressed data is corrupt"),
+    (corrupt(zipfile.ZIP_BZIP2), "its compressed data is corrupt"),
+    (corrupt(zipfile.ZIP_LZMA), "its compressed data is corrupt"),
+    (unknown_method(), "its compression method is not supported"),
+    (stored_bad_crc(), "Bad CRC-32 for file 'a.jpg'"),
+    (archive_bytes({"a.jpg": b"1" * 100})[:-30], "not a zip file"),  # truncated in its directory
+    (archive_bytes({"a.jpg": b"1" * 100})[:60], "not a zip file"),
+    (b"", "not a zip file"),
+    (b"%PDF-1.4 not a zip", "not a zip file"),
+], ids=["encrypted", "corrupt-deflate", "corrupt-bzip2", "corrupt-lzma", "unknown-method", "bad-crc",
+        "truncated-directory", "truncated-member", "empty", "pdf"])
+def test_an_unreadable_archive_is_invalid_archive(tmp_path, data, reason):
+    """Issue 20, finding 5: each was a 500; each is a 400 `invalid_archive` saying why, and nothing of it is read
+    into a job."""
+    path = tmp_path / "photos.zip"
+    path.write_bytes(data)
+    with pytest.raises(InvalidRequest) as error:
+        intake.from_zip(path, JobLimits())
+    assert (error.value.status, error.value.code) == (400, "invalid_archive")
+    assert reason in error.value.message and "without a password" in error.value.message
+    assert len(error.value.message) < 500
+
+
+def test_a_directory_too_large_for_the_job_is_refused_before_it_is_read(tmp_path):
+    """A directory of many empty entries costs the reader far more memory than its bytes: bounded by the job's
+    images before `ZipFile` reads it."""
+    path = tmp_path / "photos.zip"
+    path.write_bytes(archive_bytes({f"__MACOSX/{i:05d}" + "x" * 900: b"" for i in range(20)}))
+    with pytest.raises(LimitExceeded) as error:
+        intake.from_zip(path, JobLimits(max_images=2))
+    assert (error.value.status, error.value.code) == (422, "job_images")
+    assert "more entries than a job of at most 2 images holds" in error.value.message
+    assert intake.from_zip(path, JobLimits(max_images=10)) == []  # litter only: within a larger job's room

@@ -8,9 +8,15 @@ import time
 import pytest
 
 from faceserve.errors import LimitExceeded, NotFound
+from faceserve.http.caller import Caller
 from faceserve.jobs import JobLimits, JobQueue, NewItem
 from faceserve.jobs.queue import MAX_ATTEMPTS
-from faceserve.store import open_store
+from faceserve.jobs.schema import MIGRATIONS
+from faceserve.store import new_id, open_store
+
+# Callers without keys, told apart by their addresses, and with keys, by the keys' ids.
+ALICE, BOB = Caller("192.0.2.1").principal, Caller("192.0.2.2").principal
+ALICE_KEY = Caller("192.0.2.1", key_id="alice").principal
 
 
 @pytest.fixture
@@ -57,13 +63,53 @@ def test_limits_are_named(queue, items, code, named):
     assert error.value.code == code and named in error.value.message
 
 
-def test_queued_jobs_per_key(queue):
-    queue.submit("key", images(1), {})
-    queue.submit("key", images(1), {})
-    with pytest.raises(LimitExceeded, match="limit is 2 queued jobs per API key") as error:
-        queue.submit("key", images(1), {})
-    assert error.value.code == "jobs_queued"
-    queue.submit("another key", images(1), {})
+def job_rows(queue) -> tuple[list[tuple], list[tuple]]:
+    with queue.store.read() as tx:
+        return (tx.all("SELECT id, owner, state FROM jobs ORDER BY id"),
+                tx.all("SELECT job_id, position, state FROM jobs_items ORDER BY job_id, position"))
+
+
+def test_queued_jobs_per_caller_one_caller_blocks_nobody_else(queue):
+    """Issue 20, finding 9: the quota is the caller's own (an address without keys, a key's id with them)."""
+    for _ in range(2):
+        queue.submit(ALICE, images(1), {})
+    before = job_rows(queue)
+    with pytest.raises(LimitExceeded, match="limit is 2 queued jobs per caller") as error:
+        queue.submit(ALICE, images(1), {})
+    assert (error.value.status, error.value.code) == (422, "jobs_queued")
+    assert job_rows(queue) == before  # refused: nothing written
+    for other in (BOB, ALICE_KEY):  # another address; a key on the same address
+        queue.submit(other, images(1), {})
+        queue.submit(other, images(1), {})
+    assert [owner for _, owner, _ in job_rows(queue)[0]] == [ALICE] * 2 + [BOB] * 2 + [ALICE_KEY] * 2
+
+
+def test_a_claimed_item_names_its_jobs_owner(queue):
+    queue.submit(BOB, images(1), {"detector": None})
+    (item,) = queue.claim("worker")
+    assert item.owner == BOB  # its answer is remembered as Bob's, for his feedback alone
+
+
+def test_jobs_of_before_owners_were_principals_are_nobodys(store_url):
+    """Owners were an API key's sha256 or "" (everyone without keys): migrated, such a job is nobody's (an admin,
+    owner None, still reads it) and counts against nobody's quota."""
+    with open_store(store_url) as store:
+        store.migrate("jobs", MIGRATIONS[:1])
+        old = [new_id(), new_id()]
+        with store.transaction() as tx:
+            for job_id, owner in zip(old, ("", "ab" * 32)):
+                tx.execute("INSERT INTO jobs (id, owner, state, options, total, created_at) "
+                           "VALUES (?, ?, 'queued', '{}', 0, '2026-01-01T00:00:00+00:00')", (job_id, owner))
+        queue = JobQueue(store, JobLimits(max_queued_jobs=1))
+        for job_id in old:
+            for caller in (ALICE, BOB, ALICE_KEY, "", "ab" * 32):
+                with pytest.raises(NotFound):
+                    queue.status(job_id, caller)
+            assert queue.status(job_id).id == job_id
+        queue.submit(ALICE, images(1), {})  # the old jobs take no place of hers
+        with store.read() as tx:
+            owners = sorted(owner for (owner,) in tx.all("SELECT owner FROM jobs"))
+        assert owners == sorted(["legacy:", "legacy:" + "ab" * 32, ALICE])
 
 
 def test_a_dead_workers_item_goes_to_another_and_is_written_once(queue):
@@ -105,15 +151,19 @@ def test_an_item_that_kills_every_worker_is_failed_with_the_reason(queue):
 
 
 def test_another_owners_job_is_unknown_to_it(queue):
-    job = queue.submit("alice", images(2), {})
-    for attempt in (lambda: queue.status(job, "bob"), lambda: list(queue.results(job, "bob")),
-                    lambda: queue.cancel(job, "bob")):
-        with pytest.raises(NotFound) as unknown:
-            attempt()
-        assert unknown.value.code == "unknown_job"
-    assert queue.status(job, "alice").state == "queued"  # bob's cancel changed nothing
-    assert queue.status(job).total == 2  # no owner given: the service's own reads
-    assert queue.cancel(job, "alice").cancelled == 2
+    job = queue.submit(ALICE, images(2), {})
+    before = job_rows(queue)
+    for other in (BOB, ALICE_KEY):
+        for attempt in (lambda: queue.status(job, other), lambda: list(queue.results(job, other)),
+                        lambda: queue.cancel(job, other)):
+            with pytest.raises(NotFound) as unknown:
+                attempt()
+            assert (unknown.value.status, unknown.value.code) == (404, "unknown_job")
+            assert unknown.value.message == f"no job has the id {job!r}"
+    assert job_rows(queue) == before  # the others' cancels changed nothing
+    assert queue.status(job, ALICE).state == "queued"
+    assert queue.status(job).total == 2  # no owner given: an admin's reads, and the service's own
+    assert queue.cancel(job, ALICE).cancelled == 2
 
 
 def test_cancel(queue):
