@@ -28,9 +28,11 @@ import bentoml
 from bentoml.validators import ContentType
 from starlette.responses import Response
 
-from faceserve.http.auth import ApiKeyMiddleware
+from faceserve.http.auth import AccessMiddleware, HostAllowlist
 from faceserve.http.caller import caller_of
+from faceserve.http.exposure import bound_host, refuse_keyless_exposure
 from faceserve.http.framework import bound_metrics_labels, close_framework_downloads
+from faceserve.http.headers import SecurityHeadersMiddleware
 from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimitMiddleware
 from faceserve.http.responses import ErrorShapeMiddleware, json_errors
 from faceserve.http.upload_guard import UploadGuardMiddleware
@@ -52,6 +54,9 @@ ZipFile = Annotated[Path, ContentType("application/zip")]
 ResultsFile = Annotated[Path, ContentType("application/x-ndjson")]  # JSON Lines, one line per image
 
 _settings = Settings.from_env()
+BIND_HOST = "127.0.0.1"  # local runs; a container sets BENTOML_HOST=0.0.0.0 (and keys: docs/security.md)
+_bound_host = bound_host(BIND_HOST)
+refuse_keyless_exposure(_bound_host, bool(_settings.api_keys), _settings.private_deployment)
 
 
 @bentoml.service(
@@ -59,7 +64,7 @@ _settings = Settings.from_env()
     traffic={"timeout": 30},  # concurrency: ConcurrencyLimitMiddleware (FACESERVE_MAX_CONCURRENCY), 503 + Retry-After
     resources={"cpu": "2"},
     workers=_settings.workers,
-    http={"host": "127.0.0.1"},
+    http={"host": BIND_HOST},
 )
 class FaceAnalysis:
     def __init__(self) -> None:
@@ -270,14 +275,19 @@ FaceAnalysis.mount_asgi_app(web_page(_settings), path="/", name="web")
 close_framework_downloads()
 bound_metrics_labels()
 
-# Outermost first: connections spread over workers, body limit and error shape, API keys, concurrency limit,
-# requests that could make BentoML read text as a file refused.
+# Outermost first: security headers on every answer, connections spread over workers, body limit and error shape,
+# access (route table, Host, keys and scopes, cross-site writes: docs/security.md), concurrency limit, requests
+# that could make BentoML read text as a file refused.
+FaceAnalysis.add_asgi_middleware(SecurityHeadersMiddleware)
 if _settings.workers > 1 and _settings.keepalive_requests > 0:
     FaceAnalysis.add_asgi_middleware(KeepAliveLimitMiddleware, max_requests=_settings.keepalive_requests)
 FaceAnalysis.add_asgi_middleware(ErrorShapeMiddleware, max_body_bytes=_settings.limits.max_body_bytes,
                                   route_body_bytes=_settings.route_body_bytes)
-if _settings.api_keys:
-    FaceAnalysis.add_asgi_middleware(ApiKeyMiddleware, keys=_settings.api_keys)
+# The Host allowlist: always without keys (a browser on this machine is the one at risk), with keys where named.
+FaceAnalysis.add_asgi_middleware(
+    AccessMiddleware, keys=_settings.api_keys,
+    hosts=(HostAllowlist.of(_settings.allowed_hosts, _bound_host)
+           if not _settings.api_keys or _settings.allowed_hosts else None))
 FaceAnalysis.add_asgi_middleware(ConcurrencyLimitMiddleware, max_concurrency=_settings.limits.max_concurrency)
 FaceAnalysis.add_asgi_middleware(UploadGuardMiddleware, file_fields=("image", "images", "file", "archive"),
                                   file_counts={JOBS_SUBMIT_ROUTE: _settings.jobs.check_images})

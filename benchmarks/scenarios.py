@@ -436,7 +436,9 @@ def cluster(ctx: Context) -> list[dict]:
     rows = []
     for instances in CLUSTER_INSTANCES:
         try:
-            with Cluster(instances, log_dir=ctx.out / "logs" / f"cluster-{instances}") as deployment:
+            # Locust sends no key: nginx listens on 127.0.0.1 only, nothing untrusted reaches it.
+            with Cluster(instances, env={"FACESERVE_PRIVATE_DEPLOYMENT": "1"},
+                         log_dir=ctx.out / "logs" / f"cluster-{instances}") as deployment:
                 entry = types.SimpleNamespace(url=deployment.url, pid=deployment.nginx.process.pid)
                 pids = [i.server.pid for i in deployment.instances] + _triton_pids(deployment.triton)
                 rows += _locust_sweep(ctx, "cluster", entry, pids, deployment.triton.metrics_url,

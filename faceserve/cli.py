@@ -3,7 +3,10 @@ pipeline model of a Triton server (`--server grpc://HOST:8001`).
 
 `faceserve jobs submit DIR --server URL`: every photo of DIR as one asynchronous job of a running service; prints
 the job's id, then follows it with a progress bar. `faceserve jobs results ID --server URL > out.jsonl`: its
-results, one JSON line per photo."""
+results, one JSON line per photo.
+
+`faceserve keys new --id ID --scopes analyze,enrol`: a new API key, printed once, and its line for the key file
+(FACESERVE_API_KEYS_FILE, docs/security.md), which holds only the key's digest."""
 
 from __future__ import annotations
 
@@ -107,6 +110,22 @@ def _jobs(args: argparse.Namespace) -> int:
             return 2
 
 
+def _new_key(args: argparse.Namespace) -> int:
+    from faceserve.http.keys import new_key, parse_scopes
+
+    try:
+        key, entry = new_key(args.id, parse_scopes(args.scopes))
+    except ValueError as error:
+        print(json.dumps({"error": "invalid_key", "message": str(error)}), file=sys.stderr)
+        return 2
+    print(f"API key (shown this once; give it to the caller, it is not stored):\n{key}\n"
+          f"Line for FACESERVE_API_KEYS_FILE:\n{entry.line}")
+    if args.append:
+        with args.append.open("a") as keys_file:
+            keys_file.write(entry.line + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faceserve")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--server", required=True, metavar="URL", help="the service, e.g. http://127.0.0.1:3000")
         command.add_argument("--api-key", default=os.environ.get("FACESERVE_API_KEY"),
                              help="default: FACESERVE_API_KEY")
+    keys = sub.add_parser("keys", help="API keys (docs/security.md)").add_subparsers(dest="keys_command",
+                                                                                     required=True)
+    new = keys.add_parser("new", help="make a key: print it once, and its line for FACESERVE_API_KEYS_FILE")
+    new.add_argument("--id", required=True, help="the key's name in logs, job owners and the audit trail")
+    new.add_argument("--scopes", required=True, help="comma-separated: analyze, enrol, admin")
+    new.add_argument("--append", type=Path, metavar="FILE", help="also append the line to this key file")
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return _new_key(args)
     if args.command == "jobs":
         return _jobs(args)
     return asyncio.run(_analyze(args))

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from faceserve.http.keys import ApiKey, key_ring, legacy_key, read_key_file
 from faceserve.jobs.queue import JobLimits
 from faceserve.pipeline.imaging import DecodeLimits
 
@@ -54,7 +55,12 @@ class Settings:
     store: str  # FACESERVE_STORE (alias FACESERVE_GALLERY): sqlite:///path or postgresql://..., see open_store
     url_fetch: bool = False  # FACESERVE_URL_FETCH=1 enables `image_url`
     url_allowlist: tuple[str, ...] = ()  # FACESERVE_URL_ALLOWLIST: CIDRs/hosts reachable despite being private
-    api_keys: tuple[str, ...] = ()  # FACESERVE_API_KEYS (comma-separated) and/or FACESERVE_API_KEYS_FILE
+    # Access (docs/security.md): FACESERVE_API_KEYS_FILE (hashed keys with scopes) and/or FACESERVE_API_KEYS (legacy
+    # plain keys, every scope); FACESERVE_ALLOWED_HOSTS, Host names answered beside the loopback ones;
+    # FACESERVE_PRIVATE_DEPLOYMENT=1 lets a keyless service listen beyond loopback
+    api_keys: tuple[ApiKey, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    private_deployment: bool = False
     # FACESERVE_IDENTITY_THRESHOLD: the same person at or above this cosine similarity; None: the embedding
     # model's own (its measured `score_threshold`, docs/identity.md)
     identity_threshold: float | None = None
@@ -94,9 +100,11 @@ class Settings:
             keepalive_requests=int(_env("KEEPALIVE_REQUESTS", "32")),
             backend_timeout_s=float(_env("BACKEND_TIMEOUT_S", "10")),
             limits=limits,
-            url_fetch=_env("URL_FETCH", "0").lower() in ("1", "true", "yes", "on"),
+            url_fetch=_flag(_env("URL_FETCH", "0")),
             url_allowlist=_split(_env("URL_ALLOWLIST", "")),
             api_keys=_api_keys(),
+            allowed_hosts=_split(_env("ALLOWED_HOSTS", "")),
+            private_deployment=_flag(_env("PRIVATE_DEPLOYMENT", "0")),
             data_dir=data_dir,
             store=_store_url(data_dir),
             identity_threshold=float(_env("IDENTITY_THRESHOLD", "")) if _env("IDENTITY_THRESHOLD", "") else None,
@@ -115,13 +123,16 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.replace("\n", ",").split(",") if item.strip())
 
 
-def _api_keys() -> tuple[str, ...]:
-    keys = list(_split(_env("API_KEYS", "")))
+def _flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "on")
+
+
+def _api_keys() -> tuple[ApiKey, ...]:
+    keys = [legacy_key(key) for key in _split(_env("API_KEYS", ""))]
     path = _env("API_KEYS_FILE", "")
     if path:
-        keys += [line.strip() for line in Path(path).read_text().splitlines()
-                 if line.strip() and not line.lstrip().startswith("#")]
-    return tuple(keys)
+        keys += read_key_file(Path(path))
+    return key_ring(keys)
 
 
 def _data_dir() -> Path:

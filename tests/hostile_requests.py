@@ -32,6 +32,8 @@ MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 INVALID = (400, "invalid_request")
 AMBIGUOUS = (400, "ambiguous_request")
 CHARSET = (415, "unsupported_charset")
+# A body neither JSON nor a multipart form: refused before anything reads it (faceserve/http/auth.py).
+MEDIA_TYPE = (415, "unsupported_media_type")
 ENCODING = (415, "unsupported_encoding")
 
 
@@ -41,7 +43,7 @@ class Shape:
     endpoint: str
     headers: tuple[tuple[str, str], ...]  # sent in this order, duplicates kept; Content-Length is added
     body: bytes
-    expect: tuple[int, str]
+    expect: tuple[int, str]  # where the body's type is one the service takes (`expected` below)
     chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
     query: str = ""  # appended to the endpoint's path
     uses_image_url: bool = False  # a JSON `image_url`: fetched (once) where URL fetching is on
@@ -49,6 +51,15 @@ class Shape:
     @property
     def label(self) -> str:
         return f"{self.endpoint}: {self.name}"
+
+    @property
+    def expected(self) -> tuple[int, str]:
+        """`expect`, unless the body is typed otherwise than JSON or a multipart form (or untyped): then 415."""
+        types = [value.partition(";")[0].strip().lower() for name, value in self.headers
+                 if name.lower() == "content-type"]
+        if (types or self.body) and not (types and set(types) <= {"application/json", "multipart/form-data"}):
+            return MEDIA_TYPE
+        return self.expect
 
 
 def part(disposition: str, value: bytes, *headers: str) -> bytes:

@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
                  else "store given by --gallery")  # its URL may hold a password: not printed
         print(f"faceserve cluster ready on {cluster.url} ({backend})\n  store: {store}\n"
               + "".join(f"  {i.name}: {i.url} (pid {i.server.pid}, log {i.log})\n" for i in cluster.instances)
-              + f"  nginx access log {cluster.nginx.access_log}\nCtrl-C to stop.", flush=True)
+              + f"  nginx access log {cluster.nginx.access_log}\n"
+              + (f"  admin API key (every scope; docs/security.md): {cluster.log_dir / 'admin-key'}\n"
+                 if cluster.api_key else "")
+              + "Ctrl-C to stop.", flush=True)
         while not stop.wait(0.5):
             if not cluster.nginx.running:
                 print(f"nginx exited unexpectedly\n{cluster.nginx.log_tail()}", file=sys.stderr)

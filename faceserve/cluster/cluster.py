@@ -14,6 +14,9 @@ from typing import Literal
 from faceserve import devserver
 from faceserve.cluster.nginx import Nginx, NginxConfig
 from faceserve.cluster.readiness import ReadinessWatch
+from faceserve.http.caller import SCOPES
+from faceserve.http.exposure import PRIVATE_DEPLOYMENT_ENV
+from faceserve.http.keys import new_key
 from faceserve.lifecycle import StartedInWith
 from faceserve.postgres_local import LocalPostgres
 from faceserve.settings import Settings
@@ -24,6 +27,8 @@ Backend = Literal["triton", "embedded"]
 # Where every instance finds the shared store (PostgreSQL in a multi-instance deployment); the
 # Kubernetes manifests take the same variable from a Secret.
 GALLERY_ENV = "FACESERVE_GALLERY"
+KEY_ENVS = ("FACESERVE_API_KEYS", "FACESERVE_API_KEYS_FILE")
+ADMIN_KEY_ID = "cluster-admin"
 
 
 class Instance:
@@ -75,6 +80,11 @@ class Cluster(StartedInWith):
     (`cluster.postgres`), unless `gallery` names one already running; either way every instance gets its
     URL as FACESERVE_GALLERY. `env` holds any other FACESERVE_* setting for every instance, and nginx takes
     the instances' body limit from it.
+
+    nginx makes every client 127.0.0.1 to the instances, so their keyless defaults (admin routes for loopback
+    clients) would hold for anyone who reaches nginx: unless `env` configures keys, or says
+    FACESERVE_PRIVATE_DEPLOYMENT=1, the cluster makes an admin key (`api_key`, also written to
+    `<log_dir>/admin-key`) and gives the instances a key file holding its digest.
     """
 
     def __init__(self, instances: int = 2, *, backend: Backend = "triton", workers: int = 1, port: int | None = None,
@@ -87,6 +97,7 @@ class Cluster(StartedInWith):
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="faceserve-cluster-"))
         self.instances = [Instance(f"instance-{i + 1}", devserver.free_port(), {}, self.log_dir)
                           for i in range(instances)]
+        self.api_key: str | None = None
         self.triton = None
         self.postgres: LocalPostgres | None = None
         self.nginx: Nginx | None = None
@@ -124,8 +135,20 @@ class Cluster(StartedInWith):
             os.environ.update(saved)
 
 
+    def _make_admin_key(self) -> None:
+        if any(self.extra_env.get(name) for name in KEY_ENVS) or self.extra_env.get(PRIVATE_DEPLOYMENT_ENV) == "1":
+            return
+        self.api_key, entry = new_key(ADMIN_KEY_ID, frozenset(SCOPES))
+        keys_file, key_file = self.log_dir / "api-keys", self.log_dir / "admin-key"
+        for path, text in ((keys_file, entry.line), (key_file, self.api_key)):
+            path.unlink(missing_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(text + "\n")
+        self.extra_env["FACESERVE_API_KEYS_FILE"] = str(keys_file)
+
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._make_admin_key()
         if not self.gallery:
             self.postgres = self._stack.enter_context(LocalPostgres())
         settings = self.instance_settings()

@@ -513,7 +513,12 @@ def test_command_line_cluster_stops_everything_on_sigterm(repository, tmp_path):
         # background processes
         assert len(tree) >= 9, "".join(output)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
-        response = httpx.post(f"http://127.0.0.1:{port}/analyze", files={"image": ("a.jpg", good_jpeg(), "image/jpeg")},
+        upload = {"image": ("a.jpg", good_jpeg(), "image/jpeg")}
+        refused = httpx.post(f"http://127.0.0.1:{port}/analyze", files=upload, timeout=30)
+        assert (refused.status_code, refused.json()["error"]) == (401, "unauthorized")  # nginx makes clients local
+        admin_key = (tmp_path / "admin-key").read_text().strip()
+        assert admin_key not in "".join(output) and oct((tmp_path / "admin-key").stat().st_mode & 0o777) == "0o600"
+        response = httpx.post(f"http://127.0.0.1:{port}/analyze", files=upload, headers={"X-API-Key": admin_key},
                               timeout=30)
         assert response.status_code == 200 and len(response.json()["faces"]) == 1
         process.send_signal(signal.SIGTERM)

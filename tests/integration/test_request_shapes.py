@@ -60,8 +60,8 @@ def answers(url: str, counter: HitCounter, only) -> list[tuple]:
         status, body = send(url, shape)
         got = (status, body.get("error") if isinstance(body, dict) else body)
         shaped = isinstance(body, dict) and set(body) == {"error", "message"} and body["message"]
-        if got != shape.expect or not shaped or counter.hits != before:
-            wrong.append((shape.label, shape.expect, got, counter.hits - before))
+        if got != shape.expected or not shaped or counter.hits != before:
+            wrong.append((shape.label, shape.expected, got, counter.hits - before))
     return wrong
 
 

@@ -7,6 +7,7 @@ astronaut photo), a fresh browser context per test. Screenshots go to tests/arti
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 from pathlib import Path
@@ -25,7 +26,8 @@ expect = playwright_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's (requirements/debian.txt); Playwright's own browsers are never fetched
 ARTIFACTS = ROOT / "tests" / "artifacts"
-KEY = "fs-web-test-key-3c9d1e"
+KEY = "fs-web-test-key-3c9d1e"  # every scope (FACESERVE_API_KEYS)
+ANALYZE_KEY = "fs-web-analyze-key-81f0a2"  # `analyze` only (the key file)
 # Model calls on a busy 2-core machine: auto-waiting assertions get room, they never sleep.
 expect.set_options(timeout=30_000)
 
@@ -489,16 +491,60 @@ def test_phone_width(front_end_service, browser):
         context.close()
 
 
+def csp_violations(page) -> list[str]:
+    """The Content-Security-Policy refusals Chromium reports on `page` from now on."""
+    refused = []
+    page.on("console", lambda message: refused.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    return refused
+
+
 def test_swagger_moved_to_docs(front_end_service, context):
     page = context.new_page()
-    page.goto(f"{front_end_service}/docs")
+    refused = csp_violations(page)
+    answer = page.goto(f"{front_end_service}/docs")
     expect(page.get_by_text("/analyze", exact=True).first).to_be_visible()
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    # Only what would be fetched from another host is refused (the badges in BentoML's API description).
+    assert [r for r in refused if not r.startswith("Loading the image 'https://")] == []
+
+
+def test_the_page_carries_its_security_headers_and_needs_nothing_they_forbid(front_end_service, context):
+    page = context.new_page()
+    refused = csp_violations(page)
+    answer = page.goto(front_end_service)
+    expect(page.locator("body[data-ready]")).to_be_attached()
+    headers = answer.headers
+    assert headers["content-security-policy"].startswith("default-src 'self'")
+    assert "frame-ancestors 'none'" in headers["content-security-policy"] and "unsafe" not in headers[
+        "content-security-policy"]
+    assert (headers["x-frame-options"], headers["x-content-type-options"], headers["referrer-policy"]) == (
+        "DENY", "nosniff", "no-referrer")
+    page.get_by_label("Photos").set_input_files(photo("astronaut.jpg", jpeg(photos.astronaut()), "image/jpeg"))
+    expect(rows(page, "astronaut.jpg")).to_have_count(1)
+    page.get_by_role("tab", name="Feedback").click()
+    expect(page.get_by_role("table", name="Corrections by field")).to_be_visible()
+    assert refused == []
 
 
 @pytest.fixture(scope="module")
-def keyed_service(repository):
-    with serve({"FACESERVE_WORKERS": "1", "FACESERVE_API_KEYS": KEY}) as url:
+def keyed_service(repository, tmp_path_factory):
+    keys_file = tmp_path_factory.mktemp("web-keys") / "keys.txt"
+    keys_file.write_text(f"web-analyze analyze sha256:{hashlib.sha256(ANALYZE_KEY.encode()).hexdigest()}\n")
+    with serve({"FACESERVE_WORKERS": "1", "FACESERVE_API_KEYS": KEY, "FACESERVE_API_KEYS_FILE": str(keys_file)}) as url:
         yield url
+
+
+def test_a_key_without_a_scope_gets_the_services_message_on_the_page(keyed_service, context):
+    page = open_page(context, keyed_service, ready=False)
+    page.get_by_label("API key", exact=True).fill(ANALYZE_KEY)
+    page.get_by_role("button", name="Use this key").click()
+    expect(page.locator("body[data-ready]")).to_be_attached()
+    page.get_by_role("tab", name="Feedback").click()
+    expect(page.locator("#feedback-error")).to_have_text(
+        "The summary of corrections could not be read: /feedback/summary needs the `admin` scope; "
+        "the key `web-analyze` has analyze")
+    expect(page.get_by_role("form", name="API key needed")).to_be_hidden()  # a 403 is no reason to ask again
 
 
 def test_api_key_asked_for_and_kept_for_the_tab_only(keyed_service, context):

@@ -1,4 +1,4 @@
-"""Settings from FACESERVE_* variables: every limit is configurable, keys come from a list and a file."""
+"""Settings from FACESERVE_* variables: every limit is configurable (keys: tests/unit/http/test_keys.py)."""
 
 from __future__ import annotations
 
@@ -31,14 +31,6 @@ def test_decode_limits_follow_the_limits(monkeypatch):
     monkeypatch.setenv("FACESERVE_MAX_FRAMES", "3")
     decode = Settings.from_env().limits.decode
     assert (decode.max_pixels, decode.max_frames) == (1000, 3)
-
-
-def test_api_keys_from_the_list_and_the_file(monkeypatch, tmp_path):
-    keys = tmp_path / "keys"
-    keys.write_text("# team keys\nfile-key-1\n\n  file-key-2  \n")
-    monkeypatch.setenv("FACESERVE_API_KEYS", "k1, k2,")
-    monkeypatch.setenv("FACESERVE_API_KEYS_FILE", str(keys))
-    assert Settings.from_env().api_keys == ("k1", "k2", "file-key-1", "file-key-2")
 
 
 @pytest.mark.parametrize("value, enabled", [("1", True), ("true", True), ("on", True), ("0", False), ("no", False)])
