@@ -186,7 +186,7 @@ class Gallery:
             for identity in identities:
                 if identity.id in stored and not (
                         _identity_content(identity) == _canonical(*stored[identity.id])
-                        and {_file_face_content(face) for face in identity.faces} == stored_faces.get(identity.id, set())):
+                        and {_file_face_content(f) for f in identity.faces} == stored_faces.get(identity.id, set())):
                     raise FaceserveError(
                         f"line {identity.line} of the gallery file: identity {identity.id} is in the gallery with "
                         "other content; an import never changes or adds to an identity (delete it first to replace "
