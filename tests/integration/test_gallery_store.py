@@ -287,6 +287,9 @@ def test_a_committed_enrolment_survives_kill_9(store_url, open_gallery):
     assert (survivor.name, survivor.face_count) == ("survivor", 1)
     [[match]] = gallery.search(np.arange(1, 33, dtype=np.float32)[None], k=1)
     assert (match.identity_id, round(match.similarity, 5)) == (identity_id, 1.0)
+    [entry] = gallery.audit().entries  # the audit entry was committed with the enrolment
+    assert (entry.operation, entry.address, entry.identity_ids, len(entry.face_ids)) == (
+        "create_identity", "local", (identity_id,), 1)
 
 
 def test_concurrent_enrolments_lose_and_duplicate_nothing(gallery):
