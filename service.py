@@ -37,7 +37,7 @@ from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimit
 from faceserve.http.responses import ErrorShapeMiddleware, json_errors
 from faceserve.http.upload_guard import UploadGuardMiddleware
 from faceserve.models import detectors
-from faceserve.pipeline.schemas import (Analysis, BatchAnalysis, Box, Classification, Deleted, FacesAdded,
+from faceserve.pipeline.schemas import (Analysis, AuditPage, BatchAnalysis, Box, Classification, Deleted, FacesAdded,
                                         FeedbackRecord, FeedbackSummary, GalleryImport, Identification,
                                         IdentityDetail, Job, IdentityPage, ModelsInfo, Verification)
 from faceserve.runtime import Runtime
@@ -128,22 +128,26 @@ class FaceAnalysis:
 
     @bentoml.api(route="/identities/create")
     @json_errors
-    async def create_identity(self, name: str, metadata: dict | None = None) -> IdentityDetail:
-        """A new identity (a name and any JSON object of metadata); add its faces with `/identities/add_faces`."""
-        return await self.runtime.create_identity(name, metadata)
+    async def create_identity(self, ctx: bentoml.Context, name: str, metadata: dict | None = None) -> IdentityDetail:
+        """A new identity (a name of up to 200 characters and a JSON object of metadata, at most 4096 bytes and 4
+        levels deep); add its faces with `/identities/add_faces`."""
+        return await self.runtime.create_identity(caller_of(ctx.request.scope), name, metadata)
 
     @bentoml.api(route="/identities/add_faces")
     @json_errors
-    async def add_faces(self, identity_id: str, images: list[ImageFile] = None, images_base64: list[str] | None = None,
-                        boxes: list[Box | None] | None = None, thumbnails: bool = False) -> FacesAdded:
+    async def add_faces(self, ctx: bentoml.Context, identity_id: str, images: list[ImageFile] = None,
+                        images_base64: list[str] | None = None, boxes: list[Box | None] | None = None,
+                        thumbnails: bool = False) -> FacesAdded:
         """Enrol one face from each image: its only face, or the face at its box (`boxes`: one box or null per
         image, in order). A small thumbnail of each face is stored only with `thumbnails`; the photo never is."""
-        return await self.runtime.add_faces(identity_id, images, images_base64, boxes, thumbnails)
+        return await self.runtime.add_faces(caller_of(ctx.request.scope), identity_id, images, images_base64, boxes,
+                                            thumbnails)
 
     @bentoml.api(route="/identities")
     @json_errors
     async def list_identities(self, limit: int = 100, after: str | None = None) -> IdentityPage:
-        """Identities in creation order, `limit` per page; `after` is the previous page's `next_after`."""
+        """Identities in creation order, `limit` per page; `after` is the previous page's `next_after`. Each with its
+        metadata's keys only (`/identities/get` has the values)."""
         return await self.runtime.list_identities(limit, after)
 
     @bentoml.api(route="/identities/get")
@@ -160,15 +164,15 @@ class FaceAnalysis:
 
     @bentoml.api(route="/identities/delete_face")
     @json_errors
-    async def delete_face(self, face_id: str) -> Deleted:
+    async def delete_face(self, ctx: bentoml.Context, face_id: str) -> Deleted:
         """Delete one enrolled face (its vector leaves the store and every worker's index)."""
-        return await self.runtime.delete_face(face_id)
+        return await self.runtime.delete_face(caller_of(ctx.request.scope), face_id)
 
     @bentoml.api(route="/identities/delete")
     @json_errors
-    async def delete_identity(self, identity_id: str) -> Deleted:
+    async def delete_identity(self, ctx: bentoml.Context, identity_id: str) -> Deleted:
         """Delete an identity and every face enrolled for it."""
-        return await self.runtime.delete_identity(identity_id)
+        return await self.runtime.delete_identity(caller_of(ctx.request.scope), identity_id)
 
     @bentoml.api
     @json_errors
@@ -193,10 +197,18 @@ class FaceAnalysis:
 
     @bentoml.api(route="/gallery/import")
     @json_errors
-    async def import_gallery(self, file: GalleryFile = None) -> GalleryImport:
-        """Add what an exported gallery file holds and this gallery does not; a file of another embedding model
-        or version is refused (409)."""
-        return await self.runtime.import_gallery(file)
+    async def import_gallery(self, ctx: bentoml.Context, file: GalleryFile = None) -> GalleryImport:
+        """Add an exported gallery file, all of it in one transaction or nothing: an identity already here is
+        skipped if identical, else refused (409 `identity_exists`: an import never merges); a file of another
+        embedding model or version is refused (409 `model_mismatch`); a bad line is a 400 naming it."""
+        return await self.runtime.import_gallery(caller_of(ctx.request.scope), file)
+
+    @bentoml.api(route="/gallery/audit")
+    @json_errors
+    async def gallery_audit(self, limit: int = 100, after: str | None = None) -> AuditPage:
+        """Every change of the gallery (create, add faces, delete, import), oldest first, `limit` per page: when,
+        the caller's key id and address, the identities and faces it touched."""
+        return await self.runtime.gallery_audit(limit, after)
 
     # ---- feedback ----
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -32,9 +33,10 @@ from faceserve.pipeline.annotate import annotate
 from faceserve.pipeline.identity import IdentityStage
 from faceserve.pipeline.pipeline import Pipeline
 from faceserve.pipeline.policy import DeclinePolicy
-from faceserve.pipeline.schemas import (Analysis, BatchAnalysis, Box, Classification, Deleted, FaceRecord, FacesAdded,
-                                        FeedbackRecord, FeedbackSummary, GalleryImport, Identification, Identity,
-                                        IdentityDetail, Job, IdentityPage, ModelsInfo, Verification)
+from faceserve.pipeline.schemas import (Analysis, AuditEntry, AuditPage, BatchAnalysis, Box, Classification, Deleted,
+                                        FaceRecord, FacesAdded, FeedbackRecord, FeedbackSummary, GalleryImport,
+                                        Identification, Identity, IdentityDetail, IdentitySummary, Job, IdentityPage,
+                                        ModelsInfo, Verification)
 from faceserve.settings import Settings
 from faceserve.store import Store, open_store
 
@@ -214,15 +216,17 @@ class Runtime:
     def _open_identity_stage(self) -> IdentityStage:
         return IdentityStage.open(self.pipeline, self._shared_store(), self.settings.identity_threshold)
 
-    async def _gallery(self, method: str, *args: Any):
+    async def _gallery(self, method: str, *args: Any, **kwargs: Any):
         """A gallery call in a worker thread (every Gallery method is synchronous and thread-safe)."""
         stage = await self.identity()
-        return await asyncio.to_thread(getattr(stage.gallery, method), *args)
+        return await asyncio.to_thread(functools.partial(getattr(stage.gallery, method), *args, **kwargs))
 
-    async def create_identity(self, name: str, metadata: dict | None = None) -> IdentityDetail:
-        return _identity_detail(await self._gallery("create_identity", name, metadata))
+    # Every change takes the caller (the service: the request's; the CLI: LOCAL) for the gallery's audit trail.
 
-    async def add_faces(self, identity_id: str, uploads: list[Path] | None, b64s: list[str] | None,
+    async def create_identity(self, caller: Caller, name: str, metadata: dict | None = None) -> IdentityDetail:
+        return _identity_detail(await self._gallery("create_identity", name, metadata, caller=caller))
+
+    async def add_faces(self, caller: Caller, identity_id: str, uploads: list[Path] | None, b64s: list[str] | None,
                         boxes: list[Box | None] | None = None, thumbnails: bool = False) -> FacesAdded:
         """One face from each image (its only face, or the one at its box), added in one transaction."""
         items = self._image_items(uploads, b64s, range(1, self.settings.limits.max_batch_images + 1))
@@ -236,13 +240,13 @@ class Runtime:
             stage.enrolment(pixels, digest, None if boxes is None or boxes[i] is None else _corners(boxes[i]),
                             f"image {i + 1}", thumbnails)
             for i, (pixels, digest) in enumerate(images)))
-        added = await self._gallery("add_faces", identity_id, faces)
+        added = await self._gallery("add_faces", identity_id, faces, caller=caller)
         return FacesAdded(identity_id=identity_id, faces=[_face_record(face) for face in added])
 
     async def list_identities(self, limit: int = 100, after: str | None = None) -> IdentityPage:
         page = await self._gallery("list_identities", limit, after)
-        return IdentityPage(identities=[_identity(i) for i in page.identities], next_after=page.next_after,
-                            total=page.total)
+        return IdentityPage(identities=[IdentitySummary(**dataclasses.asdict(i)) for i in page.identities],
+                            next_after=page.next_after, total=page.total)
 
     async def get_identity(self, identity_id: str) -> IdentityDetail:
         return _identity_detail(await self._gallery("get_identity", identity_id))
@@ -253,12 +257,13 @@ class Runtime:
             raise NotFound(f"face {face_id!r} was enrolled without a thumbnail", code="no_thumbnail")
         return thumbnail
 
-    async def delete_face(self, face_id: str) -> Deleted:
-        await self._gallery("delete_face", face_id)
+    async def delete_face(self, caller: Caller, face_id: str) -> Deleted:
+        await self._gallery("delete_face", face_id, caller=caller)
         return Deleted(id=face_id, faces_deleted=1)
 
-    async def delete_identity(self, identity_id: str) -> Deleted:
-        return Deleted(id=identity_id, faces_deleted=await self._gallery("delete_identity", identity_id))
+    async def delete_identity(self, caller: Caller, identity_id: str) -> Deleted:
+        return Deleted(id=identity_id, faces_deleted=await self._gallery("delete_identity", identity_id,
+                                                                         caller=caller))
 
     async def verify(self, uploads: list[Path] | None, b64s: list[str] | None) -> Verification:
         stage = await self.identity()
@@ -277,11 +282,17 @@ class Runtime:
         await self._gallery("export_file", buffer)
         return buffer.getvalue()
 
-    async def import_gallery(self, upload: Path | None) -> GalleryImport:
+    async def import_gallery(self, caller: Caller, upload: Path | None) -> GalleryImport:
         if upload is None:
             raise InvalidRequest("send the exported gallery file as `file`", code="no_file")
-        counts = await self._gallery("import_file", Path(upload))
-        return GalleryImport(identities=counts.identities, faces=counts.faces)
+        counts = await self._gallery("import_file", Path(upload), caller=caller)
+        return GalleryImport(**dataclasses.asdict(counts))
+
+    async def gallery_audit(self, limit: int = 100, after: str | None = None) -> AuditPage:
+        page = await self._gallery("audit", limit, after)
+        return AuditPage(entries=[AuditEntry(**dataclasses.asdict(entry), identities=len(entry.identity_ids),
+                                             faces=len(entry.face_ids)) for entry in page.entries],
+                         next_after=page.next_after)
 
     # ---- feedback: answers remembered, corrections of them ----
 

@@ -1,9 +1,9 @@
 """The face gallery: identities, their face embeddings, and exact search over them (issue 12's storage).
 
 What belongs here: the gallery's schema (`schema.py`), its operations (`gallery.py`: create, add faces,
-list, get, delete, export/import), the checks on what enters it (`validation.py`), the export file format
-(`transfer.py`), the in-memory search matrix (`similarity.py`) and how each process's copy follows the
-store (`index.py`). What does not: connections and transactions (`faceserve/store`), computing embeddings
+list, get, delete, export/import), its audit trail (`audit.py`), the checks on what enters it
+(`validation.py`), the export file format (`transfer.py`), the in-memory search matrix (`similarity.py`)
+and how each process's copy follows the store (`index.py`). What does not: connections and transactions (`faceserve/store`), computing embeddings
 or choosing a threshold (the models and the pipeline), HTTP (the service).
 
     gallery = Gallery(open_store(settings.store), EmbeddingModel("faceres", "1", 1024))
@@ -12,8 +12,9 @@ or choosing a threshold (the models and the pipeline), HTTP (the service).
 """
 
 from faceserve.gallery.gallery import Gallery
-from faceserve.gallery.records import (Box, EmbeddingModel, FaceRecord, Identity, IdentityDetail, IdentityPage, Match,
-                                       NewFace, TransferCounts)
+from faceserve.gallery.records import (AuditEntry, AuditPage, Box, EmbeddingModel, FaceRecord, Identity,
+                                       IdentityDetail, IdentityPage, IdentitySummary, ImportCounts, Match, NewFace,
+                                       TransferCounts)
 
-__all__ = ["Gallery", "Box", "EmbeddingModel", "FaceRecord", "Identity", "IdentityDetail", "IdentityPage", "Match",
-           "NewFace", "TransferCounts"]
+__all__ = ["Gallery", "AuditEntry", "AuditPage", "Box", "EmbeddingModel", "FaceRecord", "Identity", "IdentityDetail",
+           "IdentityPage", "IdentitySummary", "ImportCounts", "Match", "NewFace", "TransferCounts"]

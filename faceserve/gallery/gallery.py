@@ -8,12 +8,13 @@ from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 
-from faceserve.errors import InvalidRequest, NotFound
-from faceserve.gallery import transfer, validation
+from faceserve.errors import FaceserveError, InvalidRequest, NotFound
+from faceserve.gallery import audit, transfer, validation
 from faceserve.gallery.index import GalleryIndex
-from faceserve.gallery.records import (EmbeddingModel, FaceRecord, Identity, IdentityDetail, IdentityPage, Match,
-                                       NewFace, TransferCounts)
+from faceserve.gallery.records import (AuditPage, EmbeddingModel, FaceRecord, Identity, IdentityDetail, IdentityPage,
+                                       IdentitySummary, ImportCounts, Match, NewFace, TransferCounts)
 from faceserve.gallery.schema import MIGRATIONS, REMOVALS_KEPT, TOPIC
+from faceserve.http.caller import LOCAL, Caller
 from faceserve.store import Store, Transaction, new_id, utc_now
 
 MAX_PAGE = 1000
@@ -32,7 +33,8 @@ class Gallery:
 
     Every method is synchronous and thread-safe (call it through `asyncio.to_thread` from async code); any
     number of processes may hold a Gallery over the same store. Every change bumps the gallery's change
-    counter in its own transaction, so every process's index follows it (docs/store.md).
+    counter in its own transaction, so every process's index follows it (docs/store.md), and is recorded in
+    the audit trail in that same transaction, under `caller` (LOCAL: the machine's own user, as the CLI).
     """
 
     def __init__(self, store: Store, model: EmbeddingModel, *, poll_interval_s: float = 0.1):
@@ -43,7 +45,7 @@ class Gallery:
     # ---- identities ----------------------------------------------------------
 
     def create_identity(self, name: str, metadata: dict[str, Any] | None = None,
-                        faces: Sequence[NewFace] = ()) -> IdentityDetail:
+                        faces: Sequence[NewFace] = (), *, caller: Caller = LOCAL) -> IdentityDetail:
         """A new identity, with its first faces if given, in one transaction."""
         name = validation.name(name)
         metadata_json = validation.metadata_json(metadata)
@@ -53,12 +55,13 @@ class Gallery:
             version = tx.bump(TOPIC)
             tx.execute(INSERT_IDENTITY, (identity_id, name, metadata_json, created))
             tx.executemany(INSERT_FACE, [(face_id, identity_id, *row, version) for face_id, *row in rows])
+            audit.record(tx, caller, audit.CREATE_IDENTITY, [identity_id], [face_id for face_id, *_ in rows])
             # Read back before the commit: a store lost after it must not turn a committed create into a 503.
             detail = self._detail(tx, identity_id)
         self.index.mark_stale()
         return detail
 
-    def add_faces(self, identity_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
+    def add_faces(self, identity_id: str, faces: Sequence[NewFace], *, caller: Caller = LOCAL) -> list[FaceRecord]:
         if not faces:
             raise InvalidRequest("no face to add")
         rows = [self._face_row(face) for face in faces]
@@ -66,6 +69,7 @@ class Gallery:
             self._require_identity(tx, identity_id)
             version = tx.bump(TOPIC)
             tx.executemany(INSERT_FACE, [(face_id, identity_id, *row, version) for face_id, *row in rows])
+            audit.record(tx, caller, audit.ADD_FACES, [identity_id], [face_id for face_id, *_ in rows])
             added = [_face(row) for row in tx.all(
                 f"SELECT {FACE_COLUMNS} FROM gallery_faces f WHERE f.version = ? AND f.identity_id = ? ORDER BY f.id",
                 (version, identity_id))]
@@ -73,16 +77,17 @@ class Gallery:
         return added
 
     def list_identities(self, limit: int = 100, after: str | None = None) -> IdentityPage:
-        """Identities in creation order with their face counts; `after` is the previous page's `next_after`."""
+        """Identities in creation order with their face counts and their metadata's keys (never its values: a
+        page stays small); `after` is the previous page's `next_after`."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}")
         with self.store.read() as tx:
-            rows = tx.all("SELECT i.id, i.name, i.metadata, i.created_at, COUNT(f.id) FROM gallery_identities i "
-                          "LEFT JOIN gallery_faces f ON f.identity_id = i.id WHERE i.id > ? "
-                          "GROUP BY i.id, i.name, i.metadata, i.created_at ORDER BY i.id LIMIT ?",
-                          (after or "", limit + 1))
+            # At most the bound's worth of each metadata is read: a row stored before the bound may be larger.
+            rows = tx.all(f"SELECT i.id, i.name, SUBSTR(i.metadata, 1, {validation.MAX_METADATA_BYTES + 1}), "
+                          "i.created_at, (SELECT COUNT(*) FROM gallery_faces f WHERE f.identity_id = i.id) "
+                          "FROM gallery_identities i WHERE i.id > ? ORDER BY i.id LIMIT ?", (after or "", limit + 1))
             (total,) = tx.one("SELECT COUNT(*) FROM gallery_identities")
-        identities = tuple(_identity(row) for row in rows[:limit])
+        identities = tuple(_summary(row) for row in rows[:limit])
         return IdentityPage(identities, identities[-1].id if len(rows) > limit else None, total)
 
     def get_identity(self, identity_id: str) -> IdentityDetail:
@@ -106,24 +111,33 @@ class Gallery:
             raise NotFound(f"no face {face_id!r} in the gallery")
         return None if row[0] is None else bytes(row[0])
 
-    def delete_face(self, face_id: str) -> None:
+    def delete_face(self, face_id: str, *, caller: Caller = LOCAL) -> None:
         with self.store.transaction() as tx:
-            if tx.one("SELECT 1 FROM gallery_faces WHERE id = ?", (face_id,)) is None:
-                raise NotFound(f"no face {face_id!r} in the gallery")
+            row = tx.one("SELECT identity_id FROM gallery_faces WHERE id = ?", (face_id,))
+            if row is None:
+                raise NotFound(f"no face {validation.shown(face_id)} in the gallery")
             self._record_removal(tx, "id = ?", (face_id,))
             tx.execute("DELETE FROM gallery_faces WHERE id = ?", (face_id,))
+            audit.record(tx, caller, audit.DELETE_FACE, [row[0]], [face_id])
         self.index.mark_stale()
 
-    def delete_identity(self, identity_id: str) -> int:
+    def delete_identity(self, identity_id: str, *, caller: Caller = LOCAL) -> int:
         """Delete the identity and every embedding of it; return how many faces went with it."""
         with self.store.transaction() as tx:
             self._require_identity(tx, identity_id)
             self._record_removal(tx, "identity_id = ?", (identity_id,))
-            (faces,) = tx.one("SELECT COUNT(*) FROM gallery_faces WHERE identity_id = ?", (identity_id,))
+            faces = [face_id for (face_id,) in tx.all("SELECT id FROM gallery_faces WHERE identity_id = ? ORDER BY id",
+                                                      (identity_id,))]
             tx.execute("DELETE FROM gallery_faces WHERE identity_id = ?", (identity_id,))
             tx.execute("DELETE FROM gallery_identities WHERE id = ?", (identity_id,))
+            audit.record(tx, caller, audit.DELETE_IDENTITY, [identity_id], faces)
         self.index.mark_stale()
-        return faces
+        return len(faces)
+
+    def audit(self, limit: int = 100, after: str | None = None) -> AuditPage:
+        """The audit trail, oldest first; `after` is the previous page's `next_after`."""
+        with self.store.read() as tx:
+            return audit.page(tx, limit, after)
 
     # ---- search ----------------------------------------------------------------
 
@@ -145,24 +159,54 @@ class Gallery:
         """Write every identity and its faces of this gallery's model (docs/store.md: the file format)."""
         return transfer.export(self, target)
 
-    def import_file(self, source: Path | BinaryIO) -> TransferCounts:
-        """Add what an exported file holds and the gallery does not (by id: importing twice adds nothing).
-        Refuses, before writing anything, a file of another model name or version (ModelMismatch)."""
-        return transfer.import_(self, source)
+    def import_file(self, source: Path | BinaryIO, *, caller: Caller = LOCAL) -> ImportCounts:
+        """Add what an exported file holds, all of it in one transaction or nothing (docs/store.md). Refuses, before
+        writing anything, a file of another model name or version (ModelMismatch) and a malformed line
+        (InvalidRequest naming it); an identity already here unless the file's line is identical to it (then it
+        is skipped and counted as present), and a new identity holding a face id already here (409)."""
+        return transfer.import_(self, source, caller)
 
-    def insert_exported(self, identities: Sequence[transfer.ExportedIdentity]) -> TransferCounts:
-        """Store validated exported identities with their ids, skipping those already here (one transaction)."""
+    def import_identities(self, identities: Sequence[transfer.ExportedIdentity],
+                          caller: Caller = LOCAL) -> ImportCounts:
+        """Store checked exported identities with their ids, in one transaction (see `import_file`)."""
         with self.store.transaction() as tx:
-            known = _existing(tx, "gallery_identities", [i.id for i in identities])
-            known_faces = _existing(tx, "gallery_faces", [f[0] for i in identities for f in i.faces])
+            # The counter's row lock first: a concurrent import of the same ids waits, then reads what it added.
             version = tx.bump(TOPIC)
-            new = [i for i in identities if i.id not in known]
+            stored = {row[0]: row[1:] for row in _rows_of(
+                tx, "SELECT id, name, metadata, created_at FROM gallery_identities WHERE id IN ({})",
+                [i.id for i in identities])}
+            stored_faces: dict[str, set[tuple]] = {}
+            for identity_id, *face in _rows_of(
+                    tx, "SELECT identity_id, id, vector, image_sha256, box_x1, box_y1, box_x2, box_y2, "
+                        "thumbnail IS NOT NULL, created_at FROM gallery_faces WHERE model_name = ? AND "
+                        "model_version = ? AND dimension = ? AND identity_id IN ({})",
+                    list(stored), (self.model.name, self.model.version, self.model.dimension)):
+                stored_faces.setdefault(identity_id, set()).add(_face_content(*face))
+            new = [i for i in identities if i.id not in stored]
+            for identity in identities:
+                if identity.id in stored and not (
+                        _identity_content(identity) == _canonical(*stored[identity.id])
+                        and {_file_face_content(f) for f in identity.faces} == stored_faces.get(identity.id, set())):
+                    raise FaceserveError(
+                        f"line {identity.line} of the gallery file: identity {identity.id} is in the gallery with "
+                        "other content; an import never changes or adds to an identity (delete it first to replace "
+                        "it)", code="identity_exists", status=409)
+            taken = dict(_rows_of(tx, "SELECT id, identity_id FROM gallery_faces WHERE id IN ({})",
+                                  [face[0] for i in new for face in i.faces]))
+            for identity in new:
+                for face in identity.faces:
+                    if face[0] in taken:
+                        raise FaceserveError(f"line {identity.line} of the gallery file: face {face[0]} is in the "
+                                             "gallery already, under another identity", code="face_exists",
+                                             status=409)
             tx.executemany(INSERT_IDENTITY, [(i.id, i.name, i.metadata, i.created_at) for i in new])
             faces = [(face_id, i.id, self.model.name, self.model.version, self.model.dimension, *rest, version)
-                     for i in identities for face_id, *rest in i.faces if face_id not in known_faces]
+                     for i in new for face_id, *rest in i.faces]
             tx.executemany(INSERT_FACE, faces)
+            audit.record(tx, caller, audit.IMPORT, [i.id for i in new], [face[0] for face in faces])
         self.index.mark_stale()
-        return TransferCounts(len(new), len(faces))
+        present = len(identities) - len(new)
+        return ImportCounts(len(new), len(faces), present, sum(len(i.faces) for i in identities) - len(faces))
 
     # ---- helpers -------------------------------------------------------------------
 
@@ -187,19 +231,54 @@ class Gallery:
         return version
 
 
-def _existing(tx: Transaction, table: str, ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(ids), 500):  # SQLite binds at most 32766 parameters; stay far below
+def _rows_of(tx: Transaction, sql: str, ids: list[str], params: tuple = ()) -> list[tuple]:
+    """The rows of `sql` whose `IN ({})` is each of `ids`, asked in chunks (SQLite binds at most 32766 parameters;
+    stay far below)."""
+    rows: list[tuple] = []
+    for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
-        if chunk:
-            marks = ", ".join("?" * len(chunk))
-            found |= {i for (i,) in tx.all(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk)}
-    return found
+        rows += tx.all(sql.format(", ".join("?" * len(chunk))), (*params, *chunk))
+    return rows
+
+
+def _canonical(name: str, metadata: str, created_at: str) -> tuple[str, str, str]:
+    """A stored identity's content as an import line's is written (metadata: sorted keys, as stored since ever)."""
+    return name, json.dumps(json.loads(metadata), ensure_ascii=False, allow_nan=False, sort_keys=True), created_at
+
+
+def _identity_content(identity: transfer.ExportedIdentity) -> tuple[str, str, str]:
+    return identity.name, identity.metadata, identity.created_at
+
+
+def _face_content(face_id: str, vector: bytes, sha256: str, x1: float, y1: float, x2: float, y2: float,
+                  has_thumbnail: Any, created_at: str) -> tuple:
+    """What makes two faces the same: id, vector bits, image hash, box, creation; of the thumbnail whether there is
+    one (an import re-encodes thumbnails, so their bytes differ from one import to the next)."""
+    return face_id, bytes(vector), sha256, float(x1), float(y1), float(x2), float(y2), bool(has_thumbnail), created_at
+
+
+def _file_face_content(face: tuple) -> tuple:
+    *described, thumbnail, created_at = face
+    return _face_content(*described, thumbnail is not None, created_at)
 
 
 def _identity(row: tuple) -> Identity:
     identity_id, name, metadata, created_at, face_count = row
     return Identity(identity_id, name, json.loads(metadata), created_at, int(face_count))
+
+
+def _summary(row: tuple) -> IdentitySummary:
+    identity_id, name, metadata_head, created_at, face_count = row
+    return IdentitySummary(identity_id, name, _keys(metadata_head), created_at, int(face_count))
+
+
+def _keys(metadata_head: str) -> tuple[str, ...]:
+    """The top-level keys of stored metadata from its first MAX_METADATA_BYTES + 1 characters; none for a row
+    stored before the bound that is longer or nested deeper than the bounds allow."""
+    if len(metadata_head) > validation.MAX_METADATA_BYTES or \
+            validation.nesting(metadata_head.encode()) > validation.MAX_METADATA_DEPTH:
+        return ()
+    return tuple(sorted(json.loads(metadata_head)))
 
 
 def _face(row: tuple) -> FaceRecord:

@@ -59,10 +59,21 @@ class IdentityDetail(Identity):
 
 
 @dataclasses.dataclass(frozen=True)
+class IdentitySummary:
+    """An identity as a list page shows it: its metadata's top-level keys only, never their values."""
+
+    id: str
+    name: str
+    metadata_keys: tuple[str, ...]
+    created_at: str
+    face_count: int
+
+
+@dataclasses.dataclass(frozen=True)
 class IdentityPage:
     """One page in creation order; pass `next_after` as `after` for the next page (None: this was the last)."""
 
-    identities: tuple[Identity, ...]
+    identities: tuple[IdentitySummary, ...]
     next_after: str | None
     total: int
 
@@ -78,7 +89,39 @@ class Match:
 
 @dataclasses.dataclass(frozen=True)
 class TransferCounts:
-    """What an export wrote or an import added (an import skips what the gallery already holds)."""
+    """What an export wrote."""
 
     identities: int
     faces: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportCounts:
+    """What an import added, and what it skipped because the gallery already held it, identical."""
+
+    identities: int
+    faces: int
+    identities_present: int = 0
+    faces_present: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditEntry:
+    """One change of the gallery: when, by whom (a key's id, never the key; None without keys; the client's
+    address), what, and which identities and faces it touched."""
+
+    id: str
+    at: str
+    key_id: str | None
+    address: str
+    operation: str  # one of audit.OPERATIONS
+    identity_ids: tuple[str, ...]
+    face_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditPage:
+    """Oldest first; pass `next_after` as `after` for the next page (None: this was the last)."""
+
+    entries: tuple[AuditEntry, ...]
+    next_after: str | None

@@ -37,6 +37,20 @@ MIGRATIONS = (
            )""",
         "CREATE INDEX gallery_removed_faces_version ON gallery_removed_faces (version)",
     )),
+    # The audit trail (audit.py): one row per change, written in the change's own transaction.
+    Migration(2, (
+        """CREATE TABLE gallery_audit (
+               id TEXT PRIMARY KEY,              -- a UUIDv7: order, the pagination key
+               at TEXT NOT NULL,
+               key_id TEXT,                      -- the caller's API key id (never the key); NULL without keys
+               address TEXT NOT NULL,            -- the client's address as the server saw it
+               operation TEXT NOT NULL,
+               identity_ids TEXT NOT NULL,       -- JSON list of the identities touched
+               face_ids TEXT NOT NULL,           -- JSON list of the faces touched
+               identities INTEGER NOT NULL,      -- their counts
+               faces INTEGER NOT NULL
+           )""",
+    )),
 )
 
 # Removals older than this many changes are forgotten; an index further behind reloads in full.

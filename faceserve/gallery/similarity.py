@@ -28,8 +28,10 @@ class _Snapshot:
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
+    """Unit rows in float32, as the matrix holds them; a row without one (zero, underflowing) comes out NaN."""
     vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
 class SimilarityIndex:
@@ -72,13 +74,18 @@ class SimilarityIndex:
                 self._owners[row] = DEAD
                 self._buffer[row] = 0.0  # a deleted face's vector does not stay in memory
         added = [face for face in added if face[0] not in self._row_of]
+        units = normalise(np.stack([face[3] for face in added])) if added else np.zeros((0, self.dimension))
+        # A vector that has no unit vector (zero, denormal, not finite: stored before validation checked it)
+        # never enters the matrix, so it never matches and never spoils its identity's other faces.
+        usable = np.all(np.isfinite(units), axis=1)
+        added, units = [face for face, ok in zip(added, usable) if ok], units[usable]
         if self._rows - len(self._row_of) > max(1024, self._rows // 2):
             self._compact(extra=len(added))
         elif self._rows + len(added) > len(self._buffer):
             self._grow(max(2 * len(self._buffer), self._rows + len(added), 64))
         if added:
             start, stop = self._rows, self._rows + len(added)
-            self._buffer[start:stop] = normalise(np.stack([face[3] for face in added]))
+            self._buffer[start:stop] = units
             for row, (face_id, identity_id, name, _) in enumerate(added, start):
                 self._owners[row] = self._code(identity_id, name)
                 self._row_of[face_id] = row
@@ -124,7 +131,7 @@ class SimilarityIndex:
         owners = snapshot.owners.copy()  # rows may die while we search
         owners[owners == DEAD] = identities  # an extra column, dropped below
         best = np.full((identities + 1, len(queries)), -np.inf, np.float32)
-        np.maximum.at(best, owners, similarities.T)
+        np.fmax.at(best, owners, similarities.T)  # fmax: a NaN similarity (a zero query) never wins
         best = best[:identities].T  # (n, identities): each identity's best face
         top = min(k, identities)
         candidates = np.argpartition(-best, top - 1, axis=1)[:, :top]

@@ -7,8 +7,11 @@
 
 Line-oriented so that a large gallery streams out and a damaged file names its bad line; base64 float32
 keeps every bit of each embedding (decimal text would round). An import checks the whole file before it
-writes anything, then adds it in transactions of BATCH identities; ids are kept, so importing again (for
-instance after an interrupted import) adds only what is missing.
+writes anything, then adds it in ONE transaction: all of it or, refused, nothing. Ids are kept. An identity
+already in the gallery is skipped if the file's line is identical to it (importing a file twice adds nothing
+the second time) and refused otherwise (409 `identity_exists`, as is a new identity claiming a face id the
+gallery holds, `face_exists`): an import never merges into an identity, so a line cannot add faces to
+someone already enrolled.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import numpy as np
 
 from faceserve.errors import InvalidRequest, ModelMismatch
 from faceserve.gallery import validation
-from faceserve.gallery.records import TransferCounts
+from faceserve.gallery.records import ImportCounts, TransferCounts
+from faceserve.http.caller import Caller
 from faceserve.store import utc_now
 
 if TYPE_CHECKING:
@@ -35,7 +39,9 @@ if TYPE_CHECKING:
 
 FORMAT = "faceserve-gallery"
 FORMAT_VERSION = 1
-BATCH = 500
+# Deeper than any valid line (the object, its faces list, a face, its box; or the object and its metadata),
+# with room for metadata a little too deep to be read and answered as such (`metadata_too_deep`).
+MAX_LINE_DEPTH = 1 + validation.MAX_METADATA_DEPTH + 3
 
 EXPORT = ("SELECT i.id, i.name, i.metadata, i.created_at, f.id, f.vector, f.image_sha256, "
           "f.box_x1, f.box_y1, f.box_x2, f.box_y2, f.thumbnail, f.created_at "
@@ -52,6 +58,7 @@ class ExportedIdentity:
     metadata: str  # JSON text
     created_at: str
     faces: tuple[tuple, ...]  # (face id, vector bytes, sha256, x1, y1, x2, y2, thumbnail or None, created_at)
+    line: int  # where the file holds it, for the answers that name it
 
 
 def export(gallery: "Gallery", target: Path | BinaryIO) -> TransferCounts:
@@ -101,22 +108,39 @@ def _writable(target: Path | BinaryIO) -> Iterator[IO[bytes]]:
         partial.unlink(missing_ok=True)
 
 
-def import_(gallery: "Gallery", source: Path | BinaryIO) -> TransferCounts:
+def import_(gallery: "Gallery", source: Path | BinaryIO, caller: Caller) -> ImportCounts:
     with contextlib.ExitStack() as stack:
         lines = stack.enter_context(open(source, "rb")) if isinstance(source, (str, Path)) else source
         numbered = enumerate(lines, start=1)
         _check_header(gallery, next(numbered, (1, b""))[1])
-        identities = [_identity(gallery, number, line) for number, line in numbered if line.strip()]
-    counts = TransferCounts(0, 0)
-    for start in range(0, len(identities), BATCH):
-        added = gallery.insert_exported(identities[start:start + BATCH])
-        counts = TransferCounts(counts.identities + added.identities, counts.faces + added.faces)
-    return counts
+        identities: list[ExportedIdentity] = []
+        lines_of: dict[tuple[str, str], int] = {}  # ("identity" or "face", id) -> the line that holds it
+        for number, line in numbered:
+            if line.strip():
+                identity = _identity(gallery, number, line)
+                for key in (("identity", identity.id), *(("face", face[0]) for face in identity.faces)):
+                    if key in lines_of:
+                        first = lines_of[key]
+                        where = f"lines {first} and {number}" if first != number else f"line {number} (twice)"
+                        raise InvalidRequest(f"{where} of the gallery file hold {key[0]} {key[1]}",
+                                             code="duplicate_id")
+                    lines_of[key] = number
+                identities.append(identity)
+    return gallery.import_identities(identities, caller)
 
 
 def _json(number: int, line: bytes) -> Any:
+    """One line's JSON: UTF-8 (the format's encoding; a line in another is refused, never guessed), nested no
+    deeper than MAX_LINE_DEPTH (checked before parsing: a parser recurses per level)."""
     try:
-        return json.loads(line)
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"line {number} of the gallery file is not UTF-8") from None
+    if validation.nesting(line) > MAX_LINE_DEPTH:
+        raise InvalidRequest(f"line {number} of the gallery file nests lists and objects deeper than "
+                             f"{MAX_LINE_DEPTH} levels", code="too_deep")
+    try:
+        return json.loads(text)
     except ValueError:
         raise InvalidRequest(f"line {number} of the gallery file is not JSON") from None
 
@@ -126,36 +150,45 @@ def _check_header(gallery: "Gallery", line: bytes) -> None:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise InvalidRequest(f"not a gallery export: its first line does not say \"format\": \"{FORMAT}\"")
     if header.get("format_version") != FORMAT_VERSION:
-        raise InvalidRequest(f"gallery file format version {header.get('format_version')!r}; "
+        raise InvalidRequest(f"gallery file format version {validation.shown(header.get('format_version'))}; "
                              f"this faceserve reads version {FORMAT_VERSION}")
-    theirs = header.get("model") or {}
+    theirs = header.get("model")
+    if not isinstance(theirs, dict):
+        raise InvalidRequest("line 1 of the gallery file: \"model\" is an object {name, version, dimension}")
     ours = dataclasses.asdict(gallery.model)
     if theirs != ours:
         raise ModelMismatch(
-            f"the file holds embeddings of {theirs.get('name')!r} version {theirs.get('version')!r} "
-            f"({theirs.get('dimension')} values), this gallery those of {ours['name']!r} version "
-            f"{ours['version']!r} ({ours['dimension']} values): embeddings of different models cannot be "
-            "compared; enrol the photos again with this model instead")
+            f"the file holds embeddings of {validation.shown(theirs.get('name'))} version "
+            f"{validation.shown(theirs.get('version'))} ({validation.shown(theirs.get('dimension'))} values), this "
+            f"gallery those of {ours['name']!r} version {ours['version']!r} ({ours['dimension']} values): embeddings "
+            "of different models cannot be compared; enrol the photos again with this model instead")
 
 
 def _identity(gallery: "Gallery", number: int, line: bytes) -> ExportedIdentity:
     record = _json(number, line)
     try:
+        if not isinstance(record, dict):
+            raise InvalidRequest("an identity is a JSON object")
+        if not isinstance(record.get("faces"), list):
+            raise InvalidRequest("\"faces\" is a list of objects")
         faces = tuple(_face(gallery, face) for face in record["faces"])
         return ExportedIdentity(validation.record_id(record["id"]), validation.name(record["name"]),
                                 validation.metadata_json(record["metadata"]), validation.timestamp(record["created_at"]),
-                                faces)
+                                faces, number)
     except InvalidRequest as exc:
-        raise InvalidRequest(f"line {number} of the gallery file: {exc.message}") from None
+        raise InvalidRequest(f"line {number} of the gallery file: {exc.message}", code=exc.code) from None
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise InvalidRequest(f"line {number} of the gallery file is malformed ({type(exc).__name__}: {exc})") \
+        raise InvalidRequest(f"line {number} of the gallery file is malformed ({type(exc).__name__}"
+                             f"{': missing ' + validation.shown(exc.args[0]) if isinstance(exc, KeyError) else ''})") \
             from None
 
 
-def _face(gallery: "Gallery", face: dict) -> tuple:
+def _face(gallery: "Gallery", face: Any) -> tuple:
+    if not isinstance(face, dict):
+        raise InvalidRequest("each of \"faces\" is an object {id, image_sha256, box, created_at, vector}")
     thumbnail = face.get("thumbnail")
     vector = np.frombuffer(base64.b64decode(face["vector"], validate=True), dtype="<f4")
     return (validation.record_id(face["id"]), validation.vector_bytes(gallery.model, vector),
             validation.sha256(face["image_sha256"]), *validation.box(face["box"]),
-            None if thumbnail is None else base64.b64decode(thumbnail, validate=True),
+            validation.thumbnail(None if thumbnail is None else base64.b64decode(thumbnail, validate=True)),
             validation.timestamp(face["created_at"]))

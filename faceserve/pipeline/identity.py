@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Sequence
 
 import cv2
@@ -76,6 +77,10 @@ class IdentityStage:
         """Whether the most prominent (largest) face of each image is the same person."""
         faces = [_largest(await self.pipeline.locate(image), f"image {n}") for n, image in enumerate((first, second), 1)]
         vectors = [(await self.pipeline.embed(image, [face]))[0] for image, face in zip((first, second), faces)]
+        for number, vector in enumerate(vectors, 1):
+            if not np.all(np.isfinite(vector)):  # a NaN similarity would be no answer at all, and never a match
+                raise InvalidRequest(f"image {number}: the embedding model gave no usable vector for its face",
+                                     code="no_embedding")
         similarity = float(np.clip(vectors[0] @ vectors[1], -1.0, 1.0))
         return Verification(same_person=similarity >= self.threshold, similarity=round(similarity, 4),
                             threshold=self.threshold, faces=[_box(face.box) for face in faces], model=self.model)
@@ -91,11 +96,13 @@ class IdentityStage:
     async def matches(self, vectors: np.ndarray, top_k: int = 1) -> list[list[IdentityMatch]]:
         """For each unit vector (row), up to `top_k` identities at or above the threshold, best first."""
         answers: list[list[IdentityMatch]] = [[] for _ in range(len(vectors))]
-        searchable = [i for i, vector in enumerate(vectors) if np.any(vector)]  # a zero vector matches nobody
+        # A zero or non-finite vector (no unit vector) matches nobody.
+        searchable = [i for i, vector in enumerate(vectors) if np.any(vector) and np.all(np.isfinite(vector))]
         if searchable:
             found = await asyncio.to_thread(self.gallery.search, vectors[searchable], top_k)
             for i, candidates in zip(searchable, found):
-                answers[i] = [_match(m) for m in candidates if m.similarity >= self.threshold]
+                answers[i] = [_match(m) for m in candidates if math.isfinite(m.similarity)
+                              and m.similarity >= self.threshold]
         return answers
 
     async def _at_box(self, image: np.ndarray, box: Sequence[float], label: str) -> FoundFace:

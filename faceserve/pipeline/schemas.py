@@ -118,7 +118,7 @@ class FaceRecord(BaseModel):
 class Identity(BaseModel):
     id: str
     name: str
-    metadata: dict = Field(description="the caller's JSON object, as given")
+    metadata: dict = Field(description="the caller's JSON object, as given (at most 4096 bytes as JSON, 4 levels)")
     created_at: str
     face_count: int
 
@@ -127,8 +127,18 @@ class IdentityDetail(Identity):
     faces: list[FaceRecord]
 
 
+class IdentitySummary(BaseModel):
+    """An identity in a list page: its metadata's keys, never their values (`/identities/get` has them)."""
+
+    id: str
+    name: str
+    metadata_keys: list[str] = Field(description="the metadata object's top-level keys, sorted")
+    created_at: str
+    face_count: int
+
+
 class IdentityPage(BaseModel):
-    identities: list[Identity] = Field(description="in creation order")
+    identities: list[IdentitySummary] = Field(description="in creation order")
     next_after: str | None = Field(description="pass as `after` for the next page; null on the last page")
     total: int = Field(description="identities in the gallery")
 
@@ -167,8 +177,29 @@ class Identification(BaseModel):
 
 
 class GalleryImport(BaseModel):
-    identities: int = Field(description="identities added (those already present are skipped)")
+    identities: int = Field(description="identities added")
     faces: int = Field(description="faces added")
+    identities_present: int = Field(description="identities skipped: in the gallery already, identical")
+    faces_present: int = Field(description="their faces")
+
+
+class AuditEntry(BaseModel):
+    """One change of the gallery, recorded in the change's own transaction."""
+
+    id: str
+    at: str = Field(description="when (ISO 8601, UTC)")
+    key_id: str | None = Field(description="the caller's API key id (never the key); null without keys")
+    address: str = Field(description="the client's address as the service saw it")
+    operation: str = Field(description="create_identity, add_faces, delete_face, delete_identity or import")
+    identity_ids: list[str] = Field(description="the identities it created, changed or deleted")
+    face_ids: list[str] = Field(description="the faces it added or deleted")
+    identities: int = Field(description="how many identities")
+    faces: int = Field(description="how many faces")
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry] = Field(description="oldest first")
+    next_after: str | None = Field(description="pass as `after` for the next page; null on the last page")
 
 
 # ---- feedback ------------------------------------------------------------------------------------------

@@ -6,7 +6,11 @@ Every test of the suite runs on each store; the PostgreSQL server is started onc
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
+import io
+import json
 import os
 import signal
 import subprocess
@@ -17,9 +21,11 @@ import uuid
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from faceserve.errors import InvalidRequest, ModelMismatch, NotFound, StoreUnavailable
-from faceserve.gallery import EmbeddingModel, Gallery, NewFace, TransferCounts
+from faceserve.errors import FaceserveError, InvalidRequest, ModelMismatch, NotFound, StoreUnavailable
+from faceserve.gallery import EmbeddingModel, Gallery, ImportCounts, NewFace, TransferCounts
+from faceserve.http.caller import Caller
 from faceserve.store import open_store
 from tests.support import ROOT
 
@@ -71,6 +77,18 @@ def gallery(open_gallery) -> Gallery:
     return open_gallery()
 
 
+def jpeg(shade: int, side: int = 8) -> bytes:
+    """A real small JPEG (stored thumbnails are always JPEG re-encoded from their pixels)."""
+    encoded = io.BytesIO()
+    Image.new("RGB", (side, side), (shade, 255 - shade, 128)).save(encoded, "JPEG")
+    return encoded.getvalue()
+
+
+def decoded(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+        return np.asarray(image.convert("RGB"), np.int16)
+
+
 def face(rng: np.random.Generator, *, vector: np.ndarray | None = None, thumbnail: bytes | None = None) -> NewFace:
     vector = rng.standard_normal(MODEL.dimension).astype(np.float32) if vector is None else vector
     return NewFace(vector, hashlib.sha256(vector.tobytes()).hexdigest(), (10.0, 20.0, 110.0, 140.0), thumbnail)
@@ -90,14 +108,16 @@ def reference_search(vectors: dict[str, list[np.ndarray]], queries: np.ndarray, 
 def test_create_get_add_and_thumbnails(gallery):
     rng = np.random.default_rng(1)
     ada = gallery.create_identity("Ada Lovelace", {"team": "analytical", "badge": 7},
-                                  faces=[face(rng), face(rng, thumbnail=b"\xff\xd8jpeg")])
+                                  faces=[face(rng), face(rng, thumbnail=jpeg(40))])
     assert (ada.name, ada.metadata, ada.face_count) == ("Ada Lovelace", {"team": "analytical", "badge": 7}, 2)
     assert [f.has_thumbnail for f in ada.faces].count(True) == 1
     assert {(f.model_name, f.model_version, f.dimension, f.box) for f in ada.faces} == {
         (MODEL.name, MODEL.version, MODEL.dimension, (10.0, 20.0, 110.0, 140.0))}
     with_thumbnail = next(f for f in ada.faces if f.has_thumbnail)
     without = next(f for f in ada.faces if not f.has_thumbnail)
-    assert gallery.thumbnail(with_thumbnail.id) == b"\xff\xd8jpeg" and gallery.thumbnail(without.id) is None
+    stored = gallery.thumbnail(with_thumbnail.id)
+    assert stored[:2] == b"\xff\xd8" and np.abs(decoded(stored) - decoded(jpeg(40))).max() <= 8
+    assert gallery.thumbnail(without.id) is None
 
     added = gallery.add_faces(ada.id, [face(rng), face(rng)])
     assert len(added) == 2 and {f.identity_id for f in added} == {ada.id}
@@ -188,22 +208,22 @@ def test_search_equals_brute_force(gallery):
 
 def test_export_import_round_trip_and_model_version_refusal(gallery, open_gallery, new_store_url, tmp_path):
     rng = np.random.default_rng(5)
-    originals = [gallery.create_identity(f"p{i}", {"n": i}, faces=[face(rng, thumbnail=b"t%d" % i), face(rng)])
+    originals = [gallery.create_identity(f"p{i}", {"n": i}, faces=[face(rng, thumbnail=jpeg(30 * i)), face(rng)])
                  for i in range(7)]
     gallery.create_identity("no faces yet")
     exported = tmp_path / "gallery.jsonl"
     assert gallery.export_file(exported) == TransferCounts(8, 14)
 
     other = open_gallery(url=new_store_url())
-    assert other.import_file(exported) == TransferCounts(8, 14)
-    assert other.import_file(exported) == TransferCounts(0, 0)  # by id: nothing twice
+    assert other.import_file(exported) == ImportCounts(8, 14, 0, 0)
+    assert other.import_file(exported) == ImportCounts(0, 0, 8, 14)  # by id, identical: nothing twice
     for original in originals:
         copy = other.get_identity(original.id)
         assert (copy.name, copy.metadata, copy.created_at) == (original.name, original.metadata, original.created_at)
         assert {(f.id, f.image_sha256, f.box, f.has_thumbnail) for f in copy.faces} == {
             (f.id, f.image_sha256, f.box, f.has_thumbnail) for f in original.faces}
     thumbnail_face = next(f for f in originals[3].faces if f.has_thumbnail)
-    assert other.thumbnail(thumbnail_face.id) == b"t3"
+    assert np.abs(decoded(other.thumbnail(thumbnail_face.id)) - decoded(jpeg(90))).max() <= 8
     queries = rng.standard_normal((10, MODEL.dimension))
     assert gallery.search(queries, k=3) == other.search(queries, k=3)  # bit-exact vectors
 
@@ -243,7 +263,7 @@ def test_an_enrolment_through_one_worker_is_found_by_another_within_one_second(o
 
 ENROL_THEN_WAIT = """
 import sys, time, numpy as np
-from faceserve.gallery import EmbeddingModel, Gallery, NewFace, TransferCounts
+from faceserve.gallery import EmbeddingModel, Gallery, ImportCounts, NewFace, TransferCounts
 from faceserve.store import open_store
 gallery = Gallery(open_store(sys.argv[1]), EmbeddingModel("test-embedder", "1", 32))
 vector = np.arange(1, 33, dtype=np.float32)
@@ -267,6 +287,9 @@ def test_a_committed_enrolment_survives_kill_9(store_url, open_gallery):
     assert (survivor.name, survivor.face_count) == ("survivor", 1)
     [[match]] = gallery.search(np.arange(1, 33, dtype=np.float32)[None], k=1)
     assert (match.identity_id, round(match.similarity, 5)) == (identity_id, 1.0)
+    [entry] = gallery.audit().entries  # the audit entry was committed with the enrolment
+    assert (entry.operation, entry.address, entry.identity_ids, len(entry.face_ids)) == (
+        "create_identity", "local", (identity_id,), 1)
 
 
 def test_concurrent_enrolments_lose_and_duplicate_nothing(gallery):
@@ -354,3 +377,254 @@ def test_postgresql_restart_answers_unavailable_then_recovers(postgres):
         assert gallery.search(vector[None], k=2)[0][0].identity_id == before.id
     finally:
         store.close()
+
+
+# ---- issue 20: the import is all or nothing, never merges; bounds; the audit trail --------------------------
+
+
+TABLES = ("gallery_identities", "gallery_faces", "gallery_removed_faces", "gallery_audit")
+
+
+def stored_state(gallery: Gallery) -> tuple:
+    """What a refused request must leave as it was: the export's sha256 (its header's time left out), every
+    gallery table's row count and the change counter."""
+    buffer = io.BytesIO()
+    gallery.export_file(buffer)
+    body = b"\n".join(buffer.getvalue().splitlines()[1:])
+    with gallery.store.read() as tx:
+        counts = tuple(tx.one(f"SELECT COUNT(*) FROM {table}")[0] for table in TABLES)
+    return hashlib.sha256(body).hexdigest(), counts, gallery.store.version("gallery")
+
+
+def gallery_file(header: dict, lines: list) -> io.BytesIO:
+    """A gallery file: each line a dict (written as JSON) or bytes (written as they are)."""
+    encoded = [line if isinstance(line, bytes) else json.dumps(line).encode() for line in [header, *lines]]
+    return io.BytesIO(b"\n".join(encoded) + b"\n")
+
+
+def exported(gallery: Gallery) -> tuple[dict, list[dict]]:
+    buffer = io.BytesIO()
+    gallery.export_file(buffer)
+    header, *lines = (json.loads(line) for line in buffer.getvalue().splitlines())
+    return header, lines
+
+
+def new_line(rng: np.random.Generator, name: str = "stranger", faces: int = 1, **fields) -> dict:
+    """An identity line nobody has imported: fresh ids, random vectors."""
+    return {"id": str(uuid.uuid4()), "name": name, "metadata": {}, "created_at": "2026-01-02T03:04:05+00:00",
+            "faces": [{"id": str(uuid.uuid4()), "image_sha256": "ab" * 32, "box": [1, 2, 3, 4],
+                       "created_at": "2026-01-02T03:04:05+00:00",
+                       "vector": vector_text(rng.standard_normal(MODEL.dimension))}
+                      for _ in range(faces)], **fields}
+
+
+def vector_text(values) -> str:
+    return base64.b64encode(np.asarray(values, "<f4").tobytes()).decode()
+
+
+def deep(levels: int) -> bytes:
+    return b'{"id": ' + b"[" * levels + b"]" * levels + b"}"
+
+
+def test_refused_imports_answer_their_code_and_line_and_change_nothing(gallery):
+    """Each kind of hostile import (issue 20, findings 1 to 4 and 13): the exact status, code and line, and the
+    store exactly as before (export hash, row counts, change counter)."""
+    rng = np.random.default_rng(20)
+    victim = gallery.create_identity("Victim", {"role": "ceo"}, faces=[face(rng), face(rng, thumbnail=jpeg(9))])
+    gallery.create_identity("Bystander", faces=[face(rng)])
+    header, lines = exported(gallery)
+    victim_line = next(line for line in lines if line["id"] == victim.id)
+    good = [new_line(rng, f"good {i}") for i in range(501)]
+    stranger = new_line(rng)
+    cases = {
+        # finding 1: a poison vector (its float32 norm underflows) and other vectors without a unit vector
+        "poison vector": ([{**stranger, "faces": [{**stranger["faces"][0], "vector": vector_text(
+            np.full(MODEL.dimension, 1e-30))}]}], 400, "invalid_embedding", 2),
+        "NaN vector": ([good[0], {**stranger, "faces": [{**stranger["faces"][0], "vector": vector_text(
+            np.r_[np.ones(MODEL.dimension - 1), np.nan])}]}], 400, "invalid_embedding", 3),
+        "huge vector": ([{**stranger, "faces": [{**stranger["faces"][0], "vector": vector_text(
+            np.full(MODEL.dimension, 1e30))}]}], 400, "invalid_embedding", 2),
+        # finding 2: an existing id with other content is never merged into
+        "hijack: the victim's id, a stranger's face": (
+            [{**stranger, "id": victim.id, "name": "ignored"}], 409, "identity_exists", 2),
+        "hijack: the victim's line plus a face": (
+            [good[0], {**victim_line, "faces": victim_line["faces"] + stranger["faces"]}], 409, "identity_exists", 3),
+        "the victim's line, renamed": ([{**victim_line, "name": "Someone else"}], 409, "identity_exists", 2),
+        "the victim's line, other metadata": ([{**victim_line, "metadata": {"role": "intern"}}], 409,
+                                              "identity_exists", 2),
+        "the victim's line, one face less": ([{**victim_line, "faces": victim_line["faces"][:1]}], 409,
+                                             "identity_exists", 2),
+        "a new identity claiming the victim's face": (
+            [{**stranger, "faces": [{**stranger["faces"][0], "id": victim_line["faces"][0]["id"]}]}], 409,
+            "face_exists", 2),
+        # finding 3: 501 good lines, then a lone surrogate: nothing of the 501 is written
+        "501 good lines then a lone surrogate in a name": ([*good, {**stranger, "name": "Eve\ud800"}], 400,
+                                                           "invalid_text", 503),
+        "a lone surrogate in a metadata key": ([{**stranger, "metadata": {"\udc80": 1}}], 400, "invalid_text", 2),
+        "a lone surrogate in a metadata value": ([{**stranger, "metadata": {"k": "\ud800"}}], 400, "invalid_text", 2),
+        "a NUL in a name": ([{**stranger, "name": "Eve\x00"}], 400, "invalid_text", 2),
+        # finding 4: malformed lines
+        "faces a string": ([{**stranger, "faces": "abc"}], 400, "invalid_request", 2),
+        "faces [1]": ([{**stranger, "faces": [1]}], 400, "invalid_request", 2),
+        "faces {}": ([{**stranger, "faces": {}}], 400, "invalid_request", 2),
+        "faces [null]": ([{**stranger, "faces": [None]}], 400, "invalid_request", 2),
+        "no faces": ([{key: value for key, value in stranger.items() if key != "faces"}], 400, "invalid_request", 2),
+        "a line 5000 deep": ([good[0], deep(5000)], 400, "too_deep", 3),
+        "a line 100000 deep": ([deep(100_000)], 400, "too_deep", 2),
+        "a list, not an object": ([[1, 2]], 400, "invalid_request", 2),
+        "not JSON": ([b"{nope"], 400, "invalid_request", 2),
+        "not UTF-8": ([b'{"name": "\xff\xfe"}'], 400, "invalid_request", 2),
+        "a box of text": ([{**stranger, "faces": [{**stranger["faces"][0], "box": "1,2,3,4"}]}], 400,
+                          "invalid_request", 2),
+        "a vector of 3 bytes": ([{**stranger, "faces": [{**stranger["faces"][0], "vector": "AAAA"}]}], 400,
+                                "invalid_request", 2),
+        # bounds
+        "metadata of 5000 bytes": ([{**stranger, "metadata": {"x": "y" * 5000}}], 400, "metadata_too_large", 2),
+        "metadata 5 levels deep": ([{**stranger, "metadata": {"a": {"b": {"c": {"d": {}}}}}}], 400,
+                                   "metadata_too_deep", 2),
+        "a name of 201 characters": ([{**stranger, "name": "x" * 201}], 400, "name_too_long", 2),
+        # finding 11: thumbnails are images, re-encoded, or refused
+        "a thumbnail that is HTML": ([{**stranger, "faces": [{**stranger["faces"][0], "thumbnail": base64.b64encode(
+            b"<script>alert(1)</script>").decode()}]}], 400, "invalid_thumbnail", 2),
+        # finding 13: duplicated ids in one file
+        "an identity id twice": ([good[0], good[1], {**stranger, "id": good[0]["id"]}], 400, "duplicate_id", 4),
+        "a face id on two lines": ([good[0], {**stranger, "faces": good[0]["faces"]}], 400, "duplicate_id", 3),
+        "a face id twice in a line": ([{**stranger, "faces": stranger["faces"] * 2}], 400, "duplicate_id", 2),
+    }
+    before = stored_state(gallery)
+    for case, (file_lines, status, code, line) in cases.items():
+        with pytest.raises(FaceserveError) as refused:
+            gallery.import_file(gallery_file(header, file_lines))
+        assert (refused.value.status, refused.value.code) == (status, code), f"{case}: {refused.value.message}"
+        assert f"line {line} " in refused.value.message or f"and {line} " in refused.value.message, \
+            f"{case}: {refused.value.message}"
+        assert stored_state(gallery) == before, f"{case} changed the store"
+    assert "lines 2 and 4" in _message(gallery, header, [good[0], good[1], {**stranger, "id": good[0]["id"]}])
+
+    headers = {"model a string": {**header, "model": "faceres"}, "model a list": {**header, "model": [1]},
+               "no format": {"model": header["model"]}, "format version 2": {**header, "format_version": 2}}
+    for case, bad_header in headers.items():
+        with pytest.raises(InvalidRequest) as refused:
+            gallery.import_file(gallery_file(bad_header, [stranger]))
+        assert refused.value.code == "invalid_request", case
+    with pytest.raises(ModelMismatch):
+        gallery.import_file(gallery_file({**header, "model": {**header["model"], "dimension": 31}}, [stranger]))
+    with pytest.raises(InvalidRequest):
+        gallery.import_file(io.BytesIO(deep(5000)))  # the header line itself
+    assert stored_state(gallery) == before
+
+
+def _message(gallery: Gallery, header: dict, lines: list) -> str:
+    with pytest.raises(FaceserveError) as refused:
+        gallery.import_file(gallery_file(header, lines))
+    return refused.value.message
+
+
+def test_an_import_counts_exactly_what_it_added_and_what_was_present(gallery, open_gallery, new_store_url):
+    rng = np.random.default_rng(21)
+    source = open_gallery(url=new_store_url())
+    kept = [source.create_identity(f"kept {i}", {"i": i}, faces=[face(rng) for _ in range(i)]) for i in range(4)]
+    header, lines = exported(source)
+    assert gallery.import_file(gallery_file(header, lines[:2])) == ImportCounts(2, 1, 0, 0)  # kept 0 and kept 1
+    fresh = new_line(rng, "fresh", faces=3)
+    counts = gallery.import_file(gallery_file(header, [*lines, fresh]), caller=Caller("10.1.2.3", "ops"))
+    assert counts == ImportCounts(identities=3, faces=2 + 3 + 3, identities_present=2, faces_present=1)
+    assert {i.name: i.face_count for i in gallery.list_identities().identities} == {
+        "kept 0": 0, "kept 1": 1, "kept 2": 2, "kept 3": 3, "fresh": 3}
+    entries = gallery.audit().entries
+    assert [(e.operation, e.key_id, e.address) for e in entries] == [("import", None, "local"),
+                                                                     ("import", "ops", "10.1.2.3")]
+    assert set(entries[1].identity_ids) == {kept[2].id, kept[3].id, fresh["id"]}
+    assert len(entries[1].face_ids) == 8 and set(entries[1].face_ids) >= {f["id"] for f in fresh["faces"]}
+    assert gallery.import_file(gallery_file(header, [*lines, fresh])) == ImportCounts(0, 0, 5, 9)
+    assert len(gallery.audit().entries) == 3  # an import adding nothing is recorded too: someone tried
+
+
+def test_two_concurrent_imports_of_one_file_add_it_once(open_gallery, store_url):
+    rng = np.random.default_rng(22)
+    header = {"format": "faceserve-gallery", "format_version": 1, "model": dataclasses.asdict(MODEL)}
+    lines = [new_line(rng, f"p{i}", faces=2) for i in range(200)]
+    results: list = []
+    galleries = [open_gallery(), open_gallery()]  # two processes or replicas
+    importers = [threading.Thread(target=lambda g=g: results.append(g.import_file(gallery_file(header, lines))))
+                 for g in galleries]
+    for importer in importers:
+        importer.start()
+    for importer in importers:
+        importer.join()
+    assert sorted(results, key=lambda c: c.identities) == [ImportCounts(0, 0, 200, 400), ImportCounts(200, 400, 0, 0)]
+
+
+def test_a_vector_stored_before_the_checks_never_hides_its_identity(gallery):
+    """Finding 1 on a gallery poisoned before the fix: the poisoned face matches nothing, the identity's other
+    faces still match, and no similarity is NaN."""
+    rng = np.random.default_rng(23)
+    vector = rng.standard_normal(MODEL.dimension).astype(np.float32)
+    victim = gallery.create_identity("Victim", faces=[face(rng, vector=vector)])
+    with gallery.store.transaction() as tx:  # as a pre-fix import stored it
+        version = tx.bump("gallery")
+        tx.execute("INSERT INTO gallery_faces (id, identity_id, model_name, model_version, dimension, vector, "
+                   "image_sha256, box_x1, box_y1, box_x2, box_y2, thumbnail, created_at, version) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, 1, 2, 3, 4, NULL, ?, ?)",
+                   (str(uuid.uuid4()), victim.id, MODEL.name, MODEL.version, MODEL.dimension,
+                    np.full(MODEL.dimension, 1e-30, "<f4").tobytes(), "ab" * 32, "2026-01-01T00:00:00+00:00", version))
+    gallery.index.mark_stale()
+    [[match]] = gallery.search(vector[None], k=3)
+    assert (match.identity_id, round(match.similarity, 5)) == (victim.id, 1.0)
+    other = gallery.search(rng.standard_normal((20, MODEL.dimension)), k=3)
+    assert all(np.isfinite(m.similarity) for matches in other for m in matches)
+
+
+def test_metadata_is_bounded_and_list_pages_carry_its_keys_only(gallery):
+    rng = np.random.default_rng(24)
+    ada = gallery.create_identity("Ada", {"team": "x", "notes": "n" * 3000}, faces=[face(rng)])
+    before = stored_state(gallery)
+    for metadata, code in (({"x": "y" * 5000}, "metadata_too_large"), ({"k": "\ud800"}, "invalid_text"),
+                           ({"a": {"b": {"c": {"d": {}}}}}, "metadata_too_deep")):
+        with pytest.raises(InvalidRequest) as refused:
+            gallery.create_identity("Eve", metadata)
+        assert refused.value.code == code
+    with pytest.raises(InvalidRequest) as refused:
+        gallery.create_identity("E\udfffve")
+    assert refused.value.code == "invalid_text"
+    assert stored_state(gallery) == before
+    with gallery.store.transaction() as tx:  # a row stored before the bound: 1 MB of metadata
+        tx.execute("INSERT INTO gallery_identities (id, name, metadata, created_at) VALUES (?, ?, ?, ?)",
+                   (str(uuid.uuid4()), "Legacy", json.dumps({"blob": "z" * 1_000_000}), "2026-01-01T00:00:00+00:00"))
+    page = gallery.list_identities()
+    assert [(i.name, i.metadata_keys) for i in page.identities] == [("Ada", ("notes", "team")), ("Legacy", ())]
+    assert gallery.get_identity(ada.id).metadata == {"team": "x", "notes": "n" * 3000}
+
+
+def test_every_change_is_audited_in_its_own_transaction(gallery):
+    rng = np.random.default_rng(25)
+    ops, web = Caller("10.0.0.7", "ops"), Caller("192.0.2.1")
+    ada = gallery.create_identity("Ada", faces=[face(rng)], caller=ops)
+    added = gallery.add_faces(ada.id, [face(rng), face(rng)], caller=web)
+    gallery.delete_face(added[0].id, caller=web)
+    bob = gallery.create_identity("Bob")
+    before = stored_state(gallery)
+    for refused in (lambda: gallery.add_faces(str(uuid.uuid4()), [face(rng)], caller=web),
+                    lambda: gallery.delete_face(added[0].id, caller=web),
+                    lambda: gallery.create_identity("x" * 300, caller=web),
+                    lambda: gallery.add_faces(ada.id, [face(rng, vector=np.zeros(MODEL.dimension, np.float32))])):
+        with pytest.raises((NotFound, InvalidRequest)):
+            refused()
+    assert stored_state(gallery) == before  # a refused change leaves no audit entry either
+    assert gallery.delete_identity(ada.id, caller=ops) == 2
+    entries = gallery.audit().entries
+    assert [(e.operation, e.key_id, e.address, e.identity_ids, len(e.face_ids)) for e in entries] == [
+        ("create_identity", "ops", "10.0.0.7", (ada.id,), 1),
+        ("add_faces", None, "192.0.2.1", (ada.id,), 2),
+        ("delete_face", None, "192.0.2.1", (ada.id,), 1),
+        ("create_identity", None, "local", (bob.id,), 0),
+        ("delete_identity", "ops", "10.0.0.7", (ada.id,), 2)]
+    assert entries[1].face_ids == tuple(f.id for f in added) and entries[2].face_ids == (added[0].id,)
+    assert set(entries[4].face_ids) == {ada.faces[0].id, added[1].id}
+    assert entries == tuple(sorted(entries, key=lambda e: e.at))
+    first = gallery.audit(limit=2)
+    second = gallery.audit(limit=2, after=first.next_after)
+    third = gallery.audit(limit=2, after=second.next_after)
+    assert first.entries + second.entries + third.entries == entries and third.next_after is None
+    with pytest.raises(InvalidRequest):
+        gallery.audit(limit=0)

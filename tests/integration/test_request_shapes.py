@@ -27,7 +27,8 @@ ImageFile = Annotated[Path, ContentType("image/*")]
 API_ROUTES = {"/analyze", "/analyze_batch", "/annotate", "/classify", "/rotate", "/models", "/verify", "/identify",
               "/identities", "/identities/create", "/identities/add_faces", "/identities/get", "/identities/delete",
               "/identities/delete_face", "/identities/face_thumbnail", "/gallery/export", "/gallery/import", "/feedback",
-              "/feedback/export", "/feedback/summary", "/jobs/submit", "/jobs/status", "/jobs/results", "/jobs/cancel"}
+              "/feedback/export", "/feedback/summary", "/jobs/submit", "/jobs/status", "/jobs/results", "/jobs/cancel",
+              "/gallery/audit"}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ MAX_EXAMPLES = 20
 OPERATIONS = ("analyze", "analyze_batch", "annotate", "classify", "rotate", "models", "identify", "verify",
               "identities/create", "identities/add_faces", "identities", "identities/get", "identities/delete",
               "identities/delete_face", "identities/face_thumbnail", "gallery/export", "gallery/import", "feedback",
-              "feedback/export", "feedback/summary", "jobs/submit", "jobs/status", "jobs/results", "jobs/cancel")
+              "feedback/export", "feedback/summary", "jobs/submit", "jobs/status", "jobs/results", "jobs/cancel",
+              "gallery/audit")
 
 
 @pytest.fixture(scope="module")

@@ -85,3 +85,21 @@ def test_an_old_snapshot_never_shows_a_removed_face_under_another_identity():
     assert all(m.name != "Ben" for m in index.search(ann[None], 5)[0])
     index._snapshot = current
     assert [m.name for m in index.search(ann[None], 5)[0]] == ["Ben", "Cy"]
+
+
+def test_a_vector_without_a_unit_vector_never_matches_nor_spoils_its_identity():
+    """Finding 1: one poisoned face (its float32 norm underflows to 0) made its identity's best score NaN, so
+    that person was never identified again. Vectors stored before the import checked them still exist."""
+    rng = np.random.default_rng(5)
+    victim = rng.standard_normal(DIMENSION).astype(np.float32)
+    index = SimilarityIndex(DIMENSION)
+    index.replace([("good", "victim", "Victim", victim),
+                   ("poison", "victim", "Victim", np.full(DIMENSION, 1e-30, np.float32)),
+                   ("zero", "nobody", "Nobody", np.zeros(DIMENSION, np.float32)),
+                   ("nan", "nobody", "Nobody", np.full(DIMENSION, np.nan, np.float32))])
+    assert len(index) == 1  # only the usable face is in the matrix
+    [[match]] = index.search(victim[None], k=5)
+    assert (match.identity_id, round(match.similarity, 5)) == ("victim", 1.0)
+    index.update([("later", "other", "Other", np.full(DIMENSION, 1e-30, np.float32))], ["poison"])
+    assert [m.identity_id for m in index.search(victim[None], k=5)[0]] == ["victim"]
+    assert index.search(np.zeros((1, DIMENSION), np.float32), k=5) == [[]]  # a zero query: NaN, never a match
