@@ -259,13 +259,17 @@ class HitCounter:
     def __init__(self, payload: bytes, content_type: str = "image/png"):
         self.payload, self.content_type = payload, content_type
         self.requests: list[str] = []
+        self.foreign: list[str] = []
         self._lock = threading.Lock()
         counter = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _answer(self):
                 with counter._lock:
-                    counter.requests.append(self.requestline)
+                    # A tunnel to another host is some library's own traffic that the proxy variables caught
+                    # (a telemetry call from a thread of the test process, say), never a download of our URL.
+                    foreign = self.command == "CONNECT" and not self.path.startswith(f"127.0.0.1:{counter.port}")
+                    (counter.foreign if foreign else counter.requests).append(self.requestline)
                 self.send_response(200)
                 self.send_header("Content-Type", counter.content_type)
                 self.send_header("Content-Length", str(len(counter.payload)))
