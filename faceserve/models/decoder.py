@@ -81,6 +81,16 @@ def decoder_for(spec: ModelSpec) -> type[Decoder]:
     return known[spec.decoder]
 
 
+def descendants(base: type) -> list[type]:
+    """Every subclass of `base`, at any depth, in the order they were defined (breadth first)."""
+    found, pending = [], list(base.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
 def import_modules(package: str, path: Iterable[str]) -> None:
     """Import every module of a package (its `__name__` and `__path__`), so that its classes register."""
     for module in pkgutil.iter_modules(path):

@@ -8,7 +8,7 @@ Adding a detector is one new module here: every module of this package is import
 
 from __future__ import annotations
 
-from faceserve.models.decoder import import_modules
+from faceserve.models.decoder import descendants, import_modules
 from faceserve.models.detectors.base import Detection, Detector, nms
 from faceserve.models.detectors.blazeface import BlazeFace
 from faceserve.models.detectors.faceboxes import AutoDetector, FaceBoxes
@@ -19,13 +19,7 @@ import_modules(__name__, __path__)
 
 def discover() -> tuple[type[Detector], ...]:
     """The detector classes defined so far, in `rank` order."""
-    found, pending = [], list(Detector.__subclasses__())
-    while pending:
-        cls = pending.pop(0)
-        pending.extend(cls.__subclasses__())
-        if "name" in cls.__dict__:
-            found.append(cls)
-    return tuple(sorted(found, key=lambda cls: cls.rank))
+    return tuple(sorted((cls for cls in descendants(Detector) if "name" in cls.__dict__), key=lambda cls: cls.rank))
 
 
 # In the order `/models` lists them, which is also the order of preference for the default.

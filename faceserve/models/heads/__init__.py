@@ -8,7 +8,7 @@ is imported, and each `Head` subclass registers itself by its decoder name.
 
 from __future__ import annotations
 
-from faceserve.models.decoder import import_modules
+from faceserve.models.decoder import descendants, import_modules
 from faceserve.models.heads.base import Head
 from faceserve.models.heads.embedding import EmbeddingHead
 from faceserve.models.repository import is_head
@@ -19,14 +19,7 @@ import_modules(__name__, __path__)
 
 def discover() -> dict[str, type[Head]]:
     """The head classes defined so far, by decoder name, in the order their modules were imported."""
-    found: dict[str, type[Head]] = {}
-    pending = list(Head.__subclasses__())
-    while pending:
-        cls = pending.pop(0)
-        pending.extend(cls.__subclasses__())
-        if "decoder" in cls.__dict__:
-            found[cls.decoder] = cls
-    return found
+    return {cls.decoder: cls for cls in descendants(Head) if "decoder" in cls.__dict__}
 
 
 REGISTRY: dict[str, type[Head]] = discover()
