@@ -46,7 +46,7 @@ from faceserve.web import app as web_page
 
 ImageFile = Annotated[Path, ContentType("image/*")]
 ImageOut = Annotated[Path, ContentType("image/*")]  # endpoints return the encoded bytes directly
-Detector = Literal[tuple(d.name for d in detectors.REGISTRY)]  # None: the default (`/models`)
+DetectorName = Literal[tuple(d.name for d in detectors.REGISTRY)]  # None: the default (`/models`)
 ImageFormat = Literal["png", "jpeg"]
 GalleryFile = Annotated[Path, ContentType("application/x-ndjson")]  # the export format, docs/store.md
 CsvFile = Annotated[Path, ContentType("text/csv")]
@@ -84,7 +84,7 @@ class FaceAnalysis:
     @bentoml.api
     @json_errors
     async def analyze(self, ctx: bentoml.Context, image: ImageFile = None, image_base64: str | None = None,
-                      image_url: str | None = None, detector: Detector | None = None,
+                      image_url: str | None = None, detector: DetectorName | None = None,
                       identify: bool = False, keep_image: bool = False) -> Analysis:
         """Faces with box, score, emotion, gender and age; with `identify`, each face's best match in the
         gallery (`identity`, null for nobody known). The answer is remembered under its `request_id` for
@@ -95,14 +95,14 @@ class FaceAnalysis:
     @bentoml.api
     @json_errors
     async def analyze_batch(self, ctx: bentoml.Context, images: list[ImageFile] = None,
-                            images_base64: list[str] | None = None, detector: Detector | None = None) -> BatchAnalysis:
+                            images_base64: list[str] | None = None, detector: DetectorName | None = None) -> BatchAnalysis:
         """`analyze` for several images in one request (all their faces share model calls)."""
         return await self.runtime.analyze_batch(caller_of(ctx.request.scope), images, images_base64, detector)
 
     @bentoml.api
     @json_errors
     async def annotate(self, image: ImageFile = None, image_base64: str | None = None,
-                       image_url: str | None = None, detector: Detector | None = None,
+                       image_url: str | None = None, detector: DetectorName | None = None,
                        format: ImageFormat = "png", landmarks: bool = False) -> ImageOut:
         """The image with each face boxed and captioned (emotion, gender, age), and its five landmarks
         dotted when `landmarks` is true."""
@@ -184,7 +184,7 @@ class FaceAnalysis:
     @bentoml.api
     @json_errors
     async def identify(self, image: ImageFile = None, image_base64: str | None = None, image_url: str | None = None,
-                       detector: Detector | None = None, top_k: int = 5) -> Identification:
+                       detector: DetectorName | None = None, top_k: int = 5) -> Identification:
         """Every face with its box and the top-k enrolled identities at or above the threshold (none: unknown)."""
         return await self.runtime.identify(image, image_base64, image_url, detector, top_k)
 
@@ -242,7 +242,7 @@ class FaceAnalysis:
     @bentoml.api(route=JOBS_SUBMIT_ROUTE)
     @json_errors
     async def submit_job(self, ctx: bentoml.Context, images: list[ImageFile] = None, archive: ZipFile = None,
-                         image_urls: list[str] | None = None, detector: Detector | None = None,
+                         image_urls: list[str] | None = None, detector: DetectorName | None = None,
                          identify: bool = False) -> Job:
         """Queue many images for `analyze` at once, given one way: uploads (`images`), one zip file (`archive`)
         or URLs (`image_urls`, fetched by the server's URL rules). Answers the job at once; follow it with

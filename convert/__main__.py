@@ -16,6 +16,8 @@ from pathlib import Path
 
 from convert import build
 from convert.parity import DEFAULT_RAW_TOLERANCE, DEFAULT_TOLERANCE
+from faceserve.models import tasks
+from faceserve.models.decoder import decoders
 
 log = logging.getLogger("convert")
 DEFAULT_MANIFEST = Path(__file__).with_name("manifest.toml")
@@ -55,6 +57,13 @@ def _model(args: argparse.Namespace) -> int:
     return 0 if results[0].status == "built" else 1
 
 
+def _task(text: str) -> str:
+    try:
+        return tasks.check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__,
@@ -78,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("model", parents=[common], help="convert one artifact given its recipe on the command line")
     m.add_argument("source", type=Path, help=".h5/.hdf5/.keras file, SavedModel folder or .tflite file")
     m.add_argument("--name", required=True)
-    m.add_argument("--task", required=True, choices=["face_detector", "emotion", "gender", "age", "image_classifier"])
-    m.add_argument("--decoder", required=True, choices=["softmax", "sigmoid", "regression", "blazeface"])
+    m.add_argument("--task", required=True, type=_task,
+                   help=f"{', '.join(tasks.ROLE_TASKS)}, or the per-face field a head answers (emotion, age, ...)")
+    m.add_argument("--decoder", required=True, choices=list(decoders()))
     m.add_argument("--format", choices=["keras", "savedmodel", "tflite"])
     m.add_argument("--outputs", default="probabilities", help="comma-separated output tensor names")
     m.add_argument("--labels", default="", help="comma-separated labels, in output order")

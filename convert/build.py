@@ -12,8 +12,9 @@ from tqdm import tqdm
 
 from convert import artifacts
 from convert.parity import DEFAULT_RAW_TOLERANCE, DEFAULT_TOLERANCE
-from faceserve.models import repository
-from faceserve.models.repository import CONFIG_FILE, INPUT_NAME, make_spec, model_file, recipe_from_manifest
+from faceserve.models.decoder import decoder_for
+from faceserve.models.repository import (CONFIG_FILE, INPUT_NAME, make_spec, model_file, recipe_from_manifest,
+                                         write_onnx_model_folder)
 from faceserve.models.spec import ModelSpec, SpecError
 
 log = logging.getLogger("convert")
@@ -49,16 +50,16 @@ def spec_for(entry: dict, input_shape: tuple[int, int, int], output_dims: list[t
         labels=tuple(entry.get("labels", ())), **batching)
 
 
+def build_record(model_dir: Path) -> Path:
+    """The build's record beside the model: the recipe's digest and the parity measured."""
+    return model_file(model_dir).with_name(BUILD_RECORD)
+
+
 def is_up_to_date(model_dir: Path, digest: str) -> bool:
-    record = model_file(model_dir).with_name(BUILD_RECORD)
+    record = build_record(model_dir)
     if not (record.exists() and model_file(model_dir).exists() and (model_dir / CONFIG_FILE).exists()):
         return False
     return json.loads(record.read_text()).get("recipe") == digest
-
-
-def write_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes, record: dict) -> None:
-    repository.write_model_folder(model_dir, spec, onnx_bytes)
-    model_file(model_dir).with_name(BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def build_one(entry: dict, repository: Path, tolerance: float, force: bool,
@@ -92,6 +93,7 @@ def build_from_source(entry: dict, source, model_dir: Path, digest: str, *, tole
     spec = spec_for(entry, source.input_shape, output_dims, artifacts.describe(entry["source"]))
     try:
         spec.check_labels()
+        decoder_for(spec)
     except SpecError as exc:
         return BuildResult(name, "failed", f"refusing to write {name}: {exc}")
     onnx_bytes = source.onnx_model.SerializeToString()
@@ -103,7 +105,8 @@ def build_from_source(entry: dict, source, model_dir: Path, digest: str, *, tole
                                            f"({result.line()})")
     record = {"recipe": digest, "source": spec.source, "sha256": spec.sha256,
               "parity": dataclasses.asdict(result), "tolerance": tolerance, "raw_tolerance": raw_tolerance}
-    write_model_folder(model_dir, spec, onnx_bytes, record)
+    write_onnx_model_folder(model_dir, spec, onnx_bytes)
+    build_record(model_dir).write_text(json.dumps(record, indent=2) + "\n")  # last: it marks the build complete
     return BuildResult(name, "built", result.line())
 
 

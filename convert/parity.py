@@ -1,4 +1,8 @@
-"""Does the ONNX model answer what the source framework answers? On random and real inputs."""
+"""Does the ONNX model answer what the source framework answers? On random and real inputs.
+
+What is compared is the decoder's to say (`faceserve.models.decoder`): the outputs as its decoding reads
+them, and the decision each sample leads to; which real inputs a model gets is its task's.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,13 @@ import numpy as np
 import onnxruntime as ort
 
 from faceserve import photos
-from faceserve.models import crops
-from faceserve.models import detectors, landmarks
+from faceserve.models import crops, tasks
+from faceserve.models.decoder import decoder_for
 from faceserve.models.detectors import HaarDetector
-from faceserve.models.repository import CLASSIFIER_TASK, DETECTOR_TASK, LANDMARKS_TASK
 from faceserve.models.spec import ModelSpec
 
-# Two regression answers "agree" when they differ by less than this (years, for age).
-REGRESSION_AGREEMENT = 0.01
 DEFAULT_TOLERANCE = 1e-4
-# The raw tensors' gate. Only BlazeFace's differ from what the pipeline consumes (see `consumed`): its
+# The raw tensors' gate. Only BlazeFace's differ from what the pipeline consumes (`BlazeFace.consumed`): its
 # logits reach several hundred and its regressors are pixels, where float32 rounding alone is ~3e-5
 # per operation; measured 5.95e-04 at build time (TFLite vs onnxruntime), so 2e-3 leaves ~3x headroom
 # while still catching a wrong op, which moves them by whole units.
@@ -27,7 +28,7 @@ DEFAULT_RAW_TOLERANCE = 2e-3
 
 @dataclasses.dataclass
 class ParityResult:
-    max_abs_diff: float  # on what the pipeline consumes (see `consumed`); inf when an output is not finite
+    max_abs_diff: float  # on what the pipeline consumes (the decoder's `consumed`); inf when an output is not finite
     top1_agreement: float
     samples: dict[str, int]
     raw_max_abs_diff: float  # on the raw output tensors
@@ -54,24 +55,15 @@ class ParityResult:
         return found
 
 
-def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The outputs as the pipeline uses them: a detector's own decoding says what it reads (BlazeFace's
-    raw logits reach several hundred and its regressors are pixels, where float32 spacing alone is
-    ~3e-5; it reads sigmoid(logit) and regressor / input size, so parity is judged there); the
-    landmark model's points are read as fractions of the crop."""
-    if spec.task == LANDMARKS_TASK:
-        return landmarks.consumed(spec, outputs)
-    return detectors.consumed(spec, outputs)
-
-
 def real_inputs(spec: ModelSpec) -> list[np.ndarray]:
     """Model inputs made from real photos by the model's own recipe (face crops for heads; for a
     detector, what it gives its model: one array per input shape)."""
     images = photos.face_photos()
-    if spec.task == DETECTOR_TASK:
+    if spec.task == tasks.DETECTOR:
         scenes = list(images.values()) + list(photos.no_face_photos().values())
-        return [batch for image in scenes for batch in detectors.model_inputs(spec, image)]
-    if spec.task == CLASSIFIER_TASK:
+        detector = decoder_for(spec)
+        return [batch for image in scenes for batch in detector.model_inputs(spec, image)]
+    if spec.task == tasks.CLASSIFIER:
         scenes = list(images.values()) + list(photos.no_face_photos().values())
         return [np.concatenate([crops.whole_image(image, spec)[0] for image in scenes])]
     haar = HaarDetector()
@@ -95,27 +87,6 @@ def _batches(arrays: list[np.ndarray], batch_size: int):
             yield array[start:start + batch_size]
 
 
-def _top1(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The decision each sample leads to, for agreement counting."""
-    first = outputs[spec.output_names[0]]
-    if spec.decoder == "softmax":
-        return first.argmax(axis=-1)
-    if spec.decoder == "sigmoid":
-        return first.reshape(len(first), -1)[:, 0] >= 0.5
-    if spec.decoder == "blazeface":
-        return outputs[spec.output_names[1]].reshape(len(first), -1) > 0.0  # logit 0 = p 0.5
-    if spec.decoder == "faceboxes":
-        return outputs[spec.output_names[1]] > spec.score_threshold
-    if spec.decoder == "facemesh":
-        return outputs[spec.output_names[1]].reshape(len(first), -1) > 0.0  # face presence logit
-    if spec.decoder == "embedding":  # what a search decides: which other face of the batch is the closest
-        unit = first / np.maximum(np.linalg.norm(first, axis=1, keepdims=True), 1e-12)
-        similarity = unit @ unit.T
-        np.fill_diagonal(similarity, -np.inf)
-        return similarity.argmax(axis=1)
-    return first.reshape(len(first), -1)[:, 0]  # regression: compared within REGRESSION_AGREEMENT
-
-
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     """inf when either side is not finite: `max(x, nan)` would silently keep x."""
     with np.errstate(invalid="ignore"):  # inf - inf is NaN, reported as inf below
@@ -124,6 +95,7 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check(spec: ModelSpec, source_run, onnx_bytes: bytes, batch_size: int = 8) -> ParityResult:
+    decoder = decoder_for(spec)
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     sets = {"random": random_inputs(spec), "real": real_inputs(spec)}
     max_diff, raw_diff, agree, total = 0.0, 0.0, 0, 0
@@ -134,12 +106,11 @@ def check(spec: ModelSpec, source_run, onnx_bytes: bytes, batch_size: int = 8) -
             actual = dict(zip(spec.output_names, session.run(list(spec.output_names), {spec.input_name: batch})))
             for side, outputs in (("source", expected), ("ONNX", actual)):
                 non_finite.update((side, n) for n in spec.output_names if not np.isfinite(outputs[n]).all())
-            used_expected, used_actual = consumed(spec, expected), consumed(spec, actual)
+            used_expected, used_actual = decoder.consumed(spec, expected), decoder.consumed(spec, actual)
             for name in spec.output_names:
                 raw_diff = max(raw_diff, _max_abs_diff(expected[name], actual[name]))
                 max_diff = max(max_diff, _max_abs_diff(used_expected[name], used_actual[name]))
-            want, got = _top1(spec, expected), _top1(spec, actual)
-            same = np.abs(want - got) < REGRESSION_AGREEMENT if spec.decoder == "regression" else want == got
+            same = decoder.agree(decoder.decisions(spec, expected), decoder.decisions(spec, actual))
             agree += int(same.reshape(len(batch), -1).all(axis=1).sum())
             total += len(batch)
     named = [f"{side} {n}" for side in ("source", "ONNX") for n in spec.output_names if (side, n) in non_finite]

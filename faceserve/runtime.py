@@ -50,7 +50,7 @@ class Runtime:
         self.settings = settings or Settings.from_env()
         self.repository = Repository.load(self.settings.repository)
         backend = create(self.settings.backend, self.repository.path, threads=self.settings.ort_threads,
-                         timeout_s=self.settings.backend_timeout_s)
+                         timeout_s=self.settings.backend_timeout_s, batch_delay_us=self.settings.batch_delay_us)
         self.pipeline = Pipeline(self.repository, backend, max_faces=self.settings.limits.max_faces)
         self.fetch = None  # the `image_url` hook; None answers `url_fetch_disabled`
         if self.settings.url_fetch:

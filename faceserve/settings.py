@@ -77,6 +77,8 @@ class Settings:
     # FACESERVE_ANSWERS_KEPT_DAYS: every answer is remembered so that it can be corrected (/feedback); answers
     # older than this that nobody corrected are forgotten. 0 keeps them all.
     answers_kept_days: float = 30.0
+    # FACESERVE_BATCH_DELAY_US: the embedded batcher's queue delay for every model; None: each config.pbtxt's own
+    batch_delay_us: int | None = None
 
     @property
     def route_body_bytes(self) -> dict[str, int]:
@@ -116,6 +118,7 @@ class Settings:
             job_concurrency=int(_env("JOB_CONCURRENCY", "1")),
             job_lease_s=float(_env("JOB_LEASE_S", "30")),
             answers_kept_days=float(_env("ANSWERS_KEPT_DAYS", "30")),
+            batch_delay_us=int(_env("BATCH_DELAY_US", "")) if _env("BATCH_DELAY_US", "") else None,
         )
 
 

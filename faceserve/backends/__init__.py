@@ -44,10 +44,12 @@ class Backend(abc.ABC):
         return {n: np.concatenate([p[n] for p in parts]) for n in spec.output_names}
 
 
-def create(url: str, repository: Path, *, threads: int = 1, timeout_s: float = 10.0) -> Backend:
-    """`onnxruntime` (embedded) or a Triton URL such as grpc://host:8001 or http://host:8000."""
+def create(url: str, repository: Path, *, threads: int = 1, timeout_s: float = 10.0,
+           batch_delay_us: int | None = None) -> Backend:
+    """`onnxruntime` (embedded) or a Triton URL such as grpc://host:8001 or http://host:8000.
+    `batch_delay_us` overrides the embedded batcher's queue delay of every model (Triton keeps its configs')."""
     if url in ("", "onnxruntime", "embedded"):
         from faceserve.backends.onnx import OnnxRuntimeBackend
-        return OnnxRuntimeBackend(repository, threads=threads)
+        return OnnxRuntimeBackend(repository, threads=threads, batch_delay_us=batch_delay_us)
     from faceserve.backends.triton import TritonBackend
     return TritonBackend(url, timeout_s=timeout_s)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,9 +38,10 @@ def check_session(spec: ModelSpec, session: ort.InferenceSession) -> None:
 class OnnxRuntimeBackend(Backend):
     kind = "onnxruntime"
 
-    def __init__(self, repository: Path, threads: int = 1):
+    def __init__(self, repository: Path, threads: int = 1, batch_delay_us: int | None = None):
         self._repository = repository
         self._threads = threads
+        self._batch_delay_us = batch_delay_us  # None: each model's own (its config's max_queue_delay)
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._batchers: dict[str, DynamicBatcher] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -51,13 +51,12 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
-        delay_override = os.environ.get("FACESERVE_BATCH_DELAY_US")
         for name, spec in specs.items():
             session = ort.InferenceSession(str(model_file(self._repository / name)), options,
                                            providers=["CPUExecutionProvider"])
             check_session(spec, session)
             self._sessions[name] = session
-            delay_us = int(delay_override) if delay_override else spec.queue_delay_us
+            delay_us = spec.queue_delay_us if self._batch_delay_us is None else self._batch_delay_us
             self._batchers[name] = DynamicBatcher(
                 self._runner(spec, session), self._executor, max_batch_size=spec.max_batch_size,
                 max_queue_delay_s=delay_us / 1e6, preferred_batch_sizes=spec.preferred_batch_sizes)

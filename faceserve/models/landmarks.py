@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from faceserve.models import crops
+from faceserve.models.decoder import Decoder, sigmoid
 from faceserve.models.spec import ModelSpec
 
 MESH_POINTS = 468
@@ -68,14 +69,7 @@ def head_pose(mesh: np.ndarray) -> tuple[float, float, float]:
     return yaw, pitch, roll
 
 
-def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The outputs as placement reads them: mesh points as fractions of the crop (what is mapped back
-    to the photo), the presence logit as it is; parity is judged there, as for detectors."""
-    mesh, *rest = spec.output_names
-    return {mesh: outputs[mesh] / spec.width, **{name: outputs[name] for name in rest}}
-
-
-class LandmarkModel:
+class LandmarkModel(Decoder):
     decoder = "facemesh"
 
     def __init__(self, spec: ModelSpec):
@@ -90,7 +84,7 @@ class LandmarkModel:
         mesh_name, presence_name = self.spec.output_names
         meshes = outputs[mesh_name].reshape(len(transforms), MESH_POINTS, 3)
         logits = outputs[presence_name].reshape(len(transforms)).astype(np.float64)
-        presences = 1.0 / (1.0 + np.exp(-np.clip(logits, -100, 100)))
+        presences = sigmoid(logits)
         return [self.place(mesh, transform, float(presence))
                 for mesh, transform, presence in zip(meshes, transforms, presences)]
 
@@ -103,3 +97,15 @@ class LandmarkModel:
         points[:, 2] = mesh[:, 2] * back[0, 0]  # depth on the same scale as x
         yaw, pitch, roll = head_pose(points)
         return Placement(presence, five_points(points), yaw, pitch, roll)
+
+    @staticmethod
+    def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs as placement reads them: mesh points as fractions of the crop (what is mapped back
+        to the photo), the presence logit as it is."""
+        mesh, *rest = spec.output_names
+        return {mesh: outputs[mesh] / spec.width, **{name: outputs[name] for name in rest}}
+
+    @staticmethod
+    def decisions(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        mesh, presence = (outputs[n] for n in spec.output_names)
+        return presence.reshape(len(mesh), -1) > 0.0  # the face presence logit: 0 is p 0.5

@@ -4,6 +4,7 @@
     <repository>/<model>/configs/gpu.pbtxt   the KIND_GPU variant (`--model-config-name=gpu`)
     <repository>/<model>/labels.txt          one label per output unit, when the model has labels
     <repository>/<model>/1/model.onnx        built by `convert`, never committed
+    <repository>/<model>/1/model.py          instead, for a Python-backend model: its code, copied
 
 `PARAMETERS` maps each recipe field of `ModelSpec` to its `config.pbtxt` parameter, both ways:
 `convert` writes through `model_config`, and the service, the backends, the local Triton and
@@ -14,26 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from faceserve.models import tasks
 from faceserve.models.spec import CropRecipe, ModelSpec
 
 CONFIG_FILE = "config.pbtxt"
 GPU_CONFIG_FILE = "configs/gpu.pbtxt"
 LABELS_FILE = "labels.txt"
 VERSION_DIR = "1"
-MODEL_FILE = "model.onnx"
+ONNX_MODEL_FILE = "model.onnx"  # what `convert` builds
+PYTHON_MODEL_FILE = "model.py"  # what the Python backend runs (faceserve's own models, the local Triton's shim)
 INPUT_NAME = "input"
 # A GPU's cost per image falls with the batch: let batches grow, up to max_batch_size.
 GPU_QUEUE_DELAY_US = 2000
-DETECTOR_TASK = "face_detector"
-CLASSIFIER_TASK = "image_classifier"
-LANDMARKS_TASK = "landmarks"  # a face model whose points place every face before the heads run
-EMBEDDING_TASK = "embedding"  # a face descriptor for the identity stage, not a response field
 PYTHON_BACKEND = "python"  # faceserve's own models (faceserve.triton_models): code, nothing to build
 
 
@@ -80,9 +80,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("source", "source"),
     Parameter("sha256", "sha256"),
     Parameter("version", "version"),
-    # detectors: boxes scoring above it are kept; embeddings: the same person at or above this similarity
-    Parameter("score_threshold", "score_threshold", NUMBER, tasks=(DETECTOR_TASK, EMBEDDING_TASK)),
-    Parameter("nms_iou", "nms_iou", NUMBER, tasks=(DETECTOR_TASK,)),
+    Parameter("score_threshold", "score_threshold", NUMBER, tasks=tasks.SCORE_THRESHOLD_TASKS),
+    Parameter("nms_iou", "nms_iou", NUMBER, tasks=tasks.NMS_TASKS),
 )
 
 
@@ -97,7 +96,8 @@ def make_spec(recipe: Mapping[str, object], **model) -> ModelSpec:
 # ---- layout --------------------------------------------------------------------------------
 
 def model_file(model_dir: Path) -> Path:
-    return model_dir / VERSION_DIR / MODEL_FILE
+    """The built ONNX model of a model folder."""
+    return model_dir / VERSION_DIR / ONNX_MODEL_FILE
 
 
 def model_dirs(repository: Path) -> list[Path]:
@@ -161,7 +161,7 @@ def load_spec(model_dir: Path) -> ModelSpec:
 def model_config(spec: ModelSpec, *, gpu: bool = False, instances: int = 1) -> mc.ModelConfig:
     """The canonical Triton config: real onnxruntime backend, dynamic batching, the recipe as parameters."""
     config = mc.ModelConfig(name=spec.name, platform="onnxruntime_onnx", max_batch_size=spec.max_batch_size,
-                            default_model_filename=MODEL_FILE)
+                            default_model_filename=ONNX_MODEL_FILE)
     config.input.add(name=spec.input_name, data_type=mc.TYPE_FP32,
                      format=mc.ModelInput.FORMAT_NHWC if spec.channels == 3 else mc.ModelInput.FORMAT_NONE,
                      dims=list(spec.input_shape))
@@ -183,16 +183,26 @@ def model_config(spec: ModelSpec, *, gpu: bool = False, instances: int = 1) -> m
     return config
 
 
-def write_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes) -> None:
-    """Config, GPU config, labels and the model, the model last (written whole, then renamed)."""
+def write_onnx_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes) -> None:
+    """Config, GPU config, labels and the ONNX model, the model last (written whole, then renamed)."""
     write_config(model_config(spec), model_dir / CONFIG_FILE)
     write_config(model_config(spec, gpu=True), model_dir / GPU_CONFIG_FILE)
     write_labels(spec, model_dir)
     target = model_file(model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(MODEL_FILE + ".partial")
+    partial = target.with_name(ONNX_MODEL_FILE + ".partial")
     partial.write_bytes(onnx_bytes)
     partial.replace(target)
+
+
+def write_python_model_folder(model_dir: Path, config: mc.ModelConfig, code: Path,
+                              gpu_config: mc.ModelConfig | None = None) -> None:
+    """A Python-backend model: its config (and GPU config), and `code` copied as its `1/model.py`."""
+    write_config(config, model_dir / CONFIG_FILE)
+    if gpu_config is not None:
+        write_config(gpu_config, model_dir / GPU_CONFIG_FILE)
+    (model_dir / VERSION_DIR).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(code, model_dir / VERSION_DIR / PYTHON_MODEL_FILE)
 
 
 # ---- the built models, by role ------------------------------------------------------------
@@ -200,7 +210,7 @@ def write_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes) -> N
 def is_head(spec: ModelSpec) -> bool:
     """Every repository model that is neither a detector, a landmark model, a whole-image classifier nor
     the embedding model is a face head answering a response field."""
-    return spec.task not in (DETECTOR_TASK, CLASSIFIER_TASK, LANDMARKS_TASK, EMBEDDING_TASK)
+    return tasks.is_head(spec.task)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,8 +229,8 @@ class Repository:
         # one model per role: per task, and for detectors per decoder (each decoder is its own detector)
         roles: dict[tuple[str, str], list[str]] = {}
         for spec in built.values():
-            if spec.task != CLASSIFIER_TASK:
-                role = (spec.task, spec.decoder if spec.task == DETECTOR_TASK else "")
+            if spec.task != tasks.CLASSIFIER:
+                role = (spec.task, spec.decoder if spec.task == tasks.DETECTOR else "")
                 roles.setdefault(role, []).append(spec.name)
         for (task, decoder), names in roles.items():
             if len(names) > 1:
@@ -237,7 +247,7 @@ class Repository:
 
     @property
     def detectors(self) -> list[ModelSpec]:
-        return list(self.with_task(DETECTOR_TASK).values())
+        return list(self.with_task(tasks.DETECTOR).values())
 
     @property
     def heads(self) -> dict[str, ModelSpec]:
@@ -246,16 +256,16 @@ class Repository:
 
     @property
     def classifiers(self) -> dict[str, ModelSpec]:
-        return self.with_task(CLASSIFIER_TASK)
+        return self.with_task(tasks.CLASSIFIER)
 
     @property
     def landmarks(self) -> ModelSpec | None:
-        found = list(self.with_task(LANDMARKS_TASK).values())
+        found = list(self.with_task(tasks.LANDMARKS).values())
         return found[0] if found else None
 
     @property
     def embedding(self) -> ModelSpec | None:
-        found = list(self.with_task(EMBEDDING_TASK).values())
+        found = list(self.with_task(tasks.EMBEDDING).values())
         return found[0] if found else None
 
 

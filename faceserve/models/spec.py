@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from faceserve.models.tasks import NMS_TASKS, SCORE_THRESHOLD_TASKS
+
 
 class SpecError(ValueError):
     """A model's files (or its recipe) contradict each other; the message names the model."""
@@ -39,8 +41,8 @@ class CropRecipe:
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     name: str
-    task: str  # face_detector, image_classifier, or a face head's response field (emotion, gender, age, ...)
-    decoder: str  # which class decodes its outputs (a detector or head registry name, or softmax for classifiers)
+    task: str  # see `faceserve.models.tasks`: a role, or a face head's response field (emotion, gender, age, ...)
+    decoder: str  # the class that decodes its outputs, by name (`faceserve.models.decoder`)
     input_name: str
     height: int  # -1: any size (the model's own preprocessing picks it per image)
     width: int
@@ -93,9 +95,8 @@ class ModelSpec:
                 {"name": n, "shape": [-1, *d]} for n, d in zip(self.output_names, self.output_dims)
             ],
             "decoder": self.decoder,
-            **({"score_threshold": self.score_threshold, "nms_iou": self.nms_iou}
-               if self.task == "face_detector" else {}),
-            **({"score_threshold": self.score_threshold} if self.task == "embedding" else {}),
+            **({"score_threshold": self.score_threshold} if self.task in SCORE_THRESHOLD_TASKS else {}),
+            **({"nms_iou": self.nms_iou} if self.task in NMS_TASKS else {}),
             "labels": list(self.labels),
             "units": self.units,
             "max_batch_size": self.max_batch_size,

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from faceserve.models.repository import (CONFIG_FILE, LABELS_FILE, VERSION_DIR, model_dirs, model_file,
-                                         python_model_dirs, read_config, write_config)
+from faceserve.models.repository import (CONFIG_FILE, LABELS_FILE, model_dirs, model_file, python_model_dirs,
+                                         read_config, write_python_model_folder)
 from faceserve.settings import PROJECT_ROOT
 from faceserve.triton_models import configs as triton_models
 
-SHIM = Path(__file__).with_name("python_model.py")
+SHIM = Path(__file__).with_name("python_model.py")  # runs a canonical ONNX model with onnxruntime
 
 
 def cpu_config(canonical: mc.ModelConfig, onnx_path: Path, *, dynamic_batching: bool = True,
@@ -67,15 +67,13 @@ def build_cpu_repository(canonical: Path, out: Path, *, dynamic_batching: bool =
     if out.exists():
         shutil.rmtree(out)
     for name, source in code.items():
-        triton_models.write_model_folder(local_python_config(read_config(source / CONFIG_FILE), canonical), out / name)
+        write_python_model_folder(out / name, local_python_config(read_config(source / CONFIG_FILE), canonical),
+                                  triton_models.SHIM)
     for name in names:
         source = dirs[name]
         config = cpu_config(read_config(source / CONFIG_FILE), model_file(source),
                             dynamic_batching=dynamic_batching, ort_threads=ort_threads)
-        target = out / name
-        write_config(config, target / CONFIG_FILE)
-        (target / VERSION_DIR).mkdir(parents=True)
-        shutil.copyfile(SHIM, target / VERSION_DIR / "model.py")
+        write_python_model_folder(out / name, config, SHIM)
         if (source / LABELS_FILE).exists():
-            shutil.copyfile(source / LABELS_FILE, target / LABELS_FILE)
+            shutil.copyfile(source / LABELS_FILE, out / name / LABELS_FILE)
     return names + sorted(code)

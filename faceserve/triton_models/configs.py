@@ -7,19 +7,17 @@ answers `<task>_label` (BYTES) and `<task>_score` (FP32) per face, a head withou
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Callable
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from faceserve.models.repository import CONFIG_FILE, GPU_CONFIG_FILE, VERSION_DIR, Repository, write_config
+from faceserve.models.repository import Repository, write_python_model_folder
 from faceserve.models.spec import ModelSpec
 
 PIPELINE, ROTATE = "pipeline", "rotate"
 MODELS = (PIPELINE, ROTATE)
-SHIM = Path(__file__).with_name("model.py")
-MODEL_FILE = "model.py"
+SHIM = Path(__file__).with_name("model.py")  # each model's code: it hands the model to `serving.py`
 # Where the NGC image finds the checkout (docs/triton.md mounts it there); the local Triton gives its own.
 CONTAINER_ROOT = "/opt/faceserve"
 # Requests one `execute` call may take together: the pipeline runs them concurrently, so their crops meet in
@@ -91,19 +89,10 @@ def configs(repository: Repository, *, gpu: bool = False) -> dict[str, mc.ModelC
             ROTATE: python_model_config(ROTATE, ROTATE_INPUTS, ROTATE_OUTPUTS, gpu=gpu)}
 
 
-def write_model_folder(config: mc.ModelConfig, model_dir: Path, gpu_config: mc.ModelConfig | None = None) -> None:
-    """`config.pbtxt` (and `configs/gpu.pbtxt`) and the shim as `1/model.py`."""
-    write_config(config, model_dir / CONFIG_FILE)
-    if gpu_config is not None:
-        write_config(gpu_config, model_dir / GPU_CONFIG_FILE)
-    (model_dir / VERSION_DIR).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SHIM, model_dir / VERSION_DIR / MODEL_FILE)
-
-
 def write(repository_path: Path) -> list[str]:
     """Write both models into the canonical repository, beside the ONNX models they call."""
     repository = Repository.load(repository_path)
     cpu, gpu = configs(repository), configs(repository, gpu=True)
     for name in MODELS:
-        write_model_folder(cpu[name], repository_path / name, gpu[name])
+        write_python_model_folder(repository_path / name, cpu[name], SHIM, gpu[name])
     return list(MODELS)

@@ -2,18 +2,28 @@
 
 `build` makes the ones this repository can run: a detector with a `decoder` needs a
 `face_detector` model of that decoder in the repository; one without runs in-process.
-Adding a detector is a new module and one line in `REGISTRY`.
+Adding a detector is one new module here: every module of this package is imported, and each
+`Detector` subclass that sets a `name` joins `REGISTRY` at its `rank`.
 """
 
 from __future__ import annotations
 
+from faceserve.models.decoder import descendants, import_modules
 from faceserve.models.detectors.base import Detection, Detector, nms
 from faceserve.models.detectors.blazeface import BlazeFace
 from faceserve.models.detectors.faceboxes import AutoDetector, FaceBoxes
 from faceserve.models.detectors.haar import HaarDetector
 
+import_modules(__name__, __path__)
+
+
+def discover() -> tuple[type[Detector], ...]:
+    """The detector classes defined so far, in `rank` order."""
+    return tuple(sorted((cls for cls in descendants(Detector) if "name" in cls.__dict__), key=lambda cls: cls.rank))
+
+
 # In the order `/models` lists them, which is also the order of preference for the default.
-REGISTRY: tuple[type[Detector], ...] = (AutoDetector, FaceBoxes, BlazeFace, HaarDetector)
+REGISTRY: tuple[type[Detector], ...] = discover()
 DEFAULT_DETECTOR = "auto"
 
 
@@ -34,20 +44,5 @@ def default(available: dict[str, Detector]) -> str:
     return DEFAULT_DETECTOR if DEFAULT_DETECTOR in available else next(iter(available))
 
 
-def _decoding(spec) -> type[Detector] | None:
-    return next((cls for cls in REGISTRY if cls.decoder is not None and cls.decoder == spec.decoder), None)
-
-
-def consumed(spec, outputs):
-    """A detector model's outputs as its own decoding reads them; other models' outputs as they are."""
-    cls = _decoding(spec)
-    return outputs if cls is None else cls.consumed(spec, outputs)
-
-
-def model_inputs(spec, image):
-    """The inputs a detector model gets for `image`, by the detector that decodes it."""
-    return _decoding(spec).model_inputs(spec, image)
-
-
 __all__ = ["DEFAULT_DETECTOR", "REGISTRY", "AutoDetector", "BlazeFace", "Detection", "Detector", "FaceBoxes",
-           "HaarDetector", "build", "consumed", "default", "model_inputs", "nms"]
+           "HaarDetector", "build", "default", "discover", "nms"]

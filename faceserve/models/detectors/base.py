@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from faceserve.models import crops
+from faceserve.models.decoder import Decoder
 from faceserve.models.spec import ModelSpec
 
 
@@ -20,15 +21,16 @@ class Detection:
     keypoints: tuple[tuple[float, float], ...] = ()  # image pixels, in the model's own order
 
 
-class Detector(abc.ABC):
+class Detector(Decoder, abc.ABC):
     """Finds faces in an RGB image; owns its preprocessing and its output decoding.
 
     `decoder` names the repository models a class runs (their `decoder` parameter);
     None means the detector needs no model from the repository (it runs in-process).
+    Every class that sets `name` is a detector of the registry, in `rank` order.
     """
 
     name: ClassVar[str]
-    decoder: ClassVar[str | None] = None
+    rank: ClassVar[int]  # its place where `/models` lists the detectors, which is also the order of preference
     spec: ModelSpec | None = None  # the repository model it runs, if any
 
     @abc.abstractmethod
@@ -39,11 +41,6 @@ class Detector(abc.ABC):
     def model_inputs(spec: ModelSpec, image: np.ndarray) -> list[np.ndarray]:
         """Every input this detector gives its model for `image` (what parity is checked on)."""
         return [crops.whole_image(image, spec)[0]]
-
-    @staticmethod
-    def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The raw outputs in the form this detector's decoding reads them (what parity is judged on)."""
-        return outputs
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, image_shape: tuple[int, int],

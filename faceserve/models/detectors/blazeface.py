@@ -12,6 +12,7 @@ import numpy as np
 
 from faceserve.models import crops
 from faceserve.models.crops import Letterbox
+from faceserve.models.decoder import sigmoid
 from faceserve.models.detectors.base import Detection, Detector, nms
 from faceserve.models.spec import ModelSpec
 
@@ -20,6 +21,7 @@ KEYPOINTS = 6  # eyes, nose tip, mouth centre, ear tragions (after the 4 box val
 
 class BlazeFace(Detector):
     name = decoder = "blazeface"
+    rank = 30
 
     def __init__(self, spec: ModelSpec, backend):
         self.spec = spec
@@ -34,7 +36,15 @@ class BlazeFace(Detector):
 
     @staticmethod
     def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return consumed(spec, outputs)
+        """Regressors / input size and sigmoid scores: the raw logits reach several hundred and the
+        regressors are pixels, where float32 spacing alone is ~3e-5."""
+        regressors, logits = (outputs[n] for n in spec.output_names)
+        return {spec.output_names[0]: regressors / spec.height, spec.output_names[1]: scores(logits)}
+
+    @staticmethod
+    def decisions(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        regressors, logits = (outputs[n] for n in spec.output_names)
+        return logits.reshape(len(regressors), -1) > 0.0  # logit 0 = p 0.5
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,14 +60,8 @@ def blazeface_anchors(size: int = 128) -> np.ndarray:
 
 
 def scores(logits: np.ndarray) -> np.ndarray:
-    """Face probabilities from the raw logits (which reach several hundred: clipped first)."""
-    return 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
-
-
-def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The raw outputs in the form the decoding reads them: regressors / input size, sigmoid scores."""
-    regressors, logits = (outputs[n] for n in spec.output_names)
-    return {spec.output_names[0]: regressors / spec.height, spec.output_names[1]: scores(logits)}
+    """Face probabilities from the raw logits."""
+    return sigmoid(logits.astype(np.float64))
 
 
 def decode_blazeface(regressors: np.ndarray, logits: np.ndarray, frame: Letterbox, size: int,

@@ -58,6 +58,7 @@ class FaceBoxes(Detector):
     """Both scales on every photo larger than the coarse one: the most faces, at the most cost."""
 
     name = decoder = "faceboxes"
+    rank = 20
 
     def __init__(self, spec: ModelSpec, backend):
         self.spec = spec
@@ -66,6 +67,10 @@ class FaceBoxes(Detector):
     @staticmethod
     def model_inputs(spec: ModelSpec, image: np.ndarray) -> list[np.ndarray]:
         return [canvas(image, side)[0] for side in (COARSE_SIDE, FINE_SIDE)]
+
+    @staticmethod
+    def decisions(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return outputs[spec.output_names[1]] > spec.score_threshold  # the boxes kept
 
     async def _candidates(self, image: np.ndarray, long_side: int) -> tuple[np.ndarray, np.ndarray]:
         batch, scale = canvas(image, long_side)
@@ -91,6 +96,7 @@ class AutoDetector(FaceBoxes):
     coarse pass cannot see: it found none, several, a small one, or a near miss apart from them."""
 
     name = "auto"
+    rank = 10
 
     def fine_pass_needed(self, image: np.ndarray, coarse: tuple[np.ndarray, np.ndarray]) -> bool:
         if max(image.shape[:2]) <= COARSE_SIDE:

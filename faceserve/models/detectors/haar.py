@@ -7,11 +7,13 @@ import asyncio
 import cv2
 import numpy as np
 
+from faceserve.models.decoder import sigmoid
 from faceserve.models.detectors.base import Detection, Detector, nms
 
 
 class HaarDetector(Detector):
     name = "haar"
+    rank = 90
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24):
         path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
@@ -32,6 +34,6 @@ class HaarDetector(Detector):
             return []
         weights = np.asarray(weights, dtype=np.float32).reshape(-1)
         # Haar "level weights" are unbounded margins; squash them into 0..1 for a score.
-        scores = 1.0 / (1.0 + np.exp(-weights))
+        scores = sigmoid(weights)
         xyxy = np.column_stack([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]]).astype(np.float32)
         return nms(xyxy, scores, 0.3, gray.shape[:2])

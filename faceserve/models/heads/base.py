@@ -8,10 +8,11 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from faceserve.models import crops
+from faceserve.models.decoder import Decoder
 from faceserve.models.spec import ModelSpec
 
 
-class Head(abc.ABC):
+class Head(Decoder, abc.ABC):
     """One face-level model: its crops by the model's recipe, its outputs decoded per face.
 
     The response field it fills is the model's `task` (emotion, gender, age, ...), so a new

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from faceserve.models.heads.base import Head
+from faceserve.models.spec import ModelSpec
 
 
 class EmbeddingHead(Head):
@@ -25,6 +26,15 @@ class EmbeddingHead(Head):
 
     def answer(self, row: np.ndarray) -> np.ndarray:
         return unit_rows(np.asarray(row, dtype=np.float32).reshape(1, -1))[0]
+
+    @staticmethod
+    def decisions(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """What a search decides: which other face of the batch is the closest."""
+        first = outputs[spec.output_names[0]]
+        unit = first / np.maximum(np.linalg.norm(first, axis=1, keepdims=True), 1e-12)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
 
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from faceserve.models.heads.base import Head
+from faceserve.models.spec import ModelSpec
 
 
 class SigmoidHead(Head):
@@ -17,3 +18,8 @@ class SigmoidHead(Head):
         if positive >= 0.5:
             return {"label": positive_label, "score": positive, "scores": scores}
         return {"label": negative_label, "score": 1 - positive, "scores": scores}
+
+    @staticmethod
+    def decisions(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        first = outputs[spec.output_names[0]]
+        return first.reshape(len(first), -1)[:, 0] >= 0.5

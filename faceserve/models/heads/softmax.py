@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from faceserve.models.heads.base import Head
+from faceserve.models.spec import ModelSpec
 
 
 class SoftmaxHead(Head):
@@ -12,6 +13,10 @@ class SoftmaxHead(Head):
 
     def answer(self, row: np.ndarray) -> dict:
         return label_scores(self.spec.labels, row)
+
+    @staticmethod
+    def decisions(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return outputs[spec.output_names[0]].argmax(axis=-1)
 
 
 def label_scores(labels: tuple[str, ...], probabilities: np.ndarray) -> dict:

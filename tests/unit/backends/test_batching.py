@@ -65,3 +65,43 @@ def test_a_failing_batch_fails_its_callers_and_the_batcher_lives_on():
             return answer
     assert asyncio.run(main())["double"].tolist() == [[2.0]]
     assert calls == [2, 1]
+
+
+def test_rows_of_another_shape_wait_for_a_batch_of_their_own():
+    shapes = []
+
+    def run(batch):
+        shapes.append(batch.shape)
+        return {"double": batch * 2}
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(run, executor, max_batch_size=8, max_queue_delay_s=0.05)
+            small, large = np.ones((1, 2, 2), np.float32), np.ones((1, 3, 3), np.float32)
+            answers = await asyncio.gather(*(batcher.submit(rows) for rows in (small, small, large, small)))
+            await batcher.close()
+            return answers
+    answers = asyncio.run(main())
+    assert shapes == [(2, 2, 2), (1, 3, 3), (1, 2, 2)]  # the same-sized rows before the odd one go together
+    assert [a["double"].shape for a in answers] == [(1, 2, 2), (1, 2, 2), (1, 3, 3), (1, 2, 2)]
+
+
+def test_a_request_arriving_within_the_delay_joins_the_batch():
+    sizes = []
+
+    def run(batch):
+        sizes.append(len(batch))
+        return {"double": batch * 2}
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(run, executor, max_batch_size=8, max_queue_delay_s=0.5,
+                                     preferred_batch_sizes=(2,))
+            first = asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32)))
+            await asyncio.sleep(0.05)
+            second = await batcher.submit(np.ones((1, 1), np.float32))
+            await first
+            await batcher.close()
+            return second
+    assert asyncio.run(main())["double"].tolist() == [[2.0]]
+    assert sizes == [2]  # the first waited for the second, up to the delay, and stopped at the preferred size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from faceserve.models import detectors
+from faceserve.models.decoder import decoder_for
 from faceserve.models.detectors.blazeface import BlazeFace
 from faceserve.models.detectors.haar import HaarDetector
 from faceserve.models.spec import ModelSpec
@@ -27,11 +28,11 @@ def test_in_process_detectors_need_no_model_and_model_detectors_need_theirs():
 def test_parity_compares_what_the_decoding_reads():
     spec = blazeface_spec()
     outputs = {"regressors": np.full((1, 896, 16), 64.0), "classificators": np.zeros((1, 896, 1))}
-    consumed = detectors.consumed(spec, outputs)
+    consumed = decoder_for(spec).consumed(spec, outputs)
     assert np.allclose(consumed["regressors"], 0.5) and np.allclose(consumed["classificators"], 0.5)
     head = ModelSpec(name="e", task="emotion", decoder="softmax", input_name="input", height=1, width=1,
                      channels=1, output_names=("p",), output_dims=((2,),), colour="gray", scale=1.0, offset=0.0)
-    assert detectors.consumed(head, outputs) is outputs
+    assert decoder_for(head).consumed(head, outputs) is outputs
 
 
 def test_blazeface_keypoints_land_inside_their_box():

@@ -9,7 +9,7 @@ import pytest
 from faceserve.models import repository
 from faceserve.models.repository import (CONFIG_FILE, GPU_CONFIG_FILE, GPU_QUEUE_DELAY_US, PARAMETERS, Repository,
                                          load_spec, make_spec, model_config, model_file, read_config,
-                                         recipe_from_manifest, write_model_folder)
+                                         recipe_from_manifest, write_onnx_model_folder)
 from faceserve.models.spec import CropRecipe, ModelSpec
 
 
@@ -24,7 +24,7 @@ def detector_spec() -> ModelSpec:
 
 def test_every_recipe_field_round_trips_through_config_pbtxt(tmp_path):
     original = detector_spec()
-    write_model_folder(tmp_path / "det", original, b"not a real model")
+    write_onnx_model_folder(tmp_path / "det", original, b"not a real model")
     assert load_spec(tmp_path / "det") == original
     assert model_file(tmp_path / "det").read_bytes() == b"not a real model"
 
@@ -38,7 +38,7 @@ def test_one_parameter_per_recipe_field():
 
 
 def test_gpu_config_batches_up_to_max_with_a_queue_delay(tmp_path):
-    write_model_folder(tmp_path / "det", detector_spec(), b"")
+    write_onnx_model_folder(tmp_path / "det", detector_spec(), b"")
     gpu = read_config(tmp_path / "det" / GPU_CONFIG_FILE)
     cpu = read_config(tmp_path / "det" / CONFIG_FILE)
     assert gpu.dynamic_batching.max_queue_delay_microseconds == GPU_QUEUE_DELAY_US
@@ -57,22 +57,22 @@ def test_manifest_values_are_coerced_and_absent_ones_take_the_spec_defaults():
 
 
 def test_repository_roles_and_missing_models(tmp_path):
-    write_model_folder(tmp_path / "det", detector_spec(), b"")
+    write_onnx_model_folder(tmp_path / "det", detector_spec(), b"")
     head = dataclasses.replace(detector_spec(), name="age", task="age", decoder="regression",
                                output_names=("age",), output_dims=((1,),))
-    write_model_folder(tmp_path / "age", head, b"")
+    write_onnx_model_folder(tmp_path / "age", head, b"")
     (tmp_path / "gender").mkdir()
     (tmp_path / "gender" / CONFIG_FILE).write_text((tmp_path / "age" / CONFIG_FILE).read_text())
     repo = Repository.load(tmp_path)
     assert [s.name for s in repo.detectors] == ["det"] and list(repo.heads) == ["age"]
     assert repo.classifiers == {} and repo.missing == ["gender"]
-    assert repo.model_file("age") == tmp_path / "age" / repository.VERSION_DIR / repository.MODEL_FILE
+    assert repo.model_file("age") == tmp_path / "age" / repository.VERSION_DIR / repository.ONNX_MODEL_FILE
 
 
 def test_two_models_answering_one_field_are_refused(tmp_path):
     head = dataclasses.replace(detector_spec(), task="age", decoder="regression", output_names=("age",),
                                output_dims=((1,),))
-    write_model_folder(tmp_path / "a", dataclasses.replace(head, name="a"), b"")
-    write_model_folder(tmp_path / "b", dataclasses.replace(head, name="b"), b"")
+    write_onnx_model_folder(tmp_path / "a", dataclasses.replace(head, name="a"), b"")
+    write_onnx_model_folder(tmp_path / "b", dataclasses.replace(head, name="b"), b"")
     with pytest.raises(ValueError, match="several age models"):
         Repository.load(tmp_path)
