@@ -8,7 +8,7 @@ import math
 import numpy as np
 import onnxruntime as ort
 
-from faceserve import photos
+from faceserve.dev import photos
 from faceserve.models import crops
 from faceserve.models import detectors, landmarks
 from faceserve.models.detectors import HaarDetector

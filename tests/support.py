@@ -13,9 +13,10 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from faceserve import devserver
-from faceserve.devserver import free_port  # noqa: F401  (tests import it from here)
-from faceserve.settings import FIXTURES, PROJECT_ROOT as ROOT  # noqa: F401  (the one place tests take them from)
+from faceserve.dev import devserver
+from faceserve.dev.devserver import free_port  # noqa: F401  (tests import it from here)
+from faceserve.dev.fixtures import FIXTURES  # noqa: F401  (the one place tests take them from)
+from faceserve.settings import PROJECT_ROOT as ROOT  # noqa: F401
 
 BENTOML = Path(sys.executable).with_name("bentoml")
 # The emotion grid fixture (emotion_classification.jpg): the emotion of the face in each quadrant (x, y).

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceserve import photos
+from faceserve.dev import photos
 from faceserve.bot import replies
 from tests import botapi_standin
 from tests.hostile_corpus import image_server

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import accuracy
-from faceserve import photos
+from faceserve.dev import accuracy
+from faceserve.dev import photos
 from faceserve.pipeline import imaging
 from tests.support import QUADRANT_EMOTIONS, jpeg, quadrant_emotions
 
