@@ -10,8 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root: `tests`, `benchmarks`, `convert`
 
 from faceserve.dev import photos  # noqa: E402
-from faceserve.models.repository import model_dirs  # noqa: E402
 from faceserve.dev.postgres_local import LocalPostgres  # noqa: E402
+from faceserve.models.repository import model_dirs  # noqa: E402
 from tests.support import FIXTURES, ROOT, serve  # noqa: E402
 
 REPOSITORY = ROOT / "model_repository"

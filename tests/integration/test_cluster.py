@@ -25,10 +25,9 @@ import httpx
 import numpy as np
 import pytest
 
-from faceserve.dev import devserver
+from faceserve.dev import devserver, photos
 from faceserve.dev.cluster import Cluster
 from faceserve.jobs import JobLimits
-from faceserve.dev import photos
 from tests.hostile_corpus import good_jpeg
 from tests.integration.test_identity_http import (IDENTITY, PROBES, enrol, enrol_photos, every_identity, identify,
                                                   named_left_to_right)

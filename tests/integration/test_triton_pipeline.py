@@ -21,9 +21,9 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from faceserve.dev import photos
+from faceserve.dev.triton_local import LocalTriton
 from faceserve.models.repository import Repository, read_config
 from faceserve.pipeline import imaging
-from faceserve.dev.triton_local import LocalTriton
 from faceserve.triton_models import configs
 from faceserve.triton_models.client import PipelineClient
 from tests import hostile_corpus

@@ -14,11 +14,11 @@ from typing import Literal
 from faceserve.dev import devserver
 from faceserve.dev.cluster.nginx import Nginx, NginxConfig
 from faceserve.dev.cluster.readiness import ReadinessWatch
+from faceserve.dev.lifecycle import StartedInWith
+from faceserve.dev.postgres_local import LocalPostgres
 from faceserve.http.caller import SCOPES
 from faceserve.http.exposure import PRIVATE_DEPLOYMENT_ENV
 from faceserve.http.keys import new_key
-from faceserve.dev.lifecycle import StartedInWith
-from faceserve.dev.postgres_local import LocalPostgres
 from faceserve.settings import STORE_ENV, Settings
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from pathlib import Path
 import jinja2
 
 from faceserve.dev.devserver import process_tree
+from faceserve.dev.lifecycle import StartedInWith, signal_then_wait
 from faceserve.errors import PayloadTooLarge, Unavailable
 from faceserve.http.responses import RETRY_AFTER_S
-from faceserve.dev.lifecycle import StartedInWith, signal_then_wait
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.j2")
 # Debian's nginx runs its workers as www-data; elsewhere the account every system has.
