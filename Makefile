@@ -35,7 +35,7 @@ serve: repository
 	MALLOC_ARENA_MAX=2 BENTOML_DO_NOT_TRACK=True $(BIN)/bentoml serve service:FaceAnalysis --host $(HOST) --port $(PORT)
 
 cluster: repository system
-	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m faceserve.cluster --instances $(INSTANCES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m faceserve.dev.cluster --instances $(INSTANCES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
 
 test: repository system
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m pytest -q tests

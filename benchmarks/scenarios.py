@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 
 from benchmarks import contention, loadgen, servers
-from faceserve import devserver
+from faceserve.dev import devserver
 from benchmarks.monitor import CpuWindow, TreeMonitor
 from benchmarks.report import COMPARISON_C
 from benchmarks.workload import Workload
@@ -75,9 +75,9 @@ class Context:
         if key in self._tritons:
             return self._tritons[key]
         try:
-            from faceserve.triton_local import LocalTriton
+            from faceserve.dev.triton_local import LocalTriton
         except ImportError as exc:
-            raise Skip(f"faceserve.triton_local is not available ({exc})") from None
+            raise Skip(f"faceserve.dev.triton_local is not available ({exc})") from None
         from faceserve.settings import Settings
         ports = {k: devserver.free_port() for k in ("http_port", "grpc_port", "metrics_port")}
         started = time.perf_counter()
@@ -335,7 +335,7 @@ def seed_baseline(ctx: Context) -> list[dict]:
 def detectors(ctx: Context) -> list[dict]:
     """Every detector on the labelled set (recall and precision against the hand boxes) and on every photo
     of every workload (ms per image), one image at a time, in this process."""
-    from benchmarks import accuracy
+    from faceserve.dev import accuracy
     from faceserve.pipeline import imaging
     from faceserve.runtime import Runtime
 
@@ -431,8 +431,8 @@ CLUSTER_INSTANCES = (1, 2, 3)
 
 def cluster(ctx: Context) -> list[dict]:
     """nginx in front of 1, 2 and 3 `bentoml serve` instances (one worker each) on one local Triton
-    (faceserve.cluster). CPU and RSS are the whole deployment's: nginx, every instance and Triton."""
-    from faceserve.cluster import Cluster, NginxError
+    (faceserve.dev.cluster). CPU and RSS are the whole deployment's: nginx, every instance and Triton."""
+    from faceserve.dev.cluster import Cluster, NginxError
     rows = []
     for instances in CLUSTER_INSTANCES:
         try:

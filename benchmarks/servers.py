@@ -1,11 +1,11 @@
-"""The seed app under gunicorn; `bentoml serve` and the launcher itself are in faceserve.devserver."""
+"""The seed app under gunicorn; `bentoml serve` and the launcher itself are in faceserve.dev.devserver."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from faceserve.devserver import BIN, free_port, launch
+from faceserve.dev.devserver import BIN, free_port, launch
 
 
 def seed_gunicorn(log_dir: Path, workers: int, threads: int):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faceserve import photos
-from faceserve.settings import FIXTURES
+from faceserve.dev import photos
+from faceserve.dev.fixtures import FIXTURES
 
 IDENTITY_SET = FIXTURES / "identity"
 # Probe photos of one face, by person (the fixtures README's table); lin-manuel-miranda is enrolled nowhere.

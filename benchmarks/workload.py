@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks import accuracy
-from faceserve import photos
+from faceserve.dev import accuracy, photos
 
 SIZE = (640, 480)  # width, height
 

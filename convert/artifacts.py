@@ -11,7 +11,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from faceserve.settings import FIXTURES
+from faceserve.dev.fixtures import FIXTURES
 
 CACHE = Path(os.environ.get("FACESERVE_CACHE", Path.home() / ".cache" / "faceserve"))
 

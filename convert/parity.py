@@ -12,7 +12,7 @@ import math
 import numpy as np
 import onnxruntime as ort
 
-from faceserve import photos
+from faceserve.dev import photos
 from faceserve.models import crops, tasks
 from faceserve.models.decoder import decoder_for
 from faceserve.models.detectors import HaarDetector

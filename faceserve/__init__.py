@@ -6,7 +6,8 @@ The packages, each with its own docstring (docs/architecture.md maps every stage
 - `faceserve.pipeline`: decoding, the stages in order, the response schema, annotation.
 - `faceserve.backends`: running a model on a batch (embedded onnxruntime, Triton).
 - `faceserve.http`: the HTTP edge (error shape, keys, limits, upload guard, image inputs, URL fetching).
-- `faceserve.triton_local`, `faceserve.devserver`: real local servers for tests and benchmarks.
+- `faceserve.dev`: development servers (bentoml, Triton, PostgreSQL, the nginx cluster) and test fixtures;
+  never in a bento.
 - `runtime.py` (what a running service holds, one method per endpoint), `settings.py`, `errors.py`, `cli.py`.
 
 Importing any module is cheap: nothing loads until a `Runtime` starts.

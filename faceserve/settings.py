@@ -11,11 +11,12 @@ from faceserve.jobs.queue import JobLimits
 from faceserve.pipeline.imaging import DecodeLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# The shared fixtures (models and labelled photos) beside a checkout; absent on many machines.
-FIXTURES = Path(os.environ.get("FACESERVE_FIXTURES", PROJECT_ROOT.parent / "shared" / "fixtures"))
 
 
 JOBS_SUBMIT_ROUTE = "/jobs/submit"
+# The store's URL; a multi-instance deployment (the local cluster, the Kubernetes manifests) gives every instance
+# the same one. FACESERVE_GALLERY, issue 12's name for it, is still read as an alias.
+STORE_ENV = "FACESERVE_STORE"
 
 
 def _env(name: str, default: str) -> str:
@@ -24,14 +25,16 @@ def _env(name: str, default: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
+    """Every request limit, each configurable as FACESERVE_<NAME>; the decoder's defaults are its own
+    (`DecodeLimits`), and `decode` hands them back to it."""
     max_body_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_side: int = 20_000
+    max_pixels: int = DecodeLimits.max_pixels
+    max_side: int = DecodeLimits.max_side
     max_faces: int = 100
     max_batch_images: int = 16
     max_batch_pixels: int = 100_000_000  # decoded pixels of all the images of one analyze_batch
     max_top_k: int = 100
-    max_frames: int = 100
+    max_frames: int = DecodeLimits.max_frames
     max_concurrency: int = 64
     url_max_bytes: int = 10 * 1024 * 1024
     url_timeout_s: float = 10.0
@@ -145,9 +148,14 @@ def _data_dir() -> Path:
     return Path(_env("DATA_DIR", str(Path(xdg) / "faceserve"))).expanduser()
 
 
-def _store_url(data_dir: Path) -> str:
-    """FACESERVE_STORE, or FACESERVE_GALLERY (issue 12's name for it), else SQLite under the data directory."""
-    store, gallery = _env("STORE", ""), _env("GALLERY", "")
+def configured_store() -> str | None:
+    """FACESERVE_STORE, or FACESERVE_GALLERY (issue 12's name for it); None when neither names a store."""
+    store, gallery = os.environ.get(STORE_ENV, ""), _env("GALLERY", "")
     if store and gallery and store != gallery:
         raise ValueError("FACESERVE_STORE and FACESERVE_GALLERY name different stores; set only FACESERVE_STORE")
-    return store or gallery or f"sqlite:///{data_dir.resolve() / 'faceserve.db'}"
+    return store or gallery or None
+
+
+def _store_url(data_dir: Path) -> str:
+    """The configured store, else SQLite under the data directory."""
+    return configured_store() or f"sqlite:///{data_dir.resolve() / 'faceserve.db'}"

@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root: `tests`, `benchmarks`, `convert`
 
-from faceserve import photos  # noqa: E402
+from faceserve.dev import photos  # noqa: E402
+from faceserve.dev.postgres_local import LocalPostgres  # noqa: E402
 from faceserve.models.repository import model_dirs  # noqa: E402
-from faceserve.postgres_local import LocalPostgres  # noqa: E402
 from tests.support import FIXTURES, ROOT, serve  # noqa: E402
 
 REPOSITORY = ROOT / "model_repository"
@@ -70,7 +70,7 @@ def front_end_service(repository, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def postgres():
-    """A real PostgreSQL server for the session (faceserve/postgres_local.py); tests create databases on it."""
+    """A real PostgreSQL server for the session (faceserve/dev/postgres_local.py); tests create databases on it."""
     with LocalPostgres() as server:
         yield server
 

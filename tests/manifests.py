@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 
-from faceserve.kustomize import render
+from faceserve.dev.kustomize import render
 from tests.support import ROOT
 
 KUBERNETES = ROOT / "bentos" / "kubernetes"

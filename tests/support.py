@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,9 +16,10 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from faceserve import devserver
-from faceserve.devserver import free_port  # noqa: F401  (tests import it from here)
-from faceserve.settings import FIXTURES, PROJECT_ROOT as ROOT  # noqa: F401  (the one place tests take them from)
+from faceserve.dev import devserver
+from faceserve.dev.devserver import free_port  # noqa: F401  (tests import it from here)
+from faceserve.dev.fixtures import FIXTURES  # noqa: F401  (the one place tests take them from)
+from faceserve.settings import PROJECT_ROOT as ROOT  # noqa: F401
 
 BENTOML = Path(sys.executable).with_name("bentoml")
 # The emotion grid fixture (emotion_classification.jpg): the emotion of the face in each quadrant (x, y).
@@ -58,3 +62,35 @@ def serve(env: dict[str, str] | None = None, *, ready_timeout: float = 90.0,
 def serve_log(url: str) -> Path:
     """The log file of the server `serve` started at `url`."""
     return devserver.bentoml_log(LOG_DIR, urlparse(url).port)
+
+
+@dataclasses.dataclass
+class AsgiAnswer:
+    status: int | None  # None: the request went through to the app, which answered nothing
+    body: dict | None  # the answer's JSON
+    reached: list[bytes]  # the body the app read, once per time the request reached it
+
+
+def post_through(wrap, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> AsgiAnswer:
+    """POST `chunks` (one http.request message each) through the middleware `wrap(app)`, the app recording the
+    body it reads and answering nothing; no server."""
+    reached: list[bytes] = []
+    answer: dict = {}
+    messages = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+                for i, chunk in enumerate(chunks)] or [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def app(scope, receive, send):
+        reached.append((await receive())["body"])
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] = answer.get("body", b"") + message.get("body", b"")
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    asyncio.run(wrap(app)(scope, receive, send))
+    return AsgiAnswer(answer.get("status"), json.loads(answer["body"]) if "body" in answer else None, reached)

@@ -15,6 +15,7 @@ import logging
 from starlette.responses import JSONResponse
 
 from faceserve.errors import FaceserveError, PayloadTooLarge
+from faceserve.http import HEALTH_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class ErrorShapeMiddleware:
         async def shaped_send(message):
             nonlocal start, sent_start
             if message["type"] == "http.response.start":
-                if message["status"] >= 400 and not scope["path"].endswith(("/readyz", "/livez", "/healthz")):
+                if message["status"] >= 400 and not scope["path"].endswith(tuple(HEALTH_PATHS)):
                     start = message
                     return
                 sent_start = True

@@ -10,5 +10,5 @@ per call, and `rotate`. Any KServe v2 client (gRPC or HTTP, any language) calls 
   like every other config; `python -m faceserve.triton_models write` writes them into a repository.
 - `client.py`: calling the pipeline model from Python (the CLI's `--server`, tests, benchmarks).
 
-Not here: the local CPU server (`faceserve.triton_local`), the stages themselves (`faceserve.pipeline`).
+Not here: the local CPU server (`faceserve.dev.triton_local`), the stages themselves (`faceserve.pipeline`).
 """

@@ -14,7 +14,7 @@ import subprocess
 import httpx
 import pytest
 
-from faceserve import devserver
+from faceserve.dev import devserver
 from faceserve.http.caller import ADMIN, ANALYZE, ENROL, SCOPES
 from faceserve.http.keys import digest
 from faceserve.http.routes import ANY_KEY, PUBLIC, ROUTES, route_of

@@ -69,7 +69,7 @@ def test_report_is_well_formed(quick_report):
 
 def test_every_scenario_ran_with_throughput_and_no_errors(quick_report):
     report = json.loads((quick_report / "results.json").read_text())
-    triton_expected = importlib.util.find_spec("faceserve.triton_local") is not None
+    triton_expected = importlib.util.find_spec("faceserve.dev.triton_local") is not None
     min_ok = report["meta"]["config"]["min_ok"]
     for name, scenario in report["scenarios"].items():
         if scenario["status"] == "skipped" and "triton" in name and not triton_expected:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support import FIXTURES
-from tests.support import BENTOML, ROOT
+from tests.support import BENTOML, FIXTURES, ROOT
 
 MODELS = ("face_detector", "emotion", "gender", "age")
 FIXTURE_MODELS = ("gender", "age")
+DEV_IMPORT = re.compile(r"^\s*(from|import)\s+faceserve\.dev\b|^\s*from\s+faceserve\s+import\s+dev\b", re.M)
 
 
 def build(kind: str, home: Path) -> Path:
@@ -23,6 +24,21 @@ def build(kind: str, home: Path) -> Path:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (bento,) = [p for p in (home / "bentos").glob("*/*") if p.is_dir() and p.name != "latest"]
     return bento
+
+
+def assert_no_development_code(source: Path) -> None:
+    """The bento holds every module of the package but the development servers and fixtures (faceserve/dev/)
+    and the bot, and none of the modules it holds imports them."""
+    shipped = {p.relative_to(source).as_posix() for p in (source / "faceserve").rglob("*") if p.is_file()}
+    assert not [name for name in shipped if name.startswith("faceserve/dev/")]
+    package = ROOT / "faceserve"
+    expected = {p.relative_to(ROOT).as_posix() for p in package.rglob("*.py")
+                if p.relative_to(package).parts[0] not in ("dev", "bot") and "__pycache__" not in p.parts}
+    modules = {name for name in shipped if name.endswith(".py")}
+    assert modules == expected, (sorted(modules - expected), sorted(expected - modules))
+    importers = [name for name in sorted(modules | {"service.py"})
+                 if DEV_IMPORT.search((source / name).read_text())]
+    assert importers == []
 
 
 def test_root_bentofile_is_the_cpu_deployment():
@@ -44,7 +60,8 @@ def test_bento_builds(kind, repository, tmp_path_factory):
     assert envs["MALLOC_ARENA_MAX"] == "2"
     assert envs["BENTOML_DO_NOT_TRACK"] == "True"  # no usage reports leave the deployment
     source = bento / "src"
-    assert (source / "service.py").is_file() and not (source / "faceserve" / "triton_local").exists()
+    assert (source / "service.py").is_file()
+    assert_no_development_code(source)
     for name in MODELS:  # the service reads its model specs from the repository in either case
         assert (source / "model_repository" / name / "config.pbtxt").is_file()
         built = repository / name / "1" / "model.onnx"

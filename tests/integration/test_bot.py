@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceserve import photos
 from faceserve.bot import replies
+from faceserve.dev import photos
 from tests import botapi_standin
 from tests.hostile_corpus import image_server
 from tests.support import LOG_DIR, QUADRANT_EMOTIONS, ROOT, jpeg, png

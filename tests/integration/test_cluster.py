@@ -1,4 +1,4 @@
-"""The local multi-instance deployment (faceserve.cluster): real nginx in front of two real `bentoml serve`
+"""The local multi-instance deployment (faceserve.dev.cluster): real nginx in front of two real `bentoml serve`
 instances on one real local Triton and one real local PostgreSQL holding the gallery. One cluster for the
 module; the kill test restarts an instance and the store test restarts PostgreSQL, so the tests after them
 see both back.
@@ -25,10 +25,9 @@ import httpx
 import numpy as np
 import pytest
 
-from faceserve import devserver
-from faceserve.cluster import Cluster
+from faceserve.dev import devserver, photos
+from faceserve.dev.cluster import Cluster
 from faceserve.jobs import JobLimits
-from faceserve import photos
 from tests.hostile_corpus import good_jpeg
 from tests.integration.test_identity_http import (IDENTITY, PROBES, enrol, enrol_photos, every_identity, identify,
                                                   named_left_to_right)
@@ -496,9 +495,9 @@ def test_triton_down_makes_instances_unready_but_not_dead(cluster, reference):
 
 
 def test_command_line_cluster_stops_everything_on_sigterm(repository, tmp_path):
-    """`python -m faceserve.cluster --embedded`: ready line, answers through nginx, nothing left after SIGTERM."""
+    """`python -m faceserve.dev.cluster --embedded`: ready line, answers through nginx, nothing left after SIGTERM."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "faceserve.cluster", "--embedded", "--instances", "2",
+    process = subprocess.Popen([sys.executable, "-m", "faceserve.dev.cluster", "--embedded", "--instances", "2",
                                 "--port", str(port), "--log-dir", str(tmp_path)], cwd=ROOT, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:

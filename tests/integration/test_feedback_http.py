@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from faceserve import devserver
+from faceserve.dev import devserver
 from faceserve.store import open_store
 from tests.support import LOG_DIR, jpeg
 

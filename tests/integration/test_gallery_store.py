@@ -1,7 +1,7 @@
 """The gallery on both stores, against real databases: SQLite files and a real PostgreSQL server.
 
 Every test of the suite runs on each store; the PostgreSQL server is started once per session
-(faceserve/postgres_local.py) and each test gets its own database on it.
+(faceserve/dev/postgres_local.py) and each test gets its own database on it.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from faceserve import devserver
+from faceserve.dev import devserver
 from tests.support import FIXTURES, LOG_DIR
 
 IDENTITY = FIXTURES / "identity"

@@ -36,7 +36,7 @@ import httpx
 import psycopg
 import pytest
 
-from faceserve import devserver, photos
+from faceserve.dev import devserver, photos
 from tests.hostile_corpus import image_server
 from tests.unit.jobs import test_intake as intake_tests
 from tests.support import LOG_DIR, ROOT, jpeg

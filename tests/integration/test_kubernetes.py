@@ -20,11 +20,10 @@ from bentoml._internal.container.generate import BENTO_PATH, BENTO_UID_GID
 from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
-from faceserve.cluster import GALLERY_ENV
+from faceserve.dev.kustomize import KustomizeError, render
+from faceserve.dev.triton_local.server import DEFAULT_PORTS, LIVE_PATH, READY_PATH
 from faceserve.http import OPEN_PATHS
-from faceserve.kustomize import KustomizeError, render
-from faceserve.settings import Settings
-from faceserve.triton_local.server import DEFAULT_PORTS, LIVE_PATH, READY_PATH
+from faceserve.settings import STORE_ENV, Settings
 from tests.manifests import (KUBERNETES, OVERLAYS, SERVICE, TRITON, container, env, find, pod_spec, port_number,
                              probes, rendered)
 from tests.support import ROOT
@@ -173,8 +172,8 @@ def test_service_environment_is_what_the_service_reads(overlay):
     secret = volumes[mount["name"]]["secret"]
     assert mount.get("readOnly") is True
     assert keys_file[len(mount["mountPath"]) + 1:] in {item["path"] for item in secret["items"]}
-    gallery = variables[GALLERY_ENV]["valueFrom"]["secretKeyRef"]
-    assert gallery["name"] == secret["secretName"] and "value" not in variables[GALLERY_ENV]
+    store = variables[STORE_ENV]["valueFrom"]["secretKeyRef"]
+    assert store["name"] == secret["secretName"] and "value" not in variables[STORE_ENV]
 
 
 def test_cpu_topology_runs_the_embedded_backend_with_an_autoscaler_and_a_budget():

@@ -19,7 +19,7 @@ import pytest
 from bentoml.validators import ContentType
 from starlette.requests import Request
 
-from faceserve import photos
+from faceserve.dev import photos
 from tests.hostile_requests import MULTIPART, HitCounter, multipart, part, send, shapes
 from tests.support import png, serve
 

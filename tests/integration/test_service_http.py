@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceserve import photos
+from faceserve.dev import photos
 from tests.hostile_corpus import pixel_bomb
 from tests.support import QUADRANT_EMOTIONS, ROOT, jpeg, png, serve
 

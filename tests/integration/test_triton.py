@@ -23,12 +23,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from convert import parity
-from faceserve import photos
 from faceserve.backends.triton import TritonBackend
+from faceserve.dev import photos
+from faceserve.dev.triton_local import LocalTriton, ensure_env
 from faceserve.errors import BackendMismatch, BackendUnavailable
 from faceserve.models.repository import load_spec, model_dirs, model_file
 from faceserve.models.spec import ModelSpec
-from faceserve.triton_local import LocalTriton, ensure_env
 from tests.support import free_port, jpeg, serve
 
 pytestmark = pytest.mark.triton

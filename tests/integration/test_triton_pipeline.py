@@ -20,10 +20,10 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from faceserve import photos
+from faceserve.dev import photos
+from faceserve.dev.triton_local import LocalTriton
 from faceserve.models.repository import Repository, read_config
 from faceserve.pipeline import imaging
-from faceserve.triton_local import LocalTriton
 from faceserve.triton_models import configs
 from faceserve.triton_models.client import PipelineClient
 from tests import hostile_corpus

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceserve import photos
+from faceserve.dev import photos
 from tests.hostile_corpus import image_server
 from tests.support import QUADRANT_EMOTIONS, ROOT, jpeg, png, serve
 

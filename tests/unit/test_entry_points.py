@@ -11,7 +11,9 @@ import pytest
 from tests.support import ROOT
 
 ENTRY_POINTS = {"faceserve": "usage: faceserve", "faceserve.bot": "TELEGRAM_BOT_TOKEN",
-                "faceserve.cluster": "--instances", "convert": "{build,model}", "benchmarks": "--scenarios"}
+                "faceserve.dev.cluster": "--instances", "faceserve.dev.triton_local": "{serve,build}",
+                "faceserve.dev.postgres_local": "--port", "faceserve.dev.kustomize": "directory",
+                "convert": "{build,model}", "benchmarks": "--scenarios"}
 
 
 @pytest.mark.parametrize("module,says", ENTRY_POINTS.items(), ids=list(ENTRY_POINTS))

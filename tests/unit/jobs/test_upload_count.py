@@ -4,15 +4,13 @@ of `/jobs/submit` first and asks the job limits. Run through the guard as an ASG
 
 from __future__ import annotations
 
-import asyncio
-import json
-
 import httpx
 import pytest
 
 from faceserve.http.upload_guard import FRAMEWORK_MAX_FILES, UploadGuardMiddleware
 from faceserve.jobs import JobLimits
 from faceserve.settings import JOBS_SUBMIT_ROUTE
+from tests.support import post_through
 
 
 def multipart(files: int, field: str = "images") -> tuple[bytes, str]:
@@ -24,28 +22,13 @@ def multipart(files: int, field: str = "images") -> tuple[bytes, str]:
 def guarded(path: str, files: int, limits: JobLimits) -> tuple[int, dict | None]:
     """The guard's answer (status, JSON body), or (0, None) when it let the request through to the app."""
     body, content_type = multipart(files)
-    reached, answer = [], {}
-
-    async def app(scope, receive, send):
-        reached.append((await receive())["body"] == body)  # the app is given the very same bytes
-
-    async def receive():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message):
-        if message["type"] == "http.response.start":
-            answer["status"] = message["status"]
-        elif message["type"] == "http.response.body":
-            answer["body"] = answer.get("body", b"") + message.get("body", b"")
-
-    guard = UploadGuardMiddleware(app, file_fields=("images", "archive"),
-                                  file_counts={JOBS_SUBMIT_ROUTE: limits.check_images})
-    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", content_type.encode())]}
-    asyncio.run(guard(scope, receive, send))
-    if reached:
-        assert reached == [True] and not answer
+    answer = post_through(lambda app: UploadGuardMiddleware(app, file_fields=("images", "archive"),
+                                                            file_counts={JOBS_SUBMIT_ROUTE: limits.check_images}),
+                          path, [(b"content-type", content_type.encode())], [body])
+    if answer.reached:
+        assert answer.reached == [body] and answer.status is None  # the app is given the very same bytes
         return 0, None
-    return answer["status"], json.loads(answer["body"])
+    return answer.status, answer.body
 
 
 @pytest.mark.parametrize("files, max_images", [(1001, 1000), (1500, 1000), (11, 10)])

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from faceserve import photos
+from faceserve.dev import photos
 from faceserve.pipeline.policy import DeclinePolicy, ImageDeclined
 from faceserve.pipeline.schemas import Classification, Label
 from faceserve.runtime import Runtime

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import accuracy
-from faceserve import photos
+from faceserve.dev import accuracy, photos
 from faceserve.pipeline import imaging
 from tests.support import QUADRANT_EMOTIONS, jpeg, quadrant_emotions
 

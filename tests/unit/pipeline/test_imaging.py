@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, TiffImagePlugin
 
-from faceserve import photos
+from faceserve.dev import photos
 from faceserve.errors import InvalidImage, LimitExceeded
 from faceserve.pipeline import imaging
 from tests import hostile_corpus as corpus

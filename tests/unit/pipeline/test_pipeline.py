@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceserve import photos
+from faceserve.dev import photos
 from faceserve.pipeline import imaging
 from tests.support import QUADRANT_EMOTIONS, ROOT, jpeg, quadrant_emotions
 from tests.unit.pipeline.conftest import Runner

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from faceserve import photos
-from faceserve.settings import FIXTURES
+from faceserve.dev import photos
+from faceserve.dev.fixtures import FIXTURES
 
 DETECTION_SET = FIXTURES / "detection"
 LABEL_FILES = ("training.xml", "testing.xml")

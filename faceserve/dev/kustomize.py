@@ -1,4 +1,4 @@
-"""Render a kustomization of bentos/kubernetes/ without kubectl: `python -m faceserve.kustomize DIR`.
+"""Render a kustomization of bentos/kubernetes/ without kubectl: `python -m faceserve.dev.kustomize DIR`.
 
 The manifests are a plain kustomize layout (`kubectl apply -k bentos/kubernetes/overlays/gpu` works); this
 renders the same objects where no kustomize binary exists, as in the tests. It knows the few features the
@@ -118,7 +118,7 @@ def dump(objects: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m faceserve.kustomize", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m faceserve.dev.kustomize", description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a kustomization directory, e.g. bentos/kubernetes/overlays/cpu")
     args = parser.parse_args(argv)
     sys.stdout.write(dump(render(args.directory)))

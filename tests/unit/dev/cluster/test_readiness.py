@@ -1,11 +1,11 @@
-"""faceserve.cluster.readiness: which instances nginx is told to leave out, from their /readyz answers."""
+"""faceserve.dev.cluster.readiness: which instances nginx is told to leave out, from their /readyz answers."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from faceserve.cluster.readiness import ReadinessWatch
+from faceserve.dev.cluster.readiness import ReadinessWatch
 
 A, B = "127.0.0.1:1001", "127.0.0.1:1002"
 

@@ -11,22 +11,19 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from faceserve import devserver
-from faceserve.cluster.nginx import Nginx, NginxConfig
-from faceserve.cluster.readiness import ReadinessWatch
+from faceserve.dev import devserver
+from faceserve.dev.cluster.nginx import Nginx, NginxConfig
+from faceserve.dev.cluster.readiness import ReadinessWatch
+from faceserve.dev.lifecycle import StartedInWith
+from faceserve.dev.postgres_local import LocalPostgres
 from faceserve.http.caller import SCOPES
 from faceserve.http.exposure import PRIVATE_DEPLOYMENT_ENV
 from faceserve.http.keys import new_key
-from faceserve.lifecycle import StartedInWith
-from faceserve.postgres_local import LocalPostgres
-from faceserve.settings import Settings
+from faceserve.settings import STORE_ENV, Settings
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["triton", "embedded"]
-# Where every instance finds the shared store (PostgreSQL in a multi-instance deployment); the
-# Kubernetes manifests take the same variable from a Secret.
-GALLERY_ENV = "FACESERVE_GALLERY"
 KEY_ENVS = ("FACESERVE_API_KEYS", "FACESERVE_API_KEYS_FILE")
 ADMIN_KEY_ID = "cluster-admin"
 
@@ -77,8 +74,8 @@ class Cluster(StartedInWith):
     or each with the embedded onnxruntime backend (`backend="embedded"`), and all sharing one store.
 
     The store is a local PostgreSQL started before the instances and removed with the cluster
-    (`cluster.postgres`), unless `gallery` names one already running; either way every instance gets its
-    URL as FACESERVE_GALLERY. `env` holds any other FACESERVE_* setting for every instance, and nginx takes
+    (`cluster.postgres`), unless `store` names one already running; either way every instance gets its
+    URL as FACESERVE_STORE. `env` holds any other FACESERVE_* setting for every instance, and nginx takes
     the instances' body limit from it.
 
     nginx makes every client 127.0.0.1 to the instances, so their keyless defaults (admin routes for loopback
@@ -88,10 +85,10 @@ class Cluster(StartedInWith):
     """
 
     def __init__(self, instances: int = 2, *, backend: Backend = "triton", workers: int = 1, port: int | None = None,
-                 gallery: str | None = None, env: dict[str, str] | None = None, log_dir: Path | None = None):
+                 store: str | None = None, env: dict[str, str] | None = None, log_dir: Path | None = None):
         if instances < 1:
             raise ValueError("a cluster needs at least one instance")
-        self.backend, self.workers, self.gallery = backend, workers, gallery
+        self.backend, self.workers, self.store = backend, workers, store
         self.port = port or devserver.free_port()
         self.extra_env = dict(env or {})
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="faceserve-cluster-"))
@@ -111,13 +108,13 @@ class Cluster(StartedInWith):
 
     @property
     def store_url(self) -> str | None:
-        """The store every instance shares: `gallery`, else the local PostgreSQL's once started."""
-        return self.gallery or (self.postgres.url if self.postgres else None)
+        """The store every instance shares: `store`, else the local PostgreSQL's once started."""
+        return self.store or (self.postgres.url if self.postgres else None)
 
     def instance_env(self) -> dict[str, str]:
         env = {"FACESERVE_WORKERS": str(self.workers), **self.extra_env}
         if self.store_url:
-            env[GALLERY_ENV] = self.store_url
+            env[STORE_ENV] = self.store_url
         if self.triton is not None:
             env["FACESERVE_BACKEND"] = f"grpc://{self.triton.grpc_url}"
         else:
@@ -149,11 +146,11 @@ class Cluster(StartedInWith):
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._make_admin_key()
-        if not self.gallery:
+        if not self.store:
             self.postgres = self._stack.enter_context(LocalPostgres())
         settings = self.instance_settings()
         if self.backend == "triton":
-            from faceserve.triton_local import LocalTriton
+            from faceserve.dev.triton_local import LocalTriton
             ports = {f"{kind}_port": devserver.free_port() for kind in ("http", "grpc", "metrics")}
             self.triton = self._stack.enter_context(LocalTriton(settings.repository, **ports))
         for instance in self.instances:

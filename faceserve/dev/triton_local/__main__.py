@@ -1,4 +1,4 @@
-"""`python -m faceserve.triton_local serve|build`: the local Triton server from the command line."""
+"""`python -m faceserve.dev.triton_local serve|build`: the local Triton server from the command line."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import sys
 import threading
 from pathlib import Path
 
-from faceserve.triton_local import LocalTriton, build_cpu_repository, ensure_env
-from faceserve.triton_local.server import DEFAULT_PORTS
+from faceserve.dev.triton_local import LocalTriton, build_cpu_repository, ensure_env
+from faceserve.dev.triton_local.server import DEFAULT_PORTS
 from faceserve.settings import PROJECT_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m faceserve.triton_local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m faceserve.dev.triton_local", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run tritonserver on 127.0.0.1 in the foreground until Ctrl-C")
     build = commands.add_parser("build", help="only write the generated CPU repository (to inspect it)")

@@ -1,6 +1,4 @@
 """Local servers for the tests and the benchmarks: `bentoml serve` on 127.0.0.1, with its cold-start time.
-
-Not part of a deployment (the bentos leave it out, as they leave out `faceserve.triton_local`).
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from typing import Iterator
 
 import httpx
 
-from faceserve.lifecycle import signal_then_wait
+from faceserve.dev.lifecycle import signal_then_wait
 from faceserve.settings import PROJECT_ROOT as ROOT
 
 BIN = Path(sys.executable).parent

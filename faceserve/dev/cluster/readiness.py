@@ -10,7 +10,7 @@ from typing import Callable
 
 import httpx
 
-from faceserve.lifecycle import StartedInWith
+from faceserve.dev.lifecycle import StartedInWith
 
 log = logging.getLogger(__name__)
 

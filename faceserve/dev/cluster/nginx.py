@@ -17,10 +17,10 @@ from pathlib import Path
 
 import jinja2
 
-from faceserve.devserver import process_tree
+from faceserve.dev.devserver import process_tree
+from faceserve.dev.lifecycle import StartedInWith, signal_then_wait
 from faceserve.errors import PayloadTooLarge, Unavailable
 from faceserve.http.responses import RETRY_AFTER_S
-from faceserve.lifecycle import StartedInWith, signal_then_wait
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.j2")
 # Debian's nginx runs its workers as www-data; elsewhere the account every system has.
@@ -69,7 +69,7 @@ class NginxConfig:
     fail_timeout_s: int = 3
     connect_timeout_s: int = 2
     read_timeout_s: int = 60  # above the service's own request timeout (service.py: traffic timeout 30 s)
-    down: frozenset[str] = frozenset()  # upstreams nginx sends nothing (not ready: faceserve.cluster.readiness)
+    down: frozenset[str] = frozenset()  # upstreams nginx sends nothing (not ready: faceserve.dev.cluster.readiness)
 
     def render(self, workdir: Path) -> str:
         environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,

@@ -2,21 +2,20 @@
 instances that share one local Triton (or each run the embedded onnxruntime backend) and one local
 PostgreSQL holding the gallery.
 
-    from faceserve.cluster import Cluster
+    from faceserve.dev.cluster import Cluster
     with Cluster(instances=2) as cluster:          # backend="embedded" for no Triton
         cluster.url                                # nginx; cluster.nginx.access_log names the instance per request
-        cluster.postgres.restart()                 # the shared store (faceserve.postgres_local), same port and data
+        cluster.postgres.restart()                 # the shared store (faceserve.dev.postgres_local), same port and data
         cluster.instances[0].kill(); cluster.instances[0].start()
 
-    python -m faceserve.cluster --instances 2      # make cluster
+    python -m faceserve.dev.cluster --instances 2      # make cluster
 
 What belongs here: starting and stopping the local deployment and nginx's configuration. Not here: the
 production form of the same topology (bentos/kubernetes/, docs/deploy.md) and the single servers it is
-made of (faceserve.devserver, faceserve.triton_local, faceserve.postgres_local). A development tool: the
-bentos leave it out.
+made of (faceserve.dev.devserver, faceserve.dev.triton_local, faceserve.dev.postgres_local).
 """
 
-from faceserve.cluster.cluster import GALLERY_ENV, Cluster, Instance
-from faceserve.cluster.nginx import Nginx, NginxConfig, NginxError
+from faceserve.dev.cluster.cluster import Cluster, Instance
+from faceserve.dev.cluster.nginx import Nginx, NginxConfig, NginxError
 
-__all__ = ["Cluster", "Instance", "GALLERY_ENV", "Nginx", "NginxConfig", "NginxError"]
+__all__ = ["Cluster", "Instance", "Nginx", "NginxConfig", "NginxError"]

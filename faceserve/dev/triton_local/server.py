@@ -14,9 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from faceserve.lifecycle import StartedInWith, signal_then_wait
-from faceserve.triton_local.env import TritonEnv, ensure_env
-from faceserve.triton_local.repository import build_cpu_repository
+from faceserve.dev.lifecycle import StartedInWith, signal_then_wait
+from faceserve.dev.triton_local.env import TritonEnv, ensure_env
+from faceserve.dev.triton_local.repository import build_cpu_repository
 
 log = logging.getLogger(__name__)
 

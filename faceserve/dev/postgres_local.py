@@ -1,18 +1,17 @@
 """A real local PostgreSQL server (Debian's `postgresql` package) for the tests and the local cluster.
 
-    from faceserve.postgres_local import LocalPostgres
+    from faceserve.dev.postgres_local import LocalPostgres
     with LocalPostgres() as server:
         store = open_store(server.url)   # postgresql://faceserve@127.0.0.1:<free port>/faceserve
         server.restart()                  # same port, same data: the store recovers on its next call
 
-    python -m faceserve.postgres_local          # serve in the foreground until Ctrl-C, printing the URL
+    python -m faceserve.dev.postgres_local          # serve in the foreground until Ctrl-C, printing the URL
 
 `initdb` and `postgres` from the newest /usr/lib/postgresql/*/bin, data in a private temporary folder,
 listening on 127.0.0.1 only with trust authentication (never expose it). PostgreSQL refuses to run as
 root, so as root the server runs as the `postgres` user the package creates (else `nobody`). The
 postmaster is our own child (not daemonised by pg_ctl), so that we reap it: in a container whose init
-reaps nothing, a killed postmaster left as a zombie would keep its data directory locked. Not part of
-a deployment: the bentos leave it out, as they leave out `faceserve.triton_local`.
+reaps nothing, a killed postmaster left as a zombie would keep its data directory locked.
 """
 
 from __future__ import annotations
@@ -32,8 +31,8 @@ import threading
 import time
 from pathlib import Path
 
-from faceserve.devserver import alive, free_port, process_tree
-from faceserve.lifecycle import StartedInWith, signal_then_wait
+from faceserve.dev.devserver import alive, free_port, process_tree
+from faceserve.dev.lifecycle import StartedInWith, signal_then_wait
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +219,7 @@ class LocalPostgres(StartedInWith):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m faceserve.postgres_local",
+    parser = argparse.ArgumentParser(prog="python -m faceserve.dev.postgres_local",
                                      description="a throw-away PostgreSQL on 127.0.0.1, removed on exit")
     parser.add_argument("--port", type=int, default=None, help="default: a free port")
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from faceserve.settings import FIXTURES
+from faceserve.dev.fixtures import FIXTURES
 
 FIXTURE_IMAGES = FIXTURES / "images"
 
