@@ -1,6 +1,6 @@
 """Asynchronous jobs: many images submitted at once, analysed in the background, their results kept.
 
-What belongs here: the jobs' tables (`schema.py`), the queue over the shared store (`queue.py`: submit within
+What belongs here: the jobs' tables (`migrations.py`), the queue over the shared store (`queue.py`: submit within
 the limits, claim work under a lease so that any number of service processes share it, complete, cancel, status,
 results), a submission's images as named items (`intake.py`: uploads, zip members, URLs) and the background
 worker each service process runs (`worker.py`), and the jobs endpoints from a client's side (`client.py`, for the
@@ -11,6 +11,6 @@ claimed again once its lease runs out, and after MAX_ATTEMPTS such deaths it is 
 """
 
 from faceserve.jobs import intake
-from faceserve.jobs.queue import JobLimits, JobQueue, JobStatus, NewItem, WorkItem
+from faceserve.jobs.queue import Job, JobLimits, JobQueue, NewItem, WorkItem
 
-__all__ = ["intake", "JobLimits", "JobQueue", "JobStatus", "NewItem", "WorkItem"]
+__all__ = ["intake", "Job", "JobLimits", "JobQueue", "NewItem", "WorkItem"]
