@@ -31,13 +31,7 @@ class ImageService:
     @classmethod
     def from_settings(cls, settings: Settings,
                       ready: Callable[[], Awaitable[None]] = _nothing_to_start) -> "ImageService":
-        fetch = None
-        if settings.url_fetch:
-            from faceserve.http.urlfetch import UrlFetcher
-            limits = settings.limits
-            fetch = UrlFetcher(allowlist=settings.url_allowlist, max_bytes=limits.url_max_bytes,
-                               timeout_s=limits.url_timeout_s, max_redirects=limits.url_max_redirects)
-        return cls(settings.limits, fetch, ready)
+        return cls(settings.limits, _FetcherOnFirstUse(settings) if settings.url_fetch else None, ready)
 
     async def read(self, upload: Path | None = None, b64: str | None = None, url: str | None = None) -> bytes:
         """The bytes of exactly one image given one of the three ways."""
@@ -95,6 +89,28 @@ class ImageService:
         imaging.check_rotation(degrees)
         pixels = await self.decode(data)
         return await asyncio.to_thread(lambda: imaging.encode(imaging.rotate(pixels, degrees), fmt))
+
+
+class _FetcherOnFirstUse:
+    """The URL fetcher, imported and built when a URL is first checked or fetched: the Triton models, which are
+    given bytes, run where its HTTP client is not installed."""
+
+    def __init__(self, settings: Settings):
+        self._settings, self._fetcher = settings, None
+
+    def _get(self):
+        if self._fetcher is None:
+            from faceserve.http.urlfetch import UrlFetcher
+            settings, limits = self._settings, self._settings.limits
+            self._fetcher = UrlFetcher(allowlist=settings.url_allowlist, max_bytes=limits.url_max_bytes,
+                                       timeout_s=limits.url_timeout_s, max_redirects=limits.url_max_redirects)
+        return self._fetcher
+
+    def check(self, url: str) -> None:
+        self._get().check(url)
+
+    async def __call__(self, url: str) -> bytes:
+        return await self._get()(url)
 
 
 def digest(data: bytes) -> str:
