@@ -37,10 +37,13 @@ from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimit
 from faceserve.http.responses import ErrorShapeMiddleware, json_errors
 from faceserve.http.upload_guard import UploadGuardMiddleware
 from faceserve.models import detectors
-from faceserve.pipeline.schemas import (Analysis, AuditPage, BatchAnalysis, Box, Classification, Deleted, FacesAdded,
-                                        FeedbackRecord, FeedbackSummary, GalleryImport, Identification,
-                                        IdentityDetail, Job, IdentityPage, ModelsInfo, Verification)
-from faceserve.runtime import Runtime
+from faceserve.feedback import FeedbackRecord, FeedbackSummary
+from faceserve.gallery import AuditPage, Deleted, FacesAdded, GalleryImport, IdentityDetail, IdentityPage
+from faceserve.jobs import Job
+from faceserve.pipeline.identity import Identification, Verification
+from faceserve.pipeline.schemas import Analysis, BatchAnalysis, Box, Classification
+from faceserve.services import Services
+from faceserve.services.models import ModelsInfo
 from faceserve.settings import JOBS_SUBMIT_ROUTE, Settings
 from faceserve.web import app as web_page
 
@@ -68,18 +71,18 @@ refuse_keyless_exposure(_bound_host, bool(_settings.api_keys), _settings.private
 )
 class FaceAnalysis:
     def __init__(self) -> None:
-        self.runtime = Runtime(_settings)
+        self.services = Services.build(_settings)
 
     async def __is_ready__(self) -> bool:
-        return await self.runtime.ready()
+        return await self.services.resources.ready()
 
     @bentoml.on_startup
     async def start_job_worker(self) -> None:
-        self.runtime.job_worker.start()
+        self.services.jobs.worker.start()
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        await self.runtime.close()
+        await self.services.close()
 
     @bentoml.api
     @json_errors
@@ -89,15 +92,15 @@ class FaceAnalysis:
         """Faces with box, score, emotion, gender and age; with `identify`, each face's best match in the
         gallery (`identity`, null for nobody known). The answer is remembered under its `request_id` for
         `/feedback` by the same caller (the image's sha256, never the image unless `keep_image`)."""
-        return await self.runtime.analyze(caller_of(ctx.request.scope), image, image_base64, image_url, detector,
-                                          identify, keep_image)
+        return await self.services.analysis.analyze(caller_of(ctx.request.scope), image, image_base64, image_url,
+                                                    detector, identify, keep_image)
 
     @bentoml.api
     @json_errors
     async def analyze_batch(self, ctx: bentoml.Context, images: list[ImageFile] = None,
                             images_base64: list[str] | None = None, detector: DetectorName | None = None) -> BatchAnalysis:
         """`analyze` for several images in one request (all their faces share model calls)."""
-        return await self.runtime.analyze_batch(caller_of(ctx.request.scope), images, images_base64, detector)
+        return await self.services.analysis.analyze_batch(caller_of(ctx.request.scope), images, images_base64, detector)
 
     @bentoml.api
     @json_errors
@@ -106,7 +109,7 @@ class FaceAnalysis:
                        format: ImageFormat = "png", landmarks: bool = False) -> ImageOut:
         """The image with each face boxed and captioned (emotion, gender, age), and its five landmarks
         dotted when `landmarks` is true."""
-        drawn = await self.runtime.annotate(image, image_base64, image_url, detector, format, landmarks)
+        drawn = await self.services.analysis.annotate(image, image_base64, image_url, detector, format, landmarks)
         return Response(drawn, media_type=f"image/{format}")
 
     @bentoml.api
@@ -114,14 +117,15 @@ class FaceAnalysis:
     async def classify(self, ctx: bentoml.Context, image: ImageFile = None, image_base64: str | None = None,
                        image_url: str | None = None, model: str | None = None, top_k: int = 5) -> Classification:
         """Top-k labels from a whole-image classifier of the repository."""
-        return await self.runtime.classify(caller_of(ctx.request.scope), image, image_base64, image_url, model, top_k)
+        return await self.services.analysis.classify(caller_of(ctx.request.scope), image, image_base64, image_url,
+                                                     model, top_k)
 
     @bentoml.api
     @json_errors
     async def rotate(self, image: ImageFile = None, image_base64: str | None = None,
                      image_url: str | None = None, degrees: int = 90, format: ImageFormat = "png") -> ImageOut:
         """The image rotated counter-clockwise by a multiple of 90 degrees."""
-        rotated = await self.runtime.rotate(image, image_base64, image_url, degrees, format)
+        rotated = await self.services.images.rotate(image, image_base64, image_url, degrees, format)
         return Response(rotated, media_type=f"image/{format}")
 
     # ---- identity ----
@@ -131,7 +135,7 @@ class FaceAnalysis:
     async def create_identity(self, ctx: bentoml.Context, name: str, metadata: dict | None = None) -> IdentityDetail:
         """A new identity (a name of up to 200 characters and a JSON object of metadata, at most 4096 bytes and 4
         levels deep); add its faces with `/identities/add_faces`."""
-        return await self.runtime.create_identity(caller_of(ctx.request.scope), name, metadata)
+        return await self.services.identity.create_identity(caller_of(ctx.request.scope), name, metadata)
 
     @bentoml.api(route="/identities/add_faces")
     @json_errors
@@ -140,59 +144,59 @@ class FaceAnalysis:
                         thumbnails: bool = False) -> FacesAdded:
         """Enrol one face from each image: its only face, or the face at its box (`boxes`: one box or null per
         image, in order). A small thumbnail of each face is stored only with `thumbnails`; the photo never is."""
-        return await self.runtime.add_faces(caller_of(ctx.request.scope), identity_id, images, images_base64, boxes,
-                                            thumbnails)
+        return await self.services.identity.add_faces(caller_of(ctx.request.scope), identity_id, images,
+                                                      images_base64, boxes, thumbnails)
 
     @bentoml.api(route="/identities")
     @json_errors
     async def list_identities(self, limit: int = 100, after: str | None = None) -> IdentityPage:
         """Identities in creation order, `limit` per page; `after` is the previous page's `next_after`. Each with its
         metadata's keys only (`/identities/get` has the values)."""
-        return await self.runtime.list_identities(limit, after)
+        return await self.services.identity.list_identities(limit, after)
 
     @bentoml.api(route="/identities/get")
     @json_errors
     async def get_identity(self, identity_id: str) -> IdentityDetail:
         """One identity and its enrolled faces (boxes and image hashes, never vectors)."""
-        return await self.runtime.get_identity(identity_id)
+        return await self.services.identity.get_identity(identity_id)
 
     @bentoml.api(route="/identities/face_thumbnail")
     @json_errors
     async def face_thumbnail(self, face_id: str) -> ImageOut:
         """The JPEG thumbnail stored with a face enrolled with `thumbnails`."""
-        return Response(await self.runtime.face_thumbnail(face_id), media_type="image/jpeg")
+        return Response(await self.services.identity.face_thumbnail(face_id), media_type="image/jpeg")
 
     @bentoml.api(route="/identities/delete_face")
     @json_errors
     async def delete_face(self, ctx: bentoml.Context, face_id: str) -> Deleted:
         """Delete one enrolled face (its vector leaves the store and every worker's index)."""
-        return await self.runtime.delete_face(caller_of(ctx.request.scope), face_id)
+        return await self.services.identity.delete_face(caller_of(ctx.request.scope), face_id)
 
     @bentoml.api(route="/identities/delete")
     @json_errors
     async def delete_identity(self, ctx: bentoml.Context, identity_id: str) -> Deleted:
         """Delete an identity and every face enrolled for it."""
-        return await self.runtime.delete_identity(caller_of(ctx.request.scope), identity_id)
+        return await self.services.identity.delete_identity(caller_of(ctx.request.scope), identity_id)
 
     @bentoml.api
     @json_errors
     async def verify(self, images: list[ImageFile] = None, images_base64: list[str] | None = None) -> Verification:
         """Whether two images (two uploads, two base64 strings, or one of each) show the same person: the
         largest face of each is compared."""
-        return await self.runtime.verify(images, images_base64)
+        return await self.services.identity.verify(images, images_base64)
 
     @bentoml.api
     @json_errors
     async def identify(self, image: ImageFile = None, image_base64: str | None = None, image_url: str | None = None,
                        detector: DetectorName | None = None, top_k: int = 5) -> Identification:
         """Every face with its box and the top-k enrolled identities at or above the threshold (none: unknown)."""
-        return await self.runtime.identify(image, image_base64, image_url, detector, top_k)
+        return await self.services.identity.identify(image, image_base64, image_url, detector, top_k)
 
     @bentoml.api(route="/gallery/export")
     @json_errors
     async def export_gallery(self) -> GalleryFile:
         """The whole gallery as one JSON Lines file (embeddings with their model and version)."""
-        return Response(await self.runtime.export_gallery(), media_type="application/x-ndjson",
+        return Response(await self.services.identity.export_gallery(), media_type="application/x-ndjson",
                         headers={"Content-Disposition": 'attachment; filename="faceserve-gallery.jsonl"'})
 
     @bentoml.api(route="/gallery/import")
@@ -201,14 +205,14 @@ class FaceAnalysis:
         """Add an exported gallery file, all of it in one transaction or nothing: an identity already here is
         skipped if identical, else refused (409 `identity_exists`: an import never merges); a file of another
         embedding model or version is refused (409 `model_mismatch`); a bad line is a 400 naming it."""
-        return await self.runtime.import_gallery(caller_of(ctx.request.scope), file)
+        return await self.services.identity.import_gallery(caller_of(ctx.request.scope), file)
 
     @bentoml.api(route="/gallery/audit")
     @json_errors
     async def gallery_audit(self, limit: int = 100, after: str | None = None) -> AuditPage:
         """Every change of the gallery (create, add faces, delete, import), oldest first, `limit` per page: when,
         the caller's key id and address, the identities and faces it touched."""
-        return await self.runtime.gallery_audit(limit, after)
+        return await self.services.identity.audit(limit, after)
 
     # ---- feedback ----
 
@@ -220,22 +224,22 @@ class FaceAnalysis:
         """A correction of an answer: of `field` (emotion, gender, age, identity; `label` for `/classify`) of face
         `face_index` of the answer `request_id`; stored with the model's name and version and the image's sha256.
         Only the caller that got the answer may correct it: to anyone else its id is a 404 `unknown_request`."""
-        return await self.runtime.correct(caller_of(ctx.request.scope), request_id, face_index, field, correct,
-                                          model_said, comment)
+        return await self.services.feedback.correct(caller_of(ctx.request.scope), request_id, face_index, field,
+                                                    correct, model_said, comment)
 
     @bentoml.api(route="/feedback/export")
     @json_errors
     async def export_feedback(self) -> CsvFile:
         """Every correction as CSV, oldest first; every cell quoted, and a cell a spreadsheet would take for a
         formula (starting with `=`, `+`, `-`, `@`, a tab or a line break) prefixed with `'`."""
-        return Response(await self.runtime.export_feedback(), media_type="text/csv",
+        return Response(await self.services.feedback.export_csv(), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="faceserve-feedback.csv"'})
 
     @bentoml.api(route="/feedback/summary")
     @json_errors
     async def feedback_summary(self) -> FeedbackSummary:
         """Per field: how many corrections, and the most frequent confusions."""
-        return await self.runtime.feedback_summary()
+        return await self.services.feedback.summary()
 
     # ---- asynchronous jobs ----
 
@@ -248,8 +252,8 @@ class FaceAnalysis:
         or URLs (`image_urls`, fetched by the server's URL rules). Answers the job at once; follow it with
         `/jobs/status`, read it with `/jobs/results`. Beyond the limits (images or bytes per job, unfinished jobs
         per caller) a 422 naming the limit."""
-        return await self.runtime.submit_job(caller_of(ctx.request.scope), images, archive, image_urls, detector,
-                                             identify)
+        return await self.services.jobs.submit(caller_of(ctx.request.scope), images, archive, image_urls, detector,
+                                               identify)
 
     @bentoml.api(route="/jobs/status")
     @json_errors
@@ -257,26 +261,26 @@ class FaceAnalysis:
         """A job's state and progress (images done, failed, cancelled, of the total). Only the caller that submitted
         a job (its API key, or its client address without keys) and an `admin` see it; to anyone else it is a 404
         `unknown_job`."""
-        return await self.runtime.job_status(caller_of(ctx.request.scope), job_id)
+        return await self.services.jobs.status(caller_of(ctx.request.scope), job_id)
 
     @bentoml.api(route="/jobs/results")
     @json_errors
     async def job_results(self, ctx: bentoml.Context, job_id: str) -> ResultsFile:
         """JSON Lines, one line per finished image in submission order: `index`, `name`, `state` and its
         `analysis` (as `/analyze` answers) or its `error` (`error`, `message`)."""
-        return Response(await self.runtime.job_results(caller_of(ctx.request.scope), job_id),
+        return Response(await self.services.jobs.results(caller_of(ctx.request.scope), job_id),
                         media_type="application/x-ndjson")
 
     @bentoml.api(route="/jobs/cancel")
     @json_errors
     async def cancel_job(self, ctx: bentoml.Context, job_id: str) -> Job:
         """Stop a job: its images not yet analysed are cancelled; results already written stay."""
-        return await self.runtime.cancel_job(caller_of(ctx.request.scope), job_id)
+        return await self.services.jobs.cancel(caller_of(ctx.request.scope), job_id)
 
     @bentoml.api
     async def models(self) -> ModelsInfo:
         """What is loaded: input specs, labels, source artifacts, and what is missing."""
-        return self.runtime.models()
+        return self.services.models.info()
 
 
 # The web page at `/` (BentoML's Swagger page moves to `/docs`).

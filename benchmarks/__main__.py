@@ -56,14 +56,14 @@ def machine() -> str:
 
 
 def count_faces_with_blazeface():
-    from faceserve.runtime import Runtime
-    runtime = Runtime()
+    from faceserve.services import Services
+    services = Services.build()
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(runtime.start())
+    loop.run_until_complete(services.resources.start())
 
     def count(image) -> int:
-        return len(loop.run_until_complete(runtime.pipeline.detect(image, "blazeface")))
-    return count, lambda: (loop.run_until_complete(runtime.close()), loop.close())
+        return len(loop.run_until_complete(services.resources.pipeline.detect(image, "blazeface")))
+    return count, lambda: (loop.run_until_complete(services.close()), loop.close())
 
 
 def main(argv: list[str] | None = None) -> int:

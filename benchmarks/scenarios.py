@@ -132,18 +132,18 @@ def mean_batch(before: dict[str, list[float]], after: dict[str, list[float]], mo
 
 def inprocess(ctx: Context) -> list[dict]:
     """The pipeline awaited directly in this process (decode included), no HTTP: this machine's limit."""
-    from faceserve.runtime import Runtime
+    from faceserve.services import Services
 
-    runtime = Runtime()
+    services = Services.build()
     cfg, images, rows = ctx.config, ctx.images, []
 
     async def sweep():
-        await runtime.start()
-        backend = runtime.pipeline.backend
+        await services.resources.start()
+        backend = services.resources.pipeline.backend
 
         async def call(i: int):
-            pixels = await runtime.image(upload=images[i % len(images)])
-            await runtime.pipeline.analyze(pixels, "blazeface")
+            pixels = await services.images.image(upload=images[i % len(images)])
+            await services.resources.pipeline.analyze(pixels, "blazeface")
         for c in cfg.concurrencies:
             before = {k: [v["rows"], v["executions"]] for k, v in backend.statistics().items()}
             with TreeMonitor([psutil.Process().pid]) as mon:
@@ -153,7 +153,7 @@ def inprocess(ctx: Context) -> list[dict]:
             rows.append(ctx.row("inprocess", c, result, mean_batch=batch, batch_by_model=per_model,
                                 peak_rss_mb=mon.peak_rss_mb))
             ctx.advance(f"inprocess c={c}")
-        await runtime.close()
+        await services.close()
     asyncio.run(sweep())
     return rows
 
@@ -337,28 +337,28 @@ def detectors(ctx: Context) -> list[dict]:
     of every workload (ms per image), one image at a time, in this process."""
     from faceserve.dev import accuracy
     from faceserve.pipeline import imaging
-    from faceserve.runtime import Runtime
+    from faceserve.services import Services
 
-    runtime = Runtime()
+    services = Services.build()
     files = sorted({f for w in ctx.workloads.values() for f in w.files})
     images = [imaging.decode(f.read_bytes()) for f in files]
     labelled, faceless = accuracy.labelled_photos(), accuracy.faceless_photos()
     rows, reps = [], 3 if ctx.config.duration_s >= 5 else 1
 
     async def measure():
-        await runtime.start()
-        for name in runtime.pipeline.detectors:
-            faces = {f.name: len(await runtime.pipeline.detect(im, name)) for f, im in zip(files, images)}
+        await services.resources.start()
+        for name in services.resources.pipeline.detectors:
+            faces = {f.name: len(await services.resources.pipeline.detect(im, name)) for f, im in zip(files, images)}
             matching = accuracy.Matching(0, 0, 0)
             for photo in labelled:
-                found = await runtime.pipeline.detect(photo.image, name)
+                found = await services.resources.pipeline.detect(photo.image, name)
                 matching += accuracy.match([d.box for d in found], photo.faces)
-            stray_faceless = {k: len(await runtime.pipeline.detect(im, name)) for k, im in faceless.items()}
+            stray_faceless = {k: len(await services.resources.pipeline.detect(im, name)) for k, im in faceless.items()}
             per_image = {}
             for f, im in zip(files, images):
                 t = time.perf_counter()
                 for _ in range(reps):
-                    await runtime.pipeline.detect(im, name)
+                    await services.resources.pipeline.detect(im, name)
                 per_image[f.name] = round((time.perf_counter() - t) / reps * 1e3, 2)
             loop = asyncio.get_running_loop()
             latencies, stop_at, i = [], loop.time() + ctx.config.duration_s, 0
@@ -368,7 +368,7 @@ def detectors(ctx: Context) -> list[dict]:
                 started = loop.time()
                 while loop.time() < stop_at:
                     t = loop.time()
-                    await runtime.pipeline.detect(images[i % len(images)], name)
+                    await services.resources.pipeline.detect(images[i % len(images)], name)
                     latencies.append((loop.time() - t) * 1e3)
                     i += 1
                 result = loadgen._result(len(latencies), 0, loop.time() - started, latencies)
@@ -384,7 +384,7 @@ def detectors(ctx: Context) -> list[dict]:
                                       "recall": round(matching.recall, 3), "precision": round(matching.precision, 3)},
                          "faces_in_faceless_photos": stray_faceless})
             ctx.advance(f"detectors {name}")
-        await runtime.close()
+        await services.close()
     asyncio.run(measure())
     return rows
 

@@ -77,20 +77,20 @@ def draw(same: np.ndarray, different: np.ndarray, threshold: float, path: Path) 
 def measure(out: Path) -> dict:
     """Draw `out/similarity.png` at the embedding model's shipped threshold; the figures for the report
     (empty without the fixtures)."""
-    from faceserve.runtime import Runtime
+    from faceserve.services import Services
 
     faces = labelled_faces()
     if not faces:
         return {}
 
     async def run():
-        runtime = Runtime()
-        await runtime.start()
+        services = Services.build()
+        await services.resources.start()
         try:
-            return (runtime.pipeline.require_embedding().spec.score_threshold,
-                    *await similarities(runtime.pipeline, faces))
+            return (services.resources.pipeline.require_embedding().spec.score_threshold,
+                    *await similarities(services.resources.pipeline, faces))
         finally:
-            await runtime.close()
+            await services.close()
     threshold, same, different = asyncio.run(run())
     draw(same, different, threshold, out / "similarity.png")
     far, frr = error_rates(same, different, threshold)

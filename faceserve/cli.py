@@ -23,7 +23,7 @@ from faceserve.models.detectors import DEFAULT_DETECTOR, REGISTRY
 from faceserve.pipeline import imaging
 from faceserve.pipeline.annotate import annotate
 from faceserve.pipeline.schemas import Analysis
-from faceserve.runtime import Runtime
+from faceserve.services import Services
 from faceserve.settings import Settings
 
 
@@ -54,15 +54,15 @@ async def _analyze(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, repository=args.repository)
     if args.backend:
         settings = dataclasses.replace(settings, backend=args.backend)
-    runtime = Runtime(settings)
+    services = Services.build(settings)
     try:
-        pixels = await runtime.image(upload=args.image)
-        analysis = await runtime.analyze_image(pixels, args.detector)
+        pixels = await services.images.image(upload=args.image)
+        analysis = await services.analysis.analysis(pixels, args.detector)
     except FaceserveError as error:
         print(json.dumps(error.body()), file=sys.stderr)
         return 2
     finally:
-        await runtime.close()
+        await services.close()
     return _report(analysis, lambda: pixels, args)
 
 

@@ -1,14 +1,18 @@
 """What users tell us the models got wrong: every analysis remembered under its request id, and corrections of it.
 
-What belongs here: the feedback tables (`schema.py`), remembering an answer and checking a correction against
-it, the CSV export and the summary (`feedback.py`). What does not: connections and migrations
-(`faceserve/store`), which models answered and with which labels (the runtime passes that in), HTTP.
+What belongs here: the feedback tables (`migrations.py`), what it remembers and stores and the answers built
+from them (`records.py`), remembering an answer and checking a correction against it, the CSV export and the
+summary (`feedback.py`). What does not: connections and migrations (`faceserve/store`), which models answered and
+with which labels (`faceserve.services.analysis` passes that in), HTTP.
 
     feedback = Feedback(open_store(settings.store))
     request_id = feedback.remember(caller.principal, Answer(image_sha256, fields, faces))
     feedback.correct(caller.principal, request_id, face_index=0, field="emotion", correct="sad")
 """
 
-from faceserve.feedback.feedback import Answer, Correction, Feedback, FieldModel, Summary
+from faceserve.feedback.feedback import Feedback
+from faceserve.feedback.records import (Answer, Confusion, Correction, FeedbackRecord, FeedbackSummary, FieldFeedback,
+                                        FieldModel)
 
-__all__ = ["Answer", "Correction", "Feedback", "FieldModel", "Summary"]
+__all__ = ["Answer", "Confusion", "Correction", "Feedback", "FeedbackRecord", "FeedbackSummary", "FieldFeedback",
+           "FieldModel"]

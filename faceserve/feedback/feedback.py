@@ -10,8 +10,10 @@ import json
 import threading
 
 from faceserve.errors import InvalidRequest, NotFound
-from faceserve.feedback.schema import MIGRATIONS
+from faceserve.feedback.migrations import MIGRATIONS
+from faceserve.feedback.records import Answer, Confusion, Correction, FeedbackSummary, FieldFeedback
 from faceserve.gallery.validation import MAX_NAME_CHARS
+from faceserve.models.versions import parse_model_ref
 from faceserve.store import Store, first_id_at, new_id, utc_now
 
 # The most characters each text of a correction may hold: ids and field names are short; a correct value or what
@@ -27,60 +29,6 @@ FORGET_EVERY = 1000
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 CSV_COLUMNS = ("created_at", "request_id", "face_index", "field", "model_said", "correct", "comment", "model_name",
                "model_version", "image_sha256")
-
-
-@dataclasses.dataclass(frozen=True)
-class FieldModel:
-    """The model that answered a field ("name:version") and its labels (None: a number or a name, not a label)."""
-
-    model: str
-    labels: tuple[str, ...] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    """What one request answered: per face (or, for a whole-image answer, one entry), each field's value."""
-
-    image_sha256: str
-    fields: dict[str, FieldModel]
-    answers: list[dict[str, str]]
-    per_face: bool = True
-    image: bytes | None = None  # kept only when the caller opted in
-
-
-@dataclasses.dataclass(frozen=True)
-class Correction:
-    id: str
-    request_id: str
-    face_index: int | None
-    field: str
-    model_said: str
-    correct: str
-    comment: str
-    model_name: str
-    model_version: str
-    image_sha256: str
-    created_at: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Confusion:
-    model_said: str
-    correct: str
-    count: int
-
-
-@dataclasses.dataclass(frozen=True)
-class FieldSummary:
-    field: str
-    count: int
-    confusions: tuple[Confusion, ...]  # the most frequent first
-
-
-@dataclasses.dataclass(frozen=True)
-class Summary:
-    total: int
-    fields: tuple[FieldSummary, ...]
 
 
 class Feedback:
@@ -150,7 +98,7 @@ class Feedback:
                                  code="model_said_mismatch")
         correct = _checked_value(field, correct, fields[field]["labels"])
         comment = comment or ""
-        name, _, version = fields[field]["model"].rpartition(":")
+        name, version = parse_model_ref(fields[field]["model"])
         correction = Correction(new_id(), request_id, face_index, field, str(said), correct, comment, name, version,
                                 image_sha256, utc_now())
         with self.store.transaction() as tx:
@@ -170,17 +118,18 @@ class Feedback:
         writer.writerows([_inert(cell) for cell in row] for row in rows)
         return out.getvalue()
 
-    def summary(self) -> Summary:
+    def summary(self) -> FeedbackSummary:
         with self.store.read() as tx:
             counts = tx.all("SELECT field, COUNT(*) FROM feedback_corrections GROUP BY field ORDER BY field")
             pairs = tx.all("SELECT field, model_said, correct, COUNT(*) FROM feedback_corrections "
                            "GROUP BY field, model_said, correct")
         confusions: dict[str, list[Confusion]] = {}
         for field, said, correct, count in sorted(pairs, key=lambda p: (-p[3], p[1], p[2])):
-            confusions.setdefault(field, []).append(Confusion(said, correct, count))
-        return Summary(total=sum(count for _, count in counts),
-                       fields=tuple(FieldSummary(field, count, tuple(confusions[field][:CONFUSIONS_SHOWN]))
-                                    for field, count in counts))
+            confusions.setdefault(field, []).append(Confusion(model_said=said, correct=correct, count=count))
+        return FeedbackSummary(total=sum(count for _, count in counts),
+                               fields=[FieldFeedback(field=field, count=count,
+                                                     confusions=confusions[field][:CONFUSIONS_SHOWN])
+                                       for field, count in counts])
 
 
 _CORRECTION_COLUMNS = tuple(f.name for f in dataclasses.fields(Correction))

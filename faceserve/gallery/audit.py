@@ -30,9 +30,9 @@ def record(tx: Transaction, caller: Caller, operation: str, identity_ids: Sequen
 def page(tx: Transaction, limit: int, after: str | None) -> AuditPage:
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}")
-    rows = tx.all("SELECT id, at, key_id, address, operation, identity_ids, face_ids FROM gallery_audit "
-                  "WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit + 1))
-    entries = tuple(AuditEntry(entry_id, at, key_id, address, operation, tuple(json.loads(identities)),
-                               tuple(json.loads(faces)))
-                    for entry_id, at, key_id, address, operation, identities, faces in rows[:limit])
-    return AuditPage(entries, entries[-1].id if len(rows) > limit else None)
+    columns = ("id", "at", "key_id", "address", "operation", "identity_ids", "face_ids", "identities", "faces")
+    rows = tx.all(f"SELECT {', '.join(columns)} FROM gallery_audit WHERE id > ? ORDER BY id LIMIT ?",
+                  (after or "", limit + 1))
+    entries = tuple(AuditEntry(**{**dict(zip(columns, row)), "identity_ids": json.loads(row[5]),
+                                  "face_ids": json.loads(row[6])}) for row in rows[:limit])
+    return AuditPage(entries=entries, next_after=entries[-1].id if len(rows) > limit else None)

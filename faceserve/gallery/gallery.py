@@ -11,9 +11,9 @@ import numpy as np
 from faceserve.errors import FaceserveError, InvalidRequest, NotFound
 from faceserve.gallery import audit, transfer, validation
 from faceserve.gallery.index import GalleryIndex
-from faceserve.gallery.records import (AuditPage, EmbeddingModel, FaceRecord, Identity, IdentityDetail, IdentityPage,
-                                       IdentitySummary, ImportCounts, Match, NewFace, TransferCounts)
-from faceserve.gallery.schema import MIGRATIONS, REMOVALS_KEPT, TOPIC
+from faceserve.gallery.records import (AuditPage, EmbeddingModel, IdentityPage, IdentitySummary, ImportCounts, Match,
+                                       NewFace, StoredFace, StoredIdentity, TransferCounts)
+from faceserve.gallery.migrations import MIGRATIONS, REMOVALS_KEPT, TOPIC
 from faceserve.http.caller import LOCAL, Caller
 from faceserve.store import Store, Transaction, new_id, utc_now
 
@@ -45,7 +45,7 @@ class Gallery:
     # ---- identities ----------------------------------------------------------
 
     def create_identity(self, name: str, metadata: dict[str, Any] | None = None,
-                        faces: Sequence[NewFace] = (), *, caller: Caller = LOCAL) -> IdentityDetail:
+                        faces: Sequence[NewFace] = (), *, caller: Caller = LOCAL) -> StoredIdentity:
         """A new identity, with its first faces if given, in one transaction."""
         name = validation.name(name)
         metadata_json = validation.metadata_json(metadata)
@@ -61,7 +61,7 @@ class Gallery:
         self.index.mark_stale()
         return detail
 
-    def add_faces(self, identity_id: str, faces: Sequence[NewFace], *, caller: Caller = LOCAL) -> list[FaceRecord]:
+    def add_faces(self, identity_id: str, faces: Sequence[NewFace], *, caller: Caller = LOCAL) -> list[StoredFace]:
         if not faces:
             raise InvalidRequest("no face to add")
         rows = [self._face_row(face) for face in faces]
@@ -88,21 +88,23 @@ class Gallery:
                           "FROM gallery_identities i WHERE i.id > ? ORDER BY i.id LIMIT ?", (after or "", limit + 1))
             (total,) = tx.one("SELECT COUNT(*) FROM gallery_identities")
         identities = tuple(_summary(row) for row in rows[:limit])
-        return IdentityPage(identities, identities[-1].id if len(rows) > limit else None, total)
+        return IdentityPage(identities=identities, next_after=identities[-1].id if len(rows) > limit else None,
+                            total=total)
 
-    def get_identity(self, identity_id: str) -> IdentityDetail:
+    def get_identity(self, identity_id: str) -> StoredIdentity:
         """The identity and its faces' metadata (never their vectors)."""
         with self.store.read() as tx:
             return self._detail(tx, identity_id)
 
     @staticmethod
-    def _detail(tx: Transaction, identity_id: str) -> IdentityDetail:
+    def _detail(tx: Transaction, identity_id: str) -> StoredIdentity:
         row = tx.one("SELECT id, name, metadata, created_at FROM gallery_identities WHERE id = ?", (identity_id,))
         if row is None:
             raise NotFound(f"no identity {identity_id!r} in the gallery")
         faces = tuple(_face(face) for face in tx.all(
             f"SELECT {FACE_COLUMNS} FROM gallery_faces f WHERE f.identity_id = ? ORDER BY f.id", (identity_id,)))
-        return IdentityDetail(**vars(_identity((*row, len(faces)))), faces=faces)
+        identity_id, name, metadata, created_at = row
+        return StoredIdentity(identity_id, name, json.loads(metadata), created_at, len(faces), faces)
 
     def thumbnail(self, face_id: str) -> bytes | None:
         with self.store.read() as tx:
@@ -262,14 +264,10 @@ def _file_face_content(face: tuple) -> tuple:
     return _face_content(*described, thumbnail is not None, created_at)
 
 
-def _identity(row: tuple) -> Identity:
-    identity_id, name, metadata, created_at, face_count = row
-    return Identity(identity_id, name, json.loads(metadata), created_at, int(face_count))
-
-
 def _summary(row: tuple) -> IdentitySummary:
     identity_id, name, metadata_head, created_at, face_count = row
-    return IdentitySummary(identity_id, name, _keys(metadata_head), created_at, int(face_count))
+    return IdentitySummary(id=identity_id, name=name, metadata_keys=_keys(metadata_head), created_at=created_at,
+                           face_count=int(face_count))
 
 
 def _keys(metadata_head: str) -> tuple[str, ...]:
@@ -281,7 +279,7 @@ def _keys(metadata_head: str) -> tuple[str, ...]:
     return tuple(sorted(json.loads(metadata_head)))
 
 
-def _face(row: tuple) -> FaceRecord:
+def _face(row: tuple) -> StoredFace:
     face_id, identity_id, model_name, model_version, dimension, sha256, x1, y1, x2, y2, thumbnail, created = row
-    return FaceRecord(face_id, identity_id, model_name, model_version, int(dimension), sha256,
+    return StoredFace(face_id, identity_id, model_name, model_version, int(dimension), sha256,
                       (float(x1), float(y1), float(x2), float(y2)), bool(thumbnail), created)

@@ -16,7 +16,7 @@ import numpy as np
 
 from faceserve.errors import StoreUnavailable
 from faceserve.gallery.records import EmbeddingModel, Match
-from faceserve.gallery.schema import REMOVALS_KEPT, TOPIC
+from faceserve.gallery.migrations import REMOVALS_KEPT, TOPIC
 from faceserve.gallery.similarity import SimilarityIndex
 from faceserve.store import Store, Transaction
 

@@ -1,4 +1,8 @@
-"""What the gallery hands out and takes in: plain frozen records, no database or numpy behaviour."""
+"""What the gallery hands out and takes in, and the answers of the identity endpoints.
+
+A record whose fields are its answer's is the response model itself (`IdentitySummary`, `IdentityPage`,
+`AuditEntry`, `AuditPage`); one that holds more than it answers (a stored face's model and dimension) builds its
+answer by its one `answer` method. No database or numpy behaviour here."""
 
 from __future__ import annotations
 
@@ -6,6 +10,10 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, Field
+
+from faceserve.models.versions import model_ref
+from faceserve.pipeline import schemas
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in the source image's pixels, as the pipeline's Box
 
@@ -29,8 +37,90 @@ class NewFace:
     thumbnail: bytes | None = None  # stored only when the caller passes one
 
 
+# ---- the answers ------------------------------------------------------------------------------------------
+
+
+class FaceRecord(BaseModel):
+    """An enrolled face: where it was in its photo, never its vector (and never the photo)."""
+
+    id: str
+    identity_id: str
+    box: schemas.Box
+    image_sha256: str = Field(description="sha256 of the image bytes it was enrolled from")
+    model: str = Field(description="embedding model, as name:version")
+    has_thumbnail: bool
+    created_at: str
+
+
+class Identity(BaseModel):
+    id: str
+    name: str
+    metadata: dict = Field(description="the caller's JSON object, as given (at most 4096 bytes as JSON, 4 levels)")
+    created_at: str
+    face_count: int
+
+
+class IdentityDetail(Identity):
+    faces: list[FaceRecord]
+
+
+class IdentitySummary(BaseModel):
+    """An identity in a list page: its metadata's keys, never their values (`/identities/get` has them)."""
+
+    id: str
+    name: str
+    metadata_keys: tuple[str, ...] = Field(description="the metadata object's top-level keys, sorted")
+    created_at: str
+    face_count: int
+
+
+class IdentityPage(BaseModel):
+    identities: list[IdentitySummary] = Field(description="in creation order")
+    next_after: str | None = Field(description="pass as `after` for the next page; null on the last page")
+    total: int = Field(description="identities in the gallery")
+
+
+class FacesAdded(BaseModel):
+    identity_id: str
+    faces: list[FaceRecord] = Field(description="one per image, in the order sent")
+
+
+class Deleted(BaseModel):
+    id: str
+    faces_deleted: int = Field(description="face embeddings removed with it")
+
+
+class GalleryImport(BaseModel):
+    identities: int = Field(description="identities added")
+    faces: int = Field(description="faces added")
+    identities_present: int = Field(description="identities skipped: in the gallery already, identical")
+    faces_present: int = Field(description="their faces")
+
+
+class AuditEntry(BaseModel):
+    """One change of the gallery, recorded in the change's own transaction."""
+
+    id: str
+    at: str = Field(description="when (ISO 8601, UTC)")
+    key_id: str | None = Field(description="the caller's API key id (never the key); null without keys")
+    address: str = Field(description="the client's address as the service saw it")
+    operation: str = Field(description="create_identity, add_faces, delete_face, delete_identity or import")
+    identity_ids: tuple[str, ...] = Field(description="the identities it created, changed or deleted")
+    face_ids: tuple[str, ...] = Field(description="the faces it added or deleted")
+    identities: int = Field(description="how many identities")
+    faces: int = Field(description="how many faces")
+
+
+class AuditPage(BaseModel):
+    entries: tuple[AuditEntry, ...] = Field(description="oldest first")
+    next_after: str | None = Field(description="pass as `after` for the next page; null on the last page")
+
+
+# ---- the records -------------------------------------------------------------------------------------------
+
+
 @dataclasses.dataclass(frozen=True)
-class FaceRecord:
+class StoredFace:
     """A stored face without its vector."""
 
     id: str
@@ -43,39 +133,27 @@ class FaceRecord:
     has_thumbnail: bool
     created_at: str
 
+    def answer(self) -> FaceRecord:
+        x1, y1, x2, y2 = self.box
+        return FaceRecord(id=self.id, identity_id=self.identity_id, box=schemas.Box(x1=x1, y1=y1, x2=x2, y2=y2),
+                          image_sha256=self.image_sha256, model=model_ref(self.model_name, self.model_version),
+                          has_thumbnail=self.has_thumbnail, created_at=self.created_at)
+
 
 @dataclasses.dataclass(frozen=True)
-class Identity:
+class StoredIdentity:
+    """A stored identity and its faces."""
+
     id: str
     name: str
     metadata: dict[str, Any]
     created_at: str
     face_count: int
+    faces: tuple[StoredFace, ...] = ()
 
-
-@dataclasses.dataclass(frozen=True)
-class IdentityDetail(Identity):
-    faces: tuple[FaceRecord, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class IdentitySummary:
-    """An identity as a list page shows it: its metadata's top-level keys only, never their values."""
-
-    id: str
-    name: str
-    metadata_keys: tuple[str, ...]
-    created_at: str
-    face_count: int
-
-
-@dataclasses.dataclass(frozen=True)
-class IdentityPage:
-    """One page in creation order; pass `next_after` as `after` for the next page (None: this was the last)."""
-
-    identities: tuple[IdentitySummary, ...]
-    next_after: str | None
-    total: int
+    def answer(self) -> IdentityDetail:
+        return IdentityDetail(id=self.id, name=self.name, metadata=self.metadata, created_at=self.created_at,
+                              face_count=self.face_count, faces=[face.answer() for face in self.faces])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,24 +182,7 @@ class ImportCounts:
     identities_present: int = 0
     faces_present: int = 0
 
-
-@dataclasses.dataclass(frozen=True)
-class AuditEntry:
-    """One change of the gallery: when, by whom (a key's id, never the key; None without keys; the client's
-    address), what, and which identities and faces it touched."""
-
-    id: str
-    at: str
-    key_id: str | None
-    address: str
-    operation: str  # one of audit.OPERATIONS
-    identity_ids: tuple[str, ...]
-    face_ids: tuple[str, ...]
+    def answer(self) -> GalleryImport:
+        return GalleryImport(**dataclasses.asdict(self))
 
 
-@dataclasses.dataclass(frozen=True)
-class AuditPage:
-    """Oldest first; pass `next_after` as `after` for the next page (None: this was the last)."""
-
-    entries: tuple[AuditEntry, ...]
-    next_after: str | None

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 import httpx
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-FINISHED = ("done", "cancelled")
+FINAL_JOB_STATES = ("done", "cancelled")
 
 
 class JobsError(Exception):
@@ -52,7 +52,7 @@ class JobsClient:
         while True:
             status = self.status(job_id)
             progress(status)
-            if status["state"] in FINISHED:
+            if status["state"] in FINAL_JOB_STATES:
                 return status
             time.sleep(poll_s)
 

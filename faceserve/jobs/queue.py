@@ -7,14 +7,18 @@ import json
 import time
 from typing import Iterator
 
+from pydantic import BaseModel, Field
+
 from faceserve.errors import LimitExceeded, NotFound
-from faceserve.jobs.schema import MIGRATIONS
+from faceserve.jobs.migrations import MIGRATIONS
 from faceserve.store import Store, new_id, utc_now
 
 # A worker that died holding an item dies again on it this many times before the item is reported failed:
 # an image that kills its worker must not kill every worker in turn forever.
 MAX_ATTEMPTS = 3
-FINISHED = ("done", "failed", "cancelled")
+# An image of a job in one of these states has its result line; a job itself ends as done or cancelled
+# (jobs/client.py: FINAL_JOB_STATES).
+FINISHED_ITEM_STATES = ("done", "failed", "cancelled")
 
 
 # A generous bound on one upload's multipart framing: boundary, Content-Disposition with a long file name,
@@ -62,14 +66,15 @@ class WorkItem:
     owner: str  # the submitter's principal: the answer remembered for feedback is theirs
 
 
-@dataclasses.dataclass(frozen=True)
-class JobStatus:
+class Job(BaseModel):
+    """An asynchronous job (`/jobs/submit`) and its progress; its results are `/jobs/results`."""
+
     id: str
-    state: str  # queued | done | cancelled
-    total: int
-    done: int
-    failed: int
-    cancelled: int
+    state: str = Field(description="queued (waiting or running) | done | cancelled")
+    total: int = Field(description="images in the job")
+    done: int = Field(description="images analysed")
+    failed: int = Field(description="images that could not be analysed (their result line says why)")
+    cancelled: int = Field(description="images not analysed because the job was cancelled")
     created_at: str
     finished_at: str | None
 
@@ -156,7 +161,7 @@ class JobQueue:
                        (utc_now(), job_id))
         return True
 
-    def cancel(self, job_id: str, owner: str | None = None) -> JobStatus:
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Stop a job: its items not finished yet are cancelled (one being analysed now is not written)."""
         with self.store.transaction() as tx:
             self._require(tx, job_id, owner)
@@ -166,19 +171,21 @@ class JobQueue:
                        (utc_now(), job_id))
         return self.status(job_id)
 
-    def status(self, job_id: str, owner: str | None = None) -> JobStatus:
+    def status(self, job_id: str, owner: str | None = None) -> Job:
         with self.store.read() as tx:
             state, total, created, finished = self._require(tx, job_id, owner)
             counts = dict(tx.all("SELECT state, COUNT(*) FROM jobs_items WHERE job_id = ? GROUP BY state", (job_id,)))
-        return JobStatus(job_id, state, total, counts.get("done", 0), counts.get("failed", 0),
-                         counts.get("cancelled", 0), created, finished)
+        return Job(id=job_id, state=state, total=total, done=counts.get("done", 0), failed=counts.get("failed", 0),
+                   cancelled=counts.get("cancelled", 0), created_at=created, finished_at=finished)
 
     def results(self, job_id: str, owner: str | None = None) -> Iterator[dict]:
         """One record per finished item, in submission order: its name and its analysis or its error."""
         with self.store.read() as tx:
             self._require(tx, job_id, owner)
+            finished = ", ".join("?" * len(FINISHED_ITEM_STATES))
             rows = tx.all("SELECT position, name, state, result, error FROM jobs_items "
-                          "WHERE job_id = ? AND state IN ('done', 'failed', 'cancelled') ORDER BY position", (job_id,))
+                          f"WHERE job_id = ? AND state IN ({finished}) ORDER BY position",
+                          (job_id, *FINISHED_ITEM_STATES))
         for position, name, state, result, error in rows:
             record = {"index": position, "name": name, "state": state}
             if result is not None:

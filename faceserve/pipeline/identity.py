@@ -2,8 +2,9 @@
 
 What belongs here: which face of an image is enrolled (its only face, or the one at the caller's box),
 verification of two faces, identification of every face (top-k at or above the threshold), the best match
-per face for `analyze`. What does not: storing and searching (`faceserve.gallery`), computing embeddings
-(`Pipeline`, the embedding head), HTTP (`faceserve.runtime`, `service.py`).
+per face for `analyze`, and their answers (`Verification`, `Identification`). What does not: storing and
+searching (`faceserve.gallery`), computing embeddings (`Pipeline`, the embedding head), HTTP
+(`faceserve.services.identity`, `service.py`).
 
 Biometric data stays out of the logs: no name, metadata or vector from a request is ever logged here.
 """
@@ -17,13 +18,15 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, Field
 
 from faceserve.errors import InvalidRequest
 from faceserve.gallery import EmbeddingModel, Gallery, Match, NewFace, validation
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
 from faceserve.pipeline import imaging
 from faceserve.pipeline.pipeline import FoundFace, Pipeline
-from faceserve.pipeline.schemas import Analysis, Box, IdentifiedFace, Identification, IdentityMatch, Verification
+from faceserve.models.versions import model_ref
+from faceserve.pipeline.schemas import Analysis, Box, IdentityMatch
 from faceserve.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,11 +34,34 @@ log = logging.getLogger(__name__)
 THUMBNAIL_SIDE = 112  # pixels: enough to recognise someone in a list, far from the photo
 
 
+class Verification(BaseModel):
+    same_person: bool = Field(description="similarity >= threshold")
+    similarity: float = Field(description="cosine similarity of the two faces' embeddings, -1..1")
+    threshold: float
+    faces: list[Box] = Field(description="the face compared in each image")
+    model: str = Field(description="embedding model, as name:version")
+
+
+class IdentifiedFace(BaseModel):
+    box: Box
+    score: float = Field(description="detector confidence, 0..1")
+    identity: IdentityMatch | None = Field(description="the best match, or null: nobody known (below the threshold)")
+    matches: list[IdentityMatch] = Field(description="up to top_k identities at or above the threshold, best first")
+
+
+class Identification(BaseModel):
+    width: int
+    height: int
+    faces: list[IdentifiedFace]
+    threshold: float
+    model: str = Field(description="embedding model, as name:version")
+
+
 class IdentityStage:
     def __init__(self, pipeline: Pipeline, gallery: Gallery, threshold: float):
         self.pipeline, self.gallery, self.threshold = pipeline, gallery, threshold
         spec = pipeline.require_embedding().spec
-        self.model = f"{spec.name}:{spec.version}"
+        self.model = model_ref(spec.name, spec.version)
 
     @classmethod
     def open(cls, pipeline: Pipeline, store: Store, threshold: float | None = None) -> "IdentityStage":
@@ -44,7 +70,7 @@ class IdentityStage:
         head = pipeline.require_embedding()
         model = EmbeddingModel(head.spec.name, head.spec.version, head.dimension)
         gallery = Gallery(store, model)
-        log.info("gallery: %s faces of %s:%s", type(store).__name__, model.name, model.version)
+        log.info("gallery: %s faces of %s", type(store).__name__, model_ref(model.name, model.version))
         return cls(pipeline, gallery, head.spec.score_threshold if threshold is None else threshold)
 
     async def analyze(self, image: np.ndarray, detector: str | None = None) -> Analysis:

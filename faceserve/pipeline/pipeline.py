@@ -18,6 +18,7 @@ from faceserve.models.detectors import Detection, Detector
 from faceserve.models.heads import EmbeddingHead, Head
 from faceserve.models.landmarks import PRESENCE_THRESHOLD, LandmarkModel, Placement
 from faceserve.models.repository import Repository
+from faceserve.models.versions import model_ref
 from faceserve.pipeline.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label, Pose
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Pipeline:
             faces=[Face(box=Box(x1=face.box[0], y1=face.box[1], x2=face.box[2], y2=face.box[3]), score=face.score,
                         **_placement_fields(face.placement), **{field: values[i] for field, values in answers.items()})
                    for i, face in enumerate(faces)],
-            models={spec.task: f"{spec.name}:{spec.version}" for spec in used},
+            models={spec.task: model_ref(spec.name, spec.version) for spec in used},
             missing_heads=[field for field in HEAD_FIELDS if field not in answers],
             timings_ms={"detect": round((detected - started) * 1e3, 3),
                         "landmarks": round((placed - detected) * 1e3, 3),

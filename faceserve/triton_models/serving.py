@@ -18,13 +18,10 @@ import numpy as np
 
 from faceserve.backends.bls import BlsBackend
 from faceserve.errors import FaceserveError, InvalidRequest
-from faceserve.models.repository import Repository
 from faceserve.pipeline import imaging
-from faceserve.pipeline.identity import IdentityStage
-from faceserve.pipeline.pipeline import Pipeline
 from faceserve.pipeline.schemas import Analysis
+from faceserve.services import ImageService, Services
 from faceserve.settings import Settings
-from faceserve.store import Store, open_store
 from faceserve.triton_models import configs
 
 log = logging.getLogger(__name__)
@@ -44,7 +41,6 @@ class Model(abc.ABC):
     def __init__(self, pb_utils):
         self.pb = pb_utils
         self.settings = Settings.from_env()  # the service's FACESERVE_* settings, from Triton's environment
-        self.limits = self.settings.limits
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="faceserve"))
 
@@ -98,42 +94,27 @@ class Model(abc.ABC):
 
 
 class PipelineModel(Model):
-    """`Pipeline.analyze` on the encoded photo, its models called through BLS; with `identify`, the identity stage
-    over the same store the service opens (FACESERVE_STORE), opened at the first such request."""
+    """The service's `analysis` of the encoded photo, its models called through BLS; with `identify`, over the same
+    store the service opens (FACESERVE_STORE), opened at the first such request. Its services are built as the
+    service builds them (`Services.build`), on the BLS backend."""
 
     def __init__(self, pb_utils, repository: Path):
         super().__init__(pb_utils)
-        self.pipeline = Pipeline(Repository.load(repository), BlsBackend(pb_utils), max_faces=self.limits.max_faces)
-        self.loop.run_until_complete(self.pipeline.start())
+        self.services = Services.build(self.settings, backend=BlsBackend(pb_utils), repository=repository)
+        self.pipeline = self.services.resources.pipeline
+        self.loop.run_until_complete(self.services.resources.start())
         self.face_outputs = [output for head in self.pipeline.heads for output in configs.face_outputs(head.spec)]
-        self.store: Store | None = None
-        self.identity: IdentityStage | None = None
-        self.identity_lock = asyncio.Lock()
 
     async def answer(self, request) -> dict[str, np.ndarray]:
         detector = self.pipeline.detector(self.text(request, "detector")).name  # an unknown one before decoding
         identify = bool(self._scalar(request, "identify"))
         if identify:
             self.pipeline.require_embedding()  # no embedding model: the service's words, before decoding
-        data = self.image_bytes(request)
-        pixels = await asyncio.to_thread(imaging.decode, data, self.limits.decode)
-        if identify:
-            return self.tensors(await (await self.identity_stage()).analyze(pixels, detector))
-        return self.tensors(await self.pipeline.analyze(pixels, detector))
-
-    async def identity_stage(self) -> IdentityStage:
-        """A store that cannot be reached fails this request (503's words) and the next one tries again."""
-        async with self.identity_lock:
-            if self.identity is None:
-                if self.store is None:
-                    self.store = await asyncio.to_thread(open_store, self.settings.store)
-                self.identity = await asyncio.to_thread(IdentityStage.open, self.pipeline, self.store,
-                                                        self.settings.identity_threshold)
-        return self.identity
+        pixels = await self.services.images.decode(self.image_bytes(request))
+        return self.tensors(await self.services.analysis.analysis(pixels, detector, identify))
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        self.loop.run_until_complete(self.services.close())
         super().close()
 
     def tensors(self, analysis: Analysis) -> dict[str, np.ndarray]:
@@ -153,15 +134,18 @@ class PipelineModel(Model):
 
 
 class RotateModel(Model):
-    """The photo turned counter-clockwise by a multiple of 90 degrees, encoded as PNG (or JPEG)."""
+    """The service's rotation (`ImageService.rotated`): the photo turned counter-clockwise by a multiple of 90
+    degrees, encoded as PNG (or JPEG)."""
+
+    def __init__(self, pb_utils):
+        super().__init__(pb_utils)
+        self.images = ImageService.from_settings(self.settings)
 
     async def answer(self, request) -> dict[str, np.ndarray]:
         degrees = int(self._scalar(request, "degrees"))
-        imaging.check_rotation(degrees)  # before the image is decoded
+        imaging.check_rotation(degrees)  # before the format and the image are read, as the service does
         fmt = self.text(request, "format") or "png"
-        data = self.image_bytes(request)
-        rotated = await asyncio.to_thread(
-            lambda: imaging.encode(imaging.rotate(imaging.decode(data, self.limits.decode), degrees), fmt))
+        rotated = await self.images.rotated(self.image_bytes(request), degrees, fmt)
         return {configs.ROTATE_OUTPUTS[0].name: np.array([[rotated]], dtype=np.object_)}
 
 

@@ -9,7 +9,7 @@ mounted on the service by `service.py`. `app(settings)` is the ASGI app it mount
 - `/features`  what the page cannot read from the OpenAPI schema: whether URL fetching is on, the limits
 
 Everything the page shows comes from the API itself (`/docs.json`, `/models`, `/analyze`, `/feedback/summary`, ...).
-Not here: any endpoint logic (`faceserve.runtime`), the chat bot (`faceserve.bot`).
+Not here: any endpoint logic (`faceserve.services`), the chat bot (`faceserve.bot`).
 """
 
 from __future__ import annotations

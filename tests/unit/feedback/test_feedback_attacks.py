@@ -13,7 +13,7 @@ import pytest
 from faceserve.errors import FaceserveError
 from faceserve.feedback import Answer, Feedback, FieldModel
 from faceserve.feedback.feedback import MAX_CHARS
-from faceserve.feedback.schema import MIGRATIONS
+from faceserve.feedback.migrations import MIGRATIONS
 from faceserve.http.caller import Caller
 from faceserve.store import new_id, open_store
 

@@ -11,7 +11,7 @@ from faceserve.errors import LimitExceeded, NotFound
 from faceserve.http.caller import Caller
 from faceserve.jobs import JobLimits, JobQueue, NewItem
 from faceserve.jobs.queue import MAX_ATTEMPTS
-from faceserve.jobs.schema import MIGRATIONS
+from faceserve.jobs.migrations import MIGRATIONS
 from faceserve.store import new_id, open_store
 
 # Callers without keys, told apart by their addresses, and with keys, by the keys' ids.

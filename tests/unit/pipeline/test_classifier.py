@@ -13,7 +13,7 @@ import pytest
 from faceserve.dev import photos
 from faceserve.pipeline.policy import DeclinePolicy, ImageDeclined
 from faceserve.pipeline.schemas import Classification, Label
-from faceserve.runtime import Runtime
+from faceserve.services import Services
 from faceserve.settings import Settings
 from tests.support import png
 
@@ -89,10 +89,10 @@ def test_annotate_declines_what_the_policy_names(repository):
     any face model runs, the astronaut is annotated."""
     settings = dataclasses.replace(Settings.from_env(), repository=repository, decline_labels=("drawing",),
                                    decline_threshold=0.5)
-    runtime = Runtime(settings)
+    services = Services.build(settings)
 
     async def annotate(image):
-        return await runtime.annotate(b64=base64.b64encode(png(image)).decode())
+        return await services.analysis.annotate(b64=base64.b64encode(png(image)).decode())
 
     async def both():
         try:
@@ -100,6 +100,6 @@ def test_annotate_declines_what_the_policy_names(repository):
                 await annotate(horse_drawing())
             return await annotate(photos.astronaut())
         finally:
-            await runtime.close()
+            await services.close()
 
     assert asyncio.run(both()).startswith(b"\x89PNG")

@@ -1,0 +1,43 @@
+"""Feedback: every answer remembered as its caller's, corrections of it, their export and summary."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faceserve.errors import StoreUnavailable
+from faceserve.feedback import Answer, FeedbackRecord, FeedbackSummary
+from faceserve.http.caller import Caller
+from faceserve.services.resources import Resources
+
+log = logging.getLogger(__name__)
+
+
+class FeedbackService:
+    def __init__(self, resources: Resources):
+        self.resources = resources
+
+    async def remember(self, owner: str, answer: Answer) -> str | None:
+        """The request id the answer is remembered under, as `owner`'s (a principal: only they may correct it);
+        None when the store cannot be reached (the answer is still worth giving, only its feedback is lost)."""
+        try:
+            feedback = await self.resources.feedback()
+            return await asyncio.to_thread(feedback.remember, owner, answer)
+        except StoreUnavailable as exc:
+            log.warning("answer not remembered for feedback: %s", exc.message)
+            return None
+
+    async def correct(self, caller: Caller, request_id: str, face_index: int | None, field: str, correct: str,
+                      model_said: str | None = None, comment: str | None = None) -> FeedbackRecord:
+        """`caller`'s correction of an answer they were given (another caller's answer is a 404 `unknown_request`,
+        whatever their scopes)."""
+        feedback = await self.resources.feedback()
+        stored = await asyncio.to_thread(feedback.correct, caller.principal, request_id, face_index, field, correct,
+                                         model_said, comment)
+        return stored.answer()
+
+    async def export_csv(self) -> str:
+        return await asyncio.to_thread((await self.resources.feedback()).export_csv)
+
+    async def summary(self) -> FeedbackSummary:
+        return await asyncio.to_thread((await self.resources.feedback()).summary)

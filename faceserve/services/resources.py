@@ -1,0 +1,100 @@
+"""What every service of a process shares, each opened once: the model repository, the backend and the pipeline
+over them (built at once), and the store with the gallery's identity stage, feedback and the job queue over it
+(opened by their first user; one that cannot be reached is a 503, and the next call tries again)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Callable, Generic, TypeVar
+
+from faceserve.backends import Backend, create
+from faceserve.feedback import Feedback
+from faceserve.jobs import JobQueue
+from faceserve.models.repository import Repository
+from faceserve.pipeline.identity import IdentityStage
+from faceserve.pipeline.pipeline import Pipeline
+from faceserve.settings import Settings
+from faceserve.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class OpenedOnce(Generic[T]):
+    """A value opened in a worker thread by its first caller, once however many ask at the same time; a failed
+    open raises to its callers and the next call tries again."""
+
+    def __init__(self, open_: Callable[[], T]):
+        self._open, self._value, self._lock = open_, None, asyncio.Lock()
+
+    async def get(self) -> T:
+        if self._value is None:
+            async with self._lock:
+                if self._value is None:
+                    self._value = await asyncio.to_thread(self._open)
+        return self._value
+
+
+class Resources:
+    def __init__(self, settings: Settings, backend: Backend | None = None, repository: Path | None = None):
+        """`backend` None: the one `settings` names; `repository` None: `settings.repository`."""
+        self.settings = settings
+        self.repository = Repository.load(repository or settings.repository)
+        backend = backend or create(settings.backend, self.repository.path, threads=settings.ort_threads,
+                                    timeout_s=settings.backend_timeout_s, batch_delay_us=settings.batch_delay_us)
+        self.pipeline = Pipeline(self.repository, backend, max_faces=settings.limits.max_faces)
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._store: Store | None = None
+        self._store_lock = threading.Lock()
+        self._identity = OpenedOnce(lambda: IdentityStage.open(self.pipeline, self.store(),
+                                                               settings.identity_threshold))
+        self._feedback = OpenedOnce(lambda: Feedback(self.store(), settings.answers_kept_days))
+        self._jobs = OpenedOnce(lambda: JobQueue(self.store(), settings.jobs, lease_s=settings.job_lease_s))
+        log.info("model repository: %s", self.repository.path)
+        if self.repository.missing:
+            log.warning("models declared but not built (heads answered as missing): %s",
+                        ", ".join(self.repository.missing))
+
+    async def start(self) -> None:
+        """The backend's models loaded (or reached), once."""
+        if self._started:
+            return
+        async with self._start_lock:
+            if not self._started:
+                await self.pipeline.start()
+                self._started = True
+
+    async def ready(self) -> bool:
+        await self.start()
+        states = await self.pipeline.backend.ready()
+        return bool(states) and all(states.values())
+
+    def store(self) -> Store:
+        """This process's store, opened by its first user (the gallery, feedback or the job queue)."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = open_store(self.settings.store)
+            return self._store
+
+    async def identity(self) -> IdentityStage:
+        """The identity stage over this process's gallery (the store's schema is migrated at its opening); without
+        an embedding model a 404 before the store is touched."""
+        await self.start()
+        self.pipeline.require_embedding()
+        return await self._identity.get()
+
+    async def feedback(self) -> Feedback:
+        return await self._feedback.get()
+
+    async def jobs(self) -> JobQueue:
+        return await self._jobs.get()
+
+    async def close(self) -> None:
+        await self.pipeline.backend.close()
+        if self._store is not None:
+            self._store.close()
