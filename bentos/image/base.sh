@@ -2,7 +2,9 @@
 # The base image of the faceserve bento: Debian bookworm (its python3 is 3.11, the Python of the bento) from
 # Debian's own packages, no registry involved: `mmdebstrap` builds the root file system as a tarball, `podman
 # import` makes it an image.
-#   bentos/image/base.sh [IMAGE]          (default faceserve-base:bookworm; needs root, mmdebstrap, podman)
+#   bentos/image/base.sh [IMAGE [PACKAGES]]   (default faceserve-base:bookworm and the packages below; needs root,
+#                                             mmdebstrap, podman)
+# The tests' PostgreSQL image is made the same way: base.sh faceserve-postgres:bookworm postgresql-15
 # Reproducible: the tarball is a function of this script and of the archive's state, which the InRelease files of
 # the three suites name; SOURCE_DATE_EPOCH is the main suite's date, so the same archive gives the same bytes.
 # The tarball is cached under ~/.cache/faceserve/image/ by that key: a second build only imports it.
@@ -18,7 +20,7 @@ SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 # passwd: the Dockerfile's groupadd/useradd of the `bentoml` user.
 # libstdc++6: the C++ runtime the wheels of numpy, onnxruntime and opencv-python-headless link to; beyond it and
 # glibc they carry their own libraries (psycopg[binary] its libpq); no libGL: OpenCV is the headless build.
-PACKAGES=python3,python3-pip,ca-certificates,passwd,libstdc++6
+PACKAGES=${2:-python3,python3-pip,ca-certificates,passwd,libstdc++6}
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/faceserve/image
 mkdir -p "$CACHE"
 
