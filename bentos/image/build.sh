@@ -23,6 +23,10 @@ export BENTOML_HOME=${BENTOML_HOME:-$CACHE/bentoml} BENTOML_DO_NOT_TRACK=True
 mkdir -p "$CACHE/build"
 cp "$CA_BUNDLE" "$CACHE/build/ca.crt"
 
+for built in "$ROOT"/model_repository/*/1; do
+    # bentoml build packs no file below a linked folder: the image would answer every head as missing
+    [ -L "$built" ] && { echo "$built is a link: bentoml build would leave its models out; copy it" >&2; exit 1; }
+done
 "$HERE/base.sh"
 tag=$(cd "$ROOT" && "$BIN/bentoml" build -f bentos/cpu/bentofile.yaml -o tag . 2>/dev/null | sed -n 's/^__tag__://p')
 [ -n "$tag" ] || { echo "bentoml build failed: run it by hand for its error" >&2; exit 1; }
