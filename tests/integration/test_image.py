@@ -33,11 +33,10 @@ figures: dict[str, float | int | None] = {}
 
 
 @pytest.fixture(scope="module")
-def image():
-    with containers.built_image() as (name, build_s):
-        figures["build_s"] = build_s
-        figures["size_bytes"] = int(podman("image", "inspect", name, "--format", "{{.Size}}").stdout)
-        yield name
+def image(built_image):
+    name, figures["build_s"] = built_image
+    figures["size_bytes"] = int(podman("image", "inspect", name, "--format", "{{.Size}}").stdout)
+    yield name
     report = LOG_DIR / "faceserve-image.json"
     report.write_text(json.dumps(figures, indent=1))
     print(f"\nimage figures ({report}): {figures}")

@@ -136,13 +136,21 @@ def leftovers(prefix: str) -> list[str]:
     return found
 
 
+def pause_images() -> set[str]:
+    """The images of pods' pause processes, which podman builds itself at the first pod."""
+    listing = podman("images", "--filter", "reference=localhost/podman-pause", "--format", "{{.Repository}}:{{.Tag}}")
+    return set(listing.stdout.split())
+
+
 @pytest.fixture(scope="module")
 def postgres_image():
-    had = containers.exists("image", POSTGRES_IMAGE)
+    had, pauses = containers.exists("image", POSTGRES_IMAGE), pause_images()
     if not had:
         done = podman_base(POSTGRES_IMAGE, "postgresql-15")
         assert done.returncode == 0, done.stderr[-3000:]
     yield POSTGRES_IMAGE
+    for made in pause_images() - pauses:
+        podman("rmi", "-f", made, check=False)
     if not had:
         podman("rmi", "-f", POSTGRES_IMAGE, check=False)
 
@@ -152,14 +160,9 @@ def podman_base(image: str, packages: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=containers.BUILD_TIMEOUT_S)
 
 
-@pytest.fixture(scope="module")
-def image():
-    with containers.built_image() as (name, _):
-        yield name
-
-
-def test_the_cpu_manifests_play_answer_survive_a_replica_kill_and_go_down_clean(image, postgres_image, fixtures,
-                                                                                tmp_path):
+def test_the_cpu_manifests_play_answer_survive_a_replica_kill_and_go_down_clean(built_image, postgres_image,
+                                                                                fixtures, tmp_path):
+    image, _ = built_image
     prefix = containers.unique("faceserve-kube")
     deployment = manifest_deployment()
     replicas = deployment["spec"]["replicas"]
