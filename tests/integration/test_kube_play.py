@@ -3,7 +3,7 @@
 Debian's postgresql package, bentos/image/base.sh), nginx in front, up, answering, one replica killed and replaced,
 and down with nothing left.
 
-What podman 4.3's kube play lacks, and how this test covers it (docs/deploy.md, "The manifests under podman"):
+What podman 4.3's kube play lacks, and how this test covers it (docs/deploy.md, "The Kubernetes manifests under podman"):
 - Service, HorizontalPodAutoscaler, PodDisruptionBudget are no kinds it plays: nginx (faceserve.cluster's, as in
   `make cluster`) stands in for the Service, fed by the readinessProbe the manifest declares; the autoscaler and
   the budget are checked offline (tests/integration/test_kubernetes.py).
