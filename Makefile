@@ -11,8 +11,9 @@ PORT ?= 3000
 INSTANCES ?= 2
 CLUSTER_PORT ?= 8080
 CLUSTER_ARGS ?=
+IMAGE ?= faceserve:latest
 
-.PHONY: serve test cluster env system repository bench bench-quick build-bentos clean
+.PHONY: serve test cluster env system repository image bench bench-quick build-bentos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,10 @@ serve: repository
 
 cluster: repository system
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m faceserve.dev.cluster --instances $(INSTANCES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
+
+# The CPU bento as an OCI image (faceserve:latest), built with podman onto a Debian base made here (docs/deploy.md)
+image: repository system
+	bentos/image/build.sh $(IMAGE)
 
 test: repository system
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m pytest -q tests

@@ -195,6 +195,18 @@ def service_embedded(ctx: Context) -> list[dict]:
                                     concurrencies=comparison, form={"detector": "haar"})
 
 
+def container(ctx: Context) -> list[dict]:
+    """`make image`'s image in a container (host networking, read-only root, a volume): the same sweep as
+    service-embedded, for the cost of the container beside `bentoml serve` in the same run."""
+    from benchmarks import container as image
+    why = image.unavailable()
+    if why:
+        raise Skip(why)
+    with image.container_server() as server:
+        ctx.info["container"] = {"cold_start_s": round(server.cold_start_s, 2), "image_mb": server.size_bytes // 10**6}
+        return _locust_sweep(ctx, "container", server)
+
+
 def _service_triton(ctx: Context, protocol: str) -> list[dict]:
     triton, ports = ctx.triton(dynamic_batching=True)
     address = triton.grpc_url if protocol == "grpc" else triton.http_url
@@ -556,11 +568,13 @@ SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "detectors": detectors,
     "batch-cost": batch_cost,
     "cluster": cluster,
+    "container": container,
     "identity": identity,
     "jobs-contention": jobs_contention,
 }
-# Run only when named (`--scenarios cluster`): each starts a whole deployment per instance count.
-OPT_IN = {"cluster"}
+# Run only when named (`--scenarios cluster`): each starts a whole deployment per instance count; `container`
+# needs `make image`'s image (root, podman).
+OPT_IN = {"cluster", "container"}
 
 
 def unusable(rows: list[dict]) -> str | None:
