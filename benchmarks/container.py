@@ -17,7 +17,7 @@ from typing import Iterator
 
 import httpx
 
-from faceserve.devserver import free_port
+from faceserve.dev.devserver import free_port
 from faceserve.settings import PROJECT_ROOT
 
 # FACESERVE_BENCH_IMAGE: the image to measure; `make image` tags faceserve:latest

@@ -4,7 +4,7 @@ Debian's postgresql package, bentos/image/base.sh), nginx in front, up, answerin
 and down with nothing left.
 
 What podman 4.3's kube play lacks, and how this test covers it (docs/deploy.md, "The Kubernetes manifests under podman"):
-- Service, HorizontalPodAutoscaler, PodDisruptionBudget are no kinds it plays: nginx (faceserve.cluster's, as in
+- Service, HorizontalPodAutoscaler, PodDisruptionBudget are no kinds it plays: nginx (faceserve.dev.cluster's, as in
   `make cluster`) stands in for the Service, fed by the readinessProbe the manifest declares; the autoscaler and
   the budget are checked offline (tests/integration/test_kubernetes.py).
 - readinessProbe and startupProbe are not run, livenessProbe becomes a podman health check that needs systemd
@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import signal
@@ -35,9 +36,9 @@ import httpx
 import pytest
 import yaml
 
-from faceserve.cluster.nginx import Nginx, NginxConfig
-from faceserve.cluster.readiness import ReadinessWatch
-from faceserve.kustomize import render
+from faceserve.dev.cluster.nginx import Nginx, NginxConfig
+from faceserve.dev.cluster.readiness import ReadinessWatch
+from faceserve.dev.kustomize import render
 from faceserve.settings import Settings
 from tests import containers
 from tests.containers import podman
@@ -169,7 +170,8 @@ def test_the_cpu_manifests_play_answer_survive_a_replica_kill_and_go_down_clean(
     assert replicas >= 2
     keys_dir = tmp_path / "secrets"
     keys_dir.mkdir()
-    (keys_dir / "api-keys").write_text(f"{KEY}\n")
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    (keys_dir / "api-keys").write_text(f"kube-play analyze,enrol,admin sha256:{digest}\n")
     keys_dir.chmod(0o755)
     (keys_dir / "api-keys").chmod(0o644)
     pg_port = free_port()
