@@ -4,6 +4,7 @@ engines, across processes and through outages)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -45,15 +46,9 @@ def store_url(tmp_path) -> str:
 @pytest.fixture
 def open_gallery(store_url):
     """Opens a Gallery (a process's own, with its own index) over the test's store, or another store given."""
-    stores = []
-
-    def open_(url: str = store_url, model: EmbeddingModel = MODEL) -> Gallery:
-        stores.append(open_store(url))
-        return Gallery(stores[-1], model, poll_interval_s=0)
-
-    yield open_
-    for store in stores:
-        store.close()
+    with contextlib.ExitStack() as stores:
+        yield lambda url=store_url, model=MODEL: Gallery(stores.enter_context(contextlib.closing(open_store(url))),
+                                                         model, poll_interval_s=0)
 
 
 @pytest.fixture

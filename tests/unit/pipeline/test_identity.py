@@ -6,7 +6,6 @@ last test runs the real detector and embedding model on real photos, where the m
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import io
@@ -74,13 +73,6 @@ class ScriptedPipeline:
                             missing_heads=[], timings_ms={}, faces=[Face(box=Box(x1=f.box[0], y1=f.box[1], x2=f.box[2], y2=f.box[3]), score=f.score)
                                    for f in found])
         return analysis, await self.embed(photo, found)
-
-
-@pytest.fixture
-def run():
-    loop = asyncio.new_event_loop()
-    yield loop.run_until_complete
-    loop.close()
 
 
 @pytest.fixture
