@@ -24,7 +24,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from benchmarks import report, workload
-from benchmarks.scenarios import OPT_IN, SCENARIOS, Config, Context, Skip, runs_in, unusable
+from benchmarks.scenarios import OPT_IN, SCENARIOS, runs_in, unusable
+from benchmarks.sweeps import Config, Context, Skip
 
 HERE = Path(__file__).resolve().parent
 

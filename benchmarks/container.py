@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import time
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import httpx

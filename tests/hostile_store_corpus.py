@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import io
 import json
-import struct
 import zipfile
 from typing import Callable
 
 import numpy as np
 
 from tests.hostile_corpus import good_jpeg
+from tests.support import marked_encrypted, zip_bytes
 
 # API keys of the keyed service: one per scope, and a second analyze key (another caller).
 KEYS = {"admin": ("ops", "analyze,enrol,admin", "k-admin-0123456789abcdef"),
@@ -134,26 +133,12 @@ def good_lines_then_bad(seed: Seed, good: int = 501) -> bytes:
 
 # ---- archives ----------------------------------------------------------------------------------------------
 
-def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def encrypted_zip() -> bytes:
-    """A zip whose member says it is encrypted (general-purpose flag bit 0), in both of its headers."""
-    data = bytearray(zip_of({"face.jpg": good_jpeg()}))
-    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
-        at = data.find(signature)
-        (flags,) = struct.unpack_from("<H", data, at + flag_offset)
-        struct.pack_into("<H", data, at + flag_offset, flags | 1)
-    return bytes(data)
+    return marked_encrypted(zip_bytes({"face.jpg": good_jpeg()}))
 
 
 def corrupt_deflate_zip() -> bytes:
-    data = bytearray(zip_of({"face.jpg": good_jpeg()}, zipfile.ZIP_DEFLATED))
+    data = bytearray(zip_bytes({"face.jpg": good_jpeg()}, zipfile.ZIP_DEFLATED))
     start = data.find(b"PK\x03\x04") + 30 + len("face.jpg")
     for offset in range(start + 10, start + 60):
         data[offset] ^= 0x5A
@@ -334,11 +319,11 @@ def attacks() -> list[Attack]:
         Attack("job of a corrupt deflate stream", "/jobs/submit", ARCHIVE, _job_archive(corrupt_deflate_zip)),
         Attack("job of a file that is no zip", "/jobs/submit", ARCHIVE, _job_archive(lambda: b"PK\x05\x06 nope")),
         Attack("job of a truncated zip", "/jobs/submit", ARCHIVE,
-               _job_archive(lambda: zip_of({"face.jpg": good_jpeg()})[:100])),
+               _job_archive(lambda: zip_bytes({"face.jpg": good_jpeg()})[:100])),
         Attack("job of 1001 uploads", "/jobs/submit", (422, "job_images"), _uploads(1001)),
         Attack("job given two ways", "/jobs/submit", (400, "ambiguous_image"),
                lambda seed: {"files": [("images", ("a.jpg", face, "image/jpeg")),
-                                       ("archive", ("p.zip", zip_of({"a.jpg": face}), "application/zip"))]}),
+                                       ("archive", ("p.zip", zip_bytes({"a.jpg": face}), "application/zip"))]}),
         Attack("status of an unknown job", "/jobs/status", (404, "unknown_job"),
                _json({"job_id": "00000000-0000-7000-8000-00000000dead"})),
         Attack("cancel an unknown job", "/jobs/cancel", (404, "unknown_job"),

@@ -8,7 +8,9 @@ import dataclasses
 import io
 import json
 import os
+import struct
 import sys
+import zipfile
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
@@ -39,6 +41,26 @@ def jpeg(image: np.ndarray, quality: int = 92, exif: Image.Exif | None = None) -
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "JPEG", quality=quality, **({"exif": exif} if exif else {}))
     return buffer.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A zip archive of `members` (name: data), in their order."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def marked_encrypted(archive: bytes) -> bytes:
+    """The zip with its first member marked encrypted (general-purpose flag bit 0) in both of its headers: the
+    local one and the central directory's."""
+    data = bytearray(archive)
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        (flags,) = struct.unpack_from("<H", data, at + flag_offset)
+        struct.pack_into("<H", data, at + flag_offset, flags | 1)
+    return bytes(data)
 
 
 def png(image: np.ndarray) -> bytes:

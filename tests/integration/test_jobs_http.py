@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -39,7 +38,7 @@ import pytest
 from faceserve.dev import devserver, photos
 from tests.hostile_corpus import image_server
 from tests.unit.jobs import test_intake as intake_tests
-from tests.support import LOG_DIR, ROOT, jpeg
+from tests.support import LOG_DIR, ROOT, jpeg, zip_bytes
 
 JOB_IMAGES = 200  # issue 14: a 200-image job; the seven photos' JPEG files come to about 21 MB
 BUSY_IMAGES = 40  # a job long enough to keep the worker busy while another key's jobs queue behind it
@@ -236,11 +235,8 @@ def test_every_line_matches_a_synchronous_analyze(client, photo_bytes, expected)
 
 
 def test_a_zip_file(client, photo_bytes, expected):
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as handle:
-        for name, data in photo_bytes.items():
-            handle.writestr(f"photos/{name}", data)
-    job = call(client, "/jobs/submit", files={"archive": ("photos.zip", archive.getvalue(), "application/zip")})
+    archive = zip_bytes({f"photos/{name}": data for name, data in photo_bytes.items()})
+    job = call(client, "/jobs/submit", files={"archive": ("photos.zip", archive, "application/zip")})
     assert wait(client, job["id"])["done"] == len(photo_bytes)
     lines = results(client, job["id"])
     assert [line["name"] for line in lines] == [f"photos/{name}" for name in photo_bytes]
@@ -260,10 +256,7 @@ def test_urls_follow_the_fetching_rules(client, expected):
 
 
 def zip_of_zeros(size: int) -> bytes:
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
-        handle.writestr("zeros.jpg", b"\0" * size)
-    return archive.getvalue()
+    return zip_bytes({"zeros.jpg": b"\0" * size}, zipfile.ZIP_DEFLATED)
 
 
 @pytest.mark.parametrize("request_kwargs, status, code, named", [

@@ -9,7 +9,7 @@ Adding a detector is one new module here: every module of this package is import
 from __future__ import annotations
 
 from faceserve.models.decoder import descendants, import_modules
-from faceserve.models.detectors.base import Detection, Detector, nms
+from faceserve.models.detectors.base import Detection, Detector, ModelDetector, nms
 from faceserve.models.detectors.blazeface import BlazeFace
 from faceserve.models.detectors.faceboxes import AutoDetector, FaceBoxes
 from faceserve.models.detectors.haar import HaarDetector
@@ -45,4 +45,4 @@ def default(available: dict[str, Detector]) -> str:
 
 
 __all__ = ["DEFAULT_DETECTOR", "REGISTRY", "AutoDetector", "BlazeFace", "Detection", "Detector", "FaceBoxes",
-           "HaarDetector", "build", "default", "discover", "nms"]
+           "HaarDetector", "ModelDetector", "build", "default", "discover", "nms"]

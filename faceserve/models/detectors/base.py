@@ -43,6 +43,14 @@ class Detector(Decoder, abc.ABC):
         return [crops.whole_image(image, spec)[0]]
 
 
+class ModelDetector(Detector, abc.ABC):
+    """A detector that runs a repository model (its `decoder`'s) on a backend."""
+
+    def __init__(self, spec: ModelSpec, backend):
+        self.spec = spec
+        self.backend = backend
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, image_shape: tuple[int, int],
         keypoints: np.ndarray | None = None) -> list[Detection]:
     """Boxes clipped to the image, overlaps above `iou` suppressed (OpenCV), best score first."""

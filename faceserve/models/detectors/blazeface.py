@@ -13,19 +13,15 @@ import numpy as np
 from faceserve.models import crops
 from faceserve.models.crops import Letterbox
 from faceserve.models.decoder import sigmoid
-from faceserve.models.detectors.base import Detection, Detector, nms
+from faceserve.models.detectors.base import Detection, ModelDetector, nms
 from faceserve.models.spec import ModelSpec
 
 KEYPOINTS = 6  # eyes, nose tip, mouth centre, ear tragions (after the 4 box values of each row)
 
 
-class BlazeFace(Detector):
+class BlazeFace(ModelDetector):
     name = decoder = "blazeface"
     rank = 30
-
-    def __init__(self, spec: ModelSpec, backend):
-        self.spec = spec
-        self.backend = backend
 
     async def detect(self, image: np.ndarray) -> list[Detection]:
         batch, frame = crops.whole_image(image, self.spec)

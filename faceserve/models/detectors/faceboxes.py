@@ -17,7 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from faceserve.models.detectors.base import Detection, Detector, nms
+from faceserve.models.detectors.base import Detection, ModelDetector, nms
 from faceserve.models.spec import ModelSpec
 
 GRID = 128
@@ -54,15 +54,11 @@ def decode(boxes: np.ndarray, scores: np.ndarray, input_shape: tuple[int, int],
     return xyxy, scores
 
 
-class FaceBoxes(Detector):
+class FaceBoxes(ModelDetector):
     """Both scales on every photo larger than the coarse one: the most faces, at the most cost."""
 
     name = decoder = "faceboxes"
     rank = 20
-
-    def __init__(self, spec: ModelSpec, backend):
-        self.spec = spec
-        self.backend = backend
 
     @staticmethod
     def model_inputs(spec: ModelSpec, image: np.ndarray) -> list[np.ndarray]:

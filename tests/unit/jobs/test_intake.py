@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import zipfile
 
 import pytest
 
 from faceserve.errors import InvalidRequest, LimitExceeded
 from faceserve.jobs import JobLimits, intake
+from tests.support import marked_encrypted, zip_bytes
 
 
 def archive(tmp_path, members: dict[str, bytes]):
     path = tmp_path / "photos.zip"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as handle:
-        for name, data in members.items():
-            handle.writestr(name, data)
+    path.write_bytes(zip_bytes(members, zipfile.ZIP_DEFLATED))
     return path
 
 
@@ -49,29 +47,17 @@ def test_upload_names_lose_the_temporary_prefix(tmp_path):
 
 
 def deflated(data: bytes = bytes(range(256)) * 40) -> bytearray:
-    return bytearray(archive_bytes({"a.jpg": data}))
-
-
-def archive_bytes(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", method) as handle:
-        for name, data in members.items():
-            handle.writestr(name, data)
-    return buffer.getvalue()
-
-
-def encrypted() -> bytes:
-    """A zip whose member says it is encrypted (the flag, in its local header and its directory entry)."""
-    raw = deflated()
-    raw[6] |= 1
-    raw[raw.index(b"PK\1\2") + 8] |= 1
-    return bytes(raw)
+    return bytearray(zip_bytes({"a.jpg": data}, zipfile.ZIP_DEFLATED))
 
 
 def corrupt_deflate() -> bytes:
     raw = deflated()
     raw[30 + len("a.jpg"):30 + len("a.jpg") + 16] = b"\xff" * 16  # the deflate stream's first bytes
     return bytes(raw)
+
+
+def encrypted() -> bytes:
+    return marked_encrypted(bytes(deflated()))
 
 
 def unknown_method() -> bytes:
@@ -82,13 +68,13 @@ def unknown_method() -> bytes:
 
 
 def corrupt(method: int) -> bytes:
-    raw = bytearray(archive_bytes({"a.jpg": bytes(range(256)) * 40}, method))
+    raw = bytearray(zip_bytes({"a.jpg": bytes(range(256)) * 40}, method))
     raw[40:60] = bytes(20)
     return bytes(raw)
 
 
 def stored_bad_crc() -> bytes:
-    raw = bytearray(archive_bytes({"a.jpg": b"0123456789"}, zipfile.ZIP_STORED))
+    raw = bytearray(zip_bytes({"a.jpg": b"0123456789"}, zipfile.ZIP_STORED))
     raw[30 + len("a.jpg")] ^= 1
     return bytes(raw)
 
@@ -100,8 +86,8 @@ def stored_bad_crc() -> bytes:
     (corrupt(zipfile.ZIP_LZMA), "its compressed data is corrupt"),
     (unknown_method(), "its compression method is not supported"),
     (stored_bad_crc(), "Bad CRC-32 for file 'a.jpg'"),
-    (archive_bytes({"a.jpg": b"1" * 100})[:-30], "not a zip file"),  # truncated in its directory
-    (archive_bytes({"a.jpg": b"1" * 100})[:60], "not a zip file"),
+    (zip_bytes({"a.jpg": b"1" * 100}, zipfile.ZIP_DEFLATED)[:-30], "not a zip file"),  # truncated in its directory
+    (zip_bytes({"a.jpg": b"1" * 100}, zipfile.ZIP_DEFLATED)[:60], "not a zip file"),
     (b"", "not a zip file"),
     (b"%PDF-1.4 not a zip", "not a zip file"),
 ], ids=["encrypted", "corrupt-deflate", "corrupt-bzip2", "corrupt-lzma", "unknown-method", "bad-crc",
@@ -122,7 +108,7 @@ def test_a_directory_too_large_for_the_job_is_refused_before_it_is_read(tmp_path
     """A directory of many empty entries costs the reader far more memory than its bytes: bounded by the job's
     images before `ZipFile` reads it."""
     path = tmp_path / "photos.zip"
-    path.write_bytes(archive_bytes({f"__MACOSX/{i:05d}" + "x" * 900: b"" for i in range(20)}))
+    path.write_bytes(zip_bytes({f"__MACOSX/{i:05d}" + "x" * 900: b"" for i in range(20)}, zipfile.ZIP_DEFLATED))
     with pytest.raises(LimitExceeded) as error:
         intake.from_zip(path, JobLimits(max_images=2))
     assert (error.value.status, error.value.code) == (422, "job_images")

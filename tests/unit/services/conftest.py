@@ -1,11 +1,11 @@
-"""The services over the real repository's specs and a temporary SQLite store, each test on its own event loop.
+"""The services over the real repository's specs and a temporary SQLite store, each test on its own event loop
+(`run`, tests/unit/conftest.py).
 
 `FakeBackend` stands in where the models are not the point: it loads nothing and fails any model call, so a test
 that uses it also shows that its request ran no model."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 
@@ -38,13 +38,6 @@ class FakeBackend(Backend):
 def settings(repository, tmp_path) -> Settings:
     return dataclasses.replace(Settings.from_env(), repository=repository, store=f"sqlite:///{tmp_path / 'store.db'}",
                                url_fetch=False, decline_labels=())
-
-
-@pytest.fixture
-def run():
-    loop = asyncio.new_event_loop()
-    yield loop.run_until_complete
-    loop.close()
 
 
 @pytest.fixture

@@ -1,0 +1,79 @@
+"""The benchmark's PNG plots: throughput and p99 against concurrency, and the jobs-contention timeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def concurrency_plots(series: dict[str, list[dict]], out: Path) -> list[Path]:
+    """throughput.png and p99.png: each sweep's (scenario and variant) points against concurrency."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = (("throughput", "throughput (requests/s)", "throughput.png"),
+               ("p99_ms", "p99 latency (ms)", "p99.png")) if series else ()  # none when no sweep ran
+    written = []
+    for key, label, file in figures:
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        for name, points in sorted(series.items()):
+            points = sorted(points, key=lambda r: r["concurrency"])
+            ax.plot([p["concurrency"] for p in points], [p[key] or 0 for p in points], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrency (closed-loop clients)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} vs concurrency")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        fig.savefig(out / file, dpi=110)
+        plt.close(fig)
+        written.append(out / file)
+    return written
+
+
+def job_timeline_plot(idle: dict | None, during: dict | None, out: Path) -> Path | None:
+    """jobs-contention.png from its idle row and its during-the-job row: live latency over time with the job's
+    progress on a second axis, and the two windows' latency distributions side by side."""
+    if not (idle and during and during.get("timeline")):
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timeline, job = during["timeline"], during["job"]
+    fig, (ax, dist) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [2.2, 1]})
+    t = [p[0] for p in timeline["latency"]]
+    ax.scatter(t, [p[1] for p in timeline["latency"]], s=4, alpha=0.5, color="tab:blue", label="live /analyze")
+    for i, span in enumerate(timeline["idle"]):
+        ax.axvspan(*span, color="tab:green", alpha=0.10, label="idle windows" if i == 0 else None)
+        ax.hlines([idle["p50_ms"], idle["p95_ms"]], *span, colors="tab:green", linestyles=["-", "--"])
+    ax.axvspan(*timeline["job"], color="tab:orange", alpha=0.10, label="job window")
+    ax.hlines([during["p50_ms"], during["p95_ms"]], *timeline["job"], colors="tab:orange", linestyles=["-", "--"])
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the live load began")
+    ax.set_ylabel("live /analyze latency (ms; lines: p50, dashed p95)")
+    done = ax.twinx()
+    done.step([p[0] for p in timeline["progress"]], [p[1] for p in timeline["progress"]], where="post",
+              color="tab:red", label="job images finished")
+    done.set_ylabel("job images finished")
+    done.set_ylim(0, job["images"] * 1.05)
+    handles = ax.get_legend_handles_labels()[0] + done.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    ax.set_title(f"{during['concurrency']} live clients; {job['images']}-image job at {job['images_per_s']} images/s")
+    ax.grid(True, which="both", alpha=0.3)
+
+    windows = [[p[1] for p in timeline["latency"]
+                if any(start <= p[0] and p[0] + p[1] / 1e3 <= end for start, end in spans)]
+               for spans in (timeline["idle"], [timeline["job"]])]
+    dist.boxplot(windows, whis=(5, 95), showfliers=False)
+    dist.set_xticks([1, 2], ["idle (before and after)", "during the job"])
+    dist.set_yscale("log")
+    dist.set_ylabel("latency (ms; box: quartiles, whiskers: p5-p95)")
+    dist.set_title(f"p50 x{during['ratios']['p50']}, p95 x{during['ratios']['p95']}")
+    dist.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "jobs-contention.png", dpi=110)
+    plt.close(fig)
+    return out / "jobs-contention.png"

@@ -1,0 +1,227 @@
+"""The identity stage (`faceserve/pipeline/identity.py`) over a temporary SQLite gallery.
+
+Its decisions (which face is enrolled, same person or not, who is found at which threshold, what a non-finite
+vector answers) are tested over a scripted pipeline: the faces and vectors each test names, no model run. The
+last test runs the real detector and embedding model on real photos, where the models are the point."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from faceserve.errors import FaceserveError
+from faceserve.gallery import EmbeddingModel, Gallery, NewFace
+from faceserve.models.landmarks import PRESENCE_THRESHOLD
+from faceserve.pipeline.identity import THUMBNAIL_SIDE, IdentityStage
+from faceserve.pipeline.pipeline import FoundFace
+from faceserve.pipeline.schemas import Analysis, Box, Face
+from faceserve.store import open_store
+from tests.support import FIXTURES
+
+DIMENSION = 4
+SHA256 = "0" * 64
+
+
+def unit(*values: float) -> np.ndarray:
+    vector = np.asarray(values, np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def image(key: int, width: int = 200, height: int = 100) -> np.ndarray:
+    """A blank photo the scripted pipeline knows by `key` (its first pixel)."""
+    photo = np.zeros((height, width, 3), np.uint8)
+    photo[0, 0, 0] = key
+    return photo
+
+
+def face(x1: float, y1: float, x2: float, y2: float, score: float = 0.9) -> FoundFace:
+    return FoundFace((x1, y1, x2, y2), score, None)
+
+
+@dataclasses.dataclass
+class ScriptedPipeline:
+    """The four pipeline calls the stage makes, answering from `faces` (by image key) and `vectors` (by box);
+    `presence` is the landmark model's score at a caller's box."""
+
+    faces: dict[int, list[FoundFace]] = dataclasses.field(default_factory=dict)
+    vectors: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)
+    presence: float = 0.95
+    located: list = dataclasses.field(default_factory=list)  # the detector each locate was asked for
+
+    def require_embedding(self):
+        spec = type("Spec", (), {"name": "scripted", "version": "3", "score_threshold": 0.5})
+        return type("Head", (), {"spec": spec, "dimension": DIMENSION})
+
+    async def locate(self, photo, detector=None):
+        self.located.append(detector)
+        return self.faces.get(int(photo[0, 0, 0]), [])
+
+    async def at_boxes(self, photo, boxes):
+        return [FoundFace(tuple(map(float, box)), self.presence, None) for box in boxes]
+
+    async def embed(self, photo, faces):
+        return np.stack([self.vectors[f.box] for f in faces]) if faces else np.zeros((0, DIMENSION), np.float32)
+
+    async def analyze_and_embed(self, photo, detector=None):
+        found = await self.locate(photo, detector)
+        analysis = Analysis(width=photo.shape[1], height=photo.shape[0], detector="scripted", models={},
+                            missing_heads=[], timings_ms={}, faces=[Face(box=Box(x1=f.box[0], y1=f.box[1], x2=f.box[2], y2=f.box[3]), score=f.score)
+                                   for f in found])
+        return analysis, await self.embed(photo, found)
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    yield Gallery(store, EmbeddingModel("scripted", "3", DIMENSION))
+    store.close()
+
+
+@pytest.fixture
+def pipeline() -> ScriptedPipeline:
+    return ScriptedPipeline()
+
+
+@pytest.fixture
+def stage(pipeline, gallery) -> IdentityStage:
+    return IdentityStage(pipeline, gallery, threshold=0.6)
+
+
+def refusal(run, coroutine) -> tuple[int, str, str]:
+    with pytest.raises(FaceserveError) as refused:
+        run(coroutine)
+    return refused.value.status, refused.value.code, refused.value.message
+
+
+def test_the_stage_names_its_model_and_opens_at_the_heads_own_threshold_unless_told(pipeline, gallery, tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'opened.db'}")
+    try:
+        measured, told = IdentityStage.open(pipeline, store), IdentityStage.open(pipeline, store, threshold=0.7)
+        assert (measured.model, measured.threshold, told.threshold) == ("scripted:3", 0.5, 0.7)
+        assert measured.gallery.model == EmbeddingModel("scripted", "3", DIMENSION)
+    finally:
+        store.close()
+
+
+def test_enrolment_takes_the_only_face_and_refuses_none_or_several(stage, pipeline, run):
+    pipeline.faces = {1: [face(10, 10, 50, 60)], 2: [], 3: [face(0, 0, 20, 20), face(30, 30, 60, 60)]}
+    pipeline.vectors = {(10, 10, 50, 60): unit(1, 0, 0, 0)}
+    new = run(stage.enrolment(image(1), SHA256, None, "image 1"))
+    assert (new.box, new.image_sha256, new.thumbnail, new.vector.tolist()) == (
+        (10, 10, 50, 60), SHA256, None, [1, 0, 0, 0])
+    assert refusal(run, stage.enrolment(image(2), SHA256, None, "image 2")) == (
+        400, "no_face", "image 2: no face found; send a photo of the face, or give its box")
+    assert refusal(run, stage.enrolment(image(3), SHA256, None, "image 3")) == (
+        400, "several_faces", "image 3: 2 faces found; send a photo of one face, or give the box of the face to enrol")
+
+
+def test_enrolment_at_a_box_takes_that_face_if_the_landmark_model_sees_one(stage, pipeline, run):
+    pipeline.faces = {1: [face(0, 0, 20, 20), face(30, 30, 60, 60)]}
+    pipeline.vectors = {(30.0, 30.0, 60.0, 60.0): unit(0, 1, 0, 0)}
+    new = run(stage.enrolment(image(1), SHA256, [30, 30, 60, 60], "image 1"))
+    assert (new.box, new.vector.tolist()) == ((30, 30, 60, 60), [0, 1, 0, 0])
+    assert pipeline.located == []  # a box the caller gives is not searched for
+    assert refusal(run, stage.enrolment(image(1), SHA256, [200, 0, 250, 40], "image 1"))[:2] == (
+        400, "box_outside_image")
+    assert refusal(run, stage.enrolment(image(1), SHA256, [-40, -40, 0, 0], "image 1"))[:2] == (
+        400, "box_outside_image")
+    pipeline.presence = PRESENCE_THRESHOLD - 0.01
+    assert refusal(run, stage.enrolment(image(1), SHA256, [30, 30, 60, 60], "image 4")) == (
+        400, "no_face", "image 4: the landmark model sees no face in the given box")
+
+
+def test_the_thumbnail_is_a_small_jpeg_of_the_face_only_when_asked(stage, pipeline, run):
+    pipeline.faces = {1: [face(-20, 10, 190, 95)]}  # wider than the thumbnail, and past the image's left edge
+    pipeline.vectors = {(-20, 10, 190, 95): unit(1, 1, 0, 0)}
+    new = run(stage.enrolment(image(1), SHA256, None, "image 1", thumbnail=True))
+    small = Image.open(io.BytesIO(new.thumbnail))
+    assert (small.format, small.size) == ("JPEG", (THUMBNAIL_SIDE, round(85 * THUMBNAIL_SIDE / 190)))
+
+
+def test_verify_compares_the_largest_face_of_each_image_at_the_threshold(stage, pipeline, run):
+    small, large, other = face(0, 0, 10, 10), face(50, 20, 150, 90), face(5, 5, 80, 80)
+    pipeline.faces = {1: [small, large], 2: [other], 3: []}
+    pipeline.vectors = {small.box: unit(0, 0, 0, 1), large.box: unit(1, 0, 0, 0), other.box: unit(0.8, 0.6, 0, 0)}
+    verdict = run(stage.verify(image(1), image(2)))
+    assert (verdict.same_person, verdict.similarity, verdict.threshold, verdict.model) == (True, 0.8, 0.6, "scripted:3")
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in verdict.faces] == [(50, 20, 150, 90), (5, 5, 80, 80)]
+    stage.threshold = 0.81
+    assert run(stage.verify(image(1), image(2))).same_person is False
+    assert refusal(run, stage.verify(image(1), image(3))) == (400, "no_face", "image 2: no face found")
+
+
+def test_verify_refuses_a_non_finite_embedding_rather_than_answer_nan(stage, pipeline, run):
+    pipeline.faces = {1: [face(0, 0, 10, 10)], 2: [face(0, 0, 20, 20)]}
+    pipeline.vectors = {(0, 0, 10, 10): unit(1, 0, 0, 0), (0, 0, 20, 20): np.array([np.nan, 0, 0, 0], np.float32)}
+    assert refusal(run, stage.verify(image(1), image(2))) == (
+        400, "no_embedding", "image 2: the embedding model gave no usable vector for its face")
+
+
+def test_identify_answers_top_k_at_or_above_the_threshold_best_first(stage, pipeline, gallery, run):
+    ada = gallery.create_identity("Ada", faces=[NewFace(unit(1, 0, 0, 0), SHA256, (0, 0, 1, 1))])
+    bob = gallery.create_identity("Bob", faces=[NewFace(unit(0.8, 0.6, 0, 0), SHA256, (0, 0, 1, 1))])
+    gallery.create_identity("Cy", faces=[NewFace(unit(0, 0, 1, 0), SHA256, (0, 0, 1, 1))])
+    known, stranger = face(0, 0, 40, 40, 0.98), face(60, 0, 100, 40, 0.7)
+    pipeline.faces = {1: [known, stranger]}
+    pipeline.vectors = {known.box: unit(1, 0, 0, 0), stranger.box: unit(0, 0, 0, 1)}
+    found = run(stage.identify(image(1), "faceboxes", top_k=5))
+    assert pipeline.located == ["faceboxes"]
+    assert (found.width, found.height, found.threshold, found.model) == (200, 100, 0.6, "scripted:3")
+    assert [(f.box.x1, f.score, [(m.id, m.name, m.similarity) for m in f.matches]) for f in found.faces] == [
+        (0, 0.98, [(ada.id, "Ada", 1.0), (bob.id, "Bob", 0.8)]), (60, 0.7, [])]
+    assert (found.faces[0].identity.name, found.faces[1].identity) == ("Ada", None)
+    assert [m.name for m in run(stage.identify(image(1), None, top_k=1)).faces[0].matches] == ["Ada"]
+    stage.threshold = 0.8  # the threshold itself is a match
+    assert [m.name for m in run(stage.identify(image(1), None, top_k=5)).faces[0].matches] == ["Ada", "Bob"]
+
+
+def test_matches_skip_zero_and_non_finite_vectors_without_searching_them(stage, gallery, run):
+    gallery.create_identity("Ada", faces=[NewFace(unit(1, 0, 0, 0), SHA256, (0, 0, 1, 1))])
+    vectors = np.stack([unit(1, 0, 0, 0), np.zeros(DIMENSION, np.float32),
+                        np.array([np.inf, 0, 0, 0], np.float32), np.array([np.nan] * DIMENSION, np.float32)])
+    answers = run(stage.matches(vectors, top_k=3))
+    assert [[m.name for m in found] for found in answers] == [["Ada"], [], [], []]
+    assert run(stage.matches(np.zeros((0, DIMENSION), np.float32))) == []
+
+
+def test_analyze_gives_each_face_its_best_match_or_none(stage, pipeline, gallery, run):
+    ada = gallery.create_identity("Ada", faces=[NewFace(unit(1, 0, 0, 0), SHA256, (0, 0, 1, 1))])
+    known, stranger = face(0, 0, 40, 40), face(60, 0, 100, 40)
+    pipeline.faces = {1: [known, stranger]}
+    pipeline.vectors = {known.box: unit(0.9, 0.1, 0, 0), stranger.box: unit(0, 1, 0, 0)}
+    analysis = run(stage.analyze(image(1)))
+    assert [(f.identity.id, f.identity.name, f.identity.similarity) if f.identity else None
+            for f in analysis.faces] == [(ada.id, "Ada", 0.9939), None]
+
+
+@pytest.fixture(scope="module")
+def real_stage(runner, tmp_path_factory):
+    if not (FIXTURES / "identity").is_dir():
+        pytest.skip(f"{FIXTURES / 'identity'} is absent: the identity photos are needed")
+    store = open_store(f"sqlite:///{tmp_path_factory.mktemp('identity') / 'store.db'}")
+    yield IdentityStage.open(runner.pipeline, store)
+    store.close()
+
+
+def photo(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_the_real_models_tell_people_apart_at_the_heads_threshold(real_stage, runner):
+    enrol, probe = FIXTURES / "identity" / "enroll", FIXTURES / "identity" / "probe"
+    for name, path in (("obama", enrol / "obama" / "obama.jpg"), ("biden", enrol / "biden" / "biden.jpg")):
+        data = path.read_bytes()
+        new = runner.run(real_stage.enrolment(photo(path), hashlib.sha256(data).hexdigest(), None, name))
+        assert abs(float(np.linalg.norm(new.vector)) - 1) < 1e-3
+        real_stage.gallery.create_identity(name, faces=[new])
+    same = runner.run(real_stage.verify(photo(probe / "obama1.jpg"), photo(probe / "obama3.jpg")))
+    other = runner.run(real_stage.verify(photo(probe / "obama1.jpg"), photo(enrol / "biden" / "biden2.jpg")))
+    assert (same.same_person, other.same_person) == (True, False)
+    assert same.similarity > other.similarity
+    found = runner.run(real_stage.identify(photo(probe / "obama_and_biden.jpg"), None, top_k=2))
+    assert {f.identity.name for f in found.faces if f.identity} == {"obama", "biden"}
