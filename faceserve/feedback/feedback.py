@@ -65,9 +65,10 @@ class Feedback:
             return None
         return request_id
 
-    def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait until every answer remembered so far is written; whether it was within `timeout_s`."""
-        return self.writer.flush(timeout_s=timeout_s)
+    def flush(self, request_id: str | None = None, timeout_s: float | None = None) -> bool:
+        """Wait until the answer `request_id` (None: every answer remembered so far) is written; whether it was
+        within `timeout_s`."""
+        return self.writer.flush(request_id, timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Write every queued answer (for up to `timeout_s` while the store cannot be reached) and stop the writer;
@@ -118,7 +119,7 @@ class Feedback:
             if text is not None and "\x00" in text:  # PostgreSQL text cannot hold it
                 raise InvalidRequest(f"{name} holds a NUL character", code="invalid_value")
         if self.writer.holds(request_id):  # answered a moment ago: its answer is still queued here
-            self.writer.flush(request_id)
+            self.flush(request_id)
         with self.store.read() as tx:
             row = tx.one("SELECT image_sha256, fields, per_face, answers FROM feedback_requests WHERE id = ? "
                          "AND owner = ?", (request_id, owner))

@@ -19,14 +19,18 @@ class FeedbackService:
     def __init__(self, resources: Resources):
         self.resources = resources
 
-    async def remember(self, owner: str, answer: Answer) -> str | None:
+    async def remember(self, owner: str, answer: Answer, *, written: bool = False) -> str | None:
         """The request id the answer is remembered under, as `owner`'s (a principal: only they may correct it);
         None when the store cannot be reached (the answer is still worth giving, only its feedback is lost).
-        Queued on the event loop itself (microseconds); only a full queue waits, in a worker thread."""
+        Queued on the event loop itself (microseconds); only a full queue waits, in a worker thread. `written`:
+        return once the answer is written (a job's image, whose result must not outlive its answer)."""
         try:
             feedback = await self.resources.feedback()
-            return (feedback.remember(owner, answer, block=False)
-                    or await asyncio.to_thread(feedback.remember, owner, answer))
+            request_id = (feedback.remember(owner, answer, block=False)
+                          or await asyncio.to_thread(feedback.remember, owner, answer))
+            if written:
+                await asyncio.to_thread(feedback.flush, request_id)
+            return request_id
         except StoreUnavailable as exc:
             log.warning("answer not remembered for feedback: %s", exc.message)
             return None

@@ -249,3 +249,13 @@ def test_an_id_nobody_was_given_is_a_404_once_no_writer_can_still_hold_it(store,
         asyncio.run(service.correct(ALICE, "0190aaaa-0000-7000-8000-000000000000", 0, "emotion", "sad"))
     assert old.value.code == "unknown_request" and time.monotonic() - started < 0.1
     feedback.close()
+
+
+def test_a_jobs_answer_is_written_before_the_service_returns_it(store):
+    feedback = Feedback(store, group_window_s=60)
+    service = FeedbackService(OneFeedback(feedback))
+    queued = asyncio.run(service.remember(ALICE.principal, ANSWER))
+    assert feedback.writer.holds(queued) and stored_ids(store) == []  # a request's answer: queued only
+    written = asyncio.run(service.remember(ALICE.principal, ANSWER, written=True))
+    assert stored_ids(store) == [queued, written]  # in queue order, the earlier one with it
+    feedback.close()
