@@ -80,6 +80,9 @@ class Settings:
     # FACESERVE_ANSWERS_KEPT_DAYS: every answer is remembered so that it can be corrected (/feedback); answers
     # older than this that nobody corrected are forgotten. 0 keeps them all.
     answers_kept_days: float = 30.0
+    # FACESERVE_ANSWERS_GROUP_MS: how long a remembered answer may wait for others to share its commit
+    # (docs/feedback.md): fewer commits, and a kill -9 loses up to this much more. 0: a group is what queued meanwhile.
+    answers_group_ms: float = 20.0
     # FACESERVE_BATCH_DELAY_US: the embedded batcher's queue delay for every model; None: each config.pbtxt's own
     batch_delay_us: int | None = None
 
@@ -121,6 +124,7 @@ class Settings:
             job_concurrency=int(_env("JOB_CONCURRENCY", "1")),
             job_lease_s=float(_env("JOB_LEASE_S", "30")),
             answers_kept_days=float(_env("ANSWERS_KEPT_DAYS", "30")),
+            answers_group_ms=float(_env("ANSWERS_GROUP_MS", "20")),
             batch_delay_us=int(_env("BATCH_DELAY_US", "")) if _env("BATCH_DELAY_US", "") else None,
         )
 

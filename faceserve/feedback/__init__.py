@@ -2,8 +2,9 @@
 
 What belongs here: the feedback tables (`migrations.py`), what it remembers and stores and the answers built
 from them (`records.py`), remembering an answer and checking a correction against it, the CSV export and the
-summary (`feedback.py`). What does not: connections and migrations (`faceserve/store`), which models answered and
-with which labels (`faceserve.services.analysis` passes that in), HTTP.
+summary (`feedback.py`), the thread that writes remembered answers in group commits (`writer.py`). What does
+not: connections and migrations (`faceserve/store`), which models answered and with which labels
+(`faceserve.services.analysis` passes that in), HTTP.
 
     feedback = Feedback(open_store(settings.store))
     request_id = feedback.remember(caller.principal, Answer(image_sha256, fields, faces))

@@ -7,14 +7,19 @@ import dataclasses
 import datetime
 import io
 import json
-import threading
+import logging
+import time
+import uuid
 
-from faceserve.errors import InvalidRequest, NotFound
+from faceserve.errors import InvalidRequest, NotFound, StoreUnavailable
 from faceserve.feedback.migrations import MIGRATIONS
 from faceserve.feedback.records import Answer, Confusion, Correction, FeedbackSummary, FieldFeedback
+from faceserve.feedback.writer import GroupWriter
 from faceserve.gallery.validation import MAX_NAME_CHARS
 from faceserve.models.versions import parse_model_ref
 from faceserve.store import Store, first_id_at, new_id, utc_now
+
+log = logging.getLogger(__name__)
 
 # The most characters each text of a correction may hold: ids and field names are short; a correct value or what
 # the model said is a label, a number or an identity's name (bounded as the gallery bounds names).
@@ -24,6 +29,10 @@ CONFUSIONS_SHOWN = 5
 # Every FORGET_EVERY answers a process remembers, it forgets up to that many expired ones: the table stays
 # bounded at a steady rate without a scheduler, and no single request pays for a large delete.
 FORGET_EVERY = 1000
+# A remembered answer is written within this long of its id being made, with room for a busy store (a group's window
+# and commit take milliseconds): until then a correction that finds no answer may have reached another process than
+# the one that answered, whose writer still holds it, and is looked up again (faceserve/services/feedback.py).
+SETTLE_S = 2.0
 # A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection): the export prefixes it
 # with a quote, which the spreadsheet shows as text.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -32,34 +41,61 @@ CSV_COLUMNS = ("created_at", "request_id", "face_index", "field", "model_said", 
 
 
 class Feedback:
-    """Every method is synchronous and thread-safe; any number of processes may share the store."""
+    """Every method is synchronous and thread-safe; any number of processes may share the store. Answers are
+    written by a thread of the instance's own (`GroupWriter`): `close` it before the store."""
 
-    def __init__(self, store: Store, answers_kept_days: float = 0):
+    def __init__(self, store: Store, answers_kept_days: float = 0, group_window_s: float = 0.0):
         """`answers_kept_days` > 0: answers older than that, never corrected, are forgotten (a correction of
-        one is then a 404); 0 keeps every answer."""
+        one is then a 404); 0 keeps every answer. `group_window_s`: how long a remembered answer may wait for
+        others to share its commit (0: those queued while the last group was written share it)."""
         store.migrate("feedback", MIGRATIONS)
         self.store = store
         self.answers_kept = datetime.timedelta(days=answers_kept_days) if answers_kept_days > 0 else None
-        self._remembered = 0
-        self._count_lock = threading.Lock()
+        self._remembered = 0  # written by this process (counted by the writer's thread alone)
+        self.writer = GroupWriter(self._write_answers, name="feedback answers writer", window_s=group_window_s)
 
-    def remember(self, owner: str, answer: Answer) -> str:
+    def remember(self, owner: str, answer: Answer, *, block: bool = True) -> str | None:
         """Remember what `owner` (the caller's principal) was answered; the request id to correct it by, which only
-        `owner` may."""
+        `owner` may. The answer is queued and written by this process's writer (writer.py says what a kill can
+        lose); None only when not `block` and the queue is full. Raises `StoreUnavailable` when the queue stays
+        full or the writer is stopped."""
         request_id = new_id()
-        fields = {name: {"model": f.model, "labels": list(f.labels) if f.labels is not None else None}
-                  for name, f in answer.fields.items()}
-        with self.store.transaction() as tx:
-            tx.execute("INSERT INTO feedback_requests (id, owner, created_at, image_sha256, fields, per_face, answers, "
-                       "image) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (request_id, owner, utc_now(), answer.image_sha256, json.dumps(fields), int(answer.per_face),
-                        json.dumps(answer.answers), answer.image))
-        with self._count_lock:
-            self._remembered += 1
-            due = self.answers_kept is not None and self._remembered % FORGET_EVERY == 0
-        if due:
-            self.forget_answers_before(datetime.datetime.now(datetime.timezone.utc) - self.answers_kept)
+        queued = _Remembered(request_id, owner, utc_now(), answer)
+        if not self.writer.put(request_id, queued, len(answer.image or b""), block=block):
+            return None
         return request_id
+
+    def flush(self, request_id: str | None = None, timeout_s: float | None = None) -> bool:
+        """Wait until the answer `request_id` (None: every answer remembered so far) is written; whether it was
+        within `timeout_s`."""
+        return self.writer.flush(request_id, timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write every queued answer (for up to `timeout_s` while the store cannot be reached) and stop the writer;
+        the store stays open."""
+        self.writer.close(timeout_s)
+
+    def settling(self, request_id: str) -> bool:
+        """Whether `request_id` may be an answer another process has queued and not yet written: it was made less
+        than SETTLE_S ago."""
+        try:
+            made_ms = uuid.UUID(request_id).int >> 80
+        except ValueError:
+            return False
+        return 0 <= time.time() * 1000 - made_ms < SETTLE_S * 1000
+
+    def _write_answers(self, answers: list[_Remembered]) -> None:
+        """One group of queued answers in one transaction (the writer's thread); then, every FORGET_EVERY
+        answers, the expired ones forgotten."""
+        with self.store.transaction() as tx:
+            tx.executemany("INSERT INTO feedback_requests (id, owner, created_at, image_sha256, fields, per_face, "
+                           "answers, image) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [a.row() for a in answers])
+        before, self._remembered = self._remembered, self._remembered + len(answers)
+        if self.answers_kept is not None and before // FORGET_EVERY != self._remembered // FORGET_EVERY:
+            try:  # the group is committed: a failure here must not make the writer write it again
+                self.forget_answers_before(datetime.datetime.now(datetime.timezone.utc) - self.answers_kept)
+            except StoreUnavailable as exc:
+                log.warning("expired answers not forgotten this time: %s", exc.message)
 
     def forget_answers_before(self, moment: datetime.datetime, limit: int = FORGET_EVERY) -> int:
         """Forget up to `limit` of the oldest answers remembered before `moment` that no correction refers to
@@ -82,6 +118,8 @@ class Feedback:
                                      code=f"{name}_too_long")
             if text is not None and "\x00" in text:  # PostgreSQL text cannot hold it
                 raise InvalidRequest(f"{name} holds a NUL character", code="invalid_value")
+        if self.writer.holds(request_id):  # answered a moment ago: its answer is still queued here
+            self.flush(request_id)
         with self.store.read() as tx:
             row = tx.one("SELECT image_sha256, fields, per_face, answers FROM feedback_requests WHERE id = ? "
                          "AND owner = ?", (request_id, owner))
@@ -133,6 +171,23 @@ class Feedback:
 
 
 _CORRECTION_COLUMNS = tuple(f.name for f in dataclasses.fields(Correction))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Remembered:
+    """An answer waiting in the writer's queue; its row is built by the writer's thread, off the request's path."""
+
+    request_id: str
+    owner: str
+    created_at: str
+    answer: Answer
+
+    def row(self) -> tuple:
+        answer = self.answer
+        fields = {name: {"model": f.model, "labels": list(f.labels) if f.labels is not None else None}
+                  for name, f in answer.fields.items()}
+        return (self.request_id, self.owner, self.created_at, answer.image_sha256, json.dumps(fields),
+                int(answer.per_face), json.dumps(answer.answers), answer.image)
 
 
 def _inert(cell) -> str:

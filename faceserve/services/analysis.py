@@ -48,10 +48,11 @@ class AnalysisService:
         return await self.analyze_decoded(caller.principal, pixels, data, detector, identify, keep_image)
 
     async def analyze_decoded(self, owner: str, pixels: np.ndarray, data: bytes, detector: str | None,
-                              identify: bool, keep_image: bool = False) -> Analysis:
-        """`analysis` of the image `data` decoded as `pixels`, remembered as `owner`'s."""
+                              identify: bool, keep_image: bool = False, written: bool = False) -> Analysis:
+        """`analysis` of the image `data` decoded as `pixels`, remembered as `owner`'s (`written`: returned once
+        the answer is written, not only queued)."""
         analysis = await self.analysis(pixels, detector, identify)
-        return await self._remember(owner, analysis, digest(data), identify, data if keep_image else None)
+        return await self._remember(owner, analysis, digest(data), identify, data if keep_image else None, written)
 
     async def analyze_batch(self, caller: Caller, uploads: list[Path] | None, b64s: list[str] | None,
                             detector: str | None = None) -> BatchAnalysis:
@@ -85,13 +86,14 @@ class AnalysisService:
         return answer
 
     async def _remember(self, owner: str, analysis: Analysis, image_digest: str, identified: bool,
-                        image: bytes | None = None) -> Analysis:
+                        image: bytes | None = None, written: bool = False) -> Analysis:
         fields = {head.field: FieldModel(model_ref(head.spec.name, head.spec.version), head.spec.labels or None)
                   for head in self.pipeline.heads}
         if identified:
             fields["identity"] = FieldModel(analysis.models[self.pipeline.embedding.spec.task])
         answers = [{field: _said(getattr(face, field, None)) for field in fields} for face in analysis.faces]
-        analysis.request_id = await self.feedback.remember(owner, Answer(image_digest, fields, answers, image=image))
+        analysis.request_id = await self.feedback.remember(owner, Answer(image_digest, fields, answers, image=image),
+                                                           written=written)
         return analysis
 
 

@@ -72,10 +72,10 @@ class JobService:
 
     async def analyze_item(self, item: WorkItem) -> dict:
         """One image of a job, as `analyze` answers it (remembered for feedback like any answer, as the job's
-        submitter's)."""
+        submitter's, and written before its result is: a finished image's answer can be corrected)."""
         await self.resources.start()
         data = item.image if item.image is not None else await self.images.read(url=item.url)
         analysis = await self.analysis.analyze_decoded(item.owner, await self.images.decode(data), data,
                                                        item.options.get("detector"),
-                                                       bool(item.options.get("identify")))
+                                                       bool(item.options.get("identify")), written=True)
         return analysis.model_dump(mode="json")

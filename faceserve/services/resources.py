@@ -38,6 +38,11 @@ class OpenedOnce(Generic[T]):
                     self._value = await asyncio.to_thread(self._open)
         return self._value
 
+    @property
+    def opened(self) -> T | None:
+        """The value if it was opened (never opens it)."""
+        return self._value
+
 
 class Resources:
     def __init__(self, settings: Settings, backend: Backend | None = None, repository: Path | None = None):
@@ -53,7 +58,8 @@ class Resources:
         self._store_lock = threading.Lock()
         self._identity = OpenedOnce(lambda: IdentityStage.open(self.pipeline, self.store(),
                                                                settings.identity_threshold))
-        self._feedback = OpenedOnce(lambda: Feedback(self.store(), settings.answers_kept_days))
+        self._feedback = OpenedOnce(lambda: Feedback(self.store(), settings.answers_kept_days,
+                                                     settings.answers_group_ms / 1000))
         self._jobs = OpenedOnce(lambda: JobQueue(self.store(), settings.jobs, lease_s=settings.job_lease_s))
         log.info("model repository: %s", self.repository.path)
         if self.repository.missing:
@@ -95,6 +101,9 @@ class Resources:
         return await self._jobs.get()
 
     async def close(self) -> None:
+        """Everything this process opened, closed; the answers its feedback writer still holds written first."""
+        if self._feedback.opened is not None:
+            await asyncio.to_thread(self._feedback.opened.close)
         await self.pipeline.backend.close()
         if self._store is not None:
             self._store.close()

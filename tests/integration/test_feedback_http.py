@@ -1,13 +1,14 @@
 """Feedback through the HTTP API of a real service, on SQLite and on PostgreSQL: analyze → correct → export and
-summary; bad feedback named; corrections and remembered answers survive a restart; attacked (issue 20): another
-client's request id, formulas in the export, unbounded texts, guessable ids, each refusal leaving the store as it
-was. Without keys clients are told apart by address: the second client connects from 127.0.0.2 (loopback too)."""
+summary; bad feedback named; corrections and remembered answers survive a restart, every queued answer a clean stop,
+every committed one a kill -9; attacked (issue 20): another client's request id, formulas in the export, unbounded
+texts, guessable ids, each refusal leaving the store as it was. Without keys clients are told apart by address: the second client connects from 127.0.0.2 (loopback too)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
+import time
 import uuid
 from contextlib import contextmanager
 
@@ -93,9 +94,24 @@ def test_every_answer_carries_a_request_id(client, emotion_grid):
     assert (stored["model"], stored["model_said"], stored["face_index"]) == ("nsfw_mobilenet_v2:1", "neutral", None)
 
 
+def written(store_env: dict, *request_ids: str, timeout_s: float = 10.0) -> None:
+    """Wait until the service's writer has written these answers (it does within a group's window of answering)."""
+    deadline = time.monotonic() + timeout_s
+    with open_store(store_env["store"]) as store:
+        while True:
+            with store.read() as tx:
+                found = tx.all(f"SELECT id FROM feedback_requests WHERE id IN ({', '.join('?' * len(request_ids))})",
+                               request_ids)
+            if len(found) == len(request_ids):
+                return
+            assert time.monotonic() < deadline, f"answers not written within {timeout_s} s: {request_ids}"
+            time.sleep(0.02)
+
+
 def test_the_image_is_kept_only_when_asked(client, store_env, emotion_grid):
     kept, image = analyze_grid(client, emotion_grid, keep_image="true")
     plain, _ = analyze_grid(client, emotion_grid)
+    written(store_env, kept["request_id"], plain["request_id"])
     with open_store(store_env["store"]) as store, store.read() as tx:
         stored = dict(tx.all("SELECT id, image FROM feedback_requests WHERE id IN (?, ?)",
                              (kept["request_id"], plain["request_id"])))
@@ -118,17 +134,51 @@ def test_bad_feedback_is_a_4xx_naming_what_is_wrong(client, emotion_grid, change
     assert call(client, "/feedback/summary")["total"] == before
 
 
-def test_survives_a_restart(store_env, emotion_grid):
-    with start(server_env(store_env)) as server, httpx.Client(base_url=server.url, timeout=120) as first:
+def classify(client: httpx.Client, image: bytes) -> str:
+    return call(client, "/classify", files={"image": ("grid.jpg", image, "image/jpeg")})["request_id"]
+
+
+def correct_label(client: httpx.Client, request_id: str) -> httpx.Response:
+    return client.post("/feedback", json={"request_id": request_id, "field": "label", "correct": "drawing"})
+
+
+def test_a_clean_stop_keeps_every_answer_and_a_kill_loses_only_the_last_groups(store_env, emotion_grid):
+    """Answers are written by a background writer in group commits (docs/feedback.md): a clean stop writes every
+    queued one; `kill -9` loses only answers still queued (the last group window's), and every answer whose group
+    committed can be corrected after the restart."""
+    image = jpeg(emotion_grid)
+    # A minute's window: only a correction (which writes what it needs first) or the stop writes anything.
+    with start({**server_env(store_env), "FACESERVE_ANSWERS_GROUP_MS": "60000"}) as server, \
+            httpx.Client(base_url=server.url, timeout=120) as first:
         analysis, _ = analyze_grid(first, emotion_grid)
         corrected = call(first, "/feedback", json={"request_id": analysis["request_id"], "face_index": 0,
                                                    "field": "gender", "correct": "female"})
-    with start(server_env(store_env)) as server, httpx.Client(base_url=server.url, timeout=120) as second:
+        queued = [classify(first, image) for _ in range(3)]
+    window_s = 0.3
+    with start({**server_env(store_env), "FACESERVE_ANSWERS_GROUP_MS": str(window_s * 1000)}) as server, \
+            httpx.Client(base_url=server.url, timeout=120) as second:
         assert [(row["field"], row["correct"]) for row in exported(second)
                 if row["request_id"] == analysis["request_id"]] == [("gender", corrected["correct"])]
         later = call(second, "/feedback", json={"request_id": analysis["request_id"], "face_index": 1,
                                                 "field": "age", "correct": "40"})
         assert later["model"] == analysis["models"]["age"]
+        assert [correct_label(second, request_id).status_code for request_id in queued] == [200] * 3
+        answered = []  # (request id, when its answer arrived)
+        for _ in range(12):
+            answered.append((classify(second, image), time.monotonic()))
+        server.kill()
+        killed_at = time.monotonic()
+    with open_store(store_env["store"]) as store, store.read() as tx:
+        stored = {row[0] for row in tx.all("SELECT id FROM feedback_requests")}
+    kept = [request_id for request_id, _ in answered if request_id in stored]
+    lost = [(request_id, at) for request_id, at in answered if request_id not in stored]
+    assert kept and kept == [request_id for request_id, _ in answered[:len(kept)]]  # the queue's tail is lost
+    assert lost and all(killed_at - at < window_s + 2 for _, at in lost)  # only the last groups' window
+    with start(server_env(store_env)) as server, httpx.Client(base_url=server.url, timeout=120) as third:
+        assert [correct_label(third, request_id).status_code for request_id in kept] == [200] * len(kept)
+        for request_id, _ in lost:
+            response = correct_label(third, request_id)
+            assert (response.status_code, response.json()["error"]) == (404, "unknown_request")
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +209,7 @@ def refused(client: httpx.Client, store_env: dict, body: dict) -> tuple[int, str
 
 def test_another_clients_answer_is_as_unknown_as_none(client, server_url, store_env, emotion_grid):
     analysis, _ = analyze_grid(client, emotion_grid)
+    written(store_env, analysis["request_id"])
     body = {"request_id": analysis["request_id"], "face_index": 0, "field": "emotion", "correct": "sad"}
     nobodys = str(uuid.UUID(int=uuid.UUID(analysis["request_id"]).int ^ 1))
     with client_from(server_url, "127.0.0.2") as other:
@@ -198,6 +249,7 @@ def test_the_export_holds_no_formula(client, emotion_grid):
 ])
 def test_every_text_of_a_correction_is_bounded(client, store_env, emotion_grid, change, code, limit):
     analysis, _ = analyze_grid(client, emotion_grid)
+    written(store_env, analysis["request_id"])
     body = {"request_id": analysis["request_id"], "face_index": 0, "field": "emotion", "correct": "sad", **change}
     status, error, message = refused(client, store_env, body)
     assert (status, error) == (400, code) and f"at most {limit}" in message

@@ -27,7 +27,9 @@ def store_url(tmp_path):
 @pytest.fixture
 def feedback(store_url):
     with open_store(store_url) as store:
-        yield Feedback(store)
+        feedback = Feedback(store)
+        yield feedback
+        feedback.close()
 
 
 def two_faces(feedback: Feedback, owner: str = ALICE) -> str:
@@ -90,6 +92,7 @@ def test_old_uncorrected_answers_are_forgotten_and_corrected_ones_kept(store_url
     with open_store(store_url_each_engine) as store:
         feedback = Feedback(store)
         corrected, forgotten, another = two_faces(feedback), two_faces(feedback), two_faces(feedback)
+        feedback.flush()
         feedback.correct(ALICE, corrected, 0, "emotion", "angry")
         cutoff = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
         assert feedback.forget_answers_before(cutoff - datetime.timedelta(days=1)) == 0  # none is that old
@@ -101,6 +104,7 @@ def test_old_uncorrected_answers_are_forgotten_and_corrected_ones_kept(store_url
         assert feedback.forget_answers_before(cutoff) == 0  # what is left is corrected
         feedback.correct(ALICE, corrected, 1, "emotion", "happy")  # its answer is still there
         assert feedback.summary().total == 3
+        feedback.close()
 
 
 def test_a_process_forgets_expired_answers_as_it_remembers_new_ones(tmp_path, monkeypatch):
@@ -109,6 +113,7 @@ def test_a_process_forgets_expired_answers_as_it_remembers_new_ones(tmp_path, mo
     with open_store(f"sqlite:///{tmp_path / 'faceserve.db'}") as store:
         feedback = Feedback(store, answers_kept_days=1)
         old = [two_faces(feedback) for _ in range(2)]
+        feedback.flush()
         with store.transaction() as tx:  # made two days ago, as far as the ids and timestamps tell
             for request_id in old:
                 two_days_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
@@ -117,10 +122,12 @@ def test_a_process_forgets_expired_answers_as_it_remembers_new_ones(tmp_path, mo
         with store.read() as tx:
             assert tx.one("SELECT COUNT(*) FROM feedback_requests") == (2,)
         fresh = two_faces(feedback)  # the third answer of this process: it forgets what expired
+        feedback.close()
         with store.read() as tx:
             assert tx.all("SELECT id FROM feedback_requests") == [(fresh,)]
         keep_all = Feedback(store)  # 0 days: nothing is ever forgotten
         for _ in range(6):
             two_faces(keep_all)
+        keep_all.close()
         with store.read() as tx:
             assert tx.one("SELECT COUNT(*) FROM feedback_requests") == (7,)

@@ -33,12 +33,17 @@ def store(store_url_each_engine):
 
 @pytest.fixture
 def feedback(store):
-    return Feedback(store)
+    feedback = Feedback(store)
+    yield feedback
+    feedback.close()
 
 
 def remember(feedback: Feedback, owner: str, identity: str = "unknown") -> str:
-    return feedback.remember(owner, Answer("ab" * 32, FIELDS, [{"emotion": "happy", "age": "31.0",
-                                                                "identity": identity}]))
+    """A remembered answer's request id, the answer written (so that a refusal's check sees the store settled)."""
+    request_id = feedback.remember(owner, Answer("ab" * 32, FIELDS, [{"emotion": "happy", "age": "31.0",
+                                                                      "identity": identity}]))
+    feedback.flush()
+    return request_id
 
 
 def stored_rows(store) -> dict[str, list[tuple]]:
@@ -133,3 +138,4 @@ def test_answers_remembered_before_owners_were_kept_are_nobodys(store):
         error = refused(store, lambda: feedback.correct(caller, old, 0, "emotion", "sad"))
         assert (error.status, error.code) == (404, "unknown_request")
     assert feedback.correct(ALICE, remember(feedback, ALICE), 0, "emotion", "sad").correct == "sad"
+    feedback.close()
