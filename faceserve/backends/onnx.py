@@ -52,7 +52,7 @@ class OnnxRuntimeBackend(Backend):
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
         for name, spec in specs.items():
-            session = ort.InferenceSession(str(model_file(self._repository / name)), options,
+            session = ort.InferenceSession(str(model_file(self._repository / name, spec.version)), options,
                                            providers=["CPUExecutionProvider"])
             check_session(spec, session)
             self._sessions[name] = session

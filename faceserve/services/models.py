@@ -1,16 +1,19 @@
-"""`/models`: what is loaded, and what the manifest declares that is not built."""
+"""`/models`: what is loaded (each model's serving version, and every version built beside it with its source and
+parity), and what the manifest declares that is not built."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from faceserve.models.versions import version_records
 from faceserve.services.resources import Resources
 
 
 class ModelsInfo(BaseModel):
     backend: str
     repository: str
-    models: list[dict]
+    models: list[dict] = Field(description="each model's serving spec; `versions`: every built version, whether it "
+                                           "serves, its source and its parity evidence")
     missing: list[str] = Field(description="models the manifest declares that are not built")
     detectors: list[str]
     default_detector: str
@@ -26,7 +29,8 @@ class ModelService:
         return ModelsInfo(
             backend=f"triton-{backend.protocol}" if backend.kind == "triton" else backend.kind,
             repository=repository.path.name,  # the full path is logged at start-up, not served
-            models=[spec.describe() for spec in repository.specs.values()],
+            models=[{**spec.describe(), "versions": version_records(repository.path / name)}
+                    for name, spec in repository.specs.items()],
             missing=repository.missing,
             detectors=pipeline.detectors,
             default_detector=pipeline.default_detector,
