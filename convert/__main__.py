@@ -1,15 +1,17 @@
-"""Build the Triton model repository from training artifacts.
+"""Build the Triton model repository from training artifacts; ship a model's new versions (docs/models.md).
 
     python -m convert build                      # every default model of convert/manifest.toml
     python -m convert build --only emotion_mini_xception_48 --repository /tmp/repo
     python -m convert model my_model.h5 --name my_emotion --task emotion --decoder softmax \\
         --labels angry,disgust,fear,happy,sad,surprise,neutral --colour gray --scale 0.00784 --offset -1
     python -m convert model model.onnx --name emotion --recipe emotion.toml --labels-file labels.txt
+    python -m convert versions emotion; python -m convert promote emotion 2; python -m convert rollback emotion
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tomllib
@@ -98,6 +100,17 @@ def _switch(args: argparse.Namespace, switch) -> int:
     return 0
 
 
+def _versions(args: argparse.Namespace) -> int:
+    """Each version of a model, one JSON object a line: whether it serves, its source and its parity."""
+    records = versions.version_records(args.repository / args.model)
+    if not records:
+        log.error("%s has no built version in %s", args.model, args.repository)
+        return 2
+    for record in records:
+        print(json.dumps(record))
+    return 0
+
+
 def _flags(args: argparse.Namespace) -> dict:
     """The recipe keys given on the command line (None: not given)."""
     flags = {"task": args.task, "decoder": args.decoder, "format": args.format,
@@ -136,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("source", type=Path, help=".h5/.hdf5/.keras file, SavedModel folder, .tflite file, TF.js "
                                              "model.json (graph or layers model) or .onnx file")
     m.add_argument("--name", required=True, help="the repository folder (the model's name in answers)")
-    m.add_argument("--recipe", type=Path, help="a TOML file with the keys of a convert/manifest.toml entry; the "
-                                               "flags below win over it")
+    m.add_argument("--recipe", metavar="FILE[#ENTRY]",
+                   help="a TOML file with the keys of a convert/manifest.toml entry (a manifest's entry by its name: "
+                        "convert/manifest.toml#emotion_big_xception); the flags below win over it")
     m.add_argument("--task", help=f"{', '.join(tasks.ROLE_TASKS)}, or the per-face field a head answers "
                                   f"(emotion, age, or a new one such as emotion_fer48)")
     m.add_argument("--decoder", choices=list(decoders()))
@@ -160,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model")
     p.add_argument("version", type=int)
     p.set_defaults(func=_promote)
+    v = sub.add_parser("versions", parents=[where], help="list a model's versions: which serves, source, parity")
+    v.add_argument("model")
+    v.set_defaults(func=_versions)
     r = sub.add_parser("rollback", parents=[where], help="serve again the version served before the last promotion")
     r.add_argument("model")
     r.set_defaults(func=_rollback)

