@@ -46,7 +46,7 @@ from faceserve.jobs import Job
 from faceserve.pipeline.identity import Identification, Verification
 from faceserve.pipeline.schemas import Analysis, BatchAnalysis, Box, Classification
 from faceserve.services import Services
-from faceserve.services.models import ModelsInfo
+from faceserve.services.models import ModelsInfo, ModelsReloaded
 from faceserve.settings import JOBS_SUBMIT_ROUTE, Settings
 from faceserve.web import app as web_page
 
@@ -82,6 +82,10 @@ class FaceAnalysis:
     @bentoml.on_startup
     async def start_job_worker(self) -> None:
         self.services.jobs.worker.start()
+
+    @bentoml.on_startup
+    async def watch_model_repository(self) -> None:
+        self.services.models.start_watching()
 
     @bentoml.on_shutdown
     async def close(self) -> None:
@@ -284,6 +288,14 @@ class FaceAnalysis:
     async def models(self) -> ModelsInfo:
         """What is loaded: input specs, labels, source artifacts, and what is missing."""
         return self.services.models.info()
+
+    @bentoml.api(route="/models/reload")
+    @json_errors
+    async def reload_models(self) -> ModelsReloaded:
+        """Serve the repository's versions as they are now (after `python -m convert promote` or `rollback`): a
+        face head's new version swaps in without a restart, between requests; anything else is a 409. This worker
+        at once; the others within FACESERVE_MODELS_WATCH_S."""
+        return await self.services.models.reload()
 
 
 # The web page at `/` (BentoML's Swagger page moves to `/docs`).

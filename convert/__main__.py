@@ -1,22 +1,25 @@
-"""Build the Triton model repository from training artifacts.
+"""Build the Triton model repository from training artifacts; ship a model's new versions (docs/models.md).
 
     python -m convert build                      # every default model of convert/manifest.toml
     python -m convert build --only emotion_mini_xception_48 --repository /tmp/repo
     python -m convert model my_model.h5 --name my_emotion --task emotion --decoder softmax \\
         --labels angry,disgust,fear,happy,sad,surprise,neutral --colour gray --scale 0.00784 --offset -1
+    python -m convert model model.onnx --name emotion --recipe emotion.toml --labels-file labels.txt
+    python -m convert versions emotion; python -m convert promote emotion 2; python -m convert rollback emotion
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tomllib
 from pathlib import Path
 
-from convert import build
+from convert import artifacts, build, export, recipe  # export imports TensorFlow only when it converts
 from convert.parity import DEFAULT_RAW_TOLERANCE, DEFAULT_TOLERANCE
-from faceserve.models import tasks
+from faceserve.models import tasks, versions
 from faceserve.models.decoder import decoders
 
 log = logging.getLogger("convert")
@@ -43,25 +46,81 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
-    entry = {
-        "name": args.name, "task": args.task, "decoder": args.decoder,
-        "format": args.format or "", "source": {"path": str(args.source)}, "sha256": "",
-        "outputs": args.outputs.split(","), "labels": args.labels.split(",") if args.labels else [],
-        "units": args.units, "colour": args.colour, "scale": args.scale, "offset": args.offset,
-        "letterbox": args.letterbox,
-        "crop": {"margin": args.crop_margin, "pad_px": [int(v) for v in args.crop_pad_px.split(",")],
-                 "stretch": args.crop_stretch},
-    }
-    results = build.build_all([entry], args.repository, tolerance=args.tolerance, raw_tolerance=args.raw_tolerance,
-                              force=True)
-    return 0 if results[0].status == "built" else 1
-
-
-def _task(text: str) -> str:
     try:
-        return tasks.check_name(text)
+        entry = recipe.merge(recipe.from_file(args.recipe, args.name) if args.recipe else {}, _flags(args), args.name)
+    except recipe.RecipeError as exc:
+        log.error("refusing to convert %s: %s", args.name, exc)
+        return 2
+    if not args.source.exists():
+        log.error("refusing to convert %s: %s does not exist; give the trained model (.h5/.keras file, SavedModel "
+                  "folder, .tflite, TF.js model.json or .onnx)", args.name, args.source)
+        return 2
+    try:
+        fmt = entry.get("format") or export.guess_format(args.source)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        log.error("refusing to convert %s: %s", args.name, exc)
+        return 2
+    actual = artifacts.sha256_of(args.source)
+    if entry.get("sha256") and entry["sha256"] != actual:
+        log.error("refusing to convert %s: %s has sha256 %s, the recipe pins %s; give the file the recipe was "
+                  "written for, or update its sha256", args.name, args.source, actual, entry["sha256"])
+        return 2
+    entry = {**{k: v for k, v in entry.items() if k != "default"}, "format": fmt,
+             "source": {"path": str(args.source.resolve())}, "sha256": actual}
+    options = {"graph_outputs": list(entry["graph_outputs"])} if "graph_outputs" in entry else {}
+    try:
+        source = export.load(fmt, args.source, list(entry["outputs"]), **options)
+    except Exception as exc:  # whatever the framework says about a file it cannot read
+        log.error("refusing to convert %s: %s could not be read as %s: %s: %s; check --format (%s)", args.name,
+                  args.source, fmt, type(exc).__name__, exc, ", ".join(export.LOADERS))
+        return 1
+    result = build.build_from_source(entry, source, args.repository / args.name, build.recipe_hash(entry),
+                                     tolerance=args.tolerance, raw_tolerance=args.raw_tolerance, new_version=True)
+    log.log(logging.INFO if result.status == "built" else logging.ERROR, "%s %s: %s", args.name, result.status,
+            result.detail)
+    return 0 if result.status == "built" else 1
+
+
+def _promote(args: argparse.Namespace) -> int:
+    return _switch(args, lambda model_dir: versions.promote(model_dir, args.version))
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    return _switch(args, versions.rollback)
+
+
+def _switch(args: argparse.Namespace, switch) -> int:
+    try:
+        before, now = switch(args.repository / args.model)
+    except versions.VersionError as exc:
+        log.error("refusing: %s", exc)
+        return 2
+    log.info("%s: version %s serves (was %s); an embedded service follows at its next reload (POST /models/reload)",
+             args.model, now, before)
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    """Each version of a model, one JSON object a line: whether it serves, its source and its parity."""
+    records = versions.version_records(args.repository / args.model)
+    if not records:
+        log.error("%s has no built version in %s", args.model, args.repository)
+        return 2
+    for record in records:
+        print(json.dumps(record))
+    return 0
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    """The recipe keys given on the command line (None: not given)."""
+    flags = {"task": args.task, "decoder": args.decoder, "format": args.format,
+             "outputs": args.outputs.split(",") if args.outputs else None,
+             "labels": args.labels.split(",") if args.labels else None, "labels_file": args.labels_file,
+             "units": args.units, "colour": args.colour, "scale": args.scale, "offset": args.offset,
+             "letterbox": args.letterbox or None}
+    crop = {"margin": args.crop_margin, "stretch": args.crop_stretch or None, "square": args.crop_square or None,
+            "pad_px": [int(v) for v in args.crop_pad_px.split(",")] if args.crop_pad_px else None}
+    return {**flags, "crop": {key: value for key, value in crop.items() if value is not None}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    common = argparse.ArgumentParser(add_help=False, parents=[where])
     common.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest max-abs difference between source and ONNX outputs, as the pipeline "
                              "consumes them, accepted (default %(default)g)")
@@ -84,24 +144,42 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="rebuild even when up to date")
     b.set_defaults(func=_build)
 
-    m = sub.add_parser("model", parents=[common], help="convert one artifact given its recipe on the command line")
-    m.add_argument("source", type=Path, help=".h5/.hdf5/.keras file, SavedModel folder or .tflite file")
-    m.add_argument("--name", required=True)
-    m.add_argument("--task", required=True, type=_task,
-                   help=f"{', '.join(tasks.ROLE_TASKS)}, or the per-face field a head answers (emotion, age, ...)")
-    m.add_argument("--decoder", required=True, choices=list(decoders()))
-    m.add_argument("--format", choices=["keras", "savedmodel", "tflite"])
-    m.add_argument("--outputs", default="probabilities", help="comma-separated output tensor names")
-    m.add_argument("--labels", default="", help="comma-separated labels, in output order")
-    m.add_argument("--units", default="")
-    m.add_argument("--colour", default="rgb", choices=["gray", "rgb", "bgr"])
-    m.add_argument("--scale", type=float, default=1 / 255)
-    m.add_argument("--offset", type=float, default=0.0)
+    m = sub.add_parser("model", parents=[common], help="convert one trained model, its recipe from a TOML file "
+                                                      "and/or flags")
+    m.add_argument("source", type=Path, help=".h5/.hdf5/.keras file, SavedModel folder, .tflite file, TF.js "
+                                             "model.json (graph or layers model) or .onnx file")
+    m.add_argument("--name", required=True, help="the repository folder (the model's name in answers)")
+    m.add_argument("--recipe", metavar="FILE[#ENTRY]",
+                   help="a TOML file with the keys of a convert/manifest.toml entry (a manifest's entry by its name: "
+                        "convert/manifest.toml#emotion_big_xception); the flags below win over it")
+    m.add_argument("--task", help=f"{', '.join(tasks.ROLE_TASKS)}, or the per-face field a head answers "
+                                  f"(emotion, age, or a new one such as emotion_fer48)")
+    m.add_argument("--decoder", choices=list(decoders()))
+    m.add_argument("--format", choices=list(export.LOADERS), help="default: from the file's name")
+    m.add_argument("--outputs", help="comma-separated output tensor names (default: probabilities)")
+    m.add_argument("--labels", help="comma-separated labels, in output order")
+    m.add_argument("--labels-file", help="a file of labels, one a line, in output order")
+    m.add_argument("--units")
+    m.add_argument("--colour", help="gray, rgb or bgr: what the model was trained on (default rgb)")
+    m.add_argument("--scale", type=float, help="pixel values are multiplied by it (default 1/255)")
+    m.add_argument("--offset", type=float, help="then added to (default 0)")
     m.add_argument("--letterbox", action="store_true")
-    m.add_argument("--crop-margin", type=float, default=0.0)
-    m.add_argument("--crop-pad-px", default="0,0")
+    m.add_argument("--crop-margin", type=float)
+    m.add_argument("--crop-pad-px", help="x,y pixels added on each side of a face box")
     m.add_argument("--crop-stretch", action="store_true")
+    m.add_argument("--crop-square", action="store_true")
     m.set_defaults(func=_model)
+
+    p = sub.add_parser("promote", parents=[where], help="serve version N of a model (rewrites its config.pbtxt)")
+    p.add_argument("model")
+    p.add_argument("version", type=int)
+    p.set_defaults(func=_promote)
+    v = sub.add_parser("versions", parents=[where], help="list a model's versions: which serves, source, parity")
+    v.add_argument("model")
+    v.set_defaults(func=_versions)
+    r = sub.add_parser("rollback", parents=[where], help="serve again the version served before the last promotion")
+    r.add_argument("model")
+    r.set_defaults(func=_rollback)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -13,15 +13,17 @@ from tqdm import tqdm
 from convert import artifacts
 from convert.parity import DEFAULT_RAW_TOLERANCE, DEFAULT_TOLERANCE
 from faceserve.models.decoder import decoder_for
-from faceserve.models.repository import (CONFIG_FILE, INPUT_NAME, make_spec, model_file, recipe_from_manifest,
-                                         write_onnx_model_folder)
+from faceserve.models import versions
+from faceserve.models.repository import (CONFIG_FILE, INPUT_NAME, VERSION_DIR, make_spec, model_file,
+                                         recipe_from_manifest, write_onnx_model_folder)
+from faceserve.models.repository import versions as version_numbers
 from faceserve.models.spec import ModelSpec, SpecError
 
 log = logging.getLogger("convert")
 
 # Bump when a change here changes what is written for the same manifest entry.
 CONVERTER_VERSION = "4"
-BUILD_RECORD = "build.json"
+BUILD_RECORD = versions.BUILD_RECORD
 # Manifest keys for batching; absent ones take ModelSpec's defaults.
 BATCHING_KEYS = ("max_batch_size", "queue_delay_us", "preferred_batch_sizes")
 
@@ -51,13 +53,13 @@ def spec_for(entry: dict, input_shape: tuple[int, int, int], output_dims: list[t
 
 
 def build_record(model_dir: Path) -> Path:
-    """The build's record beside the model: the recipe's digest and the parity measured."""
-    return model_file(model_dir).with_name(BUILD_RECORD)
+    """The build's record beside the model `convert build` writes: the recipe's digest and the parity measured."""
+    return model_dir / VERSION_DIR / BUILD_RECORD
 
 
 def is_up_to_date(model_dir: Path, digest: str) -> bool:
     record = build_record(model_dir)
-    if not (record.exists() and model_file(model_dir).exists() and (model_dir / CONFIG_FILE).exists()):
+    if not (record.exists() and model_file(model_dir, VERSION_DIR).exists() and (model_dir / CONFIG_FILE).exists()):
         return False
     return json.loads(record.read_text()).get("recipe") == digest
 
@@ -81,8 +83,9 @@ def build_one(entry: dict, repository: Path, tolerance: float, force: bool,
 
 
 def build_from_source(entry: dict, source, model_dir: Path, digest: str, *, tolerance: float,
-                      raw_tolerance: float) -> BuildResult:
-    """Check a converted model (`export.SourceModel`) and write its folder, or refuse and write nothing."""
+                      raw_tolerance: float, new_version: bool = False) -> BuildResult:
+    """Check a converted model (`export.SourceModel`) and write its folder (`new_version`: add it as a new version
+    beside the model's others, `versions.add_version`), or refuse and write nothing."""
     from convert import parity
 
     name = entry["name"]
@@ -105,6 +108,14 @@ def build_from_source(entry: dict, source, model_dir: Path, digest: str, *, tole
                                            f"({result.line()})")
     record = {"recipe": digest, "source": spec.source, "sha256": spec.sha256,
               "parity": dataclasses.asdict(result), "tolerance": tolerance, "raw_tolerance": raw_tolerance}
+    if new_version:
+        version = versions.add_version(model_dir, spec, onnx_bytes, record)
+        return BuildResult(name, "built", f"version {version}: {result.line()}")
+    built = version_numbers(model_dir)
+    if len(built) > 1:
+        return BuildResult(name, "failed", f"refusing to write {name}: it has versions {', '.join(map(str, built))} "
+                                           f"from `convert model`; add another with `python -m convert model`, "
+                                           f"or promote one")
     write_onnx_model_folder(model_dir, spec, onnx_bytes)
     build_record(model_dir).write_text(json.dumps(record, indent=2) + "\n")  # last: it marks the build complete
     return BuildResult(name, "built", result.line())

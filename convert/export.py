@@ -41,7 +41,9 @@ def _rename(model: onnx.ModelProto, old: str, new: str) -> None:
 def _stable_names(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     _rename(model, model.graph.input[0].name, INPUT_NAME)
     if len(model.graph.output) != len(outputs):
-        raise ValueError(f"the model has {len(model.graph.output)} outputs, the manifest names {outputs}")
+        raise ValueError(f"the model has {len(model.graph.output)} outputs "
+                         f"({', '.join(o.name for o in model.graph.output)}) but the recipe names {len(outputs)} "
+                         f"({', '.join(outputs)}); give `outputs` (--outputs) one name per output, in order")
     for value, name in zip(list(model.graph.output), outputs):
         _rename(model, value.name, name)
     return model
@@ -285,13 +287,54 @@ def from_tfjs_layers(path: Path, outputs: list[str]) -> SourceModel:
     return _from_keras_model(model, outputs)
 
 
+def from_onnx(path: Path, outputs: list[str]) -> SourceModel:
+    """An ONNX model as trained elsewhere: served under our stable names with a dynamic batch, and checked
+    against the original file run by onnxruntime (the reference)."""
+    import onnxruntime as ort
+
+    original = onnx.load(str(path))
+    weights = {init.name for init in original.graph.initializer}
+    inputs = [i for i in original.graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise ValueError(f"{path}: {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); a served model "
+                         f"takes one image batch")
+    (graph_input,) = inputs
+    dims = graph_input.type.tensor_type.shape.dim
+    if len(dims) != 4 or graph_input.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise ValueError(f"{path}: input {graph_input.name} is not a float NHWC image batch [N, H, W, C]; "
+                         f"export the model with one float32 input laid out batch, height, width, channels")
+    shape = tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in dims[1:])
+    if shape[2] not in (1, 3):
+        raise ValueError(f"{path}: input {graph_input.name} has {shape[2]} channels last (shape "
+                         f"{list(shape)}); the model must take NHWC images with 1 or 3 channels (a "
+                         f"channels-first export needs a Transpose at its input)")
+    original_names = [o.name for o in original.graph.output]
+    session = ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
+    batch_one = dims[0].HasField("dim_value") and dims[0].dim_value == 1
+    served = onnx.ModelProto()
+    served.CopyFrom(original)
+    if batch_one:
+        _dynamic_batch(served)
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        if batch_one:  # the original takes one image at a time
+            rows = [session.run(original_names, {graph_input.name: sample[None]}) for sample in batch]
+            values = [np.concatenate([row[i] for row in rows]) for i in range(len(original_names))]
+        else:
+            values = session.run(original_names, {graph_input.name: batch})
+        return dict(zip(outputs, values))
+
+    return SourceModel(run, _stable_names(served, outputs), shape)
+
+
 LOADERS = {"keras": from_keras, "savedmodel": from_saved_model, "tflite": from_tflite, "tfjs": from_tfjs,
-           "tfjs_layers": from_tfjs_layers}
+           "tfjs_layers": from_tfjs_layers, "onnx": from_onnx}
 
 
 def load(fmt: str, path: Path, outputs: list[str], **options) -> SourceModel:
     """Convert a source artifact; `fmt` is keras (.h5/.keras), savedmodel, tflite, tfjs (a graph model's
-    model.json) or tfjs_layers (a layers model's model.json or JS bundle); `options` are the format's own (tfjs: graph_outputs)."""
+    model.json), tfjs_layers (a layers model's model.json or JS bundle) or onnx; `options` are the format's own
+    (tfjs: graph_outputs)."""
     if fmt not in LOADERS:
         raise ValueError(f"unknown source format {fmt!r}; use one of {sorted(LOADERS)}")
     return LOADERS[fmt](path, outputs, **options)
@@ -305,6 +348,9 @@ def guess_format(path: Path) -> str:
         return "keras"
     if suffix == ".tflite":
         return "tflite"
-    if suffix == ".json":
-        return "tfjs"
-    raise ValueError(f"cannot tell the format of {path}; give --format")
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix == ".json":  # the TensorFlow.js converter names what it wrote
+        written = json.loads(path.read_text()).get("format", "graph-model")
+        return "tfjs_layers" if written == "layers-model" else "tfjs"
+    raise ValueError(f"cannot tell the format of {path} from its name; give --format ({', '.join(LOADERS)})")

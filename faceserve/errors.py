@@ -37,6 +37,10 @@ UrlTooLarge = FaceserveError.kind("UrlTooLarge", 413, "url_too_large", "The URL'
 UrlFetchFailed = FaceserveError.kind("UrlFetchFailed", 422, "url_fetch_failed", "The URL could not be fetched.")
 UrlTimeout = FaceserveError.kind("UrlTimeout", 422, "url_timeout", "Fetching the URL took too long.")
 UrlNotImage = FaceserveError.kind("UrlNotImage", 415, "url_not_image", "The URL did not answer with an image.")
+RestartRequired = FaceserveError.kind("RestartRequired", 409, "restart_required",
+                                      "The repository changed in a way only a restart serves.")
+RepositoryInvalid = FaceserveError.kind("RepositoryInvalid", 409, "invalid_repository",
+                                        "The model repository on disk cannot be served as it is.")
 ModelMismatch = FaceserveError.kind("ModelMismatch", 409, "model_mismatch",
                                     "Embeddings of another model (name or version) than the gallery's.")
 

@@ -85,6 +85,9 @@ class Settings:
     answers_group_ms: float = 20.0
     # FACESERVE_BATCH_DELAY_US: the embedded batcher's queue delay for every model; None: each config.pbtxt's own
     batch_delay_us: int | None = None
+    # FACESERVE_MODELS_WATCH_S: how often each worker looks at the model configs, serving a promoted or rolled back
+    # version of a face head without a restart (docs/models.md); 0: only when told (POST /models/reload)
+    models_watch_s: float = 2.0
 
     @property
     def route_body_bytes(self) -> dict[str, int]:
@@ -126,6 +129,7 @@ class Settings:
             answers_kept_days=float(_env("ANSWERS_KEPT_DAYS", "30")),
             answers_group_ms=float(_env("ANSWERS_GROUP_MS", "20")),
             batch_delay_us=int(_env("BATCH_DELAY_US", "")) if _env("BATCH_DELAY_US", "") else None,
+            models_watch_s=float(_env("MODELS_WATCH_S", "2")),
         )
 
 

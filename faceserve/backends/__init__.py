@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faceserve.errors import RestartRequired
 from faceserve.models.spec import ModelSpec
 
 
@@ -30,6 +31,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def ready(self) -> dict[str, bool]:
         """Readiness of each model this backend serves."""
+
+    async def load(self, specs: dict[str, ModelSpec]) -> None:
+        """Load these model versions beside the ones loaded (a hot swap's first half); `infer` runs the version its
+        spec names."""
+        raise RestartRequired(f"the {self.kind} backend does not load a new model version in place; restart the "
+                              f"service to serve it")
+
+    async def unload(self, specs: list[ModelSpec]) -> None:
+        """Let go of these model versions, which no request uses any more (a hot swap's second half)."""
 
     async def close(self) -> None:
         return None

@@ -60,6 +60,7 @@ ROUTES: dict[str, Route] = {
     "/gallery/audit": Route(ADMIN),
     "/feedback/export": Route(ADMIN),
     "/feedback/summary": Route(ADMIN),
+    "/models/reload": Route(ADMIN),  # serve a promoted or rolled back model version now
 }
 
 # Folders of files: the page's own, and BentoML's Swagger UI files (/docs).

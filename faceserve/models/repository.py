@@ -6,6 +6,12 @@
     <repository>/<model>/1/model.onnx        built by `convert`, never committed
     <repository>/<model>/1/model.py          instead, for a Python-backend model: its code, copied
 
+Versions, Triton's way: `convert model` adds `<model>/<n>/` beside the others, each with its `model.onnx`, its
+`build.json` (source and parity), its `labels.txt` and its own recipe (`recipe.pbtxt`: the config it serves
+with). The model's `config.pbtxt` is the serving version's recipe, its labels `<n>/labels.txt`, and names that
+version in its `version_policy` (`specific { versions: [n] }`); without a policy (what `convert build` writes)
+the highest version serves, as in Triton. `faceserve.models.versions` promotes and rolls back.
+
 `PARAMETERS` maps each recipe field of `ModelSpec` to its `config.pbtxt` parameter, both ways:
 `convert` writes through `model_config`, and the service, the backends, the local Triton and
 the benchmarks read through `load_spec` / `Repository.load`.
@@ -28,7 +34,8 @@ from faceserve.models.spec import CropRecipe, ModelSpec
 CONFIG_FILE = "config.pbtxt"
 GPU_CONFIG_FILE = "configs/gpu.pbtxt"
 LABELS_FILE = "labels.txt"
-VERSION_DIR = "1"
+VERSION_DIR = "1"  # the version `convert build` writes
+VERSION_RECIPE_FILE = "recipe.pbtxt"  # in a version's folder: the config it serves with
 ONNX_MODEL_FILE = "model.onnx"  # what `convert` builds
 PYTHON_MODEL_FILE = "model.py"  # what the Python backend runs (faceserve's own models, the local Triton's shim)
 INPUT_NAME = "input"
@@ -95,9 +102,30 @@ def make_spec(recipe: Mapping[str, object], **model) -> ModelSpec:
 
 # ---- layout --------------------------------------------------------------------------------
 
-def model_file(model_dir: Path) -> Path:
-    """The built ONNX model of a model folder."""
-    return model_dir / VERSION_DIR / ONNX_MODEL_FILE
+def versions(model_dir: Path) -> list[int]:
+    """The built versions of a model folder: numbered folders holding a model, in order."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(d.name) for d in model_dir.iterdir()
+                  if d.name.isdigit() and ((d / ONNX_MODEL_FILE).is_file() or (d / PYTHON_MODEL_FILE).is_file()))
+
+
+def serving_version(model_dir: Path, config: mc.ModelConfig | None = None) -> int | None:
+    """The version the config's `version_policy` names (`specific`); otherwise, as Triton's default `latest`, the
+    highest built one. None when none is built."""
+    config = config if config is not None else read_config(model_dir / CONFIG_FILE)
+    if config.version_policy.WhichOneof("policy_choice") == "specific":
+        return max(config.version_policy.specific.versions)
+    built = versions(model_dir)
+    return built[-1] if built else None
+
+
+def model_file(model_dir: Path, version: int | str | None = None) -> Path:
+    """The built ONNX model of a model folder: of `version`, or of the serving one (version 1 when none is built
+    or the folder has no config)."""
+    if version is None:
+        version = serving_version(model_dir) if (model_dir / CONFIG_FILE).is_file() else None
+    return model_dir / str(version or VERSION_DIR) / ONNX_MODEL_FILE
 
 
 def model_dirs(repository: Path) -> list[Path]:
@@ -116,8 +144,11 @@ def read_config(path: Path) -> mc.ModelConfig:
 
 
 def write_config(config: mc.ModelConfig, path: Path) -> None:
+    """Written whole then renamed: a reader (or Triton) sees the old config or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text_format.MessageToString(config))
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text_format.MessageToString(config))
+    partial.replace(path)
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
@@ -139,9 +170,17 @@ def write_labels(spec: ModelSpec, model_dir: Path) -> None:
 # ---- ModelSpec <-> config.pbtxt --------------------------------------------------------------
 
 def load_spec(model_dir: Path) -> ModelSpec:
+    """The serving version's spec (its version the folder's number, whatever the `version` parameter says)."""
     config = read_config(model_dir / CONFIG_FILE)
+    spec = spec_of_config(config, model_dir)
+    version = serving_version(model_dir, config)
+    return spec if version is None else dataclasses.replace(spec, version=str(version))
+
+
+def spec_of_config(config: mc.ModelConfig, folder: Path) -> ModelSpec:
+    """The spec a config describes, its labels file read relative to `folder` (a model's, or a version's)."""
     params = {key: value.string_value for key, value in config.parameters.items()}
-    labels_path = model_dir / LABELS_FILE
+    labels_path = folder / ((config.output[0].label_filename if config.output else "") or LABELS_FILE)
     (model_input,) = config.input
     height, width, channels = (int(d) for d in model_input.dims)
     spec = make_spec(
@@ -184,11 +223,16 @@ def model_config(spec: ModelSpec, *, gpu: bool = False, instances: int = 1) -> m
 
 
 def write_onnx_model_folder(model_dir: Path, spec: ModelSpec, onnx_bytes: bytes) -> None:
-    """Config, GPU config, labels and the ONNX model, the model last (written whole, then renamed)."""
+    """Config, GPU config, labels and the ONNX model (in the spec's version folder), the model last."""
     write_config(model_config(spec), model_dir / CONFIG_FILE)
     write_config(model_config(spec, gpu=True), model_dir / GPU_CONFIG_FILE)
     write_labels(spec, model_dir)
-    target = model_file(model_dir)
+    write_model(model_dir / spec.version, onnx_bytes)
+
+
+def write_model(version_dir: Path, onnx_bytes: bytes) -> None:
+    """A version's ONNX model, written whole then renamed."""
+    target = version_dir / ONNX_MODEL_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(ONNX_MODEL_FILE + ".partial")
     partial.write_bytes(onnx_bytes)
@@ -240,7 +284,8 @@ class Repository:
         return cls(path, built, sorted(declared - set(built)))
 
     def model_file(self, name: str) -> Path:
-        return model_file(self.path / name)
+        """The serving version's model file."""
+        return model_file(self.path / name, self.specs[name].version)
 
     def with_task(self, *tasks: str) -> dict[str, ModelSpec]:
         return {name: spec for name, spec in self.specs.items() if spec.task in tasks}

@@ -4,6 +4,8 @@ call per head."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import logging
 import time
@@ -11,13 +13,14 @@ import time
 import numpy as np
 
 from faceserve.backends import Backend
-from faceserve.errors import InvalidRequest, LimitExceeded, NotFound
+from faceserve.errors import InvalidRequest, LimitExceeded, NotFound, RestartRequired
 from faceserve.models import detectors, heads
 from faceserve.models.classifier import Classifier
 from faceserve.models.detectors import Detection, Detector
 from faceserve.models.heads import EmbeddingHead, Head
 from faceserve.models.landmarks import PRESENCE_THRESHOLD, LandmarkModel, Placement
-from faceserve.models.repository import Repository
+from faceserve.models.repository import Repository, is_head
+from faceserve.models.spec import ModelSpec
 from faceserve.models.versions import model_ref
 from faceserve.pipeline.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label, Pose
 
@@ -41,10 +44,7 @@ class Pipeline:
         self.repository = repository
         self.backend = backend
         self.max_faces = max_faces
-        # in the response's field order: the schema's typed fields first, then any other by name
-        self.heads: list[Head] = [heads.head_for(spec) for _, spec in sorted(
-            repository.heads.items(),
-            key=lambda item: (HEAD_FIELDS.index(item[0]) if item[0] in HEAD_FIELDS else len(HEAD_FIELDS), item[0]))]
+        self._head_set = HeadSet(_ordered_heads(repository))
         # the identity stage's: its vectors are consumed there, never answered as a field
         self.embedding: EmbeddingHead | None = (heads.head_for(repository.embedding)
                                                 if repository.embedding else None)
@@ -55,6 +55,46 @@ class Pipeline:
 
     async def start(self) -> None:
         await self.backend.start(self.repository.specs)
+
+    @property
+    def heads(self) -> list[Head]:
+        """The face heads serving now (a request keeps the ones it started with: `HeadSet`)."""
+        return self._head_set.heads
+
+    @contextlib.contextmanager
+    def one_version(self):
+        """Every analysis inside (those of one request's several images) runs the same head versions."""
+        head_set = self._head_set
+        token = _PINNED.set(head_set)
+        try:
+            with head_set.using():
+                yield
+        finally:
+            _PINNED.reset(token)
+
+    async def swap(self, repository: Repository) -> list[tuple[ModelSpec, ModelSpec]]:
+        """Serve `repository`'s versions of the face heads without a restart: the new versions are loaded beside
+        the old ones, the head set is replaced between two requests (each request runs the heads it started
+        with), and the old versions are let go once no request uses them. Returns (old, new) per head swapped.
+        Any other difference (a model added or removed, a detector, landmark, classifier or embedding model
+        changed) is refused with nothing changed: those are served after a restart."""
+        old, new = self.repository.specs, repository.specs
+        differing = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+        swappable = [name for name in differing if name in old and name in new and is_head(old[name])
+                     and new[name].task == old[name].task]
+        others = [name for name in differing if name not in swappable]
+        if others:
+            raise RestartRequired(f"the repository changed in {', '.join(others)}, which only a restart serves "
+                                  f"(a new version swaps in place only for face heads: "
+                                  f"{', '.join(sorted(repository.heads)) or 'none'})")
+        if not swappable:
+            return []
+        await self.backend.load({name: new[name] for name in swappable})
+        previous = self._head_set
+        self._head_set, self.repository = HeadSet(_ordered_heads(repository)), repository  # no await between
+        await previous.drained()
+        await self.backend.unload([old[name] for name in swappable])
+        return [(old[name], new[name]) for name in swappable]
 
     @property
     def detectors(self) -> list[str]:
@@ -87,8 +127,9 @@ class Pipeline:
         detected = time.perf_counter()
         faces = await self._placed(image, detections)
         placed = time.perf_counter()
-        heads_run = self.heads + ([self.embedding] if embed else [])
-        answers = await self._heads(image, faces, heads_run)
+        with (_PINNED.get() or self._head_set).using() as serving:
+            heads_run = serving + ([self.embedding] if embed else [])
+            answers = await self._heads(image, faces, heads_run)
         vectors = answers.pop(EMBEDDING_ANSWER) if embed else None
         finished = time.perf_counter()
         used = ([head.spec for head in heads_run] + ([chosen.spec] if chosen.spec is not None else [])
@@ -177,6 +218,43 @@ class Pipeline:
         labels = await available[model].classify(image, top_k)
         return Classification(model=model, width=image.shape[1], height=image.shape[0],
                               top_k=[Label(**item) for item in labels])
+
+
+class HeadSet:
+    """The face heads of one moment, and how many requests are running them: a swap waits for the set it
+    replaced to be idle before its versions are let go."""
+
+    def __init__(self, heads: list[Head]):
+        self.heads = heads
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def using(self):
+        self._running += 1
+        self._idle.clear()
+        try:
+            yield self.heads
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+
+    async def drained(self) -> None:
+        await self._idle.wait()
+
+
+# the head set a request pinned (`Pipeline.one_version`); tasks it starts inherit it
+_PINNED: contextvars.ContextVar[HeadSet | None] = contextvars.ContextVar("pinned_heads", default=None)
+
+
+def _ordered_heads(repository: Repository) -> list[Head]:
+    """The repository's face heads in the response's field order: the schema's typed fields first, then any other
+    by name."""
+    return [heads.head_for(spec) for _, spec in sorted(
+        repository.heads.items(),
+        key=lambda item: (HEAD_FIELDS.index(item[0]) if item[0] in HEAD_FIELDS else len(HEAD_FIELDS), item[0]))]
 
 
 def _placement_fields(placement: Placement | None) -> dict:

@@ -52,6 +52,7 @@ class Services:
                    jobs=JobService(resources, images, analysis), models=ModelService(resources))
 
     async def close(self) -> None:
+        await self.models.stop_watching()
         await self.jobs.worker.stop()
         await self.resources.close()
 

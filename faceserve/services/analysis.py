@@ -59,7 +59,8 @@ class AnalysisService:
         """`analyze` for several images; every image is checked before any is decoded, all their faces
         share model calls."""
         images = await self.images.images_with_digests(self.images.batch_items(uploads, b64s))
-        analyses = await asyncio.gather(*(self.pipeline.analyze(pixels, detector) for pixels, _ in images))
+        with self.pipeline.one_version():
+            analyses = await asyncio.gather(*(self.pipeline.analyze(pixels, detector) for pixels, _ in images))
         return BatchAnalysis(results=[await self._remember(caller.principal, analysis, image_digest, identified=False)
                                       for analysis, (_, image_digest) in zip(analyses, images)])
 
@@ -87,7 +88,9 @@ class AnalysisService:
 
     async def _remember(self, owner: str, analysis: Analysis, image_digest: str, identified: bool,
                         image: bytes | None = None, written: bool = False) -> Analysis:
-        fields = {head.field: FieldModel(model_ref(head.spec.name, head.spec.version), head.spec.labels or None)
+        # the versions that answered (`analysis.models`), even where a swap has served others since
+        fields = {head.field: FieldModel(analysis.models.get(head.field, model_ref(head.spec.name, head.spec.version)),
+                                         head.spec.labels or None)
                   for head in self.pipeline.heads}
         if identified:
             fields["identity"] = FieldModel(analysis.models[self.pipeline.embedding.spec.task])

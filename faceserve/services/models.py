@@ -1,24 +1,74 @@
-"""`/models`: what is loaded, and what the manifest declares that is not built."""
+"""`/models`: what is loaded (each model's serving version, and every version built beside it with its source and
+parity), and what the manifest declares that is not built; `/models/reload` and the watcher: a promoted or rolled
+back version served without a restart."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from pydantic import BaseModel, Field
 
+from faceserve.models.versions import version_records
+from faceserve.models.versions import model_ref
 from faceserve.services.resources import Resources
+
+log = logging.getLogger(__name__)
 
 
 class ModelsInfo(BaseModel):
     backend: str
     repository: str
-    models: list[dict]
+    models: list[dict] = Field(description="each model's serving spec; `versions`: every built version, whether it "
+                                           "serves, its source and its parity evidence")
     missing: list[str] = Field(description="models the manifest declares that are not built")
     detectors: list[str]
     default_detector: str
 
 
+class Swap(BaseModel):
+    model: str
+    from_version: str
+    to_version: str
+
+
+class ModelsReloaded(BaseModel):
+    swapped: list[Swap] = Field(description="the models this worker now serves another version of")
+    serving: list[str] = Field(description="every model this worker serves, as name:version")
+
+
 class ModelService:
     def __init__(self, resources: Resources):
         self.resources = resources
+        self._watcher: asyncio.Task | None = None
+
+    async def reload(self) -> ModelsReloaded:
+        swapped = await self.resources.reload()
+        return ModelsReloaded(
+            swapped=[Swap(model=new.name, from_version=old.version, to_version=new.version) for old, new in swapped],
+            serving=[model_ref(spec.name, spec.version) for spec in self.resources.repository.specs.values()])
+
+    def start_watching(self) -> None:
+        """Every `models_watch_s`, serve what the repository's configs say (each worker watches for itself)."""
+        every = self.resources.settings.models_watch_s
+        if every > 0 and self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(every))
+
+    async def _watch(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.resources.reload_if_changed()
+            except Exception:  # the watcher outlives any one bad look at the disk
+                log.exception("watching the model repository")
+
+    async def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
 
     def info(self) -> ModelsInfo:
         pipeline, repository = self.resources.pipeline, self.resources.repository
@@ -26,7 +76,8 @@ class ModelService:
         return ModelsInfo(
             backend=f"triton-{backend.protocol}" if backend.kind == "triton" else backend.kind,
             repository=repository.path.name,  # the full path is logged at start-up, not served
-            models=[spec.describe() for spec in repository.specs.values()],
+            models=[{**spec.describe(), "versions": version_records(repository.path / name)}
+                    for name, spec in repository.specs.items()],
             missing=repository.missing,
             detectors=pipeline.detectors,
             default_detector=pipeline.default_detector,

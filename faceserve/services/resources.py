@@ -13,13 +13,21 @@ from typing import Callable, Generic, TypeVar
 from faceserve.backends import Backend, create
 from faceserve.feedback import Feedback
 from faceserve.jobs import JobQueue
-from faceserve.models.repository import Repository
+from faceserve.errors import FaceserveError, RepositoryInvalid
+from faceserve.models.repository import CONFIG_FILE, Repository
+from faceserve.models.spec import ModelSpec
 from faceserve.pipeline.identity import IdentityStage
 from faceserve.pipeline.pipeline import Pipeline
 from faceserve.settings import Settings
 from faceserve.store import Store, open_store
 
 log = logging.getLogger(__name__)
+
+
+def configs_signature(path: Path) -> tuple:
+    """What changes when a model's config is rewritten (a promotion, a rollback, a new model)."""
+    configs = sorted(path.glob(f"*/{CONFIG_FILE}"))
+    return tuple((c.parent.name, c.stat().st_mtime_ns, c.stat().st_size) for c in configs if c.is_file())
 
 T = TypeVar("T")
 
@@ -48,10 +56,13 @@ class Resources:
     def __init__(self, settings: Settings, backend: Backend | None = None, repository: Path | None = None):
         """`backend` None: the one `settings` names; `repository` None: `settings.repository`."""
         self.settings = settings
-        self.repository = Repository.load(repository or settings.repository)
-        backend = backend or create(settings.backend, self.repository.path, threads=settings.ort_threads,
+        path = repository or settings.repository
+        self._configs_seen = configs_signature(path)
+        loaded = Repository.load(path)
+        backend = backend or create(settings.backend, loaded.path, threads=settings.ort_threads,
                                     timeout_s=settings.backend_timeout_s, batch_delay_us=settings.batch_delay_us)
-        self.pipeline = Pipeline(self.repository, backend, max_faces=settings.limits.max_faces)
+        self.pipeline = Pipeline(loaded, backend, max_faces=settings.limits.max_faces)
+        self._reload_lock = asyncio.Lock()
         self._started = False
         self._start_lock = asyncio.Lock()
         self._store: Store | None = None
@@ -61,10 +72,9 @@ class Resources:
         self._feedback = OpenedOnce(lambda: Feedback(self.store(), settings.answers_kept_days,
                                                      settings.answers_group_ms / 1000))
         self._jobs = OpenedOnce(lambda: JobQueue(self.store(), settings.jobs, lease_s=settings.job_lease_s))
-        log.info("model repository: %s", self.repository.path)
-        if self.repository.missing:
-            log.warning("models declared but not built (heads answered as missing): %s",
-                        ", ".join(self.repository.missing))
+        log.info("model repository: %s", loaded.path)
+        if loaded.missing:
+            log.warning("models declared but not built (heads answered as missing): %s", ", ".join(loaded.missing))
 
     async def start(self) -> None:
         """The backend's models loaded (or reached), once."""
@@ -74,6 +84,34 @@ class Resources:
             if not self._started:
                 await self.pipeline.start()
                 self._started = True
+
+    @property
+    def repository(self) -> Repository:
+        """The repository as served now (a swap replaces it)."""
+        return self.pipeline.repository
+
+    async def reload(self) -> list[tuple[ModelSpec, ModelSpec]]:
+        """Serve the repository as it is on disk now (`Pipeline.swap`); (old, new) per model swapped."""
+        async with self._reload_lock:
+            await self.start()
+            self._configs_seen = await asyncio.to_thread(configs_signature, self.repository.path)
+            try:
+                repository = await asyncio.to_thread(Repository.load, self.repository.path)
+            except (ValueError, OSError) as exc:  # SpecError is a ValueError
+                raise RepositoryInvalid(f"the model repository cannot be served as it is now: {exc}") from None
+            swapped = await self.pipeline.swap(repository)
+            for old, new in swapped:
+                log.info("%s: version %s serves (was %s)", new.name, new.version, old.version)
+            return swapped
+
+    async def reload_if_changed(self) -> None:
+        """`reload` when a model's config changed since the last one (what the watcher calls)."""
+        if await asyncio.to_thread(configs_signature, self.repository.path) == self._configs_seen:
+            return
+        try:
+            await self.reload()
+        except FaceserveError as exc:
+            log.warning("model repository changed but not served: %s", exc.message)
 
     async def ready(self) -> bool:
         await self.start()

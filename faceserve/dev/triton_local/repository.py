@@ -32,6 +32,11 @@ def cpu_config(canonical: mc.ModelConfig, onnx_path: Path, *, dynamic_batching: 
     config.CopyFrom(canonical)
     config.ClearField("platform")
     config.ClearField("default_model_filename")
+    # the local repository holds the serving version only, as its version 1, its labels beside its config
+    config.ClearField("version_policy")
+    for output in config.output:
+        if output.label_filename:
+            output.label_filename = LABELS_FILE
     config.backend = "python"
     config.ClearField("instance_group")
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
@@ -71,9 +76,11 @@ def build_cpu_repository(canonical: Path, out: Path, *, dynamic_batching: bool =
                                   triton_models.SHIM)
     for name in names:
         source = dirs[name]
-        config = cpu_config(read_config(source / CONFIG_FILE), model_file(source),
-                            dynamic_batching=dynamic_batching, ort_threads=ort_threads)
+        canonical_config = read_config(source / CONFIG_FILE)
+        config = cpu_config(canonical_config, model_file(source), dynamic_batching=dynamic_batching,
+                            ort_threads=ort_threads)
         write_python_model_folder(out / name, config, SHIM)
-        if (source / LABELS_FILE).exists():
-            shutil.copyfile(source / LABELS_FILE, out / name / LABELS_FILE)
+        labels = source / (canonical_config.output[0].label_filename or LABELS_FILE)
+        if labels.exists():
+            shutil.copyfile(labels, out / name / LABELS_FILE)
     return names + sorted(code)

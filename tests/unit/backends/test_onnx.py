@@ -48,7 +48,8 @@ def test_rows_are_answered_in_order_through_the_batcher_with_the_configured_dela
         await backend.start({"emotion": emotion})
         try:
             answers = await asyncio.gather(*(backend.infer(emotion, rows[i:i + 1]) for i in range(3)))
-            return answers, backend._batchers["emotion"]._delay, backend.statistics(), await backend.ready()
+            delay = backend._batchers[emotion.name, emotion.version]._delay
+            return answers, delay, backend.statistics(), await backend.ready()
         finally:
             await backend.close()
 

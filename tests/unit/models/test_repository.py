@@ -66,7 +66,7 @@ def test_repository_roles_and_missing_models(tmp_path):
     repo = Repository.load(tmp_path)
     assert [s.name for s in repo.detectors] == ["det"] and list(repo.heads) == ["age"]
     assert repo.classifiers == {} and repo.missing == ["gender"]
-    assert repo.model_file("age") == tmp_path / "age" / repository.VERSION_DIR / repository.ONNX_MODEL_FILE
+    assert repo.model_file("age") == tmp_path / "age" / head.version / repository.ONNX_MODEL_FILE  # its serving version
 
 
 def test_two_models_answering_one_field_are_refused(tmp_path):
