@@ -20,15 +20,12 @@ from bentoml.validators import ContentType
 from starlette.requests import Request
 
 from faceserve.dev import photos
+from faceserve.http.routes import ANY_KEY, PUBLIC, ROUTES
 from tests.hostile_requests import MULTIPART, HitCounter, multipart, part, send, shapes
 from tests.support import png, serve
 
 ImageFile = Annotated[Path, ContentType("image/*")]
-API_ROUTES = {"/analyze", "/analyze_batch", "/annotate", "/classify", "/rotate", "/models", "/verify", "/identify",
-              "/identities", "/identities/create", "/identities/add_faces", "/identities/get", "/identities/delete",
-              "/identities/delete_face", "/identities/face_thumbnail", "/gallery/export", "/gallery/import", "/feedback",
-              "/feedback/export", "/feedback/summary", "/jobs/submit", "/jobs/status", "/jobs/results", "/jobs/cancel",
-              "/gallery/audit"}
+API_ROUTES = {path for path, route in ROUTES.items() if route.scope not in (PUBLIC, ANY_KEY)}
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,12 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.generation import GenerationMode
 
+from faceserve.http.routes import ANY_KEY, PUBLIC, ROUTES
 from tests.support import serve
 
 MAX_EXAMPLES = 20
-OPERATIONS = ("analyze", "analyze_batch", "annotate", "classify", "rotate", "models", "identify", "verify",
-              "identities/create", "identities/add_faces", "identities", "identities/get", "identities/delete",
-              "identities/delete_face", "identities/face_thumbnail", "gallery/export", "gallery/import", "feedback",
-              "feedback/export", "feedback/summary", "jobs/submit", "jobs/status", "jobs/results", "jobs/cancel",
-              "gallery/audit")
+# Every API route the route table declares (faceserve/http/routes.py), health and the page's files aside.
+OPERATIONS = tuple(path[1:] for path, route in ROUTES.items() if route.scope not in (PUBLIC, ANY_KEY))
 
 
 @pytest.fixture(scope="module")

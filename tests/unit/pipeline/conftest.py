@@ -14,10 +14,10 @@ from faceserve.pipeline.pipeline import Pipeline
 class Runner:
     """One event loop for a pipeline (its batchers live on that loop)."""
 
-    def __init__(self, repository_path):
+    def __init__(self, repository_path, batch_delay_us: int | None = None):
         self.loop = asyncio.new_event_loop()
         repo = Repository.load(repository_path)
-        self.pipeline = Pipeline(repo, create("onnxruntime", repo.path))
+        self.pipeline = Pipeline(repo, create("onnxruntime", repo.path, batch_delay_us=batch_delay_us))
         self.run(self.pipeline.start())
 
     def run(self, coroutine):
