@@ -37,8 +37,9 @@ def row(name: str) -> str:
     outcome = quantize.quantize(spec, float_onnx)
     timed = quantize.ms_per_batch(spec, {"float": float_onnx, "int8": outcome.onnx_bytes}, _timed_batches(spec),
                                   seconds=0.5)
-    cells = " | ".join(f"{timed['float'][b]:.2f} → {timed['int8'][b]:.2f} ({timed['float'][b] / timed['int8'][b]:.2f}×)"
-                       if b in timed["float"] else "—" for b in (1, 16))
+    before, after = timed["float"], timed["int8"]
+    cells = " | ".join(f"{before[b]:.2f} → {after[b]:.2f} ({before[b] / after[b]:.2f}×)" if b in before else "—"
+                       for b in (1, 16))
     verdict = "within budget" if not outcome.problems else "refused: " + "; ".join(outcome.problems)
     return f"| {name} | {cells} | {json.dumps(outcome.figures)} | {verdict} |"
 

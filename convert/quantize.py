@@ -247,7 +247,8 @@ def _output_nodes(path: Path) -> list[str]:
     return [node.name for node in model.graph.node if outputs & set(node.output)]
 
 
-def quantize(spec: ModelSpec, float_onnx: bytes, budget: Budget = Budget(), quant_format: str = QUANT_FORMAT) -> Outcome:
+def quantize(spec: ModelSpec, float_onnx: bytes, budget: Budget = Budget(),
+             quant_format: str = QUANT_FORMAT) -> Outcome:
     """The INT8 model (activations uint8, weights int8 per channel, ranges from MinMax over real inputs) and
     its parity figures against `float_onnx`."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -264,7 +265,7 @@ def quantize(spec: ModelSpec, float_onnx: bytes, budget: Budget = Budget(), quan
     with tempfile.TemporaryDirectory(prefix="quantize-") as folder:
         source, prepared, target = (Path(folder) / n for n in ("float.onnx", "prepared.onnx", "int8.onnx"))
         source.write_bytes(float_onnx)
-        # shapes inferred (ONNX's own inference: the symbolic one needs sympy) and the graph folded, as onnxruntime advises
+        # shapes inferred (ONNX's own inference: the symbolic one needs sympy), the graph folded: onnxruntime's advice
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat[quant_format],
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
