@@ -6,20 +6,22 @@
         --labels angry,disgust,fear,happy,sad,surprise,neutral --colour gray --scale 0.00784 --offset -1
     python -m convert model model.onnx --name emotion --recipe emotion.toml --labels-file labels.txt
     python -m convert versions emotion; python -m convert promote emotion 2; python -m convert rollback emotion
+    python -m convert quantize age                # an INT8 version of age's serving one, within its budget
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import tomllib
 from pathlib import Path
 
-from convert import artifacts, build, export, recipe  # export imports TensorFlow only when it converts
+from convert import artifacts, build, export, quantize, recipe  # export imports TensorFlow only when it converts
 from convert.parity import DEFAULT_RAW_TOLERANCE, DEFAULT_TOLERANCE
-from faceserve.models import tasks, versions
+from faceserve.models import repository, tasks, versions
 from faceserve.models.decoder import decoders
 
 log = logging.getLogger("convert")
@@ -79,6 +81,39 @@ def _model(args: argparse.Namespace) -> int:
     log.log(logging.INFO if result.status == "built" else logging.ERROR, "%s %s: %s", args.name, result.status,
             result.detail)
     return 0 if result.status == "built" else 1
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    model_dir = args.repository / args.model
+    try:
+        if not (model_dir / repository.CONFIG_FILE).is_file():
+            raise versions.VersionError(f"{model_dir} is not a model folder of the repository")
+        spec = repository.load_spec(model_dir)
+        record = versions.build_record(model_dir, int(spec.version))
+        if record.get("quantized"):
+            raise quantize.QuantizeError(f"version {spec.version} is already {record['quantized']}; promote a float "
+                                         f"version first")
+        budget = quantize.Budget(**{field: getattr(args, field) for field in dataclasses.asdict(quantize.Budget())})
+        float_onnx = repository.model_file(model_dir, spec.version).read_bytes()
+        outcome = quantize.quantize(spec, float_onnx, budget)
+    except (versions.VersionError, quantize.QuantizeError) as exc:
+        log.error("refusing to quantize %s: %s", args.model, exc)
+        return 2
+    figures = json.dumps(outcome.figures)
+    if outcome.problems:
+        log.error("refusing to write an INT8 version of %s: %s (%s); nothing written", args.model,
+                  "; ".join(outcome.problems), figures)
+        return 1
+    record = {"quantized": quantize.QUANTIZED, "from_version": int(spec.version), "source": record.get("source"),
+              "sha256": record.get("sha256"), "quantization": {
+                  "method": "onnxruntime.quantization.quantize_static", "format": quantize.QUANT_FORMAT,
+                  "activations": "uint8", "weights": "int8 per channel", "calibration": "MinMax",
+                  "calibration_inputs": outcome.calibration_inputs},
+              "parity": outcome.figures, "budget": dataclasses.asdict(budget)}
+    version = versions.add_version(model_dir, spec, outcome.onnx_bytes, record)
+    log.info("%s: INT8 version %s written beside version %s (%s); serve it with `python -m convert promote %s %s`",
+             args.model, version, spec.version, figures, args.model, version)
+    return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -169,6 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--crop-stretch", action="store_true")
     m.add_argument("--crop-square", action="store_true")
     m.set_defaults(func=_model)
+
+    q = sub.add_parser("quantize", parents=[where], help="write an INT8 version of a model's serving version "
+                                                         "(static quantization calibrated on real faces), refused "
+                                                         "over its parity budget")
+    q.add_argument("model")
+    for field, default in dataclasses.asdict(quantize.Budget()).items():
+        q.add_argument(f"--{field.replace('_', '-')}", dest=field, type=float, default=default,
+                       help=f"{quantize.BUDGET_HELP[field]} (default %(default)g)")
+    q.set_defaults(func=_quantize)
 
     p = sub.add_parser("promote", parents=[where], help="serve version N of a model (rewrites its config.pbtxt)")
     p.add_argument("model")

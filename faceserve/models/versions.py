@@ -134,14 +134,20 @@ def rollback(model_dir: Path) -> tuple[int, int]:
     return promote(model_dir, int(previous.string_value))
 
 
+def build_record(model_dir: Path, version: int) -> dict:
+    """A version's build record (empty when it has none)."""
+    path = model_dir / str(version) / BUILD_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def version_records(model_dir: Path) -> list[dict]:
-    """Each built version: its number, whether it serves, and its build record (source, sha256, parity)."""
+    """Each built version: its number, whether it serves, and its build record (source, sha256, parity; for an
+    INT8 version what it was quantized from and its budget)."""
     serving = serving_version(model_dir)
     records = []
     for version in versions(model_dir):
-        path = model_dir / str(version) / BUILD_RECORD
-        record = json.loads(path.read_text()) if path.is_file() else {}
+        record = build_record(model_dir, version)
         records.append({"version": str(version), "serving": version == serving,
-                        **{key: record[key] for key in ("source", "sha256", "parity", "tolerance", "raw_tolerance")
-                           if key in record}})
+                        **{key: record[key] for key in ("source", "sha256", "quantized", "from_version", "parity",
+                                                        "budget", "tolerance", "raw_tolerance") if key in record}})
     return records
