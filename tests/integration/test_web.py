@@ -236,8 +236,8 @@ def js_round(value: float) -> int:
 def test_the_faces_table_shows_each_faces_quality_and_fits_a_1280_px_window(front_end_service, browser, emotion_grid,
                                                                             gender_age_built):
     """Every column the grid's faces fill (emotion bars, gender, age, identity's enrol form, feedback, and quality
-    with the pose and landmarks) is within the table's visible area at 1280x800, beside the photo: nothing cut, no scrolling
-    sideways."""
+    with the pose and landmarks) is within the table's visible area at 1280x800, beside the photo: nothing cut,
+    no scrolling sideways."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
         page = open_page(context, front_end_service)
