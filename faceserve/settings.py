@@ -9,6 +9,7 @@ from pathlib import Path
 from faceserve.http.keys import ApiKey, key_ring, legacy_key, read_key_file
 from faceserve.jobs.queue import JobLimits
 from faceserve.pipeline.imaging import DecodeLimits
+from faceserve.pipeline.quality import EnrolmentBars
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +68,9 @@ class Settings:
     # FACESERVE_IDENTITY_THRESHOLD: the same person at or above this cosine similarity; None: the embedding
     # model's own (its measured `score_threshold`, docs/identity.md)
     identity_threshold: float | None = None
+    # FACESERVE_ENROL_MIN_FACE_PX, _MIN_SHARPNESS, _MAX_TURN_DEGREES: enrolment refuses a face under these bars
+    # (faceserve/pipeline/quality.py; their measured basis in docs/identity.md)
+    enrolment_bars: EnrolmentBars = EnrolmentBars()
     # FACESERVE_DECLINE_LABELS (comma-separated labels of a whole-image classifier) and _THRESHOLD: `/annotate`
     # declines an image scoring at or above the threshold in any of them (faceserve/pipeline/policy.py)
     decline_labels: tuple[str, ...] = ()
@@ -119,6 +123,10 @@ class Settings:
             data_dir=data_dir,
             store=_store_url(data_dir),
             identity_threshold=float(_env("IDENTITY_THRESHOLD", "")) if _env("IDENTITY_THRESHOLD", "") else None,
+            enrolment_bars=EnrolmentBars(
+                min_face_px=float(_env("ENROL_MIN_FACE_PX", str(EnrolmentBars.min_face_px))),
+                min_sharpness=float(_env("ENROL_MIN_SHARPNESS", str(EnrolmentBars.min_sharpness))),
+                max_turn_degrees=float(_env("ENROL_MAX_TURN_DEGREES", str(EnrolmentBars.max_turn_degrees)))),
             decline_labels=_split(_env("DECLINE_LABELS", "")),
             decline_threshold=float(_env("DECLINE_THRESHOLD", "0.5")),
             jobs=JobLimits(max_images=int(_env("JOB_MAX_IMAGES", str(JobLimits.max_images))),

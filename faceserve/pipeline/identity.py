@@ -25,6 +25,7 @@ from faceserve.gallery import EmbeddingModel, Gallery, Match, NewFace, validatio
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
 from faceserve.pipeline import imaging
 from faceserve.pipeline.pipeline import FoundFace, Pipeline
+from faceserve.pipeline.quality import EnrolmentBars
 from faceserve.models.versions import model_ref
 from faceserve.pipeline.schemas import Analysis, Box, IdentityMatch
 from faceserve.store import Store
@@ -58,20 +59,21 @@ class Identification(BaseModel):
 
 
 class IdentityStage:
-    def __init__(self, pipeline: Pipeline, gallery: Gallery, threshold: float):
-        self.pipeline, self.gallery, self.threshold = pipeline, gallery, threshold
+    def __init__(self, pipeline: Pipeline, gallery: Gallery, threshold: float, bars: EnrolmentBars = EnrolmentBars()):
+        self.pipeline, self.gallery, self.threshold, self.bars = pipeline, gallery, threshold, bars
         spec = pipeline.require_embedding().spec
         self.model = model_ref(spec.name, spec.version)
 
     @classmethod
-    def open(cls, pipeline: Pipeline, store: Store, threshold: float | None = None) -> "IdentityStage":
+    def open(cls, pipeline: Pipeline, store: Store, threshold: float | None = None,
+             bars: EnrolmentBars = EnrolmentBars()) -> "IdentityStage":
         """The stage over the gallery in `store` for the pipeline's embedding head (slow: the gallery's index is
         loaded); `threshold` None is the head's own measured one."""
         head = pipeline.require_embedding()
         model = EmbeddingModel(head.spec.name, head.spec.version, head.dimension)
         gallery = Gallery(store, model)
         log.info("gallery: %s faces of %s", type(store).__name__, model_ref(model.name, model.version))
-        return cls(pipeline, gallery, head.spec.score_threshold if threshold is None else threshold)
+        return cls(pipeline, gallery, head.spec.score_threshold if threshold is None else threshold, bars)
 
     async def analyze(self, image: np.ndarray, detector: str | None = None) -> Analysis:
         """`Pipeline.analyze` with each face's best match in the gallery (`identity`, None for nobody known)."""
@@ -82,8 +84,8 @@ class IdentityStage:
 
     async def enrolment(self, image: np.ndarray, image_sha256: str, box: Sequence[float] | None, label: str,
                         thumbnail: bool = False) -> NewFace:
-        """The face to enrol from one image: its only face, or the one at the caller's `box`; `label` names
-        the image in errors ("image 2")."""
+        """The face to enrol from one image: its only face, or the one at the caller's `box`, if its quality
+        passes the bars; `label` names the image in errors ("image 2")."""
         if box is not None:
             face = await self._at_box(image, box, label)
         else:
@@ -95,6 +97,10 @@ class IdentityStage:
                 raise InvalidRequest(f"{label}: {len(faces)} faces found; send a photo of one face, or give the "
                                      "box of the face to enrol", code="several_faces")
             (face,) = faces
+        failures = self.bars.failures(face.quality)
+        if failures:
+            raise InvalidRequest(f"{label}: the face is {' and '.join(failures)}; send a larger, sharper photo of "
+                                 "the face looking at the camera", code="low_quality_face")
         (vector,) = await self.pipeline.embed(image, [face])
         small = await asyncio.to_thread(_thumbnail, image, face.box) if thumbnail else None
         return NewFace(vector, image_sha256, face.box, small)

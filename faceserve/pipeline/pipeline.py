@@ -22,7 +22,8 @@ from faceserve.models.landmarks import PRESENCE_THRESHOLD, LandmarkModel, Placem
 from faceserve.models.repository import Repository, is_head
 from faceserve.models.spec import ModelSpec
 from faceserve.models.versions import model_ref
-from faceserve.pipeline.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label, Pose
+from faceserve.pipeline import quality
+from faceserve.pipeline.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label, Pose, Quality
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,12 @@ EMBEDDING_ANSWER = "_embedding"  # where `_heads` puts the embedding head's vect
 @dataclasses.dataclass(frozen=True)
 class FoundFace:
     """A face located in an image: its box, the detector's score (or, at a box the caller gave, the landmark
-    model's presence) and where its features are."""
+    model's presence), where its features are and how useful it is."""
 
     box: tuple[float, float, float, float]
     score: float
     placement: Placement | None
+    quality: Quality
 
 
 class Pipeline:
@@ -137,7 +139,8 @@ class Pipeline:
         analysis = Analysis(
             width=image.shape[1], height=image.shape[0], detector=chosen.name,
             faces=[Face(box=Box(x1=face.box[0], y1=face.box[1], x2=face.box[2], y2=face.box[3]), score=face.score,
-                        **_placement_fields(face.placement), **{field: values[i] for field, values in answers.items()})
+                        quality=face.quality, **_placement_fields(face.placement),
+                        **{field: values[i] for field, values in answers.items()})
                    for i, face in enumerate(faces)],
             models={spec.task: model_ref(spec.name, spec.version) for spec in used},
             missing_heads=[field for field in HEAD_FIELDS if field not in answers],
@@ -154,9 +157,9 @@ class Pipeline:
     async def at_boxes(self, image: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> list[FoundFace]:
         """Faces at boxes the caller gives, placed; each one's score is the landmark model's presence (1.0
         without a landmark model), for the caller to judge."""
+        boxes = [tuple(map(float, box)) for box in boxes]
         placements = await self.place(image, boxes)
-        return [FoundFace(tuple(map(float, box)), placement.presence if placement else 1.0, placement)
-                for box, placement in zip(boxes, placements)]
+        return await self._found(image, boxes, [p.presence if p else 1.0 for p in placements], placements)
 
     async def embed(self, image: np.ndarray, faces: list[FoundFace]) -> np.ndarray:
         """The (faces, dimension) unit embeddings of these faces."""
@@ -177,8 +180,16 @@ class Pipeline:
                                 code="too_many_faces")
         placements = await self.place(image, [d.box for d in detections])
         # a box the landmark model does not see a face in is the detector's mistake
-        return [FoundFace(d.box, d.score, p) for d, p in zip(detections, placements)
-                if p is None or p.presence >= PRESENCE_THRESHOLD]
+        kept = [(d, p) for d, p in zip(detections, placements) if p is None or p.presence >= PRESENCE_THRESHOLD]
+        return await self._found(image, [d.box for d, _ in kept], [d.score for d, _ in kept], [p for _, p in kept])
+
+    @staticmethod
+    async def _found(image: np.ndarray, boxes: list, scores: list[float],
+                     placements: list[Placement | None]) -> list[FoundFace]:
+        if not boxes:
+            return []
+        qualities = await asyncio.to_thread(quality.measure_all, image, boxes, placements)
+        return [FoundFace(*face) for face in zip(boxes, scores, placements, qualities)]
 
     async def place(self, image: np.ndarray, boxes: list) -> list[Placement | None]:
         """Each face's landmarks and pose (None for every face when the repository has no landmark model)."""

@@ -34,6 +34,21 @@ class IdentityMatch(BaseModel):
                                           "-1..1")
 
 
+class Quality(BaseModel):
+    """How useful the face is for recognition (faceserve/pipeline/quality.py); enrolment refuses a face under the
+    bars of docs/identity.md."""
+
+    width: float = Field(description="the box's width in image pixels")
+    height: float = Field(description="the box's height in image pixels")
+    size: float = Field(description="the box's smaller side in image pixels")
+    sharpness: float = Field(description="variance of the Laplacian of the face's grey crop at 128x128: "
+                                         "a blurred or upscaled face scores low")
+    turn: float | None = Field(description="degrees: the larger of |yaw| and |pitch| (a turned face hides half "
+                                           "its features; roll hides none); null without a landmark model")
+    presence: float | None = Field(description="the face mesh's probability that the crop holds a face, 0..1; "
+                                               "null without a landmark model")
+
+
 class Face(BaseModel):
     """One face: its box and score, where its features are, then one field per head of the repository
     (the typed ones below, and any other head's answer under its task's name)."""
@@ -46,6 +61,7 @@ class Face(BaseModel):
         None, description="five points [x, y] in image pixels: the eye on the image's left, the other eye, "
                           "the nose tip, the mouth corner on the image's left, the other mouth corner")
     pose: Pose | None = Field(None, description="head pose from the face mesh")
+    quality: Quality | None = Field(None, description="size, sharpness, turn and presence of the face")
     emotion: LabelScores | None = None
     gender: LabelScores | None = None
     age: float | None = Field(None, description="estimated age in years")
@@ -55,7 +71,7 @@ class Face(BaseModel):
 
 
 # Where a face is and what its features' positions say, filled before the heads run.
-PLACEMENT_FIELDS: tuple[str, ...] = ("box", "score", "landmarks", "pose")
+PLACEMENT_FIELDS: tuple[str, ...] = ("box", "score", "landmarks", "pose", "quality")
 # Filled after the heads, from what they answered (the identity stage, from the embedding).
 STAGE_FIELDS: tuple[str, ...] = ("identity",)
 # The per-face fields the schema types, in response order; the heads present fill them.

@@ -16,12 +16,14 @@ import io
 import itertools
 import json
 import os
+import re
 import signal
 import threading
 import time
 import uuid
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import psutil
@@ -177,6 +179,59 @@ def test_enrolled_people_are_identified_in_the_probe_photos(client):
     assert named_left_to_right(analysis["faces"], 2)[0] == ["rose_leslie", "kit_harington"]
     assert all(face["emotion"] and face["age"] for face in analysis["faces"])
     assert "embedding" in analysis["models"]
+
+
+def exported_rows(client: httpx.Client) -> list[bytes]:
+    """Every identity and face of the gallery's export, without its header (which says when it was made)."""
+    return client.post("/gallery/export", timeout=60).raise_for_status().content.splitlines()[1:]
+
+
+def jpeg_of(path: Path, change) -> tuple:
+    """An upload of the photo at `path` as `change` (an RGB array to an RGB array) leaves it."""
+    pixels = change(np.asarray(Image.open(path).convert("RGB")))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    return "images", (f"changed-{path.name}", buffer.getvalue(), "image/jpeg")
+
+
+def test_enrolment_refuses_a_useless_face_naming_the_measure_and_its_bar_and_stores_nothing(client):
+    """The bars of docs/identity.md: the enrolment photo obama.jpg passes them, the same photo downscaled until the
+    face is about 24 px or blurred (Gaussian sigma 4) does not, nor does the real turned face at the bottom edge of
+    obama_and_biden.jpg; a refused batch stores none of its faces, the good one included."""
+    person = post(client, "/identities/create", json={"name": "Obama", "metadata": {}})
+    good = IDENTITY / "enroll" / "obama" / "obama.jpg"
+    gallery_before = exported_rows(client)
+
+    def shrunk(pixels: np.ndarray) -> np.ndarray:
+        scale = 24 / 224  # the face is about 224 px on its smaller side in obama.jpg
+        return cv2.resize(pixels, (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale)),
+                          interpolation=cv2.INTER_AREA)
+
+    def refusal(files: list, **fields) -> str:
+        response = client.post("/identities/add_faces", data={"identity_id": person["id"], **fields}, files=files,
+                               timeout=120)
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert set(body) == {"error", "message"} and body["error"] == "low_quality_face", body
+        return body["message"]
+
+    advice = "; send a larger, sharper photo of the face looking at the camera"
+    small = refusal([jpeg_of(good, shrunk)])
+    assert re.fullmatch(r"image 1: the face is too small \(2\d(\.\d)? px on its smaller side, the bar is 40 px\) and "
+                        r"too blurred \(sharpness \d+(\.\d)?, the bar is 100\)" + re.escape(advice), small), small
+    blurred = refusal([upload(good, "images"), jpeg_of(good, lambda p: cv2.GaussianBlur(p, (0, 0), 4))])
+    assert re.fullmatch(r"image 2: the face is too blurred \(sharpness \d+(\.\d)?, the bar is 100\)"
+                        + re.escape(advice), blurred), blurred
+    group = IDENTITY / "probe" / "obama_and_biden.jpg"
+    turned_box = max(identify(client, group)["faces"], key=lambda face: face["box"]["y1"])["box"]  # the bottom edge
+    turned = refusal([upload(group, "images")], boxes=json.dumps([turned_box]))
+    assert re.fullmatch(r"image 1: the face is too turned \(3\d(\.\d+)? degrees from the camera, the bar is 30 "
+                        r"degrees\)" + re.escape(advice), turned), turned
+
+    assert post(client, "/identities/get", json={"identity_id": person["id"]})["faces"] == []
+    assert exported_rows(client) == gallery_before  # no row added anywhere
+    added = post(client, "/identities/add_faces", data={"identity_id": person["id"]}, files=[upload(good, "images")])
+    assert len(added["faces"]) == 1
 
 
 def test_enrolment_needs_exactly_one_face_or_its_box(client):

@@ -234,6 +234,7 @@ def test_every_line_matches_a_synchronous_analyze(client, photo_bytes, expected)
         assert comparable(line["analysis"]) == expected[photo_of(line["name"])], line["name"]
     assert lines[-1]["state"] == "failed" and lines[-1]["error"]["error"] == "invalid_image"
     assert sum(len(line["analysis"]["faces"]) for line in lines[:-1]) > JOB_IMAGES  # the photos have faces
+    assert all(face["quality"]["size"] > 0 for line in lines[:-1] for face in line["analysis"]["faces"])
 
 
 def test_a_zip_file(client, photo_bytes, expected):

@@ -49,6 +49,26 @@ def test_analyze_upload(url, emotion_grid):
     assert set(body["timings_ms"]) == {"detect", "landmarks", "heads"}
     for face in body["faces"]:
         assert len(face["landmarks"]) == 5 and set(face["pose"]) == {"yaw", "pitch", "roll"}
+        assert_quality(face)
+
+
+def assert_quality(face: dict) -> None:
+    """The face's quality says what its box and pose say, and the grid's and the astronaut's faces are sharp."""
+    box, quality = face["box"], face["quality"]
+    assert set(quality) == {"width", "height", "size", "sharpness", "turn", "presence"}
+    assert quality["width"] == pytest.approx(box["x2"] - box["x1"], abs=0.051)
+    assert quality["height"] == pytest.approx(box["y2"] - box["y1"], abs=0.051)
+    assert quality["size"] == min(quality["width"], quality["height"]) and quality["size"] > 80
+    assert quality["turn"] == pytest.approx(max(abs(face["pose"]["yaw"]), abs(face["pose"]["pitch"])), abs=0.011)
+    assert 0.5 <= quality["presence"] <= 1 and quality["sharpness"] > 100
+
+
+def test_the_schema_types_each_faces_quality(url):
+    schema = httpx.get(f"{url}/docs.json", timeout=TIMEOUT).json()["components"]["schemas"]
+    assert schema["Face"]["properties"]["quality"]["anyOf"][0] == {"$ref": "#/components/schemas/Quality"}
+    assert {name: spec.get("type", spec.get("anyOf")) for name, spec in schema["Quality"]["properties"].items()} == {
+        "width": "number", "height": "number", "size": "number", "sharpness": "number",
+        "turn": [{"type": "number"}, {"type": "null"}], "presence": [{"type": "number"}, {"type": "null"}]}
 
 
 def test_analyze_with_blazeface_still_selectable(url, emotion_grid):
@@ -91,6 +111,9 @@ def test_analyze_batch(url, emotion_grid):
     assert [len(r["faces"]) for r in body["results"]] == [4, 1, 0]
     assert quadrants(body["results"][0]) == QUADRANT_EMOTIONS
     assert body["results"][1]["faces"][0]["emotion"]["label"] == "happy"
+    alone = post(url, "analyze", files={"image": ("astronaut.jpg", jpeg(photos.astronaut()), "image/jpeg")}).json()
+    assert body["results"][1]["faces"][0]["quality"] == alone["faces"][0]["quality"]
+    assert_quality(alone["faces"][0])
 
 
 def test_annotate_draws_boxes(url, emotion_grid):

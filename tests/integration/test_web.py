@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import re
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def test_enrol_a_face_then_it_is_recognised_listed_and_deleted(front_end_service
     page.get_by_label("Photos").set_input_files(photo("astronaut.jpg", astronaut, "image/jpeg"))
     row = rows(page, "astronaut.jpg").first
     expect(row).to_contain_text("5 points")
-    expect(row).to_contain_text(re.compile(r"yaw -?\d+°, pitch -?\d+°, roll -?\d+°"))
+    expect(row).to_contain_text(re.compile(r"yaw -?\d+°\s*pitch -?\d+°\s*roll -?\d+°"))
     assert b'name="identify"' in forms[0]
     (face,) = analyze(front_end_service, astronaut, "image/jpeg")["faces"]
     left_eye = face["landmarks"][0]
@@ -225,6 +226,49 @@ def test_enrol_a_face_then_it_is_recognised_listed_and_deleted(front_end_service
     expect(people.first).to_have_text("Nobody is enrolled yet.")
     listed = httpx.post(f"{front_end_service}/identities", json={}, timeout=30).json()
     assert listed["total"] == 0
+
+
+def js_round(value: float) -> int:
+    """Math.round, as the page rounds (Python's round() goes to the even neighbour at .5)."""
+    return math.floor(value + 0.5)
+
+
+def test_the_faces_table_shows_each_faces_quality_and_fits_a_1280_px_window(front_end_service, browser, emotion_grid,
+                                                                            gender_age_built):
+    """Every column the grid's faces fill (emotion bars, gender, age, identity's enrol form, feedback, and quality
+    with the pose and landmarks) is within the table's visible area at 1280x800, beside the photo: nothing cut,
+    no scrolling sideways."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = open_page(context, front_end_service)
+        data = jpeg(emotion_grid)
+        page.get_by_label("Photos").set_input_files(photo("grid.jpg", data, "image/jpeg"))
+        expect(rows(page, "grid.jpg")).to_have_count(4)
+        table = page.get_by_role("table", name="Faces in grid.jpg")
+        names = table.locator("thead th").all_inner_texts()
+        assert names == ["Face", "Emotion", "Gender", "Age", "Identity", "Feedback", "Quality"]
+        faces = analyze(front_end_service, data, "image/jpeg")["faces"]
+        # the table's reading order: the grid's top row, then its bottom row, each left to right
+        faces.sort(key=lambda f: (f["box"]["y1"] > emotion_grid.shape[0] / 2, f["box"]["x1"]))
+        for row, face in zip(rows(page, "grid.jpg").all(), faces):
+            measured = face["quality"]
+            cell = row.locator("td").nth(names.index("Quality") - 1)
+            assert cell.locator("li").all_inner_texts() == [
+                f"{js_round(measured['size'])} px", f"sharpness {js_round(measured['sharpness'])}",
+                f"turned {js_round(measured['turn'])}°", f"presence {js_round(measured['presence'] * 100)} %",
+                f"detection {js_round(face['score'] * 100)} %", *(f"{angle} {js_round(face['pose'][angle])}°"
+                                                                  for angle in ("yaw", "pitch", "roll")),
+                "5 points"]
+        page.screenshot(path=ARTIFACTS / "web-quality-1280.png", full_page=True)
+
+        visible = page.get_by_role("article", name="Result for grid.jpg").locator(".table-wrap").bounding_box()
+        assert visible["x"] >= 0 and visible["x"] + visible["width"] <= 1280
+        for header in table.locator("thead th").all():
+            box = header.bounding_box()
+            assert box["x"] >= visible["x"] and box["x"] + box["width"] <= visible["x"] + visible["width"] + 0.5, (
+                header.inner_text(), box, visible)
+    finally:
+        context.close()
 
 
 def test_several_photos_with_a_non_image_and_a_too_large_one(front_end_service, context):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from faceserve.pipeline.imaging import DecodeLimits
+from faceserve.pipeline.quality import EnrolmentBars
 from faceserve.settings import Limits, Settings, configured_store
 from tests.support import ROOT
 
@@ -108,3 +109,11 @@ def test_settings_is_the_only_reader_of_the_services_variables():
     readers = {path.relative_to(ROOT).as_posix() for path in sorted((ROOT / "faceserve").rglob("*.py"))
                if _reads_faceserve_variables(path)}
     assert readers == set(ENVIRONMENT_READERS)
+
+
+def test_the_enrolment_bars_are_read_from_their_variables(monkeypatch):
+    monkeypatch.setenv("FACESERVE_ENROL_MIN_FACE_PX", "64")
+    monkeypatch.setenv("FACESERVE_ENROL_MIN_SHARPNESS", "150.5")
+    monkeypatch.setenv("FACESERVE_ENROL_MAX_TURN_DEGREES", "20")
+    assert Settings.from_env().enrolment_bars == EnrolmentBars(min_face_px=64, min_sharpness=150.5,
+                                                                max_turn_degrees=20)

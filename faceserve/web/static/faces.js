@@ -5,9 +5,27 @@ import { el, percent, scoreBars } from "./dom.js";
 import { drawFaces, faceAt, photoPoint } from "./draw.js";
 
 // Fields with a column of their own; any other head's answer gets a generic column.
-const KNOWN_FIELDS = new Set(["box", "score", "emotion", "gender", "age", "identity", "landmarks", "pose"]);
+const KNOWN_FIELDS = new Set(["box", "score", "emotion", "gender", "age", "identity", "landmarks", "pose", "quality"]);
 
 const degrees = (value) => `${Math.round(value)}°`;
+
+/** Short measures one to a line: a narrow column however many there are. */
+function measures(items) {
+  return el("ul", { className: "measures" }, items.filter(Boolean).map((item) => el("li", {}, item)));
+}
+
+/** How usable the face is, then where it looks: one narrow column, so that the table fits beside the photo in a
+ * 1280-px window. */
+function qualityCell(face) {
+  const { quality, pose, landmarks } = face;
+  return measures([
+    quality && `${Math.round(quality.size)} px`, quality && `sharpness ${Math.round(quality.sharpness)}`,
+    typeof quality?.turn === "number" && `turned ${degrees(quality.turn)}`,
+    typeof quality?.presence === "number" && `presence ${percent(quality.presence)}`,
+    `detection ${percent(face.score)}`,
+    pose && `yaw ${degrees(pose.yaw)}`, pose && `pitch ${degrees(pose.pitch)}`, pose && `roll ${degrees(pose.roll)}`,
+    landmarks && `${landmarks.length} points`]);
+}
 
 function labelCell(answer, what) {
   if (!answer) return "—";
@@ -54,12 +72,7 @@ function columns(faces, onEnrol, identityOffered, correction) {
   for (const name of others) list.push([name.replaceAll("_", " "), (face) => genericCell(face[name])]);
   if (identityOffered || answered("identity")) list.push(["Identity", (face, n) => identityCell(face, n, onEnrol)]);
   if (correction) list.push(["Feedback", (face, n) => correction(face, n)]);
-  if (answered("pose")) {
-    list.push(["Pose", (face) => (face.pose
-      ? `yaw ${degrees(face.pose.yaw)}, pitch ${degrees(face.pose.pitch)}, roll ${degrees(face.pose.roll)}` : "—")]);
-  }
-  if (answered("landmarks")) list.push(["Landmarks", (face) => (face.landmarks ? `${face.landmarks.length} points` : "—")]);
-  list.push(["Detection", (face) => percent(face.score)]);
+  list.push(["Quality", qualityCell]);
   return list;
 }
 

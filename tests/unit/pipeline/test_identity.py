@@ -19,12 +19,15 @@ from faceserve.gallery import EmbeddingModel, Gallery, NewFace
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
 from faceserve.pipeline.identity import THUMBNAIL_SIDE, IdentityStage
 from faceserve.pipeline.pipeline import FoundFace
-from faceserve.pipeline.schemas import Analysis, Box, Face
+from faceserve.pipeline.quality import EnrolmentBars
+from faceserve.pipeline.schemas import Analysis, Box, Face, Quality
 from faceserve.store import open_store
 from tests.support import FIXTURES
 
 DIMENSION = 4
 SHA256 = "0" * 64
+# the scripted faces' quality is given, not measured: a face that passes every default bar
+GOOD = Quality(width=200, height=240, size=200, sharpness=800, turn=5, presence=1.0)
 
 
 def unit(*values: float) -> np.ndarray:
@@ -39,8 +42,8 @@ def image(key: int, width: int = 200, height: int = 100) -> np.ndarray:
     return photo
 
 
-def face(x1: float, y1: float, x2: float, y2: float, score: float = 0.9) -> FoundFace:
-    return FoundFace((x1, y1, x2, y2), score, None)
+def face(x1: float, y1: float, x2: float, y2: float, score: float = 0.9, quality: Quality = GOOD) -> FoundFace:
+    return FoundFace((x1, y1, x2, y2), score, None, quality)
 
 
 @dataclasses.dataclass
@@ -51,6 +54,7 @@ class ScriptedPipeline:
     faces: dict[int, list[FoundFace]] = dataclasses.field(default_factory=dict)
     vectors: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)
     presence: float = 0.95
+    quality: Quality = dataclasses.field(default_factory=lambda: GOOD)  # of a face at a caller's box
     located: list = dataclasses.field(default_factory=list)  # the detector each locate was asked for
 
     def require_embedding(self):
@@ -62,7 +66,7 @@ class ScriptedPipeline:
         return self.faces.get(int(photo[0, 0, 0]), [])
 
     async def at_boxes(self, photo, boxes):
-        return [FoundFace(tuple(map(float, box)), self.presence, None) for box in boxes]
+        return [FoundFace(tuple(map(float, box)), self.presence, None, self.quality) for box in boxes]
 
     async def embed(self, photo, faces):
         return np.stack([self.vectors[f.box] for f in faces]) if faces else np.zeros((0, DIMENSION), np.float32)
@@ -133,6 +137,25 @@ def test_enrolment_at_a_box_takes_that_face_if_the_landmark_model_sees_one(stage
     pipeline.presence = PRESENCE_THRESHOLD - 0.01
     assert refusal(run, stage.enrolment(image(1), SHA256, [30, 30, 60, 60], "image 4")) == (
         400, "no_face", "image 4: the landmark model sees no face in the given box")
+
+
+def test_enrolment_refuses_a_face_under_a_bar_naming_each_measure_and_its_bar(stage, pipeline, run):
+    small_and_blurred = GOOD.model_copy(update={"width": 24, "height": 30.5, "size": 24, "sharpness": 20.2})
+    turned = GOOD.model_copy(update={"turn": 61.3})
+    pipeline.faces = {1: [face(10, 10, 50, 60, quality=small_and_blurred)], 2: [face(10, 10, 50, 60, quality=turned)]}
+    pipeline.vectors = {(10, 10, 50, 60): unit(1, 0, 0, 0), (10.0, 10.0, 50.0, 60.0): unit(1, 0, 0, 0)}
+    advice = "; send a larger, sharper photo of the face looking at the camera"
+    assert refusal(run, stage.enrolment(image(1), SHA256, None, "image 1")) == (
+        400, "low_quality_face", "image 1: the face is too small (24 px on its smaller side, the bar is 40 px) and "
+                                 "too blurred (sharpness 20.2, the bar is 100)" + advice)
+    assert refusal(run, stage.enrolment(image(2), SHA256, None, "image 2")) == (
+        400, "low_quality_face", "image 2: the face is too turned (61.3 degrees from the camera, the bar is 30 "
+                                 "degrees)" + advice)
+    pipeline.quality = turned  # a face at the caller's box passes the same bars
+    assert refusal(run, stage.enrolment(image(1), SHA256, [10, 10, 50, 60], "image 3"))[:2] == (
+        400, "low_quality_face")
+    lenient = IdentityStage(pipeline, stage.gallery, 0.6, EnrolmentBars(max_turn_degrees=70))
+    assert run(lenient.enrolment(image(2), SHA256, None, "image 2")).vector.tolist() == [1, 0, 0, 0]
 
 
 def test_the_thumbnail_is_a_small_jpeg_of_the_face_only_when_asked(stage, pipeline, run):
