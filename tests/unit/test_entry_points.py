@@ -13,7 +13,7 @@ from tests.support import ROOT
 ENTRY_POINTS = {"faceserve": "usage: faceserve", "faceserve.bot": "TELEGRAM_BOT_TOKEN",
                 "faceserve.dev.cluster": "--instances", "faceserve.dev.triton_local": "{serve,build}",
                 "faceserve.dev.postgres_local": "--port", "faceserve.dev.kustomize": "directory",
-                "convert": "{build,model,promote,versions,rollback}", "benchmarks": "--scenarios"}
+                "convert": "promote", "benchmarks": "--scenarios"}
 
 
 @pytest.mark.parametrize("module,says", ENTRY_POINTS.items(), ids=list(ENTRY_POINTS))
