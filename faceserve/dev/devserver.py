@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,9 +21,18 @@ from faceserve.dev.lifecycle import signal_then_wait
 from faceserve.settings import PROJECT_ROOT as ROOT
 
 BIN = Path(sys.executable).parent
+PRIVATE_PORTS_FROM = 20000  # above the well-known services a test machine may run
 
 
 def free_port() -> int:
+    """A free port below the ephemeral range. A server on an ephemeral port can have it taken as the source port
+    of an outgoing connection once it dies, and a proxy connecting to it from that very port reaches itself
+    (TCP's self-connect): it reads its own request as the answer, where a refused connection was expected."""
+    ports = range(PRIVATE_PORTS_FROM, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
+    for port in random.sample(ports, min(64, len(ports))):
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -59,17 +69,43 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def kill(self, timeout_s: float = 30.0) -> None:
         """`kill -9` of the server and everything it started, as when its machine dies; returns once all of it is
-        gone (its sockets closed). The whole tree, not the process group: BentoML's workers lead groups of their
-        own and would go on serving without their arbiter."""
-        tree = process_tree(self.pid)
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        gone and nothing listens on its port. The whole tree, not the process group: BentoML's workers lead
+        sessions of their own and would go on serving without their arbiter. Then whatever still holds its
+        listening socket: an arbiter that was respawning a worker as it was killed leaves an orphan outside the
+        tree, which inherited the socket and accepts requests it will never answer."""
         deadline = time.monotonic() + timeout_s
-        while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        doomed = process_tree(self.pid)
+        while doomed and time.monotonic() < deadline:
+            for pid in doomed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            while any(alive(pid) for pid in doomed) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            doomed = listening_on(self.port)
+
+
+def listening_on(port: int) -> list[int]:
+    """The processes holding a TCP socket that listens on `port` (from /proc, like process_tree)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    holders = set()
+    if inodes:
+        for fd in Path("/proc").glob("[0-9]*/fd/*"):
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    holders.add(int(fd.parent.parent.name))
+    return sorted(pid for pid in holders if alive(pid))
 
 
 @contextlib.contextmanager

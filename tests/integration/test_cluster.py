@@ -325,7 +325,10 @@ def test_kill_9_of_one_instance_under_mixed_load(cluster, enrolled):
     # Only requests in flight on the victim when it died failed: sent before it was dead, to the victim,
     # answered by nginx with 503 (its 502) in the service's error shape and with Retry-After.
     for outcome in failed:
-        assert outcome.phase in ("before", "killing"), (outcome, log.get(outcome.request_id))
+        entry = log.get(outcome.request_id, {})
+        assert outcome.phase in ("before", "killing"), \
+            f"{outcome.kind} sent {outcome.phase}: {outcome.status} after {entry.get('upstream')} answered " \
+            f"{entry.get('upstream_status')} (victim {victim.address}, survivor {survivor.address})"
         assert outcome.status in (502, 503) and outcome.body["error"] == "unavailable", outcome
         assert outcome.retry_after, outcome
         assert served_by(log, outcome) == [victim.address], log[outcome.request_id]
