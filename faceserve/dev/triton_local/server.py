@@ -37,6 +37,10 @@ class LocalTriton(StartedInWith):
     Generates the CPU variant of `repository` into a private temporary folder, starts
     tritonserver (own process group) bound to 127.0.0.1 and waits until every model is
     ready. `stop()`/`start()` restart it on the same ports; `kill()` SIGKILLs it.
+
+    Models are under explicit control (`--model-control-mode=explicit`, each one named by
+    `--load-model`): Triton loads and unloads versions only when told through its repository
+    API, as `python -m convert promote --triton-url` does (faceserve.backends.triton_control).
     """
 
     def __init__(self, repository: Path, *, http_port: int, grpc_port: int, metrics_port: int,
@@ -107,6 +111,8 @@ class LocalTriton(StartedInWith):
             f"--metrics-address={HOST}", f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
+            "--model-control-mode=explicit",
+            *(f"--load-model={name}" for name in self.models),
             "--exit-timeout-secs=10",
             f"--log-verbose={self.log_verbose}",
         ]

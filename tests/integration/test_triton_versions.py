@@ -1,0 +1,148 @@
+"""A face head's new version served without a restart on the Triton backend, through Triton's repository API.
+
+The local Triton runs under explicit model control; emotion's version 1 is mini_XCEPTION .102 (64x64), version 2 the
+48x48 .119. `python -m convert promote emotion 2 --triton-url` has Triton load version 2 beside version 1, then
+rewrites the config, which the service (two workers, each watching) follows; `rollback` the same way back. 16
+clients ask all along: no request fails, and every answer's emotion scores are exactly those the embedded backend
+gives for the version the answer names (a request mixing two versions would match neither, or fail on the other's
+crop size). Neither Triton nor the service restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from faceserve.backends import triton_control
+from faceserve.dev.triton_local import LocalTriton
+from faceserve.models import versions
+from faceserve.services.resources import Resources
+from faceserve.settings import Settings
+from tests.integration.test_convert import run_convert
+from tests.integration.test_model_versions import (CLIENTS, V1, V2, check_answers, fresh_copy, scores_by_face,
+                                                   versioned)
+from tests.support import free_port, jpeg, serve
+
+pytestmark = pytest.mark.triton
+__all__ = ["versioned"]  # the fixture, shared with the embedded backend's swap tests
+
+
+def embedded_answer(repo: Path, emotion_grid) -> dict:
+    """The embedded backend's answer on the repository as it is (a fresh process's view)."""
+    resources = Resources(dataclasses.replace(Settings.from_env(), backend="onnxruntime", repository=repo,
+                                              models_watch_s=0))
+
+    async def answer():
+        try:
+            await resources.start()
+            return (await resources.pipeline.analyze(emotion_grid)).model_dump()
+        finally:
+            await resources.close()
+
+    return asyncio.run(answer())
+
+
+def expected_scores(versioned: Path, emotion_grid, tmp_path: Path) -> dict[str, list[list[float]]]:
+    """Each version's emotion scores on the grid, from the embedded backend."""
+    expected = {}
+    for version, ref in ((1, V1), (2, V2)):
+        repo = shutil.copytree(versioned, tmp_path / f"expected{version}")
+        if version == 2:
+            versions.promote(repo / "emotion", 2)
+        answer = embedded_answer(repo, emotion_grid)
+        assert answer["models"]["emotion"] == ref
+        expected[ref] = scores_by_face(answer)
+    assert not np.allclose(expected[V1], expected[V2], atol=1e-3)  # the two versions are told apart by their scores
+    return expected
+
+
+async def under_load(url: str, image: bytes, phases) -> tuple[list[int], list[tuple[dict, float, float]], list]:
+    """CLIENTS clients posting `image` to /analyze while each phase runs; (statuses, (answer, asked, came),
+    (phase began, phase ended)). Each phase gets 2 s of load before it and 1.5 s after it for the watchers."""
+    statuses, answers, marks = [], [], []
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def one():
+            while not stop.is_set():
+                asked = time.monotonic()
+                response = await client.post(f"{url}/analyze", files={"image": ("g.jpg", image, "image/jpeg")})
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    answers.append((response.json(), asked, time.monotonic()))
+
+        clients = [asyncio.create_task(one()) for _ in range(CLIENTS)]
+        for phase in phases:
+            await asyncio.sleep(2.0)
+            began = time.monotonic()
+            await phase(client)
+            await asyncio.sleep(1.5)
+            marks.append((began, time.monotonic()))
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.gather(*clients)
+    return statuses, answers, marks
+
+
+def test_promote_and_rollback_through_tritons_repository_api_under_load(versioned, emotion_grid, tmp_path):
+    expected = expected_scores(versioned, emotion_grid, tmp_path)
+    repo = fresh_copy(versioned, tmp_path)
+    with LocalTriton(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as triton:
+        triton_url, triton_pid = f"grpc://{triton.grpc_url}", triton.pid
+        assert triton_control.loaded_versions(triton_url, "emotion") == [1]  # the policy's version only
+        env = {"FACESERVE_MODEL_REPOSITORY": str(repo), "FACESERVE_BACKEND": triton_url,
+               "FACESERVE_MODELS_WATCH_S": "0.5"}
+        with serve(env) as url:
+            async def promote(client):
+                done = await asyncio.to_thread(run_convert, "promote", "emotion", "2", "--repository", str(repo),
+                                               "--triton-url", triton_url)
+                assert done.returncode == 0, done.stderr
+                assert f"emotion: Triton at {triton_url} holds versions 1, 2" in done.stderr
+
+            async def rollback(client):
+                done = await asyncio.to_thread(run_convert, "rollback", "emotion", "--repository", str(repo),
+                                               "--triton-url", triton_url)
+                assert done.returncode == 0, done.stderr
+                reloaded = await client.post(f"{url}/models/reload")
+                assert reloaded.status_code == 200, reloaded.text
+                assert "emotion:1" in reloaded.json()["serving"]
+
+            statuses, timed, ((promoting, promoted), (rolling_back, rolled_back)) = asyncio.run(
+                under_load(url, jpeg(emotion_grid), [promote, rollback]))
+            held = triton_control.loaded_versions(triton_url, "emotion")
+
+            # A version Triton does not hold is refused by the service, which keeps serving what it served.
+            assert triton_control.load_beside(triton_url, repo / "emotion", 1) == [1]  # Triton lets 2 go
+            assert run_convert("promote", "emotion", "2", "--repository", str(repo)).returncode == 0
+            refused = httpx.post(f"{url}/models/reload", timeout=30)
+            still = httpx.post(f"{url}/analyze", files={"image": ("g.jpg", jpeg(emotion_grid), "image/jpeg")},
+                               timeout=30)
+        assert triton.pid == triton_pid and triton.running  # never restarted
+
+    assert set(statuses) == {200}, f"{len([s for s in statuses if s != 200])} failed of {len(statuses)}"
+    answers = [answer for answer, _, _ in timed]
+    counts = check_answers(answers, expected)
+    assert counts[V1] > CLIENTS and counts[V2] > CLIENTS, counts
+    assert {a["models"]["emotion"] for a, asked, came in timed if came < promoting} == {V1}
+    assert {a["models"]["emotion"] for a, asked, came in timed if asked >= promoted and came < rolling_back} == {V2}
+    assert {a["models"]["emotion"] for a, asked, came in timed if asked >= rolled_back} == {V1}
+    assert held == [1, 2]  # the version served before stays loaded: a rollback finds it there
+    assert refused.status_code == 409 and refused.json()["error"] == "version_not_loaded", refused.text
+    assert "Triton does not hold emotion:2" in refused.json()["message"]
+    assert still.status_code == 200 and still.json()["models"]["emotion"] == V1
+
+
+def test_a_triton_refusal_writes_nothing(versioned, tmp_path):
+    """A promotion Triton cannot serve (unreachable here) leaves the config as it was."""
+    repo = fresh_copy(versioned, tmp_path)
+    before = (repo / "emotion" / "config.pbtxt").read_bytes()
+    done = run_convert("promote", "emotion", "2", "--repository", str(repo), "--triton-url",
+                       f"grpc://127.0.0.1:{free_port()}")
+    assert done.returncode == 2 and "refusing: Triton at grpc://127.0.0.1:" in done.stderr, done.stderr
+    assert (repo / "emotion" / "config.pbtxt").read_bytes() == before
