@@ -23,6 +23,7 @@ import pytest
 from faceserve.backends import triton_control
 from faceserve.dev.triton_local import LocalTriton
 from faceserve.models import versions
+from faceserve.pipeline.imaging import decode
 from faceserve.services.resources import Resources
 from faceserve.settings import Settings
 from tests.integration.test_convert import run_convert
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.triton
 __all__ = ["versioned"]  # the fixture, shared with the embedded backend's swap tests
 
 
-def embedded_answer(repo: Path, emotion_grid) -> dict:
+def embedded_answer(repo: Path, photo: np.ndarray) -> dict:
     """The embedded backend's answer on the repository as it is (a fresh process's view)."""
     resources = Resources(dataclasses.replace(Settings.from_env(), backend="onnxruntime", repository=repo,
                                               models_watch_s=0))
@@ -42,21 +43,21 @@ def embedded_answer(repo: Path, emotion_grid) -> dict:
     async def answer():
         try:
             await resources.start()
-            return (await resources.pipeline.analyze(emotion_grid)).model_dump()
+            return (await resources.pipeline.analyze(photo)).model_dump()
         finally:
             await resources.close()
 
     return asyncio.run(answer())
 
 
-def expected_scores(versioned: Path, emotion_grid, tmp_path: Path) -> dict[str, list[list[float]]]:
-    """Each version's emotion scores on the grid, from the embedded backend."""
+def expected_scores(versioned: Path, photo: np.ndarray, tmp_path: Path) -> dict[str, list[list[float]]]:
+    """Each version's emotion scores on the photo, from the embedded backend."""
     expected = {}
     for version, ref in ((1, V1), (2, V2)):
         repo = shutil.copytree(versioned, tmp_path / f"expected{version}")
         if version == 2:
             versions.promote(repo / "emotion", 2)
-        answer = embedded_answer(repo, emotion_grid)
+        answer = embedded_answer(repo, photo)
         assert answer["models"]["emotion"] == ref
         expected[ref] = scores_by_face(answer)
     assert not np.allclose(expected[V1], expected[V2], atol=1e-3)  # the two versions are told apart by their scores
@@ -91,7 +92,8 @@ async def under_load(url: str, image: bytes, phases) -> tuple[list[int], list[tu
 
 
 def test_promote_and_rollback_through_tritons_repository_api_under_load(versioned, emotion_grid, tmp_path):
-    expected = expected_scores(versioned, emotion_grid, tmp_path)
+    image = jpeg(emotion_grid)
+    expected = expected_scores(versioned, decode(image), tmp_path)  # the pixels the service decodes
     repo = fresh_copy(versioned, tmp_path)
     with LocalTriton(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as triton:
         triton_url, triton_pid = f"grpc://{triton.grpc_url}", triton.pid
@@ -114,15 +116,14 @@ def test_promote_and_rollback_through_tritons_repository_api_under_load(versione
                 assert "emotion:1" in reloaded.json()["serving"]
 
             statuses, timed, ((promoting, promoted), (rolling_back, rolled_back)) = asyncio.run(
-                under_load(url, jpeg(emotion_grid), [promote, rollback]))
+                under_load(url, image, [promote, rollback]))
             held = triton_control.loaded_versions(triton_url, "emotion")
 
             # A version Triton does not hold is refused by the service, which keeps serving what it served.
             assert triton_control.load_beside(triton_url, repo / "emotion", 1) == [1]  # Triton lets 2 go
             assert run_convert("promote", "emotion", "2", "--repository", str(repo)).returncode == 0
             refused = httpx.post(f"{url}/models/reload", timeout=30)
-            still = httpx.post(f"{url}/analyze", files={"image": ("g.jpg", jpeg(emotion_grid), "image/jpeg")},
-                               timeout=30)
+            still = httpx.post(f"{url}/analyze", files={"image": ("g.jpg", image, "image/jpeg")}, timeout=30)
         assert triton.pid == triton_pid and triton.running  # never restarted
 
     assert set(statuses) == {200}, f"{len([s for s in statuses if s != 200])} failed of {len(statuses)}"
