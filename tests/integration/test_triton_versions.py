@@ -5,7 +5,8 @@ The local Triton runs under explicit model control; emotion's version 1 is mini_
 rewrites the config, which the service (two workers, each watching) follows; `rollback` the same way back. 16
 clients ask all along: no request fails, and every answer's emotion scores are exactly those the embedded backend
 gives for the version the answer names (a request mixing two versions would match neither, or fail on the other's
-crop size). Neither Triton nor the service restarts.
+crop size). Neither Triton nor the service restarts. Triton's own pipeline model (BLS), asked all along too,
+follows the configs the same way and calls the versions they name.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from faceserve.backends import triton_control
 from faceserve.dev.triton_local import LocalTriton
@@ -26,6 +28,8 @@ from faceserve.models import versions
 from faceserve.pipeline.imaging import decode
 from faceserve.services.resources import Resources
 from faceserve.settings import Settings
+from faceserve.triton_models import configs
+from faceserve.triton_models.client import PipelineClient
 from tests.integration.test_convert import run_convert
 from tests.integration.test_model_versions import (CLIENTS, V1, V2, check_answers, fresh_copy, scores_by_face,
                                                    versioned)
@@ -64,11 +68,26 @@ def expected_scores(versioned: Path, photo: np.ndarray, tmp_path: Path) -> dict[
     return expected
 
 
-async def under_load(url: str, image: bytes, phases) -> tuple[list[int], list[tuple[dict, float, float]], list]:
-    """CLIENTS clients posting `image` to /analyze while each phase runs; (statuses, (answer, asked, came),
-    (phase began, phase ended)). Each phase gets 2 s of load before it and 1.5 s after it for the watchers."""
-    statuses, answers, marks = [], [], []
+PIPELINE_CLIENTS = 2
+
+
+async def under_load(url: str, pipeline: PipelineClient, image: bytes, phases):
+    """CLIENTS clients posting `image` to /analyze, and PIPELINE_CLIENTS asking Triton's pipeline model, while each
+    phase runs; (statuses, (answer, asked, came), pipeline errors, (pipeline answer, asked, came), (phase began,
+    phase ended)). Each phase gets 2 s of load before it and 1.5 s after it for the watchers."""
+    statuses, answers, marks, pipeline_errors, pipeline_answers = [], [], [], [], []
     stop = asyncio.Event()
+
+    async def through_pipeline():
+        while not stop.is_set():
+            asked = time.monotonic()
+            try:
+                answer = await asyncio.to_thread(pipeline.analyze, image)
+            except InferenceServerException as exc:
+                pipeline_errors.append(str(exc))
+            else:
+                pipeline_answers.append((answer.analysis, asked, time.monotonic()))
+
     async with httpx.AsyncClient(timeout=60) as client:
         async def one():
             while not stop.is_set():
@@ -79,6 +98,7 @@ async def under_load(url: str, image: bytes, phases) -> tuple[list[int], list[tu
                     answers.append((response.json(), asked, time.monotonic()))
 
         clients = [asyncio.create_task(one()) for _ in range(CLIENTS)]
+        clients += [asyncio.create_task(through_pipeline()) for _ in range(PIPELINE_CLIENTS)]
         for phase in phases:
             await asyncio.sleep(2.0)
             began = time.monotonic()
@@ -88,15 +108,27 @@ async def under_load(url: str, image: bytes, phases) -> tuple[list[int], list[tu
         await asyncio.sleep(2.0)
         stop.set()
         await asyncio.gather(*clients)
-    return statuses, answers, marks
+    return statuses, answers, pipeline_errors, pipeline_answers, marks
 
 
-def test_promote_and_rollback_through_tritons_repository_api_under_load(versioned, emotion_grid, tmp_path):
+def versions_by_window(timed: list[tuple[dict, float, float]], marks) -> tuple[set, set, set]:
+    """The versions answers named before the promotion, between the two phases, and after the rollback."""
+    (promoting, promoted), (rolling_back, rolled_back) = marks
+    return ({a["models"]["emotion"] for a, asked, came in timed if came < promoting},
+            {a["models"]["emotion"] for a, asked, came in timed if asked >= promoted and came < rolling_back},
+            {a["models"]["emotion"] for a, asked, came in timed if asked >= rolled_back})
+
+
+def test_promote_and_rollback_through_tritons_repository_api_under_load(versioned, repository, emotion_grid,
+                                                                        tmp_path):
     image = jpeg(emotion_grid)
     expected = expected_scores(versioned, decode(image), tmp_path)  # the pixels the service decodes
     repo = fresh_copy(versioned, tmp_path)
-    with LocalTriton(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as triton:
+    shutil.copytree(repository / configs.PIPELINE, repo / configs.PIPELINE)
+    with LocalTriton(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                     python_models=True, env={"FACESERVE_MODELS_WATCH_S": "0.5"}) as triton:
         triton_url, triton_pid = f"grpc://{triton.grpc_url}", triton.pid
+        pipeline = PipelineClient(triton_url)
         assert triton_control.loaded_versions(triton_url, "emotion") == [1]  # the policy's version only
         env = {"FACESERVE_MODEL_REPOSITORY": str(repo), "FACESERVE_BACKEND": triton_url,
                "FACESERVE_MODELS_WATCH_S": "0.5"}
@@ -115,8 +147,8 @@ def test_promote_and_rollback_through_tritons_repository_api_under_load(versione
                 assert reloaded.status_code == 200, reloaded.text
                 assert "emotion:1" in reloaded.json()["serving"]
 
-            statuses, timed, ((promoting, promoted), (rolling_back, rolled_back)) = asyncio.run(
-                under_load(url, image, [promote, rollback]))
+            statuses, timed, pipeline_errors, pipeline_timed, marks = asyncio.run(
+                under_load(url, pipeline, image, [promote, rollback]))
             held = triton_control.loaded_versions(triton_url, "emotion")
 
             # A version Triton does not hold is refused by the service, which keeps serving what it served.
@@ -127,12 +159,15 @@ def test_promote_and_rollback_through_tritons_repository_api_under_load(versione
         assert triton.pid == triton_pid and triton.running  # never restarted
 
     assert set(statuses) == {200}, f"{len([s for s in statuses if s != 200])} failed of {len(statuses)}"
-    answers = [answer for answer, _, _ in timed]
-    counts = check_answers(answers, expected)
+    counts = check_answers([answer for answer, _, _ in timed], expected)
     assert counts[V1] > CLIENTS and counts[V2] > CLIENTS, counts
-    assert {a["models"]["emotion"] for a, asked, came in timed if came < promoting} == {V1}
-    assert {a["models"]["emotion"] for a, asked, came in timed if asked >= promoted and came < rolling_back} == {V2}
-    assert {a["models"]["emotion"] for a, asked, came in timed if asked >= rolled_back} == {V1}
+    assert versions_by_window(timed, marks) == ({V1}, {V2}, {V1})
+    assert pipeline_errors == []
+    pipeline_counts = check_answers([answer for answer, _, _ in pipeline_timed], expected)
+    assert pipeline_counts[V1] > PIPELINE_CLIENTS and pipeline_counts[V2] > PIPELINE_CLIENTS, pipeline_counts
+    assert versions_by_window(pipeline_timed, marks) == ({V1}, {V2}, {V1})
+    print(f"service: {len(statuses)} requests, {counts}; pipeline model: {len(pipeline_timed)} requests, "
+          f"{pipeline_counts}")
     assert held == [1, 2]  # the version served before stays loaded: a rollback finds it there
     assert refused.status_code == 409 and refused.json()["error"] == "version_not_loaded", refused.text
     assert "Triton does not hold emotion:2" in refused.json()["message"]
