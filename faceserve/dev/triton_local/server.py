@@ -92,10 +92,11 @@ class LocalTriton(StartedInWith):
 
 
     def _prepare(self) -> None:
-        if self._workdir is not None:
-            return
-        self._env = ensure_env()
-        self._workdir = Path(tempfile.mkdtemp(prefix="faceserve-triton-"))
+        """The environment and the working folder once; the generated repository at every start, so that a
+        restarted server loads the versions the canonical configs name now, as a Triton on them would."""
+        if self._workdir is None:
+            self._env = ensure_env()
+            self._workdir = Path(tempfile.mkdtemp(prefix="faceserve-triton-"))
         self.models = build_cpu_repository(self.repository, self._workdir / "models",
                                            dynamic_batching=self.dynamic_batching, models=self._requested,
                                            ort_threads=self.ort_threads, python_models=self.python_models)
