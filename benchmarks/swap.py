@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path,
                         default=PROJECT_ROOT / "benchmarks" / "results" / f"{datetime.date.today()}-swap")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "logs").mkdir(parents=True, exist_ok=True)
     photo = FIXTURES / "images" / "emotion_classification.jpg"
     if not photo.is_file():
         parser.error(f"{FIXTURES} has no images/emotion_classification.jpg: the shared fixtures are needed")

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -133,8 +134,10 @@ def _switch(args: argparse.Namespace, target: int | None, switch) -> int:
     try:
         if args.triton_url and target is not None and target in repository.versions(model_dir) \
                 and target != repository.serving_version(model_dir):
+            began = time.perf_counter()
             held = triton_control.load_beside(args.triton_url, model_dir, target)
-            log.info("%s: Triton at %s holds versions %s", args.model, args.triton_url, ", ".join(map(str, held)))
+            log.info("%s: Triton at %s holds versions %s (%.2f s)", args.model, args.triton_url,
+                     ", ".join(map(str, held)), time.perf_counter() - began)
         before, now = switch(model_dir)
     except (versions.VersionError, triton_control.TritonControlError) as exc:
         log.error("refusing: %s", exc)

@@ -51,6 +51,14 @@ def beside_config(live: dict, keep: list[int], input_name: str, input_shape: tup
     return config
 
 
+def holds(live: dict, config: dict) -> bool:
+    """Whether the live config already loads `config`'s versions with its tensor dims."""
+    def loaded(c: dict) -> tuple:
+        return (sorted(int(v) for v in c.get("version_policy", {}).get("specific", {}).get("versions", [])),
+                [(t["name"], [int(d) for d in t["dims"]]) for t in c.get("input", []) + c.get("output", [])])
+    return loaded(live) == loaded(config)
+
+
 def _client(url: str):
     from faceserve.backends.triton import parse_url
     protocol, address = parse_url(url)
@@ -89,7 +97,9 @@ def load_beside(url: str, model_dir: Path, version: int) -> list[int]:
             client.get_model_config(name)
         config = beside_config(live, keep, spec.input_name, spec.input_shape,
                                dict(zip(spec.output_names, spec.output_dims)))
-        client.load_model(name, config=json.dumps(config))
+        held = all(client.is_model_ready(name, str(v)) for v in keep)
+        if not (held and holds(live, config)):  # a rollback finds both versions loaded: nothing to reload
+            client.load_model(name, config=json.dumps(config))
         missing = [v for v in keep if not client.is_model_ready(name, str(v))]
     except InferenceServerException as exc:
         raise TritonControlError(f"Triton at {url} did not load {name} versions {keep}: "

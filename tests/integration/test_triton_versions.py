@@ -137,7 +137,7 @@ def test_promote_and_rollback_through_tritons_repository_api_under_load(versione
                 done = await asyncio.to_thread(run_convert, "promote", "emotion", "2", "--repository", str(repo),
                                                "--triton-url", triton_url)
                 assert done.returncode == 0, done.stderr
-                assert f"emotion: Triton at {triton_url} holds versions 1, 2" in done.stderr
+                assert f"emotion: Triton at {triton_url} holds versions 1, 2 (" in done.stderr
 
             async def rollback(client):
                 done = await asyncio.to_thread(run_convert, "rollback", "emotion", "--repository", str(repo),
@@ -150,6 +150,7 @@ def test_promote_and_rollback_through_tritons_repository_api_under_load(versione
             statuses, timed, pipeline_errors, pipeline_timed, marks = asyncio.run(
                 under_load(url, pipeline, image, [promote, rollback]))
             held = triton_control.loaded_versions(triton_url, "emotion")
+            loads = triton.log_path.read_text().count('"loading: emotion:2"')
 
             # A version Triton does not hold is refused by the service, which keeps serving what it served.
             assert triton_control.load_beside(triton_url, repo / "emotion", 1) == [1]  # Triton lets 2 go
@@ -168,7 +169,8 @@ def test_promote_and_rollback_through_tritons_repository_api_under_load(versione
     assert versions_by_window(pipeline_timed, marks) == ({V1}, {V2}, {V1})
     print(f"service: {len(statuses)} requests, {counts}; pipeline model: {len(pipeline_timed)} requests, "
           f"{pipeline_counts}")
-    assert held == [1, 2]  # the version served before stays loaded: a rollback finds it there
+    assert held == [1, 2]  # the version served before stays loaded: a rollback finds it there ...
+    assert loads == 1  # ... and reloads nothing
     assert refused.status_code == 409 and refused.json()["error"] == "version_not_loaded", refused.text
     assert "Triton does not hold emotion:2" in refused.json()["message"]
     assert still.status_code == 200 and still.json()["models"]["emotion"] == V1
