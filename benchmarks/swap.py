@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -45,10 +46,12 @@ BACKENDS = ("embedded", "triton")
 Sample = tuple[float, float, int, "str | None"]  # asked (s since the load began), latency ms, status, emotion's version
 
 
-def convert(*args: str) -> None:
+def convert(*args: str) -> str:
+    """Runs `python -m convert`; its log."""
     done = subprocess.run([sys.executable, "-m", "convert", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"python -m convert {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return done.stderr
 
 
 def versioned_repository(folder: Path) -> Path:
@@ -63,7 +66,7 @@ def versioned_repository(folder: Path) -> Path:
 
 async def trace(url: str, image: bytes, clients: int, phase_s: float, switches) -> tuple[list[Sample], list[dict]]:
     """`clients` closed-loop clients on /analyze; `phase_s` of load, then each switch (a coroutine function of the
-    client, returning its name) followed by `phase_s` more. Returns the samples and each switch's span."""
+    client, returning what it measured) followed by `phase_s` more. Returns the samples and each switch's span."""
     samples: list[Sample] = []
     marks: list[dict] = []
     stop = asyncio.Event()
@@ -87,8 +90,8 @@ async def trace(url: str, image: bytes, clients: int, phase_s: float, switches) 
             await asyncio.sleep(phase_s)
             for switch in switches:
                 began = time.monotonic()
-                name = await switch(http)
-                marks.append({"switch": name, "began_s": round(began - origin, 3),
+                measured = await switch(http)
+                marks.append({**measured, "began_s": round(began - origin, 3),
                               "served_s": round(time.monotonic() - origin, 3)})
                 await asyncio.sleep(phase_s)
         finally:
@@ -100,10 +103,15 @@ async def trace(url: str, image: bytes, clients: int, phase_s: float, switches) 
 def switch(args: list[str], name: str):
     """A `convert` command, then POST /models/reload (scope admin; the worker it reaches serves the new version
     at once, the other follows by its watcher)."""
-    async def run(http: httpx.AsyncClient) -> str:
-        await asyncio.to_thread(convert, *args)
+    async def run(http: httpx.AsyncClient) -> dict:
+        began = time.monotonic()
+        log = await asyncio.to_thread(convert, *args)
+        commanded = time.monotonic()
         (await http.post("/models/reload")).raise_for_status()
-        return name
+        triton = re.search(r"holds versions [\d, ]+ \(([\d.]+) s\)", log)
+        return {"switch": name, "command_s": round(commanded - began, 2),
+                "reload_s": round(time.monotonic() - commanded, 2),
+                "triton_load_s": float(triton.group(1)) if triton else None}
     return run
 
 
@@ -184,6 +192,12 @@ def table(results: list[dict]) -> str:
         for name, w in result["windows"].items():
             lines.append(f"| {result['backend']} | {name} | {w['requests']} | {w['errors']} | {w['throughput']} | "
                          f"{w['p50_ms']} | {w['p95_ms']} | {w['p99_ms']} | {', '.join(w['versions'])} |")
+    lines += ["", "| backend | switch | `convert` command s | of which Triton's load s | `/models/reload` s |",
+              "|---|---|---|---|---|"]
+    for result in results:
+        for mark in result["marks"]:
+            lines.append(f"| {result['backend']} | {mark['switch']} | {mark['command_s']} | "
+                         f"{'—' if mark['triton_load_s'] is None else mark['triton_load_s']} | {mark['reload_s']} |")
     return "\n".join(lines)
 
 
