@@ -118,7 +118,7 @@ def switch(args: list[str], name: str):
 def windows(samples: list[Sample], marks: list[dict], watch_s: float) -> dict[str, dict]:
     """Latency of the requests asked before the promotion, during each switch (from its start until the watchers
     have surely followed), and between/after them."""
-    (promote, rollback), end = marks, max(s[0] for s in samples)
+    (promote, rollback), end = marks, max(s[0] for s in samples) + 1e-3  # the last request asked included
     spans = {"before": (0.0, promote["began_s"]),
              "promotion": (promote["began_s"], promote["served_s"] + watch_s),
              "version 2": (promote["served_s"] + watch_s, rollback["began_s"]),
