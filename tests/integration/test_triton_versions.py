@@ -6,14 +6,19 @@ rewrites the config, which the service (two workers, each watching) follows; `ro
 clients ask all along: no request fails, and every answer's emotion scores are exactly those the embedded backend
 gives for the version the answer names (a request mixing two versions would match neither, or fail on the other's
 crop size). Neither Triton nor the service restarts. Triton's own pipeline model (BLS), asked all along too,
-follows the configs the same way and calls the versions they name.
+follows the configs the same way and calls the versions they name. A promotion killed after Triton loaded both
+versions leaves the old one serving, before and after Triton's restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,17 +36,17 @@ from faceserve.settings import Settings
 from faceserve.triton_models import configs
 from faceserve.triton_models.client import PipelineClient
 from tests.integration.test_convert import run_convert
-from tests.integration.test_model_versions import (CLIENTS, V1, V2, check_answers, fresh_copy, scores_by_face,
-                                                   versioned)
-from tests.support import free_port, jpeg, serve
+from tests.integration.test_model_versions import (CLIENTS, PROMOTE_THEN_HANG, V1, V2, check_answers, fresh_copy,
+                                                   scores_by_face, versioned)
+from tests.support import ROOT, free_port, jpeg, serve
 
 pytestmark = pytest.mark.triton
 __all__ = ["versioned"]  # the fixture, shared with the embedded backend's swap tests
 
 
-def embedded_answer(repo: Path, photo: np.ndarray) -> dict:
-    """The embedded backend's answer on the repository as it is (a fresh process's view)."""
-    resources = Resources(dataclasses.replace(Settings.from_env(), backend="onnxruntime", repository=repo,
+def fresh_answer(repo: Path, photo: np.ndarray, backend: str = "onnxruntime") -> dict:
+    """The answer of a fresh process on the repository as it is, on the embedded backend (or `backend`)."""
+    resources = Resources(dataclasses.replace(Settings.from_env(), backend=backend, repository=repo,
                                               models_watch_s=0))
 
     async def answer():
@@ -61,7 +66,7 @@ def expected_scores(versioned: Path, photo: np.ndarray, tmp_path: Path) -> dict[
         repo = shutil.copytree(versioned, tmp_path / f"expected{version}")
         if version == 2:
             versions.promote(repo / "emotion", 2)
-        answer = embedded_answer(repo, photo)
+        answer = fresh_answer(repo, photo)
         assert answer["models"]["emotion"] == ref
         expected[ref] = scores_by_face(answer)
     assert not np.allclose(expected[V1], expected[V2], atol=1e-3)  # the two versions are told apart by their scores
@@ -184,3 +189,41 @@ def test_a_triton_refusal_writes_nothing(versioned, tmp_path):
                        f"grpc://127.0.0.1:{free_port()}")
     assert done.returncode == 2 and "refusing: Triton at grpc://127.0.0.1:" in done.stderr, done.stderr
     assert (repo / "emotion" / "config.pbtxt").read_bytes() == before
+
+
+CONVERT_THEN_HANG = PROMOTE_THEN_HANG.replace(
+    "versions.promote(Path(sys.argv[1]), int(sys.argv[2]))",
+    "from convert.__main__ import main\n"
+    "main(['promote', 'emotion', sys.argv[2], '--repository', str(Path(sys.argv[1]).parent), '--triton-url', "
+    "sys.argv[4]])")
+
+
+def test_kill_9_after_triton_loaded_both_versions_leaves_the_old_one_serving(versioned, emotion_grid, tmp_path):
+    """`convert promote --triton-url` killed once Triton holds both versions, before the config names the new one:
+    the service goes on with the old version, a restarted Triton loads only it, and the promotion run again
+    completes."""
+    repo = fresh_copy(versioned, tmp_path)
+    with LocalTriton(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as triton:
+        url = f"grpc://{triton.grpc_url}"
+        promoting = subprocess.Popen([sys.executable, "-c", CONVERT_THEN_HANG, str(repo / "emotion"), "2",
+                                      "gpu.pbtxt", url], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        try:
+            for line in promoting.stdout:
+                if line.strip() == "wrote gpu.pbtxt":
+                    break
+            os.kill(promoting.pid, signal.SIGKILL)
+        finally:
+            promoting.wait(timeout=30)
+        assert promoting.returncode == -signal.SIGKILL
+        assert triton_control.loaded_versions(url, "emotion") == [1, 2]
+        assert fresh_answer(repo, emotion_grid, backend=url)["models"]["emotion"] == V1
+
+        triton.stop()
+        triton.start()  # as after a crash of the machine: Triton loads what the config names
+        assert triton_control.loaded_versions(url, "emotion") == [1]
+        assert fresh_answer(repo, emotion_grid, backend=url)["models"]["emotion"] == V1
+
+        done = run_convert("promote", "emotion", "2", "--repository", str(repo), "--triton-url", url)
+        assert done.returncode == 0, done.stderr
+        assert triton_control.loaded_versions(url, "emotion") == [1, 2]
+        assert fresh_answer(repo, emotion_grid, backend=url)["models"]["emotion"] == V2
