@@ -6,6 +6,7 @@
         --labels angry,disgust,fear,happy,sad,surprise,neutral --colour gray --scale 0.00784 --offset -1
     python -m convert model model.onnx --name emotion --recipe emotion.toml --labels-file labels.txt
     python -m convert versions emotion; python -m convert promote emotion 2; python -m convert rollback emotion
+    python -m convert promote emotion 2 --triton-url grpc://127.0.0.1:8001   # Triton loads it first (explicit mode)
     python -m convert quantize age                # an INT8 version of age's serving one, within its budget
 """
 
@@ -16,11 +17,13 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 from convert import artifacts, build, export, quantize, recipe  # export imports TensorFlow only when it converts
 from convert.parity import DEFAULT_RAW_TOLERANCE, DEFAULT_TOLERANCE
+from faceserve.backends import triton_control
 from faceserve.models import repository, tasks, versions
 from faceserve.models.decoder import decoders
 
@@ -117,21 +120,30 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    return _switch(args, lambda model_dir: versions.promote(model_dir, args.version))
+    return _switch(args, args.version, lambda model_dir: versions.promote(model_dir, args.version))
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    return _switch(args, versions.rollback)
+    return _switch(args, versions.previous_version(args.repository / args.model), versions.rollback)
 
 
-def _switch(args: argparse.Namespace, switch) -> int:
+def _switch(args: argparse.Namespace, target: int | None, switch) -> int:
+    """With --triton-url, Triton holds `target` beside the serving version before the config names it (a refusal
+    there writes nothing); then the config is rewritten, which every service follows."""
+    model_dir = args.repository / args.model
     try:
-        before, now = switch(args.repository / args.model)
-    except versions.VersionError as exc:
+        if args.triton_url and target is not None and target in repository.versions(model_dir) \
+                and target != repository.serving_version(model_dir):
+            began = time.perf_counter()
+            held = triton_control.load_beside(args.triton_url, model_dir, target)
+            log.info("%s: Triton at %s holds versions %s (%.2f s)", args.model, args.triton_url,
+                     ", ".join(map(str, held)), time.perf_counter() - began)
+        before, now = switch(model_dir)
+    except (versions.VersionError, triton_control.TritonControlError) as exc:
         log.error("refusing: %s", exc)
         return 2
-    log.info("%s: version %s serves (was %s); an embedded service follows at its next reload (POST /models/reload)",
-             args.model, now, before)
+    log.info("%s: version %s serves (was %s); a service follows at its next reload (FACESERVE_MODELS_WATCH_S, or "
+             "POST /models/reload)", args.model, now, before)
     return 0
 
 
@@ -224,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("rollback", parents=[where], help="serve again the version served before the last promotion")
     r.add_argument("model")
     r.set_defaults(func=_rollback)
+    for switching in (p, r):
+        switching.add_argument("--triton-url", help="a Triton server serving this repository under explicit model "
+                                                    "control (grpc://host:8001 or http://host:8000): it loads the "
+                                                    "version beside the serving one first")
 
     args = parser.parse_args(argv)
     return args.func(args)

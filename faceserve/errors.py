@@ -41,6 +41,8 @@ RestartRequired = FaceserveError.kind("RestartRequired", 409, "restart_required"
                                       "The repository changed in a way only a restart serves.")
 RepositoryInvalid = FaceserveError.kind("RepositoryInvalid", 409, "invalid_repository",
                                         "The model repository on disk cannot be served as it is.")
+VersionNotLoaded = FaceserveError.kind("VersionNotLoaded", 409, "version_not_loaded",
+                                       "The backend does not hold the model version the repository now names.")
 ModelMismatch = FaceserveError.kind("ModelMismatch", 409, "model_mismatch",
                                     "Embeddings of another model (name or version) than the gallery's.")
 

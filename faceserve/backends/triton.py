@@ -1,9 +1,14 @@
-"""Models served by a Triton Inference Server, over gRPC (default) or HTTP."""
+"""Models served by a Triton Inference Server, over gRPC (default) or HTTP.
+
+Every call names the model version its spec says (`model_version`), so a request runs the versions it started
+with whatever Triton holds beside them; a hot swap (`load`) only checks that Triton holds the new versions,
+which `python -m convert promote --triton-url` loaded beside the serving ones (`triton_control`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 import aiohttp
@@ -11,8 +16,9 @@ import numpy as np
 from tritonclient.utils import InferenceServerException
 
 from faceserve.backends import Backend
-from faceserve.errors import BackendMismatch, BackendUnavailable
+from faceserve.errors import BackendMismatch, BackendUnavailable, VersionNotLoaded
 from faceserve.models.spec import ModelSpec
+from faceserve.models.versions import model_ref
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ class TritonBackend(Backend):
         self._client_module = client
         self._client = None
         self._specs: dict[str, ModelSpec] = {}
-        self._verified: set[str] = set()
+        self._verified: set[tuple[str, str]] = set()  # (name, version) whose metadata matched
 
     def _connection(self):
         if self._client is None:
@@ -105,16 +111,37 @@ class TritonBackend(Backend):
             log.warning("%s; models will be checked when it answers", exc.message)
 
     async def _verify(self, spec: ModelSpec) -> None:
-        if spec.name in self._verified:
+        if (spec.name, spec.version) in self._verified:
             return
         client = self._connection()
+        ref = model_ref(spec.name, spec.version)
         if self.protocol == "grpc":
-            meta = await self._call(f"metadata of {spec.name}",
-                                    client.get_model_metadata(spec.name, as_json=True))
+            meta = await self._call(f"metadata of {ref}",
+                                    client.get_model_metadata(spec.name, spec.version, as_json=True))
         else:
-            meta = await self._call(f"metadata of {spec.name}", client.get_model_metadata(spec.name))
+            meta = await self._call(f"metadata of {ref}", client.get_model_metadata(spec.name, spec.version))
         check_metadata(spec, meta)
-        self._verified.add(spec.name)
+        self._verified.add((spec.name, spec.version))
+
+    async def load(self, specs: dict[str, ModelSpec]) -> None:
+        """A hot swap's first half: Triton must already hold each new version (loaded beside the serving one by
+        `python -m convert promote --triton-url`); its metadata is checked, and from now on requests pin it."""
+        client = self._connection()
+        for spec in specs.values():
+            ref = model_ref(spec.name, spec.version)
+            if not await self._call(f"readiness of {ref}", client.is_model_ready(spec.name, spec.version)):
+                raise VersionNotLoaded(
+                    f"Triton does not hold {ref}; load it beside the serving version with `python -m convert "
+                    f"promote {spec.name} {spec.version} --triton-url URL` (or `rollback`), then reload")
+            try:
+                await self._verify(spec)
+            except BackendMismatch as exc:
+                raise VersionNotLoaded(str(exc)) from None
+        self._specs.update(specs)
+
+    async def unload(self, specs: list[ModelSpec]) -> None:
+        """Nothing to let go: Triton keeps the version served before loaded (a rollback finds it there) until the
+        next promotion's `load_beside` replaces it."""
 
     async def _infer(self, spec: ModelSpec, batch: np.ndarray) -> dict[str, np.ndarray]:
         await self._verify(spec)
@@ -123,8 +150,9 @@ class TritonBackend(Backend):
         inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         outputs = [mod.InferRequestedOutput(n) for n in spec.output_names]
         kwargs = {"client_timeout": self._timeout} if self.protocol == "grpc" else {}
-        result = await self._call(f"inference on {spec.name}",
-                                  self._connection().infer(spec.name, [inp], outputs=outputs, **kwargs))
+        result = await self._call(f"inference on {model_ref(spec.name, spec.version)}",
+                                  self._connection().infer(spec.name, [inp], model_version=spec.version,
+                                                           outputs=outputs, **kwargs))
         arrays = {n: result.as_numpy(n) for n in spec.output_names}
         for name, dims in zip(spec.output_names, spec.output_dims):
             array = arrays[name]
@@ -140,8 +168,9 @@ class TritonBackend(Backend):
             if not await self._call("readiness", client.is_server_ready()):
                 return {name: False for name in self._specs}
             states = {}
-            for name in self._specs:
-                states[name] = bool(await self._call(f"readiness of {name}", client.is_model_ready(name)))
+            for name, spec in self._specs.items():
+                states[name] = bool(await self._call(f"readiness of {model_ref(name, spec.version)}",
+                                                     client.is_model_ready(name, spec.version)))
             return states
         except BackendUnavailable:
             return {name: False for name in self._specs}
@@ -153,27 +182,28 @@ class TritonBackend(Backend):
 
 
 def check_metadata(spec: ModelSpec, meta: dict) -> None:
-    """Names, datatypes and shapes Triton reports must match what the pipeline sends and reads."""
+    """Names, datatypes and shapes Triton reports must match what the pipeline sends and reads (a dim Triton
+    leaves free, -1, takes any: two versions loaded side by side under one config)."""
     problems = []
     inputs = {i["name"]: i for i in meta.get("inputs", [])}
     want_shape = [-1, *spec.input_shape]
     inp = inputs.get(spec.input_name)
     if inp is None:
         problems.append(f"no input {spec.input_name!r} (has {sorted(inputs)})")
-    elif inp["datatype"] != "FP32" or _shape(inp) != want_shape:
+    elif inp["datatype"] != "FP32" or not _fits(want_shape, _shape(inp)):
         problems.append(f"input {spec.input_name} is {inp['datatype']} {_shape(inp)}, the pipeline sends FP32 {want_shape}")
     outputs = {o["name"]: o for o in meta.get("outputs", [])}
     for name, dims in zip(spec.output_names, spec.output_dims):
         out = outputs.get(name)
         if out is None:
             problems.append(f"no output {name!r} (has {sorted(outputs)})")
-        elif out["datatype"] != "FP32" or _shape(out) != [-1, *dims]:
+        elif out["datatype"] != "FP32" or not _fits([-1, *dims], _shape(out)):
             problems.append(f"output {name} is {out['datatype']} {_shape(out)}, expected FP32 {[-1, *dims]}")
     if problems:
         raise BackendMismatch(f"Triton model {spec.name}: " + "; ".join(problems))
 
 
-def _fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+def _fits(shape: Sequence[int], expected: Sequence[int]) -> bool:
     """`shape` is `expected`, where -1 (a dynamic dim) matches any size."""
     return len(shape) == len(expected) and all(e in (-1, s) for s, e in zip(shape, expected))
 

@@ -123,15 +123,23 @@ def promote(model_dir: Path, version: int) -> tuple[int, int]:
     return current, version
 
 
+def previous_version(model_dir: Path) -> int | None:
+    """The version served before the last promotion (what `rollback` serves); None when none is recorded."""
+    if not (model_dir / CONFIG_FILE).is_file():
+        return None
+    previous = read_config(model_dir / CONFIG_FILE).parameters.get(PREVIOUS_VERSION)
+    return None if previous is None else int(previous.string_value)
+
+
 def rollback(model_dir: Path) -> tuple[int, int]:
     """Serve again the version served before the last promotion; returns (the version served before, it)."""
     if not (model_dir / CONFIG_FILE).is_file():
         raise VersionError(f"{model_dir} is not a model folder (no {CONFIG_FILE}); give a model of the repository")
-    previous = read_config(model_dir / CONFIG_FILE).parameters.get(PREVIOUS_VERSION)
+    previous = previous_version(model_dir)
     if previous is None:
         raise VersionError(f"{model_dir.name} has no earlier serving version recorded; serve one with "
                            f"`python -m convert promote {model_dir.name} N`")
-    return promote(model_dir, int(previous.string_value))
+    return promote(model_dir, previous)
 
 
 def build_record(model_dir: Path, version: int) -> dict:

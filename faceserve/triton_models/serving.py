@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -96,7 +97,9 @@ class Model(abc.ABC):
 class PipelineModel(Model):
     """The service's `analysis` of the encoded photo, its models called through BLS; with `identify`, over the same
     store the service opens (FACESERVE_STORE), opened at the first such request. Its services are built as the
-    service builds them (`Services.build`), on the BLS backend."""
+    service builds them (`Services.build`), on the BLS backend. Like each of the service's workers, it serves the
+    face heads' versions the repository's configs name, looking every FACESERVE_MODELS_WATCH_S seconds, before an
+    execution (between two, no request is in flight)."""
 
     def __init__(self, pb_utils, repository: Path):
         super().__init__(pb_utils)
@@ -104,6 +107,14 @@ class PipelineModel(Model):
         self.pipeline = self.services.resources.pipeline
         self.loop.run_until_complete(self.services.resources.start())
         self.face_outputs = [output for head in self.pipeline.heads for output in configs.face_outputs(head.spec)]
+        self._looked = time.monotonic()
+
+    async def _respond_all(self, requests) -> list:
+        every = self.settings.models_watch_s
+        if every > 0 and time.monotonic() - self._looked >= every:
+            self._looked = time.monotonic()
+            await self.services.resources.reload_if_changed()
+        return await super()._respond_all(requests)
 
     async def answer(self, request) -> dict[str, np.ndarray]:
         detector = self.pipeline.detector(self.text(request, "detector")).name  # an unknown one before decoding

@@ -13,7 +13,7 @@ from tests.support import ROOT
 ENTRY_POINTS = {"faceserve": "usage: faceserve", "faceserve.bot": "TELEGRAM_BOT_TOKEN",
                 "faceserve.dev.cluster": "--instances", "faceserve.dev.triton_local": "{serve,build}",
                 "faceserve.dev.postgres_local": "--port", "faceserve.dev.kustomize": "directory",
-                "convert": "promote", "benchmarks": "--scenarios"}
+                "convert": "promote", "benchmarks": "--scenarios", "benchmarks.swap": "--backends"}
 
 
 @pytest.mark.parametrize("module,says", ENTRY_POINTS.items(), ids=list(ENTRY_POINTS))

@@ -1,8 +1,8 @@
 """The Python-backend model the local Triton server runs for every canonical model.
 
-Copied as `<model>/1/model.py` into the generated CPU repository. It loads the SAME
-`model.onnx` as the canonical repository (absolute path in the `onnx_model` config
-parameter) with onnxruntime, and serves each `execute` call in one run: the inputs of
+Copied as `<model>/<n>/model.py` for each version n into the generated CPU repository. It
+loads the SAME `<n>/model.onnx` as the canonical repository (the canonical model folder by
+absolute path in the `onnx_model_dir` config parameter) with onnxruntime, and serves each `execute` call in one run: the inputs of
 all requests Triton's dynamic batcher grouped are concatenated, run once and split back.
 
 Runs inside the Triton server's own environment (numpy < 2, see
@@ -10,6 +10,7 @@ requirements/triton-local.txt), never in the service's.
 """
 
 import json
+import os
 
 import numpy as np
 import onnxruntime as ort
@@ -23,7 +24,8 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("ort_threads", "1"))
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(params["onnx_model"], options, providers=["CPUExecutionProvider"])
+        onnx_model = os.path.join(params["onnx_model_dir"], args["model_version"], "model.onnx")
+        self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
         (model_input,) = config["input"]
         self.input_name = model_input["name"]
         self.output_names = [o["name"] for o in config["output"]]

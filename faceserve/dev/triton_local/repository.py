@@ -1,9 +1,11 @@
 """The CPU variant of the canonical model repository, generated, never hand-maintained.
 
 Each canonical `<model>/config.pbtxt` (onnxruntime backend) becomes a Python-backend
-config with the same name, inputs, outputs, max_batch_size and dynamic_batching, a
-KIND_CPU instance, and an `onnx_model` parameter naming the canonical `model.onnx`
-by absolute path; `1/model.py` is the one shim in this package.
+config with the same name, inputs, outputs, max_batch_size, dynamic_batching and version_policy, a
+KIND_CPU instance, and an `onnx_model_dir` parameter naming the canonical model folder by absolute
+path; every built version `<n>/` holds the one shim of this package as its `model.py`, which runs
+`<onnx_model_dir>/<n>/model.onnx`. Triton loads the versions the policy names (the serving one), and
+the others when told to through its repository API (`faceserve.backends.triton_control`).
 
 With `python_models`, faceserve's own Python models of the canonical repository (pipeline, rotate:
 `faceserve.triton_models`) are served too, their configs kept as they are but for where they find
@@ -17,23 +19,22 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from faceserve.models.repository import (CONFIG_FILE, LABELS_FILE, model_dirs, model_file, python_model_dirs,
-                                         read_config, write_python_model_folder)
+from faceserve.models.repository import (CONFIG_FILE, LABELS_FILE, PYTHON_MODEL_FILE, model_dirs, python_model_dirs,
+                                         read_config, versions, write_config, write_python_model_folder)
 from faceserve.settings import PROJECT_ROOT
 from faceserve.triton_models import configs as triton_models
 
 SHIM = Path(__file__).with_name("python_model.py")  # runs a canonical ONNX model with onnxruntime
 
 
-def cpu_config(canonical: mc.ModelConfig, onnx_path: Path, *, dynamic_batching: bool = True,
+def cpu_config(canonical: mc.ModelConfig, model_dir: Path, *, dynamic_batching: bool = True,
                ort_threads: int = 1) -> mc.ModelConfig:
     """The canonical config served by the Python backend; only batching may be switched off."""
     config = mc.ModelConfig()
     config.CopyFrom(canonical)
     config.ClearField("platform")
     config.ClearField("default_model_filename")
-    # the local repository holds the serving version only, as its version 1, its labels beside its config
-    config.ClearField("version_policy")
+    # the serving version's labels lie beside the config (Triton reads one label file per model)
     for output in config.output:
         if output.label_filename:
             output.label_filename = LABELS_FILE
@@ -42,7 +43,7 @@ def cpu_config(canonical: mc.ModelConfig, onnx_path: Path, *, dynamic_batching: 
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     if not dynamic_batching:
         config.ClearField("dynamic_batching")
-    config.parameters["onnx_model"].string_value = str(onnx_path.resolve())
+    config.parameters["onnx_model_dir"].string_value = str(model_dir.resolve())
     config.parameters["ort_threads"].string_value = str(ort_threads)
     return config
 
@@ -77,9 +78,11 @@ def build_cpu_repository(canonical: Path, out: Path, *, dynamic_batching: bool =
     for name in names:
         source = dirs[name]
         canonical_config = read_config(source / CONFIG_FILE)
-        config = cpu_config(canonical_config, model_file(source), dynamic_batching=dynamic_batching,
-                            ort_threads=ort_threads)
-        write_python_model_folder(out / name, config, SHIM)
+        config = cpu_config(canonical_config, source, dynamic_batching=dynamic_batching, ort_threads=ort_threads)
+        write_config(config, out / name / CONFIG_FILE)
+        for version in versions(source):
+            (out / name / str(version)).mkdir()
+            shutil.copyfile(SHIM, out / name / str(version) / PYTHON_MODEL_FILE)
         labels = source / (canonical_config.output[0].label_filename or LABELS_FILE)
         if labels.exists():
             shutil.copyfile(labels, out / name / LABELS_FILE)

@@ -37,6 +37,10 @@ class LocalTriton(StartedInWith):
     Generates the CPU variant of `repository` into a private temporary folder, starts
     tritonserver (own process group) bound to 127.0.0.1 and waits until every model is
     ready. `stop()`/`start()` restart it on the same ports; `kill()` SIGKILLs it.
+
+    Models are under explicit control (`--model-control-mode=explicit`, each one named by
+    `--load-model`): Triton loads and unloads versions only when told through its repository
+    API, as `python -m convert promote --triton-url` does (faceserve.backends.triton_control).
     """
 
     def __init__(self, repository: Path, *, http_port: int, grpc_port: int, metrics_port: int,
@@ -88,10 +92,11 @@ class LocalTriton(StartedInWith):
 
 
     def _prepare(self) -> None:
-        if self._workdir is not None:
-            return
-        self._env = ensure_env()
-        self._workdir = Path(tempfile.mkdtemp(prefix="faceserve-triton-"))
+        """The environment and the working folder once; the generated repository at every start, so that a
+        restarted server loads the versions the canonical configs name now, as a Triton on them would."""
+        if self._workdir is None:
+            self._env = ensure_env()
+            self._workdir = Path(tempfile.mkdtemp(prefix="faceserve-triton-"))
         self.models = build_cpu_repository(self.repository, self._workdir / "models",
                                            dynamic_batching=self.dynamic_batching, models=self._requested,
                                            ort_threads=self.ort_threads, python_models=self.python_models)
@@ -107,6 +112,8 @@ class LocalTriton(StartedInWith):
             f"--metrics-address={HOST}", f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
+            "--model-control-mode=explicit",
+            *(f"--load-model={name}" for name in self.models),
             "--exit-timeout-secs=10",
             f"--log-verbose={self.log_verbose}",
         ]

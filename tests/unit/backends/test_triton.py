@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from tritonclient.utils import InferenceServerException
 
 from faceserve.backends.triton import MAX_RECONNECT_BACKOFF_MS, TritonBackend, check_metadata, grpc_channel_args, \
     parse_url
-from faceserve.errors import BackendMismatch, BackendUnavailable
+from faceserve.errors import BackendMismatch, BackendUnavailable, VersionNotLoaded
 from faceserve.models.spec import ModelSpec
 
 SPEC = ModelSpec(name="emotion", task="emotion", decoder="softmax", input_name="input", height=64, width=64,
@@ -54,6 +55,13 @@ def test_metadata_that_differs_is_refused_with_every_difference():
                                 "no output 'probabilities' (has [])")
 
 
+def test_a_dim_triton_leaves_free_takes_the_specs_and_a_fixed_one_must_match():
+    """Two versions loaded side by side (64x64 and 48x48 crops) under one config whose dims are -1."""
+    check_metadata(SPEC, metadata(input_shape=("-1", "-1", "-1", "1")))
+    with pytest.raises(BackendMismatch, match=r"input input is FP32 \[-1, -1, -1, 3\]"):
+        check_metadata(SPEC, metadata(input_shape=("-1", "-1", "-1", "3")))
+
+
 class FakeResult:
     def __init__(self, arrays: dict[str, np.ndarray]):
         self._arrays = arrays
@@ -65,15 +73,20 @@ class FakeResult:
 class FakeClient:
     """Records what the backend sends; answers `answer(rows)` or raises `error`."""
 
-    def __init__(self, answer=None, error: Exception | None = None):
-        self.answer, self.error, self.calls = answer, error, []
+    def __init__(self, answer=None, error: Exception | None = None, held: tuple[str, ...] = ("1",)):
+        self.answer, self.error, self.calls, self.held = answer, error, [], held
+        self.metadata = metadata()
 
-    async def get_model_metadata(self, name, as_json=False):
-        self.calls.append(("metadata", name, as_json))
-        return metadata()
+    async def get_model_metadata(self, name, version="", as_json=False):
+        self.calls.append(("metadata", name, version, as_json))
+        return self.metadata
 
-    async def infer(self, name, inputs, outputs, **options):
-        self.calls.append(("infer", name, inputs, outputs, options))
+    async def is_model_ready(self, name, version=""):
+        self.calls.append(("ready", name, version))
+        return version in self.held
+
+    async def infer(self, name, inputs, model_version="", outputs=None, **options):
+        self.calls.append(("infer", name, inputs, model_version, outputs, options))
         if self.error:
             raise self.error
         (inp,) = inputs
@@ -94,9 +107,10 @@ def test_a_request_names_the_model_input_and_outputs_and_checks_metadata_once():
         outputs = asyncio.run(backend.infer(SPEC, batch))
         assert outputs["probabilities"].shape == (3, 7)
     assert [call[0] for call in client.calls] == ["metadata", "infer", "infer"]
-    assert client.calls[0] == ("metadata", "emotion", True)
-    _, name, (inp,), requested, options = client.calls[1]
-    assert (name, inp.name(), inp.shape(), inp.datatype()) == ("emotion", "input", [3, 64, 64, 1], "FP32")
+    assert client.calls[0] == ("metadata", "emotion", "1", True)
+    _, name, (inp,), version, requested, options = client.calls[1]
+    assert (name, version, inp.name(), inp.shape(), inp.datatype()) == ("emotion", "1", "input", [3, 64, 64, 1],
+                                                                         "FP32")
     assert len(inp._get_content()) == 3 * 64 * 64 * 4  # sent as float32 whatever the pipeline's dtype
     assert [o.name() for o in requested] == ["probabilities"] and options == {"client_timeout": 2.5}
 
@@ -112,14 +126,14 @@ def test_an_answer_of_the_wrong_shape_is_unavailable_not_a_crash():
 
 @pytest.mark.parametrize("error,public", [
     (InferenceServerException("unknown model: 'emotion'\nmore", status="StatusCode.NOT_FOUND"),
-     "failed inference on emotion: unknown model: 'emotion'"),
+     "failed inference on emotion:1: unknown model: 'emotion'"),
     (InferenceServerException("failed to connect to all addresses; ipv4:10.0.0.5:8001", status="StatusCode.UNAVAILABLE"),
-     "is unavailable (inference on emotion)"),
-    (ConnectionRefusedError("10.0.0.5:8000 refused"), "is unreachable (inference on emotion)"),
+     "is unavailable (inference on emotion:1)"),
+    (ConnectionRefusedError("10.0.0.5:8000 refused"), "is unreachable (inference on emotion:1)"),
 ])
 def test_triton_errors_become_unavailable_without_the_address(error, public):
     backend = backend_with(FakeClient(error=error))
-    backend._verified.add("emotion")
+    backend._verified.add(("emotion", "1"))
     with pytest.raises(BackendUnavailable) as failed:
         asyncio.run(backend.infer(SPEC, np.zeros((1, 64, 64, 1), np.float32)))
     assert failed.value.message == f"the inference backend (Triton) {public}"
@@ -131,3 +145,27 @@ def test_a_call_past_the_timeout_is_unavailable():
     with pytest.raises(BackendUnavailable) as late:
         asyncio.run(backend._call("readiness", asyncio.sleep(1)))
     assert late.value.message == "the inference backend (Triton) did not answer readiness within 0.01 s"
+
+
+V2 = dataclasses.replace(SPEC, version="2", height=48, width=48)
+
+
+def test_every_call_pins_its_specs_version_and_checks_that_versions_metadata():
+    client = FakeClient(answer=lambda rows: {"probabilities": np.full((rows, 7), 1 / 7, np.float32)}, held=("1", "2"))
+    client.metadata = metadata(input_shape=("-1", "-1", "-1", "1"))  # as Triton holds the two side by side
+    backend = backend_with(client)
+    asyncio.run(backend.load({"emotion": V2}))
+    asyncio.run(backend.infer(V2, np.zeros((1, 48, 48, 1), np.float32)))
+    asyncio.run(backend.infer(SPEC, np.zeros((1, 64, 64, 1), np.float32)))  # a request still on version 1
+    assert [call[:3] for call in client.calls if call[0] != "infer"] == [
+        ("ready", "emotion", "2"), ("metadata", "emotion", "2"), ("metadata", "emotion", "1")]
+    assert [(call[1], call[3]) for call in client.calls if call[0] == "infer"] == [("emotion", "2"), ("emotion", "1")]
+
+
+def test_a_version_triton_does_not_hold_is_refused_by_the_swap():
+    backend = backend_with(FakeClient(held=("1",)))
+    with pytest.raises(VersionNotLoaded) as refused:
+        asyncio.run(backend.load({"emotion": V2}))
+    assert refused.value.status == 409 and refused.value.code == "version_not_loaded"
+    assert refused.value.message.startswith("Triton does not hold emotion:2; load it beside the serving version with "
+                                            "`python -m convert promote emotion 2 --triton-url URL`")
