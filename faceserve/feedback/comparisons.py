@@ -5,6 +5,7 @@ corrections of the faces they were compared on; beside it, the corrections each 
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from pydantic import BaseModel, Field
@@ -152,4 +153,4 @@ def _difference(differences: list[float]) -> Difference:
 
 def _quantile(ordered: list[float], q: float) -> float:
     """The nearest-rank quantile of an ordered list."""
-    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
