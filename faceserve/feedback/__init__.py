@@ -12,8 +12,8 @@ not: connections and migrations (`faceserve/store`), which models answered and w
 """
 
 from faceserve.feedback.feedback import Feedback
-from faceserve.feedback.records import (Answer, Compared, Confusion, Correction, FeedbackRecord, FeedbackSummary, FieldFeedback,
-                                        FieldModel)
+from faceserve.feedback.records import (Answer, Compared, Confusion, Correction, FeedbackRecord, FeedbackSummary,
+                                        FieldFeedback, FieldModel)
 
-__all__ = ["Answer", "Compared", "Confusion", "Correction", "Feedback", "FeedbackRecord", "FeedbackSummary", "FieldFeedback",
-           "FieldModel"]
+__all__ = ["Answer", "Compared", "Confusion", "Correction", "Feedback", "FeedbackRecord", "FeedbackSummary",
+           "FieldFeedback", "FieldModel"]

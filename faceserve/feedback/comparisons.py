@@ -100,7 +100,8 @@ def report(store: Store, model: str, field: str, labelled: bool, trial: dict | N
         model=model, field=field, trial=trial,
         pairs=[_pair(model, key, faces, labelled, corrected)
                for key, faces in sorted(pairs.items(), key=lambda item: -len(item[1]))],
-        feedback=[VersionFeedback(model=model_ref(model, version), corrections=count) for version, count in per_version])
+        feedback=[VersionFeedback(model=model_ref(model, version), corrections=count)
+                  for version, count in per_version])
 
 
 def _pair(model: str, key: tuple[str, str, str], faces: list[tuple], labelled: bool,
@@ -132,9 +133,9 @@ def _corrected(judged: list[tuple[str, str, str]], labelled: bool) -> Corrected:
                          candidate_right=sum(c == right for _, c, right in judged))
     if not judged:
         return Corrected(faces=0)
-    return Corrected(faces=len(judged),
-                     serving_mean_abs_error=round(statistics.fmean(abs(float(s) - float(r)) for s, _, r in judged), 3),
-                     candidate_mean_abs_error=round(statistics.fmean(abs(float(c) - float(r)) for _, c, r in judged), 3))
+    def error(said: int) -> float:
+        return round(statistics.fmean(abs(float(each[said]) - float(each[2])) for each in judged), 3)
+    return Corrected(faces=len(judged), serving_mean_abs_error=error(0), candidate_mean_abs_error=error(1))
 
 
 def _latency(ms: list[float]) -> Latency:

@@ -110,6 +110,9 @@ class Pipeline:
         before, after = previous.loaded(), head_set.loaded()
         await self.backend.load({key: spec for key, spec in after.items() if key not in before})
         self._head_set, self.repository = head_set, repository  # no await between
+        if head_set.trial_specs() != previous.trial_specs():
+            log.info("candidates: %s", "; ".join(f"{c.head.spec.name}:{c.head.spec.version} {c.trial.mode}"
+                                                  for c in head_set.trials.values()) or "none")
         await previous.drained()
         await self.backend.unload([spec for key, spec in before.items() if key not in after])
         return [(old[name], new[name]) for name in swappable]
@@ -226,7 +229,7 @@ class Pipeline:
         version (on the same batch where their recipes agree), in the same round; a canary's candidate answers
         where `request_key` draws it. Every crop is cut in one worker-thread hop, then all models run at once."""
         keys = [EMBEDDING_ANSWER if isinstance(head, EmbeddingHead) else head.field for head in run]
-        trials = {key: trials[key] for key in keys if trials and key in trials} if faces else {}
+        trials = {key: trials[key] for key in keys if trials and key in trials}
         answering, beside = list(run), []  # beside: (index in run, the other version of that field)
         for i, key in enumerate(keys):
             if key in trials:
@@ -236,7 +239,7 @@ class Pipeline:
                     beside.append((i, run[i]))
                 else:
                     beside.append((i, candidate.head))
-        if not faces:
+        if not faces:  # nothing to compare; the answer still names the version its draw chose
             return {key: [] for key in keys}, [], [head.spec for head in answering]
         boxes, landmarks = [f.box for f in faces], [f.placement and f.placement.landmarks for f in faces]
 

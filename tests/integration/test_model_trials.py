@@ -10,8 +10,10 @@ Then promote and roll back; refusals change nothing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +30,8 @@ from faceserve.models.repository import CONFIG_FILE, model_file
 from faceserve.models.rollout import drawn
 from faceserve.models.versions import version_spec
 from faceserve.pipeline import imaging
+from faceserve.services import Services
+from faceserve.settings import Settings
 from faceserve.store import open_store
 from tests.integration.test_convert import run_convert
 from tests.integration.test_model_versions import fresh_copy, versioned  # noqa: F401 (the fixture)
@@ -47,15 +51,14 @@ def photo_set(emotion_grid) -> dict[str, bytes]:
 
 
 class Offline:
-    """Both versions of emotion run in-process by onnxruntime on the crops of the faces a server answered."""
+    """Both versions of a head run in-process by onnxruntime on the crops of the faces a server answered."""
 
-    def __init__(self, repo: Path):
+    def __init__(self, repo: Path, model: str = "emotion"):
         self.heads = {}
         for version in (1, 2):
-            spec = version_spec(repo / "emotion", version)
-            session = ort.InferenceSession(str(model_file(repo / "emotion", version)),
-                                           providers=["CPUExecutionProvider"])
-            self.heads[f"emotion:{version}"] = (heads.head_for(spec), session)
+            spec = version_spec(repo / model, version)
+            session = ort.InferenceSession(str(model_file(repo / model, version)), providers=["CPUExecutionProvider"])
+            self.heads[f"{model}:{version}"] = (heads.head_for(spec), session)
         self._cache: dict[tuple, dict[str, list[str]]] = {}
 
     def labels(self, data: bytes, answer: dict) -> dict[str, list[str]]:
@@ -70,7 +73,7 @@ class Offline:
                     found[ref] = []
                     continue
                 rows = session.run(list(head.spec.output_names), {head.spec.input_name: head.batch(image, boxes)})
-                found[ref] = [label.label for label in head.decode(dict(zip(head.spec.output_names, rows)))]
+                found[ref] = [said["label"] for said in head.decode(dict(zip(head.spec.output_names, rows)))]
             self._cache[key] = found
         return self._cache[key]
 
@@ -187,8 +190,9 @@ def test_shadow_then_canary_under_load_reported_and_checked_offline_then_promote
         report = settled_report(url, {"shadow": faces, "canary": canary_faces})
         pairs = {pair["mode"]: pair for pair in report["pairs"]}
         shadow, canary = pairs["shadow"], pairs["canary"]
+        with_faces = [answer for _, answer in shadowed if answer["faces"]]  # a request without a face compares none
         assert (shadow["serving"], shadow["candidate"], shadow["requests"], shadow["faces"]) == (
-            "emotion:1", "emotion:2", len(shadowed), faces)
+            "emotion:1", "emotion:2", len(with_faces), faces)
         assert shadow["agreement"] == pytest.approx(agreeing / faces, abs=1e-12)  # the offline figure, exactly
         assert sum(p["count"] for p in shadow["confusion"]) == faces
         assert sum(p["count"] for p in shadow["confusion"] if p["serving"] == p["candidate"]) == agreeing
@@ -197,7 +201,7 @@ def test_shadow_then_canary_under_load_reported_and_checked_offline_then_promote
         assert canary["agreement"] == pytest.approx(canary_agreeing / canary_faces, abs=1e-12)
         assert canary["corrected"]["faces"] == 1
         assert set(shadow["latency"]) == {"emotion:1", "emotion:2"}
-        assert shadow["latency"]["emotion:1"]["requests"] == len([a for _, a in shadowed if a["faces"]])
+        assert shadow["latency"]["emotion:1"]["requests"] == len(with_faces)
         assert [(v["model"], v["corrections"]) for v in report["feedback"]] == [("emotion:1", 1), ("emotion:2", 1)]
         cli = subprocess.run([sys.executable, "-m", "faceserve", "models", "compare", "emotion"], cwd=ROOT,
                              capture_output=True, text=True, timeout=120,
@@ -269,3 +273,60 @@ def test_the_trial_steps_run_as_written(versioned, tmp_path):  # noqa: F811
     assert "emotion: version 2 runs as a canary candidate answering 0.1 of requests" in outputs[2].stderr
     assert "emotion: the canary of version 2 stopped" in outputs[3].stderr
     assert "emotion: version 2 serves (was 1)" in outputs[4].stderr
+
+
+@pytest.fixture(scope="module")
+def gender_versioned(repository, fixtures, tmp_path_factory) -> Path:
+    """face_detector and gender (SSR-Net, serving) as built, gender_mini_XCEPTION converted as gender's version 2."""
+    repo = tmp_path_factory.mktemp("gender-versions") / "repo"
+    for name in ("face_detector", "gender"):
+        shutil.copytree(repository / name, repo / name)
+    result = run_convert("model", str(fixtures / "models" / "gender_mini_XCEPTION.21-0.95.hdf5"), "--name", "gender",
+                         "--recipe", str(ROOT / "convert" / "manifest.toml") + "#gender_mini_xception",
+                         "--repository", str(repo))
+    assert result.returncode == 0, result.stderr
+    return repo
+
+
+def test_gender_ssrnet_shadowed_by_mini_xception_in_process_agrees_with_the_offline_figure(
+        gender_versioned, photo_set, tmp_path):
+    """Two decoders (SSR-Net's sigmoid, mini_XCEPTION's softmax) and two crops (40 % margin and min-max stretch in
+    BGR; 30/60 px pads in grey) compared face by face under 16 concurrent callers of one process."""
+    repo = fresh_copy(gender_versioned, tmp_path)
+    assert convert(repo, "shadow", "gender", "2").returncode == 0
+    settings = dataclasses.replace(Settings.from_env(), repository=repo, models_watch_s=0,
+                                   store=f"sqlite:///{tmp_path / 'faceserve.db'}")
+    services = Services.build(settings)
+    decoded = {name: imaging.decode(data) for name, data in photo_set.items()}
+
+    async def scenario():
+        await services.resources.start()
+        answers = []
+
+        async def client(offset: int):
+            for i in range(len(decoded)):
+                name = list(decoded)[(i + offset) % len(decoded)]
+                answers.append((name, await services.analysis.analyze_decoded(
+                    "client:test", decoded[name], photo_set[name], None, False)))
+        try:
+            await asyncio.gather(*(client(offset) for offset in range(CLIENTS)))
+            (await services.resources.feedback()).flush()
+            return answers, await services.models.compare("gender")
+        finally:
+            await services.close()
+
+    answers, report = asyncio.run(scenario())
+    offline = Offline(repo, "gender")
+    agreeing = faces = 0
+    for name, analysis in answers:
+        answer = analysis.model_dump()
+        assert answer["models"]["gender"] == "gender:1"
+        labels = offline.labels(photo_set[name], answer)
+        assert [f["gender"]["label"] for f in answer["faces"]] == labels["gender:1"], name
+        agreeing += sum(a == b for a, b in zip(labels["gender:1"], labels["gender:2"]))
+        faces += len(answer["faces"])
+    (pair,) = report.pairs
+    assert (pair.serving, pair.candidate, pair.mode, pair.faces) == ("gender:1", "gender:2", "shadow", faces)
+    assert pair.agreement == pytest.approx(agreeing / faces, abs=1e-12)
+    print(f"\ngender SSR-Net vs gender_mini_XCEPTION, shadow: agreement {agreeing}/{faces}; latency (ms, mean/p95): "
+          + "; ".join(f"{ref} {v.mean_ms}/{v.p95_ms}" for ref, v in pair.latency.items()))
