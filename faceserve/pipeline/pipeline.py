@@ -47,7 +47,12 @@ class Pipeline:
         self.repository = repository
         self.backend = backend
         self.max_faces = max_faces
-        self._head_set = HeadSet(_ordered_heads(repository), _trials(repository))
+        try:
+            trials = _trials(repository)
+        except RepositoryInvalid as exc:  # a trial is an experiment: the serving versions serve without it
+            log.warning("no candidate runs: %s", exc.message)
+            trials = {}
+        self._head_set = HeadSet(_ordered_heads(repository), trials)
         # the identity stage's: its vectors are consumed there, never answered as a field
         self.embedding: EmbeddingHead | None = (heads.head_for(repository.embedding)
                                                 if repository.embedding else None)

@@ -149,3 +149,12 @@ def test_a_repository_whose_trial_cannot_run_is_refused_on_reload_with_nothing_c
     assert getattr(refused.value, "code", None) == "invalid_repository" and "has no version 2" in str(refused.value)
     assert pipeline.trials == {} and backend.loaded == {"emotion:1"}
 
+
+
+def test_a_trial_that_cannot_run_at_start_leaves_the_serving_versions_serving(repo, grid, run):
+    start_trial(repo / "emotion", SHADOW, 2)
+    (repo / "emotion" / "2" / "model.onnx").unlink()
+    pipeline, backend = started(repo)
+    run(pipeline.start())
+    assert pipeline.trials == {} and backend.loaded == {"emotion:1"}
+    assert run(analyze(pipeline, grid, "k")).models["emotion"] == "emotion:1"
