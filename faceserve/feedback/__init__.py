@@ -2,7 +2,8 @@
 
 What belongs here: the feedback tables (`migrations.py`), what it remembers and stores and the answers built
 from them (`records.py`), remembering an answer and checking a correction against it, the CSV export and the
-summary (`feedback.py`), the thread that writes remembered answers in group commits (`writer.py`). What does
+summary (`feedback.py`), the thread that writes remembered answers in group commits (`writer.py`), what a
+candidate version's trial compared, written with its request's answer, and its report (`comparisons.py`). What does
 not: connections and migrations (`faceserve/store`), which models answered and with which labels
 (`faceserve.services.analysis` passes that in), HTTP.
 
