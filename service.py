@@ -41,6 +41,7 @@ from faceserve.http.responses import ErrorShapeMiddleware, json_errors
 from faceserve.http.upload_guard import UploadGuardMiddleware
 from faceserve.models import detectors
 from faceserve.feedback import FeedbackRecord, FeedbackSummary
+from faceserve.feedback.comparisons import ComparisonReport
 from faceserve.gallery import AuditPage, Deleted, FacesAdded, GalleryImport, IdentityDetail, IdentityPage
 from faceserve.jobs import Job
 from faceserve.pipeline.identity import Identification, Verification
@@ -296,6 +297,14 @@ class FaceAnalysis:
         face head's new version swaps in without a restart, between requests; anything else is a 409. This worker
         at once; the others within FACESERVE_MODELS_WATCH_S."""
         return await self.services.models.reload()
+
+    @bentoml.api(route="/models/compare")
+    @json_errors
+    async def compare_models(self, model: str) -> ComparisonReport:
+        """A face head's trials of a candidate version (`python -m convert shadow|canary`), from the store: per pair
+        of versions, their agreement, the confusion between their labels (a number's difference), each one's
+        call time, and the /feedback corrections of the compared faces; each version's corrections."""
+        return await self.services.models.compare(model)
 
 
 # The web page at `/` (BentoML's Swagger page moves to `/docs`).

@@ -8,6 +8,8 @@
     python -m convert versions emotion; python -m convert promote emotion 2; python -m convert rollback emotion
     python -m convert promote emotion 2 --triton-url grpc://127.0.0.1:8001   # Triton loads it first (explicit mode)
     python -m convert quantize age                # an INT8 version of age's serving one, within its budget
+    python -m convert shadow emotion 2; python -m convert canary emotion 2 --share 0.1
+    python -m convert candidate-stop emotion      # a trial of a candidate version beside the serving one, or its end
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from convert import artifacts, build, export, quantize, recipe  # export imports TensorFlow only when it converts
 from convert.parity import DEFAULT_RAW_TOLERANCE, DEFAULT_TOLERANCE
 from faceserve.backends import triton_control
-from faceserve.models import repository, tasks, versions
+from faceserve.models import repository, rollout, tasks, versions
 from faceserve.models.decoder import decoders
 
 log = logging.getLogger("convert")
@@ -147,6 +149,29 @@ def _switch(args: argparse.Namespace, target: int | None, switch) -> int:
     return 0
 
 
+def _trial(args: argparse.Namespace) -> int:
+    try:
+        trial = rollout.start_trial(args.repository / args.model, args.command, args.version,
+                                    getattr(args, "share", None))
+    except versions.VersionError as exc:
+        log.error("refusing: %s; nothing changed", exc)
+        return 2
+    log.info("%s: version %s runs as a %s candidate%s; an embedded service follows at its next reload "
+             "(POST /models/reload)", args.model, trial.version, trial.mode,
+             f" answering {trial.share:g} of requests" if trial.mode == rollout.CANARY else "")
+    return 0
+
+
+def _stop_trial(args: argparse.Namespace) -> int:
+    try:
+        trial = rollout.stop_trial(args.repository / args.model)
+    except versions.VersionError as exc:
+        log.error("refusing: %s; nothing changed", exc)
+        return 2
+    log.info("%s: the %s of version %s stopped", args.model, trial.mode, trial.version)
+    return 0
+
+
 def _versions(args: argparse.Namespace) -> int:
     """Each version of a model, one JSON object a line: whether it serves, its source and its parity."""
     records = versions.version_records(args.repository / args.model)
@@ -240,6 +265,19 @@ def main(argv: list[str] | None = None) -> int:
         switching.add_argument("--triton-url", help="a Triton server serving this repository under explicit model "
                                                     "control (grpc://host:8001 or http://host:8000): it loads the "
                                                     "version beside the serving one first")
+
+    s = sub.add_parser("shadow", parents=[where], help="run version N beside the serving one on the same faces, "
+                                                       "the serving one answering; compared per request")
+    c = sub.add_parser("canary", parents=[where], help="answer a share of requests (drawn by request id) with "
+                                                       "version N; compared per request")
+    for trial in (s, c):
+        trial.add_argument("model")
+        trial.add_argument("version", type=int)
+        trial.set_defaults(func=_trial)
+    c.add_argument("--share", type=float, required=True, help="the fraction of requests version N answers (0 to 1)")
+    t = sub.add_parser("candidate-stop", parents=[where], help="end a model's shadow or canary")
+    t.add_argument("model")
+    t.set_defaults(func=_stop_trial)
 
     args = parser.parse_args(argv)
     return args.func(args)

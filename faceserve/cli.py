@@ -5,6 +5,9 @@ pipeline model of a Triton server (`--server grpc://HOST:8001`).
 the job's id, then follows it with a progress bar. `faceserve jobs results ID --server URL > out.jsonl`: its
 results, one JSON line per photo.
 
+`faceserve models compare emotion [--repository DIR]`: the comparison report of a model's trials of a candidate
+version (as `/models/compare` answers it), read from the store of FACESERVE_STORE / FACESERVE_DATA_DIR.
+
 `faceserve keys new --id ID --scopes analyze,enrol`: a new API key, printed once, and its line for the key file
 (FACESERVE_API_KEYS_FILE, docs/security.md), which holds only the key's digest."""
 
@@ -110,6 +113,21 @@ def _jobs(args: argparse.Namespace) -> int:
             return 2
 
 
+async def _compare(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if args.repository:
+        settings = dataclasses.replace(settings, repository=args.repository)
+    services = Services.build(settings)
+    try:
+        print((await services.models.compare(args.model)).model_dump_json(indent=2))
+    except FaceserveError as error:
+        print(json.dumps(error.body()), file=sys.stderr)
+        return 2
+    finally:
+        await services.close()
+    return 0
+
+
 def _new_key(args: argparse.Namespace) -> int:
     from faceserve.http.keys import new_key, parse_scopes
 
@@ -151,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--server", required=True, metavar="URL", help="the service, e.g. http://127.0.0.1:3000")
         command.add_argument("--api-key", default=os.environ.get("FACESERVE_API_KEY"),
                              help="default: FACESERVE_API_KEY")
+    models = sub.add_parser("models", help="model versions (docs/models.md)").add_subparsers(
+        dest="models_command", required=True)
+    compare = models.add_parser("compare", help="a model's trials of a candidate version: agreement, confusion, "
+                                                "latency, feedback (JSON)")
+    compare.add_argument("model")
+    compare.add_argument("--repository", type=Path, help="model repository (default: FACESERVE_MODEL_REPOSITORY)")
     keys = sub.add_parser("keys", help="API keys (docs/security.md)").add_subparsers(dest="keys_command",
                                                                                      required=True)
     new = keys.add_parser("new", help="make a key: print it once, and its line for FACESERVE_API_KEYS_FILE")
@@ -162,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         return _new_key(args)
     if args.command == "jobs":
         return _jobs(args)
+    if args.command == "models":
+        return asyncio.run(_compare(args))
     return asyncio.run(_analyze(args))
 
 

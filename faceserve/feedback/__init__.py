@@ -2,7 +2,8 @@
 
 What belongs here: the feedback tables (`migrations.py`), what it remembers and stores and the answers built
 from them (`records.py`), remembering an answer and checking a correction against it, the CSV export and the
-summary (`feedback.py`), the thread that writes remembered answers in group commits (`writer.py`). What does
+summary (`feedback.py`), the thread that writes remembered answers in group commits (`writer.py`), what a
+candidate version's trial compared, written with its request's answer, and its report (`comparisons.py`). What does
 not: connections and migrations (`faceserve/store`), which models answered and with which labels
 (`faceserve.services.analysis` passes that in), HTTP.
 
@@ -12,8 +13,8 @@ not: connections and migrations (`faceserve/store`), which models answered and w
 """
 
 from faceserve.feedback.feedback import Feedback
-from faceserve.feedback.records import (Answer, Confusion, Correction, FeedbackRecord, FeedbackSummary, FieldFeedback,
-                                        FieldModel)
+from faceserve.feedback.records import (Answer, Compared, Confusion, Correction, FeedbackRecord, FeedbackSummary,
+                                        FieldFeedback, FieldModel)
 
-__all__ = ["Answer", "Confusion", "Correction", "Feedback", "FeedbackRecord", "FeedbackSummary", "FieldFeedback",
-           "FieldModel"]
+__all__ = ["Answer", "Compared", "Confusion", "Correction", "Feedback", "FeedbackRecord", "FeedbackSummary",
+           "FieldFeedback", "FieldModel"]

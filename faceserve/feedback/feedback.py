@@ -36,6 +36,8 @@ SETTLE_S = 2.0
 # A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection): the export prefixes it
 # with a quote, which the spreadsheet shows as text.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+COMPARISON_COLUMNS = ("request_id", "field", "face_index", "model", "mode", "serving_version", "candidate_version",
+                      "answered_by", "serving_said", "candidate_said", "serving_ms", "candidate_ms", "created_at")
 CSV_COLUMNS = ("created_at", "request_id", "face_index", "field", "model_said", "correct", "comment", "model_name",
                "model_version", "image_sha256")
 
@@ -54,12 +56,13 @@ class Feedback:
         self._remembered = 0  # written by this process (counted by the writer's thread alone)
         self.writer = GroupWriter(self._write_answers, name="feedback answers writer", window_s=group_window_s)
 
-    def remember(self, owner: str, answer: Answer, *, block: bool = True) -> str | None:
+    def remember(self, owner: str, answer: Answer, *, block: bool = True, request_id: str | None = None) -> str | None:
         """Remember what `owner` (the caller's principal) was answered; the request id to correct it by, which only
         `owner` may. The answer is queued and written by this process's writer (writer.py says what a kill can
         lose); None only when not `block` and the queue is full. Raises `StoreUnavailable` when the queue stays
-        full or the writer is stopped."""
-        request_id = new_id()
+        full or the writer is stopped. `request_id`: one made (`new_id`) before the answer, which its trials drew
+        by."""
+        request_id = request_id or new_id()
         queued = _Remembered(request_id, owner, utc_now(), answer)
         if not self.writer.put(request_id, queued, len(answer.image or b""), block=block):
             return None
@@ -90,6 +93,10 @@ class Feedback:
         with self.store.transaction() as tx:
             tx.executemany("INSERT INTO feedback_requests (id, owner, created_at, image_sha256, fields, per_face, "
                            "answers, image) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [a.row() for a in answers])
+            compared = [row for a in answers for row in a.compared_rows()]
+            if compared:
+                tx.executemany(f"INSERT INTO feedback_comparisons ({', '.join(COMPARISON_COLUMNS)}) "
+                               f"VALUES ({', '.join('?' * len(COMPARISON_COLUMNS))})", compared)
         before, self._remembered = self._remembered, self._remembered + len(answers)
         if self.answers_kept is not None and before // FORGET_EVERY != self._remembered // FORGET_EVERY:
             try:  # the group is committed: a failure here must not make the writer write it again
@@ -188,6 +195,14 @@ class _Remembered:
                   for name, f in answer.fields.items()}
         return (self.request_id, self.owner, self.created_at, answer.image_sha256, json.dumps(fields),
                 int(answer.per_face), json.dumps(answer.answers), answer.image)
+
+    def compared_rows(self) -> list[tuple]:
+        """One `feedback_comparisons` row per field on trial and face (COMPARISON_COLUMNS)."""
+        return [(self.request_id, c.field, index, c.model, c.mode, c.serving_version, c.candidate_version,
+                 c.candidate_version if c.answered_by_candidate else c.serving_version, serving, candidate,
+                 c.serving_ms, c.candidate_ms, self.created_at)
+                for c in self.answer.compared for index, (serving, candidate) in enumerate(zip(c.serving_said,
+                                                                                               c.candidate_said))]
 
 
 def _inert(cell) -> str:

@@ -34,4 +34,25 @@ MIGRATIONS = (
     # Whose answer it is (the caller's principal: "key:<id>", "client:<address>"): only they may correct it. An
     # answer of before was nobody's in particular, so nobody may correct it now.
     Migration(3, ("ALTER TABLE feedback_requests ADD COLUMN owner TEXT NOT NULL DEFAULT 'legacy:'",)),
+    # A trial of a candidate version (faceserve/models/rollout.py): per request, field and face, what the serving
+    # version and the candidate said, and each one's call time; written with the request's answer.
+    Migration(4, (
+        """CREATE TABLE feedback_comparisons (
+               request_id TEXT NOT NULL,
+               field TEXT NOT NULL,
+               face_index INTEGER NOT NULL,
+               model TEXT NOT NULL,              -- the model's name
+               mode TEXT NOT NULL,               -- shadow or canary
+               serving_version TEXT NOT NULL,
+               candidate_version TEXT NOT NULL,
+               answered_by TEXT NOT NULL,        -- the version whose answer the caller got
+               serving_said TEXT NOT NULL,       -- a label, or a number for a field without labels
+               candidate_said TEXT NOT NULL,
+               serving_ms REAL NOT NULL,         -- the request's call of each version (its batcher's wait included)
+               candidate_ms REAL NOT NULL,
+               created_at TEXT NOT NULL,
+               PRIMARY KEY (request_id, field, face_index)
+           )""",
+        "CREATE INDEX feedback_comparisons_model ON feedback_comparisons (model, serving_version, candidate_version)",
+    )),
 )

@@ -19,6 +19,23 @@ class FieldModel:
 
 
 @dataclasses.dataclass(frozen=True)
+class Compared:
+    """What a field's serving version and its candidate (a trial: `faceserve.models.rollout`) said for one request,
+    face by face, as text (a label, or a number for a field without labels), and each one's milliseconds."""
+
+    field: str
+    model: str  # the model's name
+    mode: str  # shadow or canary
+    serving_version: str
+    candidate_version: str
+    answered_by_candidate: bool
+    serving_said: list[str]
+    candidate_said: list[str]
+    serving_ms: float
+    candidate_ms: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Answer:
     """What one request answered: per face (or, for a whole-image answer, one entry), each field's value."""
 
@@ -27,6 +44,7 @@ class Answer:
     answers: list[dict[str, str]]
     per_face: bool = True
     image: bytes | None = None  # kept only when the caller opted in
+    compared: tuple[Compared, ...] = ()  # the trials this request ran
 
 
 class FeedbackRecord(BaseModel):

@@ -61,6 +61,7 @@ ROUTES: dict[str, Route] = {
     "/feedback/export": Route(ADMIN),
     "/feedback/summary": Route(ADMIN),
     "/models/reload": Route(ADMIN),  # serve a promoted or rolled back model version now
+    "/models/compare": Route(ADMIN),  # a model's trials of a candidate version, over everybody's answers
 }
 
 # Folders of files: the page's own, and BentoML's Swagger UI files (/docs).

@@ -13,13 +13,14 @@ import time
 import numpy as np
 
 from faceserve.backends import Backend
-from faceserve.errors import InvalidRequest, LimitExceeded, NotFound, RestartRequired
+from faceserve.errors import InvalidRequest, LimitExceeded, NotFound, RepositoryInvalid, RestartRequired
 from faceserve.models import detectors, heads
 from faceserve.models.classifier import Classifier
 from faceserve.models.detectors import Detection, Detector
 from faceserve.models.heads import EmbeddingHead, Head
 from faceserve.models.landmarks import PRESENCE_THRESHOLD, LandmarkModel, Placement
 from faceserve.models.repository import Repository, is_head
+from faceserve.models.rollout import Comparison, Trial, candidates, same_input
 from faceserve.models.spec import ModelSpec
 from faceserve.models.versions import model_ref
 from faceserve.pipeline import quality
@@ -46,7 +47,12 @@ class Pipeline:
         self.repository = repository
         self.backend = backend
         self.max_faces = max_faces
-        self._head_set = HeadSet(_ordered_heads(repository))
+        try:
+            trials = _trials(repository)
+        except RepositoryInvalid as exc:  # a trial is an experiment: the serving versions serve without it
+            log.warning("no candidate runs: %s", exc.message)
+            trials = {}
+        self._head_set = HeadSet(_ordered_heads(repository), trials)
         # the identity stage's: its vectors are consumed there, never answered as a field
         self.embedding: EmbeddingHead | None = (heads.head_for(repository.embedding)
                                                 if repository.embedding else None)
@@ -57,22 +63,35 @@ class Pipeline:
 
     async def start(self) -> None:
         await self.backend.start(self.repository.specs)
+        if self._head_set.trials:
+            try:
+                await self.backend.load(self._head_set.candidate_specs())
+            except RestartRequired as exc:  # a backend that loads no second version runs no candidate
+                log.warning("no candidate runs beside the serving versions: %s", exc.message)
+                self._head_set = HeadSet(self._head_set.heads, {})
 
     @property
     def heads(self) -> list[Head]:
         """The face heads serving now (a request keeps the ones it started with: `HeadSet`)."""
         return self._head_set.heads
 
+    @property
+    def trials(self) -> dict[str, "Candidate"]:
+        """The candidates running now, by the field they answer."""
+        return self._head_set.trials
+
     @contextlib.contextmanager
-    def one_version(self):
-        """Every analysis inside (those of one request's several images) runs the same head versions."""
+    def one_version(self, request_key: str | None = None):
+        """Every analysis inside (those of one request's several images) runs the same head versions; with a
+        `request_key` (the request's id), the candidates of the trials too, a canary answering by its draw."""
         head_set = self._head_set
-        token = _PINNED.set(head_set)
+        token, key_token = _PINNED.set(head_set), _REQUEST_KEY.set(request_key)
         try:
             with head_set.using():
                 yield
         finally:
             _PINNED.reset(token)
+            _REQUEST_KEY.reset(key_token)
 
     async def swap(self, repository: Repository) -> list[tuple[ModelSpec, ModelSpec]]:
         """Serve `repository`'s versions of the face heads without a restart: the new versions are loaded beside
@@ -89,13 +108,18 @@ class Pipeline:
             raise RestartRequired(f"the repository changed in {', '.join(others)}, which only a restart serves "
                                   f"(a new version swaps in place only for face heads: "
                                   f"{', '.join(sorted(repository.heads)) or 'none'})")
-        if not swappable:
-            return []
-        await self.backend.load({name: new[name] for name in swappable})
+        head_set = HeadSet(_ordered_heads(repository), _trials(repository))
         previous = self._head_set
-        self._head_set, self.repository = HeadSet(_ordered_heads(repository)), repository  # no await between
+        if not swappable and head_set.trial_specs() == previous.trial_specs():
+            return []
+        before, after = previous.loaded(), head_set.loaded()
+        await self.backend.load({key: spec for key, spec in after.items() if key not in before})
+        self._head_set, self.repository = head_set, repository  # no await between
+        if head_set.trial_specs() != previous.trial_specs():
+            log.info("candidates: %s", "; ".join(f"{c.head.spec.name}:{c.head.spec.version} {c.trial.mode}"
+                                                  for c in head_set.trials.values()) or "none")
         await previous.drained()
-        await self.backend.unload([old[name] for name in swappable])
+        await self.backend.unload([spec for key, spec in before.items() if key not in after])
         return [(old[name], new[name]) for name in swappable]
 
     @property
@@ -129,12 +153,14 @@ class Pipeline:
         detected = time.perf_counter()
         faces = await self._placed(image, detections)
         placed = time.perf_counter()
-        with (_PINNED.get() or self._head_set).using() as serving:
+        head_set, request_key = _PINNED.get() or self._head_set, _REQUEST_KEY.get()
+        with head_set.using() as serving:
             heads_run = serving + ([self.embedding] if embed else [])
-            answers = await self._heads(image, faces, heads_run)
+            answers, comparisons, answering = await self._heads(
+                image, faces, heads_run, head_set.trials if request_key is not None else {}, request_key)
         vectors = answers.pop(EMBEDDING_ANSWER) if embed else None
         finished = time.perf_counter()
-        used = ([head.spec for head in heads_run] + ([chosen.spec] if chosen.spec is not None else [])
+        used = (answering + ([chosen.spec] if chosen.spec is not None else [])
                 + ([self._landmarks.spec] if self._landmarks else []))
         analysis = Analysis(
             width=image.shape[1], height=image.shape[0], detector=chosen.name,
@@ -148,6 +174,7 @@ class Pipeline:
                         "landmarks": round((placed - detected) * 1e3, 3),
                         "heads": round((finished - placed) * 1e3, 3)},
         )
+        analysis.comparisons = comparisons
         return analysis, vectors
 
     async def locate(self, image: np.ndarray, detector: str | None = None) -> list[FoundFace]:
@@ -166,7 +193,7 @@ class Pipeline:
         embedding = self.require_embedding()
         if not faces:
             return np.zeros((0, embedding.dimension), np.float32)
-        return (await self._heads(image, faces, [embedding]))[EMBEDDING_ANSWER]
+        return (await self._heads(image, faces, [embedding]))[0][EMBEDDING_ANSWER]
 
     def require_embedding(self) -> EmbeddingHead:
         if self.embedding is None:
@@ -199,16 +226,52 @@ class Pipeline:
         outputs = await self.backend.infer(self._landmarks.spec, batch)
         return self._landmarks.decode(outputs, transforms)
 
-    async def _heads(self, image: np.ndarray, faces: list[FoundFace], run: list[Head]) -> dict:
-        """Each head's answers per face, keyed by its field (the embedding head's: `EMBEDDING_ANSWER`); every
-        crop is cut in one worker-thread hop, then the heads run at once."""
+    async def _heads(self, image: np.ndarray, faces: list[FoundFace], run: list[Head],
+                     trials: dict[str, "Candidate"] | None = None,
+                     request_key: str | None = None) -> tuple[dict, list[Comparison], list[ModelSpec]]:
+        """Each head's answers per face, keyed by its field (the embedding head's: `EMBEDDING_ANSWER`), what each
+        trial compared, and the specs that answered. A field on trial runs its candidate beside the serving
+        version (on the same batch where their recipes agree), in the same round; a canary's candidate answers
+        where `request_key` draws it. Every crop is cut in one worker-thread hop, then all models run at once."""
         keys = [EMBEDDING_ANSWER if isinstance(head, EmbeddingHead) else head.field for head in run]
-        if not faces:
-            return {key: [] for key in keys}
+        trials = {key: trials[key] for key in keys if trials and key in trials}
+        answering, beside = list(run), []  # beside: (index in run, the other version of that field)
+        for i, key in enumerate(keys):
+            if key in trials:
+                candidate = trials[key]
+                if candidate.trial.answers(request_key):
+                    answering[i] = candidate.head
+                    beside.append((i, run[i]))
+                else:
+                    beside.append((i, candidate.head))
+        if not faces:  # nothing to compare; the answer still names the version its draw chose
+            return {key: [] for key in keys}, [], [head.spec for head in answering]
         boxes, landmarks = [f.box for f in faces], [f.placement and f.placement.landmarks for f in faces]
-        batches = await asyncio.to_thread(lambda: [head.batch(image, boxes, landmarks) for head in run])
-        outputs = await asyncio.gather(*(self.backend.infer(head.spec, batch) for head, batch in zip(run, batches)))
-        return {key: head.decode(out) for key, head, out in zip(keys, run, outputs)}
+
+        def cut() -> list[np.ndarray]:
+            batches = [head.batch(image, boxes, landmarks) for head in answering]
+            return batches + [batches[i] if same_input(other.spec, answering[i].spec)
+                              else other.batch(image, boxes, landmarks) for i, other in beside]
+        everyone = answering + [other for _, other in beside]
+        batches = await asyncio.to_thread(cut)
+        timed = await asyncio.gather(*(self._timed(head.spec, batch) for head, batch in zip(everyone, batches)))
+        decoded = [head.decode(out) for head, (out, _) in zip(everyone, timed)]
+        comparisons = []
+        for j, (i, other) in enumerate(beside):
+            by_candidate = other is run[i]
+            serving, candidate = (len(run) + j, i) if by_candidate else (i, len(run) + j)
+            comparisons.append(Comparison(
+                field=keys[i], mode=trials[keys[i]].trial.mode, serving=everyone[serving].spec,
+                candidate=everyone[candidate].spec, answered_by_candidate=by_candidate,
+                serving_values=decoded[serving], candidate_values=decoded[candidate],
+                serving_ms=timed[serving][1], candidate_ms=timed[candidate][1]))
+        return dict(zip(keys, decoded)), comparisons, [head.spec for head in answering]
+
+    async def _timed(self, spec: ModelSpec, batch: np.ndarray) -> tuple[dict, float]:
+        """The model's outputs, and the milliseconds its call took (its batcher's wait included)."""
+        started = time.perf_counter()
+        outputs = await self.backend.infer(spec, batch)
+        return outputs, (time.perf_counter() - started) * 1e3
 
     @staticmethod
     def check_top_k(top_k: int, limit: int) -> None:
@@ -231,12 +294,21 @@ class Pipeline:
                               top_k=[Label(**item) for item in labels])
 
 
-class HeadSet:
-    """The face heads of one moment, and how many requests are running them: a swap waits for the set it
-    replaced to be idle before its versions are let go."""
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A field's trial and the candidate version's head."""
 
-    def __init__(self, heads: list[Head]):
+    trial: Trial
+    head: Head
+
+
+class HeadSet:
+    """The face heads of one moment with their candidates, and how many requests are running them: a swap waits
+    for the set it replaced to be idle before its versions are let go."""
+
+    def __init__(self, heads: list[Head], trials: dict[str, Candidate]):
         self.heads = heads
+        self.trials = trials
         self._running = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -255,9 +327,29 @@ class HeadSet:
     async def drained(self) -> None:
         await self._idle.wait()
 
+    def candidate_specs(self) -> dict[str, ModelSpec]:
+        return {model_ref(c.head.spec.name, c.head.spec.version): c.head.spec for c in self.trials.values()}
 
-# the head set a request pinned (`Pipeline.one_version`); tasks it starts inherit it
+    def trial_specs(self) -> dict[str, tuple[Trial, ModelSpec]]:
+        return {field: (c.trial, c.head.spec) for field, c in self.trials.items()}
+
+    def loaded(self) -> dict[str, ModelSpec]:
+        """Every version this set runs, serving or candidate, by `name:version`."""
+        return {**{model_ref(h.spec.name, h.spec.version): h.spec for h in self.heads}, **self.candidate_specs()}
+
+
+# the head set a request pinned (`Pipeline.one_version`), and its id that runs the trials; tasks it starts inherit them
 _PINNED: contextvars.ContextVar[HeadSet | None] = contextvars.ContextVar("pinned_heads", default=None)
+_REQUEST_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_key", default=None)
+
+
+def _trials(repository: Repository) -> dict[str, Candidate]:
+    """The candidates the repository's configs name, by field; a trial that cannot run is an invalid repository."""
+    try:
+        found = candidates(repository)
+    except ValueError as exc:  # VersionError, SpecError
+        raise RepositoryInvalid(f"the model repository cannot be served as it is now: {exc}") from None
+    return {field: Candidate(trial, heads.head_for(spec)) for field, (trial, spec) in found.items()}
 
 
 def _ordered_heads(repository: Repository) -> list[Head]:

@@ -5,7 +5,7 @@ and identify's in `faceserve.pipeline.identity`, feedback's in `faceserve.feedba
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 class Box(BaseModel):
@@ -91,6 +91,16 @@ class Analysis(BaseModel):
     models: dict[str, str] = Field(description="model that answered each task, as name:version")
     missing_heads: list[str] = Field(description="face tasks with no model in the repository")
     timings_ms: dict[str, float]
+    # what the trials of candidate versions compared (`faceserve.models.rollout.Comparison`): remembered, not answered
+    _comparisons: list = PrivateAttr(default_factory=list)
+
+    @property
+    def comparisons(self) -> list:
+        return self._comparisons
+
+    @comparisons.setter
+    def comparisons(self, value: list) -> None:
+        self._comparisons = value
 
 
 class BatchAnalysis(BaseModel):

@@ -10,7 +10,7 @@ builds only the `ImageService` it needs, by the same `ImageService.from_settings
 - `identity.py`: the gallery's identities and faces, verify, identify, export, import, audit.
 - `feedback.py`: remembering answers, corrections, their export and summary.
 - `jobs.py`: asynchronous jobs and this process's worker.
-- `models.py`: `/models`.
+- `models.py`: `/models`, `/models/reload` and the repository watcher, `/models/compare` (a candidate's trial).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from faceserve.feedback import Answer, FieldModel
+from faceserve.feedback import Answer, Compared, FieldModel
 from faceserve.http.caller import Caller
 from faceserve.models.versions import model_ref
 from faceserve.pipeline import imaging
@@ -19,6 +19,7 @@ from faceserve.pipeline.schemas import Analysis, BatchAnalysis, Classification
 from faceserve.services.feedback import FeedbackService
 from faceserve.services.images import ImageService, digest
 from faceserve.services.resources import Resources
+from faceserve.store import new_id
 
 
 class AnalysisService:
@@ -51,18 +52,24 @@ class AnalysisService:
                               identify: bool, keep_image: bool = False, written: bool = False) -> Analysis:
         """`analysis` of the image `data` decoded as `pixels`, remembered as `owner`'s (`written`: returned once
         the answer is written, not only queued)."""
-        analysis = await self.analysis(pixels, detector, identify)
-        return await self._remember(owner, analysis, digest(data), identify, data if keep_image else None, written)
+        request_id = new_id()  # before the answer: a canary draws by it
+        with self.pipeline.one_version(request_id):
+            analysis = await self.analysis(pixels, detector, identify)
+        return await self._remember(owner, analysis, digest(data), identify, data if keep_image else None, written,
+                                    request_id)
 
     async def analyze_batch(self, caller: Caller, uploads: list[Path] | None, b64s: list[str] | None,
                             detector: str | None = None) -> BatchAnalysis:
         """`analyze` for several images; every image is checked before any is decoded, all their faces
         share model calls."""
         images = await self.images.images_with_digests(self.images.batch_items(uploads, b64s))
-        with self.pipeline.one_version():
+        request_ids = [new_id() for _ in images]
+        with self.pipeline.one_version(request_ids[0] if request_ids else None):  # one draw for the whole request
             analyses = await asyncio.gather(*(self.pipeline.analyze(pixels, detector) for pixels, _ in images))
-        return BatchAnalysis(results=[await self._remember(caller.principal, analysis, image_digest, identified=False)
-                                      for analysis, (_, image_digest) in zip(analyses, images)])
+        return BatchAnalysis(results=[await self._remember(caller.principal, analysis, image_digest, identified=False,
+                                                           request_id=request_id)
+                                      for analysis, (_, image_digest), request_id in zip(analyses, images,
+                                                                                         request_ids)])
 
     async def annotate(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
                        detector: str | None = None, fmt: str = "png", landmarks: bool = False) -> bytes:
@@ -87,16 +94,23 @@ class AnalysisService:
         return answer
 
     async def _remember(self, owner: str, analysis: Analysis, image_digest: str, identified: bool,
-                        image: bytes | None = None, written: bool = False) -> Analysis:
+                        image: bytes | None = None, written: bool = False,
+                        request_id: str | None = None) -> Analysis:
         # the versions that answered (`analysis.models`), even where a swap has served others since
+        answering = {c.field: c.candidate for c in analysis.comparisons if c.answered_by_candidate}
         fields = {head.field: FieldModel(analysis.models.get(head.field, model_ref(head.spec.name, head.spec.version)),
-                                         head.spec.labels or None)
+                                         answering.get(head.field, head.spec).labels or None)
                   for head in self.pipeline.heads}
         if identified:
             fields["identity"] = FieldModel(analysis.models[self.pipeline.embedding.spec.task])
         answers = [{field: _said(getattr(face, field, None)) for field in fields} for face in analysis.faces]
-        analysis.request_id = await self.feedback.remember(owner, Answer(image_digest, fields, answers, image=image),
-                                                           written=written)
+        compared = tuple(Compared(c.field, c.serving.name, c.mode, c.serving.version, c.candidate.version,
+                                  c.answered_by_candidate, [_said(v) for v in c.serving_values],
+                                  [_said(v) for v in c.candidate_values], c.serving_ms, c.candidate_ms)
+                         for c in analysis.comparisons)
+        analysis.request_id = await self.feedback.remember(
+            owner, Answer(image_digest, fields, answers, image=image, compared=compared), written=written,
+            request_id=request_id)
         return analysis
 
 

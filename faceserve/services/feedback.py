@@ -19,15 +19,17 @@ class FeedbackService:
     def __init__(self, resources: Resources):
         self.resources = resources
 
-    async def remember(self, owner: str, answer: Answer, *, written: bool = False) -> str | None:
+    async def remember(self, owner: str, answer: Answer, *, written: bool = False,
+                       request_id: str | None = None) -> str | None:
         """The request id the answer is remembered under, as `owner`'s (a principal: only they may correct it);
         None when the store cannot be reached (the answer is still worth giving, only its feedback is lost).
         Queued on the event loop itself (microseconds); only a full queue waits, in a worker thread. `written`:
-        return once the answer is written (a job's image, whose result must not outlive its answer)."""
+        return once the answer is written (a job's image, whose result must not outlive its answer). `request_id`:
+        the id made for the answer before it was computed (None: one is made now)."""
         try:
             feedback = await self.resources.feedback()
-            request_id = (feedback.remember(owner, answer, block=False)
-                          or await asyncio.to_thread(feedback.remember, owner, answer))
+            request_id = (feedback.remember(owner, answer, block=False, request_id=request_id)
+                          or await asyncio.to_thread(feedback.remember, owner, answer, request_id=request_id))
             if written:
                 await asyncio.to_thread(feedback.flush, request_id)
             return request_id

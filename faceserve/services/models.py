@@ -1,6 +1,6 @@
 """`/models`: what is loaded (each model's serving version, and every version built beside it with its source and
 parity), and what the manifest declares that is not built; `/models/reload` and the watcher: a promoted or rolled
-back version served without a restart."""
+back version, or a trial of a candidate, served without a restart; `/models/compare`: a model's trials reported."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import logging
 
 from pydantic import BaseModel, Field
 
-from faceserve.models.versions import version_records
-from faceserve.models.versions import model_ref
+from faceserve.errors import NotFound
+from faceserve.feedback.comparisons import ComparisonReport, report
+from faceserve.models.versions import model_ref, version_records
 from faceserve.services.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Swap(BaseModel):
 class ModelsReloaded(BaseModel):
     swapped: list[Swap] = Field(description="the models this worker now serves another version of")
     serving: list[str] = Field(description="every model this worker serves, as name:version")
+    trials: list[dict] = Field(description="the candidates this worker runs: model, mode, candidate, share")
 
 
 class ModelService:
@@ -47,7 +49,25 @@ class ModelService:
         swapped = await self.resources.reload()
         return ModelsReloaded(
             swapped=[Swap(model=new.name, from_version=old.version, to_version=new.version) for old, new in swapped],
-            serving=[model_ref(spec.name, spec.version) for spec in self.resources.repository.specs.values()])
+            serving=[model_ref(spec.name, spec.version) for spec in self.resources.repository.specs.values()],
+            trials=[{"model": c.head.spec.name, **c.trial.describe(c.head.spec.name)}
+                    for c in self.resources.pipeline.trials.values()])
+
+    def trial(self, name: str) -> dict | None:
+        """The trial the model runs now in this worker (None: none)."""
+        spec = self.resources.repository.specs.get(name)
+        candidate = self.resources.pipeline.trials.get(spec.task) if spec is not None else None
+        return candidate.trial.describe(name) if candidate is not None else None
+
+    async def compare(self, name: str) -> ComparisonReport:
+        """The comparison report of a face head's trials, from the store (every worker's and replica's)."""
+        heads = {spec.name: spec for spec in self.resources.repository.heads.values()}
+        if name not in heads:
+            raise NotFound(f"no face head named {name!r}; the face heads are {', '.join(sorted(heads)) or 'none'}",
+                           code="unknown_model")
+        spec = heads[name]
+        feedback = await self.resources.feedback()
+        return await asyncio.to_thread(report, feedback.store, name, spec.task, bool(spec.labels), self.trial(name))
 
     def start_watching(self) -> None:
         """Every `models_watch_s`, serve what the repository's configs say (each worker watches for itself)."""
@@ -76,7 +96,8 @@ class ModelService:
         return ModelsInfo(
             backend=f"triton-{backend.protocol}" if backend.kind == "triton" else backend.kind,
             repository=repository.path.name,  # the full path is logged at start-up, not served
-            models=[{**spec.describe(), "versions": version_records(repository.path / name)}
+            models=[{**spec.describe(), "versions": version_records(repository.path / name),
+                     **({"trial": self.trial(name)} if self.trial(name) else {})}
                     for name, spec in repository.specs.items()],
             missing=repository.missing,
             detectors=pipeline.detectors,
