@@ -128,7 +128,8 @@ def detectors(ctx: Context) -> list[dict]:
             for set_name, labelled in sets.items():
                 matching = accuracy.Matching(0, 0, 0)
                 for photo in labelled:
-                    matching += accuracy.judge(photo, [d.box for d in await pipeline.detect_with(detector, photo.image)])
+                    found = await pipeline.detect_with(detector, photo.image)
+                    matching += accuracy.judge(photo, [d.box for d in found])
                 by_set[set_name] = _judged(matching)
             stray_faceless = {k: len(await pipeline.detect_with(detector, im)) for k, im in faceless.items()}
             judged[name] = faces, by_set, stray_faceless

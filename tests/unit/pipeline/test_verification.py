@@ -64,4 +64,5 @@ def test_the_cascade_finds_faces_the_threshold_misses_in_dark_bright_and_tilted_
     faces of each set; the default with the cascade 40, 35 and 38, with the same stray boxes."""
     for name, photos in hard_sets.items():
         auto, threshold_only = judged(runner, photos, "auto"), judged(runner, photos, "faceboxes")
-        assert auto.found >= threshold_only.found + 3 and auto.stray <= threshold_only.stray, (name, auto, threshold_only)
+        assert auto.found >= threshold_only.found + 3 and auto.stray <= threshold_only.stray, (name, auto,
+                                                                                                 threshold_only)
