@@ -64,13 +64,12 @@ COUNTED = {"images/solvay_conference.jpg": 6, "images/emotion_classification.jpg
 def counted_photos(folder: Path = FIXTURES) -> list[LabelledPhoto]:
     """The fixtures' other photos with faces, counted (every enrolment photo holds one face), and the registry
     packages' one-face photos (skimage's astronaut and camera man, matplotlib's Grace Hopper)."""
-    from skimage import data
     counts = dict(COUNTED) | {str(p.relative_to(folder)): 1 for p in sorted((folder / "identity" / "enroll").rglob("*"))
                               if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
     found = [LabelledPhoto(name, photos.load_rgb(folder / name), [], count)
              for name, count in counts.items() if (folder / name).exists()]
     return found + [LabelledPhoto("astronaut", photos.astronaut(), [], 1),
-                    LabelledPhoto("camera", photos._rgb(data.camera()), [], 1),  # side-lit: many detectors miss it
+                    LabelledPhoto("camera", photos.camera(), [], 1),  # many detectors miss it
                     LabelledPhoto("grace_hopper", photos.grace_hopper(), [], 1)]
 
 
