@@ -1,4 +1,5 @@
-"""The benchmark's PNG plots: throughput and p99 against concurrency, and the jobs-contention timeline."""
+"""The benchmark's PNG plots: throughput and p99 against concurrency, the jobs-contention timeline, and each
+detector's recall against its cost."""
 
 from __future__ import annotations
 
@@ -77,3 +78,38 @@ def job_timeline_plot(idle: dict | None, during: dict | None, out: Path) -> Path
     fig.savefig(out / "jobs-contention.png", dpi=110)
     plt.close(fig)
     return out / "jobs-contention.png"
+
+
+def detector_plot(rows: list[dict], out: Path) -> Path | None:
+    """detectors.png: each detector's recall against its ms per photo on every labelled set pooled (left), and its
+    recall on each set (right); hollow markers and dashed lines are the default's variants that are not served."""
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (pooled, each) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [1, 1.3]})
+    sets = list(rows[0]["sets"])
+    for i, r in enumerate(rows):
+        colour = f"C{i % 10}"
+        face = colour if r["served"] else "none"
+        whole = r["all_sets"]
+        pooled.scatter(whole["ms_per_image"], whole["recall"], s=70, marker="o", facecolors=face, edgecolors=colour,
+                       label=f"{r['variant']} ({whole['found']}/{whole['faces']}, {whole['stray']} stray)")
+        each.plot(range(len(sets)), [r["sets"][name]["recall"] for name in sets], marker="o", color=colour,
+                  markerfacecolor=face, linestyle="-" if r["served"] else "--", alpha=0.85, label=r["variant"])
+    pooled.set_xscale("log")
+    pooled.set_xlabel("ms per photo (detection, one photo at a time; least of the repeats)")
+    pooled.set_ylabel("recall (IoU >= 0.4; `counted` photos by count)")
+    pooled.set_title("recall vs cost, every labelled set pooled")
+    pooled.grid(True, which="both", alpha=0.3)
+    pooled.legend(fontsize=7, loc="lower right")
+    each.set_xticks(range(len(sets)), sets, rotation=20, fontsize=8)
+    each.set_ylabel("recall")
+    each.set_title("recall on each labelled set")
+    each.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "detectors.png", dpi=110)
+    plt.close(fig)
+    return out / "detectors.png"

@@ -235,7 +235,7 @@ def runs_in(name: str, cfg: Config) -> int:
     if name == "triton-heads":
         return 2 * len(cfg.heads) * len(cfg.head_concurrencies)
     if name == "detectors":
-        return 4  # auto, faceboxes, blazeface, haar
+        return 8  # auto, faceboxes, blazeface, haar and auto's four unserved variants
     if name == "batch-cost":
         return 1
     if name == "cluster":

@@ -1,6 +1,10 @@
 """Detection accuracy on the labelled set (`../shared/fixtures/detection/`): 9 photos, 43 faces boxed
 by hand (dlib's `examples/faces`), and photos that hold no human face. Used by the `detectors`
 benchmark scenario and by the detection tests, so both judge a detector the same way.
+
+`labelled_sets` adds what else can be judged here: the same photos made hard the way real photos are (dark,
+over-exposed, tilted, blurred, cut by the frame; the hand boxes follow each change), and the fixtures' other photos
+with their faces counted (a set of portraits, small groups and the Solvay crop: judged by count, not by box).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 
 from faceserve.dev import photos
 from faceserve.dev.fixtures import FIXTURES
+from faceserve.models.detectors.base import iou
 
 DETECTION_SET = FIXTURES / "detection"
 LABEL_FILES = ("training.xml", "testing.xml")
@@ -28,6 +33,7 @@ class LabelledPhoto:
     name: str
     image: np.ndarray  # RGB
     faces: list[tuple[float, float, float, float]]
+    count: int | None = None  # faces counted, not boxed (then `faces` is empty)
 
 
 def labelled_photos(folder: Path = DETECTION_SET) -> list[LabelledPhoto]:
@@ -46,20 +52,110 @@ def labelled_photos(folder: Path = DETECTION_SET) -> list[LabelledPhoto]:
     return found
 
 
+# Faces counted by eye on the fixtures' other photos (a face: both eyes, or one eye and the nose, visible).
+COUNTED = {"images/solvay_conference.jpg": 6, "images/emotion_classification.jpg": 4,
+           "detection/Tom_Cruise_avp_2014_4.jpg": 1, "identity/probe/alex_lacamoire1.jpg": 1,
+           "identity/probe/johnsnow_test1.jpg": 1, "identity/probe/kit_with_rose.jpg": 2,
+           "identity/probe/obama1.jpg": 1, "identity/probe/obama3.jpg": 1,
+           "identity/probe/obama_and_biden.jpg": 3,  # the girl at the bottom right edge counts: her eyes and nose show
+           "identity/probe/lin-manuel-miranda.png": 1}
+
+
+def counted_photos(folder: Path = FIXTURES) -> list[LabelledPhoto]:
+    """The fixtures' other photos with faces, counted (every enrolment photo holds one face), and the registry
+    packages' one-face photos (skimage's astronaut and camera man, matplotlib's Grace Hopper)."""
+    counts = dict(COUNTED) | {str(p.relative_to(folder)): 1 for p in sorted((folder / "identity" / "enroll").rglob("*"))
+                              if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+    found = [LabelledPhoto(name, photos.load_rgb(folder / name), [], count)
+             for name, count in counts.items() if (folder / name).exists()]
+    return found + [LabelledPhoto("astronaut", photos.astronaut(), [], 1),
+                    LabelledPhoto("camera", photos.camera(), [], 1),  # many detectors miss it
+                    LabelledPhoto("grace_hopper", photos.grace_hopper(), [], 1)]
+
+
+def darkened(image: np.ndarray) -> np.ndarray:
+    """An under-exposed photo: gamma 2.2, then a third of the light."""
+    return np.clip(255 * (image / 255.0) ** 2.2 * 0.35, 0, 255).astype(np.uint8)
+
+
+def brightened(image: np.ndarray) -> np.ndarray:
+    """An over-exposed, washed-out photo: gamma 0.3."""
+    return np.clip(255 * (image / 255.0) ** 0.3, 0, 255).astype(np.uint8)
+
+
+def blurred(image: np.ndarray) -> np.ndarray:
+    """Out of focus: a Gaussian blur of 1/400 of the long side."""
+    import cv2
+    return cv2.GaussianBlur(image, (0, 0), max(image.shape[:2]) / 400)
+
+
+def tilted(photo: LabelledPhoto, degrees: float) -> LabelledPhoto:
+    """The photo turned in its plane about its centre (the border repeated); each hand box keeps its size and follows
+    its centre (a tilted head's tight box is a little larger: IoU >= 0.4 allows for it)."""
+    import cv2
+    height, width = photo.image.shape[:2]
+    turn = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    image = cv2.warpAffine(photo.image, turn, (width, height), borderMode=cv2.BORDER_REPLICATE)
+    faces = []
+    for x1, y1, x2, y2 in photo.faces:
+        cx, cy = turn @ np.array([(x1 + x2) / 2, (y1 + y2) / 2, 1.0])
+        faces.append((cx - (x2 - x1) / 2, cy - (y2 - y1) / 2, cx + (x2 - x1) / 2, cy + (y2 - y1) / 2))
+    return LabelledPhoto(photo.name, image, faces)
+
+
+# How much of a face the frame cuts off in the `cut` set, across and down: what is left keeps one eye and the nose.
+CUT_ACROSS, CUT_DOWN = 0.4, 0.15
+
+
+def cut(photo: LabelledPhoto, from_start: bool) -> LabelledPhoto:
+    """The photo cropped through its outermost faces: its leftmost face loses CUT_ACROSS of its width and its topmost
+    CUT_DOWN of its height (`from_start`), else the rightmost and the bottom one; hand boxes clipped to the frame."""
+    height, width = photo.image.shape[:2]
+    if from_start:
+        left = max(0, round(min(f[0] + CUT_ACROSS * (f[2] - f[0]) for f in photo.faces)))
+        top = max(0, round(min(f[1] + CUT_DOWN * (f[3] - f[1]) for f in photo.faces)))
+        right, bottom = width, height
+    else:
+        left, top = 0, 0
+        right = min(width, round(max(f[2] - CUT_ACROSS * (f[2] - f[0]) for f in photo.faces)))
+        bottom = min(height, round(max(f[3] - CUT_DOWN * (f[3] - f[1]) for f in photo.faces)))
+    faces = []
+    for x1, y1, x2, y2 in photo.faces:
+        clipped = (max(x1, left) - left, max(y1, top) - top, min(x2, right) - left, min(y2, bottom) - top)
+        # a face the crop leaves less of than the cut itself leaves is no longer a face by the counting rule
+        if (clipped[2] - clipped[0]) >= (1 - CUT_ACROSS) * (x2 - x1) - 1 and \
+                (clipped[3] - clipped[1]) >= (1 - CUT_DOWN) * (y2 - y1) - 1:
+            faces.append(clipped)
+    return LabelledPhoto(photo.name, np.ascontiguousarray(photo.image[top:bottom, left:right]), faces)
+
+
+def labelled_sets() -> dict[str, list[LabelledPhoto]]:
+    """Every labelled set available here, by name; empty when the fixtures are absent."""
+    hand = labelled_photos()
+    if not hand:
+        return {}
+    return {"hand-boxed": hand,
+            "dark": [LabelledPhoto(p.name, darkened(p.image), p.faces) for p in hand],
+            "over-exposed": [LabelledPhoto(p.name, brightened(p.image), p.faces) for p in hand],
+            "tilted 30°": [tilted(p, 30 if i % 2 else -30) for i, p in enumerate(hand)],
+            "blurred": [LabelledPhoto(p.name, blurred(p.image), p.faces) for p in hand],
+            "cut by the frame": [cut(p, i % 2 == 0) for i, p in enumerate(hand)],
+            "counted": counted_photos()}
+
+
+def judge(photo: LabelledPhoto, detected: Sequence[Box]) -> "Matching":
+    """A detector's boxes on one labelled photo: matched to the hand boxes, or held to the count."""
+    if photo.count is None:
+        return match(detected, photo.faces)
+    return Matching(min(len(detected), photo.count), photo.count, max(0, len(detected) - photo.count))
+
+
 def faceless_photos(folder: Path = DETECTION_SET) -> dict[str, np.ndarray]:
     """Photos with no human face: skimage's (always here) and the fixtures' dogs (when present)."""
     found = dict(photos.no_face_photos())
     if (folder / "dogs.jpg").exists():
         found["dogs"] = photos.load_rgb(folder / "dogs.jpg")
     return found
-
-
-def iou(a: Box, b: Box) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclasses.dataclass(frozen=True)

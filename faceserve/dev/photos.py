@@ -17,6 +17,12 @@ def astronaut() -> np.ndarray:
     return data.astronaut()
 
 
+def camera() -> np.ndarray:
+    """skimage's camera man: one face, small and side-lit."""
+    from skimage import data
+    return _rgb(data.camera())
+
+
 def grace_hopper() -> np.ndarray:
     import matplotlib.cbook
     from PIL import Image

@@ -23,7 +23,7 @@ from faceserve.models.repository import Repository, is_head
 from faceserve.models.rollout import Comparison, Trial, candidates, same_input
 from faceserve.models.spec import ModelSpec
 from faceserve.models.versions import model_ref
-from faceserve.pipeline import quality
+from faceserve.pipeline import quality, verification
 from faceserve.pipeline.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label, Pose, Quality
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Pipeline:
                                                 if repository.embedding else None)
         self._detectors = detectors.build(repository.detectors, backend)
         self.default_detector = detectors.default(self._detectors)
+        self.default_detector_reason = detectors.default_reason(self._detectors)
         self._landmarks = LandmarkModel(repository.landmarks) if repository.landmarks else None
         self._classifiers = {name: Classifier(spec, backend) for name, spec in repository.classifiers.items()}
 
@@ -135,7 +136,19 @@ class Pipeline:
         return self._detectors[name]
 
     async def detect(self, image: np.ndarray, detector: str | None = None) -> list[Detection]:
-        return await self.detector(detector).detect(image)
+        return await self.detect_with(self.detector(detector), image)
+
+    async def detect_with(self, chosen: Detector, image: np.ndarray) -> list[Detection]:
+        """The detector's faces, best first: its sure boxes, and those of its unsure ones the face mesh confirms
+        (`verification`; at most `max_faces` of them, the best, are shown to the mesh). Any detector object: the
+        benchmark measures variants that are not served."""
+        found = await chosen.detect(image)
+        unsure = [d for d in found if chosen.unsure(d)][:self.max_faces]
+        if not unsure:
+            return found
+        sure = [d for d in found if not chosen.unsure(d)]
+        kept = verification.confirmed(sure, unsure, await self.place(image, [d.box for d in unsure]))
+        return sorted(sure + kept, key=lambda d: -d.score)
 
     async def analyze(self, image: np.ndarray, detector: str | None = None) -> Analysis:
         return (await self._analyze(image, detector, embed=False))[0]
@@ -149,7 +162,7 @@ class Pipeline:
     async def _analyze(self, image: np.ndarray, detector: str | None, embed: bool) -> tuple[Analysis, np.ndarray | None]:
         chosen = self.detector(detector)
         started = time.perf_counter()
-        detections = await chosen.detect(image)
+        detections = await self.detect_with(chosen, image)
         detected = time.perf_counter()
         faces = await self._placed(image, detections)
         placed = time.perf_counter()
@@ -179,7 +192,7 @@ class Pipeline:
 
     async def locate(self, image: np.ndarray, detector: str | None = None) -> list[FoundFace]:
         """The faces the detector finds and the landmark model confirms, placed."""
-        return await self._placed(image, await self.detector(detector).detect(image))
+        return await self._placed(image, await self.detect(image, detector))
 
     async def at_boxes(self, image: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> list[FoundFace]:
         """Faces at boxes the caller gives, placed; each one's score is the landmark model's presence (1.0

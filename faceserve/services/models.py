@@ -26,6 +26,7 @@ class ModelsInfo(BaseModel):
     missing: list[str] = Field(description="models the manifest declares that are not built")
     detectors: list[str]
     default_detector: str
+    default_detector_reason: str = Field(description="why the default detector is the default, with its measurements")
 
 
 class Swap(BaseModel):
@@ -102,4 +103,5 @@ class ModelService:
             missing=repository.missing,
             detectors=pipeline.detectors,
             default_detector=pipeline.default_detector,
+            default_detector_reason=pipeline.default_detector_reason,
         )

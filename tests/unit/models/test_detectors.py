@@ -49,3 +49,15 @@ def test_blazeface_keypoints_land_inside_their_box():
     assert all(np.allclose(point, (cx - 3, cy - 2)) for point in detection.keypoints)
     x1, y1, x2, y2 = detection.box
     assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in detection.keypoints)
+
+
+def test_the_default_says_why_and_a_fallback_says_what_is_missing():
+    from faceserve.models.detectors import AutoDetector, default_reason
+    auto_spec = ModelSpec(name="faceboxes", task="face_detector", decoder="faceboxes", input_name="input", height=-1,
+                          width=-1, channels=3, output_names=("boxes", "scores"), output_dims=((-1, 4), (-1,)),
+                          colour="rgb", scale=1.0, offset=0.0, score_threshold=0.5, nms_iou=0.3)
+    built = detectors.build([auto_spec], backend=None)
+    assert detectors.default(built) == "auto" and default_reason(built) == AutoDetector.reason
+    assert "face mesh" in AutoDetector.reason
+    fallback = default_reason(detectors.build([blazeface_spec()], backend=None))
+    assert fallback.startswith("auto's model is not in this repository: blazeface is the first detector available")

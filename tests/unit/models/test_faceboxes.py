@@ -67,3 +67,22 @@ def test_auto_looks_closer_where_the_coarse_pass_leaves_room():
 def test_a_photo_no_larger_than_the_coarse_canvas_is_seen_once():
     assert passes(AutoDetector, (200, 300), []) == 1
     assert passes(FaceBoxes, (200, 300), []) == 1
+
+
+def found(detector_class, candidates, image_shape=(480, 640)):
+    return asyncio.run(detector_class(SPEC, Model(candidates)).detect(np.zeros((*image_shape, 3), np.uint8)))
+
+
+def test_auto_answers_boxes_from_the_unsure_floor_and_flags_those_under_the_threshold():
+    sure, unsure, faint = (0.1, 0.1, 0.4, 0.3, 0.9), (0.5, 0.6, 0.9, 0.9, 0.3), (0.5, 0.1, 0.9, 0.4, 0.2)
+    auto = AutoDetector(SPEC, Model([sure, unsure, faint]))
+    boxes = asyncio.run(auto.detect(np.zeros((480, 640, 3), np.uint8)))
+    assert [round(d.score, 2) for d in boxes] == [0.9, 0.3]  # 0.2 is under the floor
+    assert [auto.unsure(d) for d in boxes] == [False, True]
+    assert faceboxes.UNSURE_FLOOR == 0.25 < SPEC.score_threshold
+
+
+def test_faceboxes_answers_sure_boxes_only():
+    boxes = found(FaceBoxes, [(0.1, 0.1, 0.4, 0.3, 0.9), (0.5, 0.6, 0.9, 0.9, 0.3)])
+    assert [round(d.score, 2) for d in boxes] == [0.9]
+    assert FaceBoxes.unsure_floor is None and not FaceBoxes(SPEC, None).unsure(boxes[0])
