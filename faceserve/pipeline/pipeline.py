@@ -23,6 +23,7 @@ from faceserve.models.repository import Repository, is_head
 from faceserve.models.spec import ModelSpec
 from faceserve.models.versions import model_ref
 from faceserve.pipeline import quality
+from faceserve.pipeline.embedding_cache import EmbeddingCache
 from faceserve.pipeline.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label, Pose, Quality
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,13 @@ class FoundFace:
 
 
 class Pipeline:
-    def __init__(self, repository: Repository, backend: Backend, max_faces: int = 100):
+    def __init__(self, repository: Repository, backend: Backend, max_faces: int = 100,
+                 embedding_cache: EmbeddingCache | None = None):
+        """`embedding_cache` None: every face is embedded by the model."""
         self.repository = repository
         self.backend = backend
         self.max_faces = max_faces
+        self.embedding_cache = embedding_cache
         self._head_set = HeadSet(_ordered_heads(repository))
         # the identity stage's: its vectors are consumed there, never answered as a field
         self.embedding: EmbeddingHead | None = (heads.head_for(repository.embedding)
@@ -201,14 +205,27 @@ class Pipeline:
 
     async def _heads(self, image: np.ndarray, faces: list[FoundFace], run: list[Head]) -> dict:
         """Each head's answers per face, keyed by its field (the embedding head's: `EMBEDDING_ANSWER`); every
-        crop is cut in one worker-thread hop, then the heads run at once."""
+        crop is cut in one worker-thread hop, then the heads run at once (the embedding head on the faces its
+        cache does not hold)."""
         keys = [EMBEDDING_ANSWER if isinstance(head, EmbeddingHead) else head.field for head in run]
         if not faces:
             return {key: [] for key in keys}
         boxes, landmarks = [f.box for f in faces], [f.placement and f.placement.landmarks for f in faces]
-        batches = await asyncio.to_thread(lambda: [head.batch(image, boxes, landmarks) for head in run])
-        outputs = await asyncio.gather(*(self.backend.infer(head.spec, batch) for head, batch in zip(run, batches)))
-        return {key: head.decode(out) for key, head, out in zip(keys, run, outputs)}
+        cache = self.embedding_cache
+
+        def cut(head: Head) -> tuple[np.ndarray, list[bytes] | None]:
+            """The head's crops, and for the embedding head their digests (the cache's keys)."""
+            batch = head.batch(image, boxes, landmarks)
+            return batch, cache.keys(head, batch) if cache is not None and isinstance(head, EmbeddingHead) else None
+
+        async def answers(head: Head, batch: np.ndarray, digests: list[bytes] | None):
+            if digests is not None:
+                return await cache.embed(head, batch, digests, lambda rows: self.backend.infer(head.spec, rows))
+            return head.decode(await self.backend.infer(head.spec, batch))
+
+        batches = await asyncio.to_thread(lambda: [cut(head) for head in run])
+        decoded = await asyncio.gather(*(answers(head, *cut_batch) for head, cut_batch in zip(run, batches)))
+        return dict(zip(keys, decoded))
 
     @staticmethod
     def check_top_k(top_k: int, limit: int) -> None:

@@ -55,13 +55,16 @@ class AnalysisService:
         return await self._remember(owner, analysis, digest(data), identify, data if keep_image else None, written)
 
     async def analyze_batch(self, caller: Caller, uploads: list[Path] | None, b64s: list[str] | None,
-                            detector: str | None = None) -> BatchAnalysis:
-        """`analyze` for several images; every image is checked before any is decoded, all their faces
-        share model calls."""
-        images = await self.images.images_with_digests(self.images.batch_items(uploads, b64s))
+                            detector: str | None = None, identify: bool = False) -> BatchAnalysis:
+        """`analyze` for several images (with `identify`, each face's best match as `analyze` answers it); every
+        image is checked before any is decoded, all their faces share model calls."""
+        items = self.images.batch_items(uploads, b64s)
+        if identify:
+            await self.resources.identity()  # no embedding model, or no store: refused before any image is decoded
+        images = await self.images.images_with_digests(items)
         with self.pipeline.one_version():
-            analyses = await asyncio.gather(*(self.pipeline.analyze(pixels, detector) for pixels, _ in images))
-        return BatchAnalysis(results=[await self._remember(caller.principal, analysis, image_digest, identified=False)
+            analyses = await asyncio.gather(*(self.analysis(pixels, detector, identify) for pixels, _ in images))
+        return BatchAnalysis(results=[await self._remember(caller.principal, analysis, image_digest, identify)
                                       for analysis, (_, image_digest) in zip(analyses, images)])
 
     async def annotate(self, upload: Path | None = None, b64: str | None = None, url: str | None = None,
