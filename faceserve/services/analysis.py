@@ -39,6 +39,13 @@ class AnalysisService:
             return await self.pipeline.analyze(pixels, detector)
         return await (await self.resources.identity()).analyze(pixels, detector)
 
+    async def embedded_analysis(self, pixels: np.ndarray, detector: str | None = None,
+                                identify: bool = False) -> tuple[Analysis, np.ndarray]:
+        """`analysis`, and each face's unit embedding (one row per face, the answer's order). Remembers nothing."""
+        if not identify:
+            return await self.pipeline.analyze_and_embed(pixels, detector)
+        return await (await self.resources.identity()).analyze_and_embed(pixels, detector)
+
     async def analyze(self, caller: Caller, upload: Path | None = None, b64: str | None = None,
                       url: str | None = None, detector: str | None = None, identify: bool = False,
                       keep_image: bool = False) -> Analysis:
