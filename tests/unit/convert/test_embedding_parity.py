@@ -57,3 +57,36 @@ def test_a_small_move_of_every_vector_keeps_every_decision_and_passes():
     moved = unit(vectors) + 0.003 * rng.standard_normal(vectors.shape).astype(np.float32) / 8
     figures, problems = embedding_verdict(vectors, moved, people, THRESHOLD, Budget())
     assert problems == [] and figures["decisions_changed"] == 0 and 0.99 < figures["cosine_min"] < 1.0
+
+
+def relu6_graph() -> bytes:
+    """x -> Relu -> Min(6) -> Max(0) -> Mul(2) -> y (TensorFlow's ReLU6), beside a Min(1) that no Max follows
+    and whose output is the graph's second output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = [numpy_helper.from_array(np.array(value, np.float32).reshape(shape), name) for name, value, shape in
+                 (("six", 6.0, (1, 1)), ("zero", 0.0, (1, 1)), ("two", 2.0, ()), ("one", 1.0, ()))]
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Min", ["r", "six"], ["low"]),
+             helper.make_node("Max", ["low", "zero"], ["clipped"]), helper.make_node("Mul", ["clipped", "two"], ["y"]),
+             helper.make_node("Min", ["x", "one"], ["z"])]
+    graph = helper.make_graph(nodes, "relu6", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("y", "z")],
+                              constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def test_min_max_pairs_become_one_clip_with_the_same_answers():
+    import onnx
+
+    from convert.quantize import clip_pairs_as_clip, session
+
+    before = relu6_graph()
+    after, rewritten = clip_pairs_as_clip(before)
+    model = onnx.load_from_string(after)
+    onnx.checker.check_model(model)
+    assert rewritten == 1 and [n.op_type for n in model.graph.node] == ["Relu", "Clip", "Mul", "Min"]
+    assert {i.name for i in model.graph.initializer} >= {"two", "one"} and "six" not in {
+        i.name for i in model.graph.initializer}
+    x = np.array([[-3.0, 0.5, 2.0], [5.9, 6.1, 40.0]], np.float32)
+    for got, want in zip(session(after).run(None, {"x": x}), session(before).run(None, {"x": x})):
+        np.testing.assert_array_equal(got, want)
