@@ -106,9 +106,12 @@ class FaceAnalysis:
     @bentoml.api
     @json_errors
     async def analyze_batch(self, ctx: bentoml.Context, images: list[ImageFile] = None,
-                            images_base64: list[str] | None = None, detector: DetectorName | None = None) -> BatchAnalysis:
-        """`analyze` for several images in one request (all their faces share model calls)."""
-        return await self.services.analysis.analyze_batch(caller_of(ctx.request.scope), images, images_base64, detector)
+                            images_base64: list[str] | None = None, detector: DetectorName | None = None,
+                            identify: bool = False) -> BatchAnalysis:
+        """`analyze` for several images in one request (all their faces share model calls); with `identify`, each
+        face's best match in the gallery (`identity`, null for nobody known), as `/analyze` answers it."""
+        return await self.services.analysis.analyze_batch(caller_of(ctx.request.scope), images, images_base64,
+                                                          detector, identify)
 
     @bentoml.api
     @json_errors

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from faceserve.http.keys import ApiKey, key_ring, legacy_key, read_key_file
 from faceserve.jobs.queue import JobLimits
+from faceserve.pipeline.embedding_cache import DEFAULT_ENTRIES as EMBEDDING_CACHE_ENTRIES
 from faceserve.pipeline.imaging import DecodeLimits
 from faceserve.pipeline.quality import EnrolmentBars
 
@@ -68,6 +69,9 @@ class Settings:
     # FACESERVE_IDENTITY_THRESHOLD: the same person at or above this cosine similarity; None: the embedding
     # model's own (its measured `score_threshold`, docs/identity.md)
     identity_threshold: float | None = None
+    # FACESERVE_EMBEDDING_CACHE: faces whose embedding each worker keeps by its aligned crop's hash, so that the same
+    # photo identified again skips the embedding model (faceserve/pipeline/embedding_cache.py); 0: no cache
+    embedding_cache: int = EMBEDDING_CACHE_ENTRIES
     # FACESERVE_ENROL_MIN_FACE_PX, _MIN_SHARPNESS, _MAX_TURN_DEGREES: enrolment refuses a face under these bars
     # (faceserve/pipeline/quality.py; their measured basis in docs/identity.md)
     enrolment_bars: EnrolmentBars = EnrolmentBars()
@@ -123,6 +127,7 @@ class Settings:
             data_dir=data_dir,
             store=_store_url(data_dir),
             identity_threshold=float(_env("IDENTITY_THRESHOLD", "")) if _env("IDENTITY_THRESHOLD", "") else None,
+            embedding_cache=int(_env("EMBEDDING_CACHE", str(EMBEDDING_CACHE_ENTRIES))),
             enrolment_bars=EnrolmentBars(
                 min_face_px=float(_env("ENROL_MIN_FACE_PX", str(EnrolmentBars.min_face_px))),
                 min_sharpness=float(_env("ENROL_MIN_SHARPNESS", str(EnrolmentBars.min_sharpness))),

@@ -77,10 +77,14 @@ class IdentityStage:
 
     async def analyze(self, image: np.ndarray, detector: str | None = None) -> Analysis:
         """`Pipeline.analyze` with each face's best match in the gallery (`identity`, None for nobody known)."""
+        return (await self.analyze_and_embed(image, detector))[0]
+
+    async def analyze_and_embed(self, image: np.ndarray, detector: str | None = None) -> tuple[Analysis, np.ndarray]:
+        """`analyze`, and the unit embedding each face was searched with (one row per face, the answer's order)."""
         analysis, vectors = await self.pipeline.analyze_and_embed(image, detector)
         for face, matches in zip(analysis.faces, await self.matches(vectors)):
             face.identity = matches[0] if matches else None
-        return analysis
+        return analysis, vectors
 
     async def enrolment(self, image: np.ndarray, image_sha256: str, box: Sequence[float] | None, label: str,
                         thumbnail: bool = False) -> NewFace:

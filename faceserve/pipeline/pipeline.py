@@ -24,6 +24,7 @@ from faceserve.models.rollout import Comparison, Trial, candidates, same_input
 from faceserve.models.spec import ModelSpec
 from faceserve.models.versions import model_ref
 from faceserve.pipeline import quality, verification
+from faceserve.pipeline.embedding_cache import EmbeddingCache
 from faceserve.pipeline.schemas import HEAD_FIELDS, Analysis, Box, Classification, Face, Label, Pose, Quality
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,13 @@ class FoundFace:
 
 
 class Pipeline:
-    def __init__(self, repository: Repository, backend: Backend, max_faces: int = 100):
+    def __init__(self, repository: Repository, backend: Backend, max_faces: int = 100,
+                 embedding_cache: EmbeddingCache | None = None):
+        """`embedding_cache` None: every face is embedded by the model."""
         self.repository = repository
         self.backend = backend
         self.max_faces = max_faces
+        self.embedding_cache = embedding_cache
         try:
             trials = _trials(repository)
         except RepositoryInvalid as exc:  # a trial is an experiment: the serving versions serve without it
@@ -245,7 +249,8 @@ class Pipeline:
         """Each head's answers per face, keyed by its field (the embedding head's: `EMBEDDING_ANSWER`), what each
         trial compared, and the specs that answered. A field on trial runs its candidate beside the serving
         version (on the same batch where their recipes agree), in the same round; a canary's candidate answers
-        where `request_key` draws it. Every crop is cut in one worker-thread hop, then all models run at once."""
+        where `request_key` draws it. Every crop is cut in one worker-thread hop, then all models run at once
+        (the embedding head on the faces its cache does not hold)."""
         keys = [EMBEDDING_ANSWER if isinstance(head, EmbeddingHead) else head.field for head in run]
         trials = {key: trials[key] for key in keys if trials and key in trials}
         answering, beside = list(run), []  # beside: (index in run, the other version of that field)
@@ -260,15 +265,28 @@ class Pipeline:
         if not faces:  # nothing to compare; the answer still names the version its draw chose
             return {key: [] for key in keys}, [], [head.spec for head in answering]
         boxes, landmarks = [f.box for f in faces], [f.placement and f.placement.landmarks for f in faces]
-
-        def cut() -> list[np.ndarray]:
-            batches = [head.batch(image, boxes, landmarks) for head in answering]
-            return batches + [batches[i] if same_input(other.spec, answering[i].spec)
-                              else other.batch(image, boxes, landmarks) for i, other in beside]
         everyone = answering + [other for _, other in beside]
+        cache = self.embedding_cache
+
+        def cut() -> list[tuple[np.ndarray, list[bytes] | None]]:
+            """Each head's crops, and for the embedding head their digests (the cache's keys)."""
+            batches = [head.batch(image, boxes, landmarks) for head in answering]
+            batches += [batches[i] if same_input(other.spec, answering[i].spec)
+                        else other.batch(image, boxes, landmarks) for i, other in beside]
+            return [(batch, cache.keys(head, batch) if cache is not None and isinstance(head, EmbeddingHead)
+                     else None) for head, batch in zip(everyone, batches)]
+
+        async def answers(head: Head, batch: np.ndarray, digests: list[bytes] | None) -> tuple[object, float]:
+            started = time.perf_counter()
+            if digests is not None:
+                values = await cache.embed(head, batch, digests, lambda rows: self.backend.infer(head.spec, rows))
+            else:
+                values = head.decode(await self.backend.infer(head.spec, batch))
+            return values, (time.perf_counter() - started) * 1e3  # its batcher's wait included
+
         batches = await asyncio.to_thread(cut)
-        timed = await asyncio.gather(*(self._timed(head.spec, batch) for head, batch in zip(everyone, batches)))
-        decoded = [head.decode(out) for head, (out, _) in zip(everyone, timed)]
+        timed = await asyncio.gather(*(answers(head, *batch) for head, batch in zip(everyone, batches)))
+        decoded = [values for values, _ in timed]
         comparisons = []
         for j, (i, other) in enumerate(beside):
             by_candidate = other is run[i]
@@ -279,12 +297,6 @@ class Pipeline:
                 serving_values=decoded[serving], candidate_values=decoded[candidate],
                 serving_ms=timed[serving][1], candidate_ms=timed[candidate][1]))
         return dict(zip(keys, decoded)), comparisons, [head.spec for head in answering]
-
-    async def _timed(self, spec: ModelSpec, batch: np.ndarray) -> tuple[dict, float]:
-        """The model's outputs, and the milliseconds its call took (its batcher's wait included)."""
-        started = time.perf_counter()
-        outputs = await self.backend.infer(spec, batch)
-        return outputs, (time.perf_counter() - started) * 1e3
 
     @staticmethod
     def check_top_k(top_k: int, limit: int) -> None:

@@ -40,6 +40,13 @@ class AnalysisService:
             return await self.pipeline.analyze(pixels, detector)
         return await (await self.resources.identity()).analyze(pixels, detector)
 
+    async def embedded_analysis(self, pixels: np.ndarray, detector: str | None = None,
+                                identify: bool = False) -> tuple[Analysis, np.ndarray]:
+        """`analysis`, and each face's unit embedding (one row per face, the answer's order). Remembers nothing."""
+        if not identify:
+            return await self.pipeline.analyze_and_embed(pixels, detector)
+        return await (await self.resources.identity()).analyze_and_embed(pixels, detector)
+
     async def analyze(self, caller: Caller, upload: Path | None = None, b64: str | None = None,
                       url: str | None = None, detector: str | None = None, identify: bool = False,
                       keep_image: bool = False) -> Analysis:
@@ -59,14 +66,17 @@ class AnalysisService:
                                     request_id)
 
     async def analyze_batch(self, caller: Caller, uploads: list[Path] | None, b64s: list[str] | None,
-                            detector: str | None = None) -> BatchAnalysis:
-        """`analyze` for several images; every image is checked before any is decoded, all their faces
-        share model calls."""
-        images = await self.images.images_with_digests(self.images.batch_items(uploads, b64s))
+                            detector: str | None = None, identify: bool = False) -> BatchAnalysis:
+        """`analyze` for several images (with `identify`, each face's best match as `analyze` answers it); every
+        image is checked before any is decoded, all their faces share model calls."""
+        items = self.images.batch_items(uploads, b64s)
+        if identify:
+            await self.resources.identity()  # no embedding model, or no store: refused before any image is decoded
+        images = await self.images.images_with_digests(items)
         request_ids = [new_id() for _ in images]
         with self.pipeline.one_version(request_ids[0] if request_ids else None):  # one draw for the whole request
-            analyses = await asyncio.gather(*(self.pipeline.analyze(pixels, detector) for pixels, _ in images))
-        return BatchAnalysis(results=[await self._remember(caller.principal, analysis, image_digest, identified=False,
+            analyses = await asyncio.gather(*(self.analysis(pixels, detector, identify) for pixels, _ in images))
+        return BatchAnalysis(results=[await self._remember(caller.principal, analysis, image_digest, identify,
                                                            request_id=request_id)
                                       for analysis, (_, image_digest), request_id in zip(analyses, images,
                                                                                          request_ids)])

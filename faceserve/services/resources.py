@@ -16,6 +16,7 @@ from faceserve.jobs import JobQueue
 from faceserve.errors import FaceserveError, RepositoryInvalid
 from faceserve.models.repository import CONFIG_FILE, Repository
 from faceserve.models.spec import ModelSpec
+from faceserve.pipeline.embedding_cache import EmbeddingCache
 from faceserve.pipeline.identity import IdentityStage
 from faceserve.pipeline.pipeline import Pipeline
 from faceserve.settings import Settings
@@ -61,7 +62,9 @@ class Resources:
         loaded = Repository.load(path)
         backend = backend or create(settings.backend, loaded.path, threads=settings.ort_threads,
                                     timeout_s=settings.backend_timeout_s, batch_delay_us=settings.batch_delay_us)
-        self.pipeline = Pipeline(loaded, backend, max_faces=settings.limits.max_faces)
+        self.pipeline = Pipeline(loaded, backend, max_faces=settings.limits.max_faces,
+                                 embedding_cache=EmbeddingCache(settings.embedding_cache)
+                                 if settings.embedding_cache > 0 else None)
         self._reload_lock = asyncio.Lock()
         self._started = False
         self._start_lock = asyncio.Lock()

@@ -46,14 +46,17 @@ class PipelineClient:
         timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         return self.client.infer(model, inputs, **timeout)
 
-    def analyze(self, photo: bytes, detector: str | None = None, identify: bool = False) -> PipelineAnswer:
+    def analyze(self, photo: bytes, detector: str | None = None, identify: bool = False,
+                embed: bool = False) -> PipelineAnswer:
+        """With `embed` (or `identify`), `tensors["embedding"]` holds each face's unit embedding, one row per face."""
         inputs = [bytes_input(self.module, configs.IMAGE.name, photo)]
         if detector:
             inputs.append(bytes_input(self.module, "detector", detector.encode()))
-        if identify:
-            flag = self.module.InferInput("identify", [1, 1], "BOOL")
-            flag.set_data_from_numpy(np.array([[True]]))
-            inputs.append(flag)
+        for name, asked in ((configs.IDENTIFY.name, identify), (configs.EMBED.name, embed)):
+            if asked:
+                flag = self.module.InferInput(name, [1, 1], "BOOL")
+                flag.set_data_from_numpy(np.array([[True]]))
+                inputs.append(flag)
         result = self._infer(configs.PIPELINE, inputs)
         outputs = [o["name"] for o in (result.get_response(as_json=True) if self.protocol == "grpc"
                                        else result.get_response())["outputs"]]

@@ -1,7 +1,11 @@
 """The `config.pbtxt` of faceserve's Python-backend models, generated from the model repository.
 
 The pipeline model's plain outputs follow from the heads present (lesson 13): a head with labels
-answers `<task>_label` (BYTES) and `<task>_score` (FP32) per face, a head without a number `<task>`.
+answers `<task>_label` (BYTES) and `<task>_score` (FP32) per face, a head without a number `<task>`. With an
+embedding model, `embedding` (FP32, one unit vector per face: a row per face when `embed` or `identify` is
+asked, else none) and, with `identify`, `identity_id`, `identity_name` (BYTES, empty for nobody known) and
+`identity_similarity` (FP32, NaN for nobody known), so that a client can search its own gallery or read ours
+without parsing the JSON answer.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Callable
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from faceserve.models.heads import EmbeddingHead
 from faceserve.models.repository import Repository, write_python_model_folder
 from faceserve.models.spec import ModelSpec
 
@@ -35,14 +40,23 @@ class Tensor:
 
 
 IMAGE = Tensor("image", mc.TYPE_STRING, (1,))
-# `identify`: each face's best match in the gallery of FACESERVE_STORE, as the service's `analyze` answers it
-PIPELINE_INPUTS = (IMAGE, Tensor("detector", mc.TYPE_STRING, (1,), optional=True),
-                   Tensor("identify", mc.TYPE_BOOL, (1,), optional=True))
+# `identify`: each face's best match in the gallery of FACESERVE_STORE, as the service's `analyze` answers it;
+# `embed`: each face's embedding, without a gallery
+IDENTIFY = Tensor("identify", mc.TYPE_BOOL, (1,), optional=True)
+EMBED = Tensor("embed", mc.TYPE_BOOL, (1,), optional=True)
+PIPELINE_INPUTS = (IMAGE, Tensor("detector", mc.TYPE_STRING, (1,), optional=True), IDENTIFY)
 ROTATE_INPUTS = (IMAGE, Tensor("degrees", mc.TYPE_INT32, (1,)), Tensor("format", mc.TYPE_STRING, (1,), optional=True))
 ROTATE_OUTPUTS = (Tensor("image", mc.TYPE_STRING, (1,)),)
 ANALYSIS = Tensor("analysis", mc.TYPE_STRING, (1,))
 BOXES = Tensor("boxes", mc.TYPE_FP32, (-1, 4))
 SCORES = Tensor("scores", mc.TYPE_FP32, (-1,))
+IDENTITY_ID = Tensor("identity_id", mc.TYPE_STRING, (-1,))
+IDENTITY_NAME = Tensor("identity_name", mc.TYPE_STRING, (-1,))
+IDENTITY_SIMILARITY = Tensor("identity_similarity", mc.TYPE_FP32, (-1,))
+
+
+def embedding_output(dimension: int) -> Tensor:
+    return Tensor("embedding", mc.TYPE_FP32, (-1, dimension))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +76,14 @@ def face_outputs(spec: ModelSpec) -> tuple[FaceOutput, ...]:
     return (FaceOutput(Tensor(task, mc.TYPE_FP32, (-1,)), lambda face: face[task]),)
 
 
-def pipeline_outputs(heads: list[ModelSpec]) -> tuple[Tensor, ...]:
-    return (ANALYSIS, BOXES, SCORES, *(output.tensor for spec in heads for output in face_outputs(spec)))
+def pipeline_inputs(embedding: ModelSpec | None) -> tuple[Tensor, ...]:
+    return PIPELINE_INPUTS + ((EMBED,) if embedding is not None else ())
+
+
+def pipeline_outputs(heads: list[ModelSpec], embedding: ModelSpec | None = None) -> tuple[Tensor, ...]:
+    identity = () if embedding is None else (
+        embedding_output(EmbeddingHead(embedding).dimension), IDENTITY_ID, IDENTITY_NAME, IDENTITY_SIMILARITY)
+    return (ANALYSIS, BOXES, SCORES, *(output.tensor for spec in heads for output in face_outputs(spec)), *identity)
 
 
 def python_model_config(name: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...], *,
@@ -85,7 +105,9 @@ def python_model_config(name: str, inputs: tuple[Tensor, ...], outputs: tuple[Te
 def configs(repository: Repository, *, gpu: bool = False) -> dict[str, mc.ModelConfig]:
     """Both models' configs for this repository's heads."""
     heads = [spec for _, spec in sorted(repository.heads.items())]
-    return {PIPELINE: python_model_config(PIPELINE, PIPELINE_INPUTS, pipeline_outputs(heads), gpu=gpu),
+    embedding = repository.embedding
+    return {PIPELINE: python_model_config(PIPELINE, pipeline_inputs(embedding), pipeline_outputs(heads, embedding),
+                                          gpu=gpu),
             ROTATE: python_model_config(ROTATE, ROTATE_INPUTS, ROTATE_OUTPUTS, gpu=gpu)}
 
 

@@ -118,17 +118,23 @@ class PipelineModel(Model):
 
     async def answer(self, request) -> dict[str, np.ndarray]:
         detector = self.pipeline.detector(self.text(request, "detector")).name  # an unknown one before decoding
-        identify = bool(self._scalar(request, "identify"))
-        if identify:
+        identify = bool(self._scalar(request, configs.IDENTIFY.name))
+        embed = identify or bool(self._scalar(request, configs.EMBED.name))
+        if embed:
             self.pipeline.require_embedding()  # no embedding model: the service's words, before decoding
         pixels = await self.services.images.decode(self.image_bytes(request))
-        return self.tensors(await self.services.analysis.analysis(pixels, detector, identify))
+        if not embed:
+            return self.tensors(await self.services.analysis.analysis(pixels, detector))
+        return self.tensors(*await self.services.analysis.embedded_analysis(pixels, detector, identify), identify)
 
     def close(self) -> None:
         self.loop.run_until_complete(self.services.close())
         super().close()
 
-    def tensors(self, analysis: Analysis) -> dict[str, np.ndarray]:
+    def tensors(self, analysis: Analysis, vectors: np.ndarray | None = None,
+                identified: bool = False) -> dict[str, np.ndarray]:
+        """The answer's tensors; `vectors`: the faces' embeddings (else the `embedding` output has no rows),
+        `identified`: the identity outputs have a row per face (else none)."""
         faces = analysis.model_dump(mode="json")["faces"]
         boxes = [[face["box"][corner] for corner in ("x1", "y1", "x2", "y2")] for face in faces]
         outputs = {configs.ANALYSIS.name: np.array([[analysis.model_dump_json().encode()]], dtype=np.object_),
@@ -141,7 +147,21 @@ class PipelineModel(Model):
                                                        dtype=np.object_).reshape(1, -1)
             else:
                 outputs[output.tensor.name] = np.array([values], np.float32).reshape(1, -1)
+        if self.pipeline.embedding is not None:
+            outputs.update(self._identity_tensors(faces, vectors, identified))
         return outputs
+
+    def _identity_tensors(self, faces: list[dict], vectors: np.ndarray | None, identified: bool) -> dict:
+        dimension = self.pipeline.embedding.dimension
+        rows = np.zeros((0, dimension), np.float32) if vectors is None else np.asarray(vectors, np.float32)
+        matches = [face["identity"] or {} for face in faces] if identified else []
+        return {configs.embedding_output(dimension).name: rows.reshape(1, -1, dimension),
+                configs.IDENTITY_ID.name: np.array([[m.get("id", "").encode() for m in matches]],
+                                                   dtype=np.object_).reshape(1, -1),
+                configs.IDENTITY_NAME.name: np.array([[m.get("name", "").encode() for m in matches]],
+                                                     dtype=np.object_).reshape(1, -1),
+                configs.IDENTITY_SIMILARITY.name: np.array([[m.get("similarity", np.nan) for m in matches]],
+                                                           np.float32).reshape(1, -1)}
 
 
 class RotateModel(Model):

@@ -180,6 +180,16 @@ def test_enrolled_people_are_identified_in_the_probe_photos(client):
     assert all(face["emotion"] and face["age"] for face in analysis["faces"])
     assert "embedding" in analysis["models"]
 
+    # analyze_batch's identify flag: every probe in one request, each face's best match as /identify's
+    batch = post(client, "/analyze_batch", data={"identify": "true"},
+                 files=[upload(IDENTITY / "probe" / probe, "images") for probe in PROBES])
+    assert len(batch["results"]) == len(PROBES)
+    for (probe, expected), answer in zip(PROBES.items(), batch["results"]):
+        named, others = named_left_to_right(answer["faces"], len(expected))
+        assert (named, others) == (expected, [None] * len(others)), probe
+        assert [face["identity"] for face in answer["faces"]] == [
+            face["identity"] for face in identify(client, IDENTITY / "probe" / probe)["faces"]], probe
+
 
 def exported_rows(client: httpx.Client) -> list[bytes]:
     """Every identity and face of the gallery's export, without its header (which says when it was made)."""

@@ -7,6 +7,7 @@ the module.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
@@ -20,10 +21,12 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from faceserve.backends import create
 from faceserve.dev import photos
 from faceserve.dev.triton_local import LocalTriton
 from faceserve.models.repository import Repository, read_config
 from faceserve.pipeline import imaging
+from faceserve.pipeline.pipeline import Pipeline
 from faceserve.triton_models import configs
 from faceserve.triton_models.client import PipelineClient
 from tests import hostile_corpus
@@ -121,7 +124,11 @@ def test_server_serves_the_python_models(triton):
     assert index["pipeline"] == index["rotate"] == "READY"
     outputs = {o["name"]: o["datatype"] for o in client.get_model_metadata("pipeline")["outputs"]}
     assert outputs == {"analysis": "BYTES", "boxes": "FP32", "scores": "FP32", "emotion_label": "BYTES",
-                       "emotion_score": "FP32", "gender_label": "BYTES", "gender_score": "FP32", "age": "FP32"}
+                       "emotion_score": "FP32", "gender_label": "BYTES", "gender_score": "FP32", "age": "FP32",
+                       "embedding": "FP32", "identity_id": "BYTES", "identity_name": "BYTES",
+                       "identity_similarity": "FP32"}
+    shapes = {o["name"]: o["shape"] for o in client.get_model_metadata("pipeline")["outputs"]}
+    assert shapes["embedding"] == [-1, -1, 1024] and shapes["identity_name"] == [-1, -1]
 
 
 # ---- the pipeline model answers as the service does ---------------------------------------------
@@ -154,9 +161,56 @@ def test_plain_tensors_agree_with_the_json(clients, protocol):
 
 
 def test_pipeline_without_faces_has_empty_tensors(clients):
-    answer = clients["grpc"].analyze(jpeg(photos.no_face_photos()["coffee"]))
+    answer = clients["grpc"].analyze(jpeg(photos.no_face_photos()["coffee"]), embed=True)
     assert answer.analysis["faces"] == []
     assert answer.tensors["boxes"].shape == (0, 4) and answer.tensors["emotion_label"].shape == (0,)
+    assert answer.tensors["embedding"].shape == (0, 1024) and answer.tensors["identity_name"].shape == (0,)
+
+
+# The embedding tensor against the embedded backend's: the same ONNX model on the same crops, in another process
+# and another onnxruntime (Triton's own build, its own batching): its float sums may be ordered differently.
+EMBEDDING_ABS = 1e-4  # per component of a unit vector of 1024 (components around 0.03)
+EMBEDDING_COSINE = 0.99999
+
+
+@pytest.fixture(scope="module")
+def embedded_pipeline(repository):
+    """The in-process pipeline on the embedded backend (onnxruntime), with no embedding cache."""
+    loop = asyncio.new_event_loop()
+    built = Repository.load(repository)
+    pipeline = Pipeline(built, create("onnxruntime", built.path))
+    loop.run_until_complete(pipeline.start())
+    yield lambda image: loop.run_until_complete(pipeline.analyze_and_embed(image))
+    loop.run_until_complete(pipeline.backend.close())
+    loop.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_embedding_tensor_is_the_embedded_backends(clients, embedded_pipeline, protocol):
+    """With `embed`, a unit vector per face (a client can search its own gallery with it): the embedded
+    backend's vector for the same face of the same photo, within EMBEDDING_ABS per component; its rows are in
+    the faces' order, and without `embed` there are none."""
+    probes = FIXTURES / "identity" / "probe"
+    if not probes.is_dir():
+        pytest.skip(f"{probes} is absent")
+    measured = []
+    for name, faces in (("kit_with_rose.jpg", 2), ("obama1.jpg", 1), ("lin-manuel-miranda.png", 1)):
+        data = (probes / name).read_bytes()
+        answer = clients[protocol].analyze(data, embed=True)
+        analysis, want = embedded_pipeline(imaging.decode(data))
+        got = answer.tensors["embedding"]
+        assert got.dtype == np.float32 and got.shape == (faces, 1024) == want.shape, name
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(got, want, atol=EMBEDDING_ABS, err_msg=name)
+        assert (got * want).sum(axis=1).min() >= EMBEDDING_COSINE, name
+        measured.append((float(np.abs(got - want).max()), float((got * want).sum(axis=1).min())))
+        np.testing.assert_allclose(answer.tensors["boxes"], [[f.box.x1, f.box.y1, f.box.x2, f.box.y2]
+                                                             for f in analysis.faces], atol=PIXELS)
+        assert answer.tensors["identity_name"].shape == (0,)  # `embed` searches nothing
+    print(f"{protocol}: embedding vs the embedded backend's, largest |difference| "
+          f"{max(d for d, _ in measured):.2e}, least cosine {min(c for _, c in measured):.7f}")
+    plain = clients[protocol].analyze((probes / "obama1.jpg").read_bytes())
+    assert plain.tensors["embedding"].shape == (0, 1024) and len(plain.analysis["faces"]) == 1
 
 
 def test_detector_input_picks_the_detector(clients):
@@ -176,8 +230,21 @@ def test_identify_finds_whom_the_service_enrolled(clients, service):
     want = service_post(service, "analyze", data, identify="true").json()
     assert want["faces"][0]["identity"]["name"] == "Eileen Collins"
     for protocol in PROTOCOLS:
-        assert_same(clients[protocol].analyze(data, identify=True).analysis, want, protocol)
+        answer = clients[protocol].analyze(data, identify=True)
+        assert_same(answer.analysis, want, protocol)
+        # the same match as plain tensors, beside the vector it was searched with
+        match = want["faces"][0]["identity"]
+        assert [v.decode() for v in answer.tensors["identity_name"]] == ["Eileen Collins"]
+        assert [v.decode() for v in answer.tensors["identity_id"]] == [match["id"]]
+        assert answer.tensors["identity_similarity"] == pytest.approx([match["similarity"]], abs=1e-6)
+        assert answer.tensors["embedding"].shape == (1, 1024)
     assert clients["grpc"].analyze(data).analysis["faces"][0]["identity"] is None  # only when asked
+    # nobody known: an empty id and name, a NaN similarity
+    unknown = clients["grpc"].analyze(jpeg(photos.grace_hopper()), identify=True)
+    assert [face["identity"] for face in unknown.analysis["faces"]] == [None]
+    assert [v.decode() for v in unknown.tensors["identity_name"]] == [""] == [
+        v.decode() for v in unknown.tensors["identity_id"]]
+    assert np.isnan(unknown.tensors["identity_similarity"]).all()
 
 
 def test_concurrent_pipeline_requests_share_head_batches(triton, clients):

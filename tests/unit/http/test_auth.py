@@ -92,6 +92,13 @@ def test_route_by_route_a_key_without_the_scope_is_403_and_one_with_it_passes(pa
     assert status == 200 and caller == Caller(address="127.0.0.1", key_id="boss", scopes=frozenset(SCOPES))
 
 
+def test_every_route_with_an_identify_flag_needs_the_scope_identify_needs():
+    """`/analyze`, `/analyze_batch` and a job answer who each face is with `identify`: no narrower than `/identify`."""
+    from faceserve.settings import JOBS_SUBMIT_ROUTE
+
+    assert {ROUTES[path].scope for path in ("/identify", "/analyze", "/analyze_batch", JOBS_SUBMIT_ROUTE)} == {ANALYZE}
+
+
 def test_missing_or_wrong_key_is_401_and_public_paths_need_none():
     status, body, _ = request(keyed(), "/analyze", headers=JSON_BODY)
     assert (status, body["error"]) == (401, "unauthorized") and "API key is required" in body["message"]

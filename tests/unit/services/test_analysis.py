@@ -35,3 +35,33 @@ def test_analyze_remembers_its_answer_for_its_caller(real, run, fixtures):
     assert [face["box"] for face in answered["faces"]] == [face.box.model_dump() for face in analysis.faces]
     assert answered["request_id"] not in (None, analysis.request_id)
     assert run(real.feedback.summary()).total == 1
+
+
+def test_analyze_batch_identifies_each_image_as_identify_does(real, run, fixtures):
+    """`analyze_batch` with `identify`: each face of each image with the best match `/identify` gives it, on the
+    identity set's probes after enrolling its people; the answers remembered with the identity field."""
+    from tests.integration.test_identity_http import IDENTITY, PROBES, enrol_photos, named_left_to_right
+
+    if not (IDENTITY / "enroll").is_dir():
+        pytest.skip(f"{IDENTITY} is absent")
+    for person, photos in enrol_photos().items():
+        identity = run(real.identity.create_identity(ALICE, person))
+        run(real.identity.add_faces(ALICE, identity.id, photos, None))
+    probes = [IDENTITY / "probe" / name for name in PROBES]
+    batch = run(real.analysis.analyze_batch(ALICE, probes, None, identify=True))
+    assert len(batch.results) == len(PROBES)
+    for probe, analysis in zip(probes, batch.results):
+        answer = analysis.model_dump(mode="json")
+        named, others = named_left_to_right(answer["faces"], len(PROBES[probe.name]))
+        assert (named, others) == (PROBES[probe.name], [None] * len(others)), probe.name
+        identified = run(real.identity.identify(upload=probe, top_k=1)).model_dump(mode="json")
+        assert [face["identity"] for face in answer["faces"]] == [face["identity"] for face in identified["faces"]]
+        assert all(face["emotion"] for face in answer["faces"]) and "embedding" in answer["models"]
+    unknown = batch.results[list(PROBES).index("lin-manuel-miranda.png")]
+    assert [face.identity for face in unknown.faces] == [None]
+    # the identity field of a batch's answer is correctable as `analyze`'s is
+    record = run(real.feedback.correct(ALICE, unknown.request_id, 0, "identity", "lin_manuel_miranda"))
+    assert (record.model_said, record.correct, record.model) == ("unknown", "lin_manuel_miranda",
+                                                                 unknown.models["embedding"])
+    plain = run(real.analysis.analyze_batch(ALICE, probes[:2], None))
+    assert [face.identity for result in plain.results for face in result.faces] == [None, None]
