@@ -25,8 +25,8 @@ from benchmarks.scenarios import unusable
 from tests.support import ROOT
 
 SCENARIOS = ["inprocess", "service-embedded", "service-triton-grpc", "service-triton-http", "triton-pipeline-grpc",
-             "triton-pipeline-http", "triton-heads", "seed-baseline", "detectors", "batch-cost", "identity",
-             "jobs-contention"]
+             "triton-pipeline-http", "triton-heads", "seed-baseline", "detectors", "auto-passes", "batch-cost",
+             "identity", "jobs-contention"]
 ROW_KEYS = {"scenario", "variant", "workload", "concurrency", "throughput", "p50_ms", "p95_ms", "p99_ms",
             "requests", "errors", "successes", "mean_batch", "peak_rss_mb", "cpu_percent"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
