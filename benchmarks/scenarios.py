@@ -32,7 +32,8 @@ def service_embedded(ctx: Context) -> list[dict]:
         ctx.info["service-embedded"] = {"cold_start_s": server.cold_start_s}
         rows = [row for _ in ctx.each_workload() for row in locust_sweep(ctx, "service-embedded", server)]
         ctx.workload = (ctx.swept or (ctx.workload,))[0]
-        # On the first workload only: the default (auto) against BlazeFace alone, the cheapest detector: what finding small faces costs.
+        # On the first workload only: the default (auto) against BlazeFace alone, the cheapest detector: what
+        # finding small faces costs.
         comparison = seed_comparison_concurrencies(ctx.config)
         rows += locust_sweep(ctx, "service-embedded", server, variant="detector=blazeface",
                               concurrencies=comparison, form={"detector": "blazeface"})
