@@ -36,6 +36,7 @@ from faceserve.http.caller import caller_of
 from faceserve.http.exposure import bound_host, refuse_keyless_exposure
 from faceserve.http.framework import bound_metrics_labels, close_framework_downloads
 from faceserve.http.headers import SecurityHeadersMiddleware
+from faceserve.http.inputs import ImageUpload
 from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimitMiddleware
 from faceserve.http.responses import ErrorShapeMiddleware, json_errors
 from faceserve.http.upload_guard import UploadGuardMiddleware
@@ -51,7 +52,8 @@ from faceserve.services.models import ModelsInfo, ModelsReloaded
 from faceserve.settings import JOBS_SUBMIT_ROUTE, Settings
 from faceserve.web import app as web_page
 
-ImageFile = Annotated[Path, ContentType("image/*")]
+ImageFile = ImageUpload  # in memory: BentoML's `Path` costs a temporary file per upload (faceserve/http/inputs.py)
+JobImageFile = Annotated[Path, ContentType("image/*")]  # a job's names come from BentoML's temporary files
 ImageOut = Annotated[Path, ContentType("image/*")]  # endpoints return the encoded bytes directly
 DetectorName = Literal[tuple(d.name for d in detectors.REGISTRY)]  # None: the default (`/models`)
 ImageFormat = Literal["png", "jpeg"]
@@ -256,7 +258,7 @@ class FaceAnalysis:
 
     @bentoml.api(route=JOBS_SUBMIT_ROUTE)
     @json_errors
-    async def submit_job(self, ctx: bentoml.Context, images: list[ImageFile] = None, archive: ZipFile = None,
+    async def submit_job(self, ctx: bentoml.Context, images: list[JobImageFile] = None, archive: ZipFile = None,
                          image_urls: list[str] | None = None, detector: DetectorName | None = None,
                          identify: bool = False) -> Job:
         """Queue many images for `analyze` at once, given one way: uploads (`images`), one zip file (`archive`)

@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--scenarios NAME ...] [--workload single|group|multi|mixed] [--out DIR]
+"""python -m benchmarks [--quick] [--scenarios NAME ...] [--workload NAME ...] [--out DIR]
                      [--concurrency C ...] [--duration S] [--job-images N]
 
 Runs every named scenario side by side on the same photos and models, then writes
@@ -28,6 +28,7 @@ from benchmarks.scenarios import OPT_IN, SCENARIOS, runs_in, unusable
 from benchmarks.sweeps import Config, Context, Skip
 
 HERE = Path(__file__).resolve().parent
+WORKLOADS = ("single", "sizes", "webcam", "group", "multi", "mixed", "traffic")
 
 # Quick is quick by design: two concurrencies, one head, one seed worker. Its windows still hold enough
 # answers to mean something on a slow machine (the seed answers in ~1 s at c=16 there): each lasts at least
@@ -56,15 +57,16 @@ def machine() -> str:
     return text
 
 
-def count_faces_with_blazeface():
+def face_finder():
+    """`find(rgb, detector) -> [box, ...]` (detector None: the default) for `workload.build`, and its closer."""
     from faceserve.services import Services
     services = Services.build()
     loop = asyncio.new_event_loop()
     loop.run_until_complete(services.resources.start())
 
-    def count(image) -> int:
-        return len(loop.run_until_complete(services.resources.pipeline.detect(image, "blazeface")))
-    return count, lambda: (loop.run_until_complete(services.close()), loop.close())
+    def find(image, detector: str | None) -> list[tuple[float, float, float, float]]:
+        return [d.box for d in loop.run_until_complete(services.resources.pipeline.detect(image, detector))]
+    return find, lambda: (loop.run_until_complete(services.close()), loop.close())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS),
                         default=[name for name in SCENARIOS if name not in OPT_IN],
                         help=f"default: all but {', '.join(sorted(OPT_IN))}")
-    parser.add_argument("--workload", choices=("single", "group", "multi", "mixed"), default="single")
+    parser.add_argument("--workload", nargs="+", choices=WORKLOADS, default=["single"],
+                        help="the workloads the load scenarios sweep, each reported in rows of its own")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<date>")
     parser.add_argument("--concurrency", type=int, nargs="+", default=None,
                         help="override the concurrency sweep (service and heads scenarios alike)")
@@ -94,15 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, job_images=args.job_images)
     out = (args.out or HERE / "results" / datetime.date.today().isoformat()).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    count, close = count_faces_with_blazeface()
-    workloads = workload.build(out / "images", count)
+    find, close = face_finder()
+    workloads = workload.build(out / "images", find)
     close()
-    if args.workload not in workloads:
-        parser.error(f"workload {args.workload!r} needs the shared fixtures' group photos; have {list(workloads)}")
+    missing = [name for name in args.workload if name not in workloads]
+    if missing:
+        parser.error(f"workload {', '.join(missing)} needs the shared fixtures' group photos; have {list(workloads)}")
 
-    total = sum(runs_in(name, cfg) for name in args.scenarios)
+    total = sum(runs_in(name, cfg, tuple(args.workload)) for name in args.scenarios)
     bar = tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
-    ctx = Context(cfg, workloads, args.workload, out, advance=lambda what: (bar.set_postfix_str(what), bar.update()))
+    ctx = Context(cfg, workloads, args.workload[0], out, advance=lambda what: (bar.set_postfix_str(what), bar.update()),
+                  swept=tuple(args.workload))
     rows, scenarios = [], {}
     started = time.perf_counter()
     with ctx.stack:
@@ -126,14 +131,14 @@ def main(argv: list[str] | None = None) -> int:
                 tqdm.write(f"[{name}] failed: {type(exc).__name__}: {exc} (see logs/{name}.traceback.txt)",
                            file=sys.stderr)
             scenarios[name]["info"] = ctx.info.get(name, {})
-            bar.update(runs_in(name, cfg) - (bar.n - before))  # skipped runs still move the bar
+            bar.update(runs_in(name, cfg, tuple(args.workload)) - (bar.n - before))  # skipped runs still move the bar
     bar.close()
 
     result = {
         "meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                  "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
-                 "machine": machine(), "quick": args.quick, "workload": args.workload,
-                 "workload_files": len(workloads[args.workload].files),
+                 "machine": machine(), "quick": args.quick, "workload": " ".join(args.workload),
+                 "workload_files": sum(len(workloads[name].files) for name in args.workload),
                  "workloads": {k: {"files": [f.name for f in w.files], "faces": w.faces} for k, w in workloads.items()},
                  "config": cfg.__dict__, "elapsed_s": round(time.perf_counter() - started, 1)},
         "scenarios": scenarios,

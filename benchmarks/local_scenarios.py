@@ -15,19 +15,24 @@ from benchmarks.sweeps import Context, mean_batch, measured_loop
 
 
 def inprocess(ctx: Context) -> list[dict]:
-    """The pipeline awaited directly in this process (decode included), no HTTP: this machine's limit."""
+    """The pipeline awaited directly in this process (decode included) with the service's default detector, no HTTP:
+    this machine's limit for what the service does per request."""
     from faceserve.services import Services
 
     services = Services.build()
-    cfg, images, rows = ctx.config, ctx.images, []
+    cfg, rows = ctx.config, []
 
     async def sweep():
         await services.resources.start()
+        for _ in ctx.each_workload():
+            await one_workload(ctx.images)
+
+    async def one_workload(images):
         backend = services.resources.pipeline.backend
 
         async def call(i: int):
             pixels = await services.images.image(upload=images[i % len(images)])
-            await services.resources.pipeline.analyze(pixels, "blazeface")
+            await services.resources.pipeline.analyze(pixels)
         for c in cfg.concurrencies:
             before = {k: [v["rows"], v["executions"]] for k, v in backend.statistics().items()}
             result, peak_rss_mb = await measured_loop(ctx, call, c, [psutil.Process().pid])
@@ -35,9 +40,12 @@ def inprocess(ctx: Context) -> list[dict]:
             batch, per_model = mean_batch(before, after)
             rows.append(ctx.row("inprocess", c, result, mean_batch=batch, batch_by_model=per_model,
                                 peak_rss_mb=peak_rss_mb))
-            ctx.advance(f"inprocess c={c}")
+            ctx.advance(f"inprocess {ctx.workload} c={c}")
+
+    async def run():
+        await sweep()
         await services.close()
-    asyncio.run(sweep())
+    run_on_service_loop(run())
     return rows
 
 
@@ -97,6 +105,13 @@ def variants(pipeline) -> dict:
                              ("auto + mirror + padding", dict(mirror=True, pad=EDGE_PAD))):
             found[name] = Variant(name, auto, **kwargs)
     return found
+
+
+def run_on_service_loop(coroutine):
+    """Run `coroutine` on the event loop the service runs on (uvicorn picks uvloop, requirements/serve.txt): asyncio's
+    own loop wakes itself through a pipe for every thread hand-off, measured at several ms of CPU per request."""
+    import uvloop
+    return uvloop.run(coroutine)
 
 
 def detectors(ctx: Context) -> list[dict]:
@@ -189,6 +204,72 @@ def _all_sets(by_set: dict, sets: dict) -> dict:
     photos = sum(len(sets[name]) for name in by_set)
     spent = sum(s["ms_per_image"] * len(sets[name]) for name, s in by_set.items())
     return _judged(pooled) | {"ms_per_image": round(spent / photos, 2)}
+
+
+def auto_passes(ctx: Context) -> list[dict]:
+    """How often the default detector (`auto`) runs its second, fine pass on each workload, and what it costs: every
+    photo detected one at a time, each call of the detector model timed (the first is the coarse pass, any other a
+    fine one). One row per workload: detection alone, per image."""
+    from faceserve.pipeline import imaging
+    from faceserve.services import Services
+
+    services = Services.build()
+    reps = 3 if ctx.config.duration_s >= 5 else 1
+    rows = []
+
+    async def measure():
+        await services.resources.start()
+        pipeline = services.resources.pipeline
+        detector = pipeline.detector(None)
+        backend, calls = pipeline.backend, []
+        infer = backend.infer
+
+        async def timed_infer(spec, batch):
+            started = time.perf_counter()
+            try:
+                return await infer(spec, batch)
+            finally:
+                if spec is detector.spec:
+                    calls.append((tuple(batch.shape[1:3]), (time.perf_counter() - started) * 1e3))
+        backend.infer = timed_infer
+        try:
+            for name, work in ctx.workloads.items():
+                per_image = {}
+                for file in work.files:
+                    image = imaging.decode(file.read_bytes())
+                    await pipeline.detect(image, None)  # warm: the first call at an input size is dearer
+                    calls.clear()
+                    started = time.perf_counter()
+                    for _ in range(reps):
+                        await pipeline.detect(image, None)
+                    detect_ms = (time.perf_counter() - started) * 1e3 / reps
+                    passes = len(calls) // reps
+                    per_image[file.name] = {
+                        "detect_ms": round(detect_ms, 2), "passes": passes,
+                        "coarse_ms": round(sum(ms for _, ms in calls[::passes]) / reps, 2),
+                        "fine_ms": round(sum(ms for i, (_, ms) in enumerate(calls) if i % passes) / reps, 2),
+                        "inputs": sorted({f"{w}x{h}" for (h, w), _ in calls})}
+                with_fine = [v for v in per_image.values() if v["passes"] > 1]
+                latencies = [v["detect_ms"] for v in per_image.values()]
+                result = loadgen._result(len(latencies), 0, sum(latencies) / 1e3, latencies)
+                result["load_generator"] = "sequential loop"
+                rows.append({**ctx.row("auto-passes", 1, result, variant=detector.name, mean_batch=None,
+                                       peak_rss_mb={}, cpu_percent=None),
+                             "workload": name, "images": len(per_image), "fine_pass_images": len(with_fine),
+                             "fine_pass_ms_when_run": _mean([v["fine_ms"] for v in with_fine]),
+                             "fine_pass_ms_per_image": _mean([v["fine_ms"] for v in per_image.values()]),
+                             "coarse_ms": _mean([v["coarse_ms"] for v in per_image.values()]),
+                             "detect_ms": _mean(latencies), "per_image": per_image})
+        finally:
+            backend.infer = infer
+            await services.close()
+    asyncio.run(measure())
+    ctx.advance("auto-passes")
+    return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 2) if values else None
 
 
 BATCH_SIZES = (1, 4, 8, 16, 32)

@@ -162,6 +162,44 @@ def job_section(rows: list[dict]) -> list[str]:
     return lines
 
 
+def auto_pass_section(rows: list[dict]) -> list[str]:
+    passes = [r for r in rows if r["scenario"] == "auto-passes"]
+    if not passes:
+        return []
+    lines = ["", "## The default detector's fine pass by workload (`auto-passes`: a photo at a time, detection alone)",
+             "", "| workload | photos | fine pass ran on | coarse pass ms | fine pass ms (where it ran) | "
+                 "fine pass ms per photo | detection ms per photo |", "|---|---|---|---|---|---|---|"]
+    for r in passes:
+        lines.append(f"| {r['workload']} | {r['images']} | {r['fine_pass_images']} | {_fmt(r['coarse_ms'], 2)} | "
+                     f"{_fmt(r['fine_pass_ms_when_run'], 2)} | {_fmt(r['fine_pass_ms_per_image'], 2)} | "
+                     f"{_fmt(r['detect_ms'], 2)} |")
+    return lines
+
+
+def ratio_section(rows: list[dict]) -> list[str]:
+    """service-embedded ÷ inprocess for every workload and concurrency both ran."""
+    pairs = []
+    for r in rows:
+        if r["scenario"] == "service-embedded" and not r["variant"]:
+            limit = next((i for i in rows if i["scenario"] == "inprocess" and i["workload"] == r["workload"]
+                          and i["concurrency"] == r["concurrency"]), None)
+            if limit:
+                pairs.append((r, limit))
+    if not pairs:
+        return []
+    lines = ["", "## service-embedded ÷ inprocess, by workload", "",
+             "Where other work loads the machine, the two runs, minutes apart, get different shares of its cores: the "
+             "CPU per request is the steadier comparison.", "",
+             "| workload | c | service req/s | in-process req/s | ratio | service p99 ms | service CPU ms/req | "
+             "in-process CPU ms/req | CPU per request, in-process ÷ service |", "|---|---|---|---|---|---|---|---|---|"]
+    for service, limit in pairs:
+        lines.append(f"| {service['workload']} | {service['concurrency']} | {_fmt(service['throughput'])} | "
+                     f"{_fmt(limit['throughput'])} | {_fmt(ratio_of(service['throughput'], limit['throughput']), 2)} | "
+                     f"{_fmt(service['p99_ms'])} | {_fmt(_cpu_ms(service), 2)} | {_fmt(_cpu_ms(limit), 2)} | "
+                     f"{_fmt(ratio_of(_cpu_ms(limit), _cpu_ms(service)), 2)} |")
+    return lines
+
+
 def ratio_of(a, b):
     return round(a / b, 2) if a is not None and b else None
 
@@ -249,6 +287,8 @@ def markdown(report: dict) -> str:
         for model in models:
             by_size = {int(r["mean_batch"]): r["ms_per_image"] for r in cost if r["variant"].startswith(model + "/")}
             lines.append(f"| {model} | " + " | ".join(_fmt(by_size.get(n), 3) for n in sizes) + " |")
+    lines += auto_pass_section(report["rows"])
+    lines += ratio_section(report["rows"])
     lines += job_section(report["rows"])
     drawn = [*(["throughput.png", "p99.png"] if _sweeps(report["rows"]) else []),
              *(["detectors.png"] if det and "sets" in det[0] else []),
@@ -261,8 +301,9 @@ def _sweeps(rows: list[dict]) -> dict[str, list[dict]]:
     """The rows of the concurrency sweeps, by scenario and variant: what throughput.png and p99.png draw."""
     series: dict[str, list[dict]] = {}
     for r in rows:
-        if r["scenario"] not in ("detectors", "batch-cost", "identity", JOBS):  # not concurrency sweeps
-            series.setdefault(r["scenario"] + (f" {r['variant']}" if r["variant"] else ""), []).append(r)
+        if r["scenario"] not in ("detectors", "auto-passes", "batch-cost", "identity", JOBS):  # not concurrency sweeps
+            series.setdefault(r["scenario"] + (f" {r['variant']}" if r["variant"] else "")
+                              + (f" ({r['workload']})" if r["workload"] != "single" else ""), []).append(r)
     return series
 
 

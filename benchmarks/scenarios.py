@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 
 from benchmarks import contention, loadgen, servers
-from benchmarks.local_scenarios import batch_cost, detectors, inprocess
+from benchmarks.local_scenarios import auto_passes, batch_cost, detectors, inprocess
 from benchmarks.monitor import TreeMonitor
 from benchmarks.report import COMPARISON_C
 from benchmarks.sweeps import Config, Context, Skip, locust_sweep, triton_pids
@@ -30,8 +30,10 @@ def service_embedded(ctx: Context) -> list[dict]:
     """`bentoml serve` with the embedded onnxruntime backend (and its in-process dynamic batcher)."""
     with devserver.bentoml_serve(ctx.out / "logs") as server:
         ctx.info["service-embedded"] = {"cold_start_s": server.cold_start_s}
-        rows = locust_sweep(ctx, "service-embedded", server)
-        # The default (auto) against BlazeFace alone, the cheapest detector: what finding small faces costs.
+        rows = [row for _ in ctx.each_workload() for row in locust_sweep(ctx, "service-embedded", server)]
+        ctx.workload = (ctx.swept or (ctx.workload,))[0]
+        # On the first workload only: the default (auto) against BlazeFace alone, the cheapest detector: what
+        # finding small faces costs.
         comparison = seed_comparison_concurrencies(ctx.config)
         rows += locust_sweep(ctx, "service-embedded", server, variant="detector=blazeface",
                               concurrencies=comparison, form={"detector": "blazeface"})
@@ -206,6 +208,7 @@ SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "triton-heads": triton_heads,
     "seed-baseline": seed_baseline,
     "detectors": detectors,
+    "auto-passes": auto_passes,
     "batch-cost": batch_cost,
     "cluster": cluster,
     "container": container,
@@ -228,10 +231,14 @@ def unusable(rows: list[dict]) -> str | None:
         + (f"; first error: {r['first_error']}" if r.get("first_error") else "") + ")" for r in empty)
 
 
-def runs_in(name: str, cfg: Config) -> int:
-    """How many measured runs a scenario makes (for the progress bar)."""
+def runs_in(name: str, cfg: Config, swept: tuple[str, ...] = ("single",)) -> int:
+    """How many measured runs a scenario makes (for the progress bar), sweeping the `swept` workloads."""
     if name == "service-embedded":
-        return len(cfg.concurrencies) + 2 * len(seed_comparison_concurrencies(cfg))
+        return len(swept) * len(cfg.concurrencies) + 2 * len(seed_comparison_concurrencies(cfg))
+    if name == "inprocess":
+        return len(swept) * len(cfg.concurrencies)
+    if name == "auto-passes":
+        return 1
     if name == "triton-heads":
         return 2 * len(cfg.heads) * len(cfg.head_concurrencies)
     if name == "detectors":

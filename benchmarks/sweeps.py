@@ -43,9 +43,10 @@ class Config:
 class Context:
     config: Config
     workloads: dict[str, Workload]
-    workload: str  # the one swept by the load scenarios
+    workload: str  # the one the load scenarios sweep now (`each_workload`)
     out: Path
     advance: Callable[[str], None]  # progress: one call per measured run
+    swept: tuple[str, ...] = ()  # every workload the load scenarios sweep, in turn; none: `workload` alone
     stack: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
     info: dict = dataclasses.field(default_factory=dict)  # per scenario: cold start, notes
     _tritons: dict = dataclasses.field(default_factory=dict)
@@ -53,6 +54,12 @@ class Context:
     @property
     def images(self) -> list[Path]:
         return self.workloads[self.workload].files
+
+    def each_workload(self):
+        """Each swept workload's name in turn, `workload` (hence `images` and each row's workload) set to it."""
+        for name in self.swept or (self.workload,):
+            self.workload = name
+            yield name
 
     def row(self, scenario: str, concurrency: int, result: dict, variant: str = "", **extra) -> dict:
         return {"scenario": scenario, "variant": variant, "workload": self.workload,

@@ -25,8 +25,8 @@ from benchmarks.scenarios import unusable
 from tests.support import ROOT
 
 SCENARIOS = ["inprocess", "service-embedded", "service-triton-grpc", "service-triton-http", "triton-pipeline-grpc",
-             "triton-pipeline-http", "triton-heads", "seed-baseline", "detectors", "batch-cost", "identity",
-             "jobs-contention"]
+             "triton-pipeline-http", "triton-heads", "seed-baseline", "detectors", "auto-passes", "batch-cost",
+             "identity", "jobs-contention"]
 ROW_KEYS = {"scenario", "variant", "workload", "concurrency", "throughput", "p50_ms", "p95_ms", "p99_ms",
             "requests", "errors", "successes", "mean_batch", "peak_rss_mb", "cpu_percent"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -132,6 +132,23 @@ def test_detectors_scenario_reports_accuracy_and_speed_side_by_side(quick_report
     assert (quick_report / "detectors.png").read_bytes().startswith(PNG_MAGIC)
     target = next(t for t in result["targets"] if "detector=blazeface" in t["target"])
     assert target["verdict"] in {"PASS", "MISS"} and target["value"] > 0, target
+
+
+def test_auto_passes_cost_the_fine_pass_on_every_workload(quick_report, fixtures):
+    result = json.loads((quick_report / "results.json").read_text())
+    workloads = result["meta"]["workloads"]
+    assert {"single", "sizes", "webcam", "group", "traffic"} <= set(workloads)
+    assert all(name.endswith("px.jpg") for name in workloads["sizes"]["files"] + workloads["webcam"]["files"])
+    rows = {r["workload"]: r for r in result["rows"] if r["scenario"] == "auto-passes"}
+    assert set(rows) == set(workloads)
+    for name, row in rows.items():
+        assert row["images"] == len(set(workloads[name]["files"])) == len(row["per_image"]), name
+        assert 0 <= row["fine_pass_images"] <= row["images"]
+        assert row["fine_pass_images"] == sum(image["passes"] > 1 for image in row["per_image"].values())
+        assert all(image["coarse_ms"] > 0 and image["detect_ms"] >= image["coarse_ms"]
+                   for image in row["per_image"].values())
+    markdown = (quick_report / "report.md").read_text()
+    assert f"| webcam | {rows['webcam']['images']} | {rows['webcam']['fine_pass_images']} |" in markdown
 
 
 def test_identity_threshold_evidence_is_drawn(quick_report, fixtures):
@@ -346,3 +363,68 @@ def test_soak_fails_when_a_bad_request_gets_the_wrong_answer():
     assert failures == ["wrong_answers: 1", "bad requests answered with their 4xx and code: 659 of 660"]
     assert soak.verdict(_soak_report(bad_ok=659, overloaded=1)) == [
         "overloaded: 1", "bad requests answered with their 4xx and code: 659 of 660"]
+
+
+def test_face_frame_scales_the_face_to_the_width_asked_and_centres_it():
+    import numpy as np
+
+    from benchmarks import workload
+
+    photo = np.zeros((300, 400, 3), np.uint8)
+    photo[100:220, 100:200] = 255  # the "face": 100 px wide
+    # 300 px: the photo, 3x, is larger than the frame, which centres the face; 60 px: the photo, 0.6x (240 px wide),
+    # is smaller, and centred, its face 150 x 0.6 = 90 px from its left edge
+    for width, centre in ((300, 320), (60, (640 - 240) / 2 + 90)):
+        frame = workload.face_frame(photo, (100, 100, 200, 220), width)
+        assert frame.shape == (480, 640, 3)
+        columns = np.flatnonzero(frame[:, :, 0].max(axis=0) > 127)
+        assert abs(len(columns) - width) <= 2, (width, len(columns))
+        assert abs((columns[0] + columns[-1]) / 2 - centre) <= 2, (width, columns[0], columns[-1])
+    assert workload._interleaved([["a1", "a2", "a3"], [], ["c1"]]) == ["a1", "c1", "a2", "a3"]
+
+
+def test_profile_puts_each_sample_in_one_stage(tmp_path):
+    from benchmarks import profile
+
+    outer = ("_run (asyncio/events.py);__call__ (faceserve/http/headers.py);__call__ (faceserve/http/upload_guard.py);"
+             "api_endpoint (_bentoml_impl/server/app.py)")
+    stacks = {
+        f"{outer};analyze (faceserve/services/analysis.py);run (faceserve/backends/onnx.py);"
+        "run (onnxruntime/capi/onnxruntime_inference_collection.py)": ("models: onnxruntime run", 6),
+        f"{outer};parse_request (_bentoml_impl/serde.py);parse (starlette/formparsers.py)":
+            ("request parsing: BentoML's multipart, temp file, pydantic input", 2),
+        "_run (asyncio/events.py);__call__ (faceserve/http/upload_guard.py);_check (faceserve/http/upload_guard.py);"
+        "parse (starlette/formparsers.py)": ("upload guard's multipart parse (ours)", 1),
+        "_run (asyncio/events.py);__call__ (faceserve/http/auth.py);admit (faceserve/http/auth.py)":
+            ("other middlewares: access, error shape, headers, limits (ours)", 1),
+        f"{outer};send (uvicorn/protocols/http/httptools_impl.py)": ("uvicorn, httptools", 0),
+        "_bootstrap (threading.py);run (threading.py);_worker (concurrent/futures/thread.py)": (None, 10),
+    }
+    for stack, (stage, _) in stacks.items():
+        assert profile.stage_of(stack.split(";")) == stage, stack
+    collapsed = tmp_path / "worker.txt"
+    collapsed.write_text("".join(f"{stack} {count}\n" for stack, (_, count) in stacks.items() if count))
+    shares, waiting = profile.stage_shares([collapsed])
+    assert waiting == pytest.approx(10 / 20)
+    assert shares == pytest.approx({"models: onnxruntime run": 0.6,
+                                    "request parsing: BentoML's multipart, temp file, pydantic input": 0.2,
+                                    "upload guard's multipart parse (ours)": 0.1,
+                                    "other middlewares: access, error shape, headers, limits (ours)": 0.1})
+    run = profile.summary("service", 16, {"throughput": 50.0, "p50_ms": 1.0, "p99_ms": 2.0, "cpu_percent": 100.0},
+                          [collapsed])
+    assert run["cpu_ms_per_request"] == 20.0 and run["stages_ms"]["models: onnxruntime run"] == 12.0
+
+
+def test_report_sets_workloads_side_by_side_and_the_fine_pass_per_workload():
+    def row(scenario, workload, c, throughput, cpu_percent, variant=""):
+        return {"scenario": scenario, "variant": variant, "workload": workload, "concurrency": c,
+                "throughput": throughput, "cpu_percent": cpu_percent, "p99_ms": 90.0}
+    rows = [row("inprocess", "single", 16, 100.0, 150.0), row("inprocess", "webcam", 16, 50.0, 150.0),
+            row("service-embedded", "single", 16, 80.0, 160.0), row("service-embedded", "webcam", 16, 45.0, 157.5),
+            row("service-embedded", "single", 16, 90.0, 160.0, variant="detector=blazeface"),
+            {**row("auto-passes", "webcam", 1, 20.0, None, variant="auto"), "images": 2, "fine_pass_images": 2,
+             "coarse_ms": 3.0, "fine_pass_ms_when_run": 6.0, "fine_pass_ms_per_image": 6.0, "detect_ms": 9.5}]
+    ratios = "\n".join(report.ratio_section(rows))
+    assert "| single | 16 | 80.0 | 100.0 | 0.80 | 90.0 | 20.00 | 15.00 | 0.75 |" in ratios
+    assert "| webcam | 16 | 45.0 | 50.0 | 0.90 | 90.0 | 35.00 | 30.00 | 0.86 |" in ratios
+    assert "| webcam | 2 | 2 | 3.00 | 6.00 | 6.00 | 9.50 |" in "\n".join(report.auto_pass_section(rows))

@@ -57,3 +57,51 @@ def test_urls_go_to_the_fetcher_or_are_refused():
     async def fetch(url):
         return url.encode()
     assert image_bytes(url="http://example.com/a.png", fetch=fetch) == b"http://example.com/a.png"
+
+
+def test_an_image_upload_is_its_bytes_in_memory_within_the_limit():
+    upload = inputs.ImageUpload.of("photo.jpg", b"\xff\xd8 jpeg")
+    assert upload.name == "photo.jpg" and image_bytes(upload=upload) == b"\xff\xd8 jpeg"
+    with pytest.raises(PayloadTooLarge) as large:
+        image_bytes(upload=inputs.ImageUpload.of("big.jpg", b"x" * 101))
+    assert "101 bytes" in large.value.message
+
+
+def test_an_image_upload_is_validated_as_bentoml_validates_an_image_path():
+    import io
+    import warnings
+    from pathlib import Path
+    from typing import Annotated
+
+    import pydantic
+    from _bentoml_sdk.io_models import IOMixin
+    from bentoml.validators import ContentType
+    from starlette.datastructures import Headers, UploadFile
+
+    class Ours(IOMixin, pydantic.BaseModel):
+        image: inputs.ImageUpload = None
+        images: list[inputs.ImageUpload] = None
+
+    class Framework(IOMixin, pydantic.BaseModel):
+        image: Annotated[Path, ContentType("image/*")] = None
+        images: list[Annotated[Path, ContentType("image/*")]] = None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydantic cannot show a None default through the file serialiser
+        for mode in ("validation", "serialization"):
+            ours, framework = (m.model_json_schema(mode=mode)["properties"] for m in (Ours, Framework))
+            assert ours == framework and ours["image"]["format"] in ("image", "binary")
+    assert Ours.multipart_fields == Framework.multipart_fields == ["image", "images"]
+
+    def part(media_type: str) -> UploadFile:
+        return UploadFile(io.BytesIO(b"pixels"), filename="../a.png", headers=Headers({"content-type": media_type}))
+    parsed = Ours.model_validate({"image": part("image/png"), "images": [part("image/jpeg")]})
+    assert (parsed.image.name, parsed.image.read_bytes()) == ("a.png", b"pixels")
+    assert [i.read_bytes() for i in parsed.images] == [b"pixels"]
+    for model in (Ours, Framework):
+        with pytest.raises(pydantic.ValidationError) as wrong:
+            model.model_validate({"image": part("text/plain")})
+        assert "Invalid content type text/plain" in str(wrong.value)
+        with pytest.raises(pydantic.ValidationError) as text:  # a JSON body's string is no file
+            model.model_validate({"image": "http://example.com/a.png"})
+        assert "Invalid file type" in str(text.value)
