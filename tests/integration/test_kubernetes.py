@@ -198,6 +198,8 @@ def test_triton_runs_the_ngc_image_on_a_gpu_with_the_gpu_configs():
     assert triton["image"] == compose["image"] and triton["image"].startswith("nvcr.io/nvidia/tritonserver:")
     assert set(compose["command"]) <= set(triton["args"])  # the same server as the compose file
     assert "--model-config-name=gpu" in triton["args"]
+    # explicit model control: `convert promote --triton-url` loads a version beside the serving one (docs/models.md)
+    assert {"--model-control-mode=explicit", "--load-model=*"} <= set(triton["args"])
     resources = triton["resources"]
     assert int(resources["limits"]["nvidia.com/gpu"]) >= 1
     assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"]
