@@ -4,7 +4,8 @@ A `SavedIndex` is immutable: built once from every face of the gallery at one ch
 written to a folder of its own, then opened memory-mapped, so the worker processes of one machine share its
 pages and a worker starts warm by reading the folder instead of every vector from the store. The faces added
 since its tag are searched exactly beside it, the faces removed since are masked out of its answers
-(`index.py`); when those grow past a bound a new one is built from the store.
+(`index.py`); when those grow past a bound a new one is made from it: its graph copied, the removed faces taken
+out and the added ones inserted.
 
 usearch rather than faiss or hnswlib (benchmarks/search.py measured the three): float16 and 8-bit vectors,
 removal of keys, and a saved index that opens memory-mapped (`view`); faiss's HNSW removes nothing and maps
@@ -69,8 +70,13 @@ class SavedIndex:
         self.identity_ids, self._name_offsets, self._names = arrays["identity_ids"], arrays["name_offsets"], names
 
     def __len__(self) -> int:
-        """Rows (faces at the tag; a removed face keeps its row)."""
+        """Rows: every face it was built with, those removed by a later build included (they keep their row)."""
         return len(self.face_ids)
+
+    @property
+    def faces(self) -> int:
+        """The faces its graph holds."""
+        return len(self._graph)
 
     def identity(self, code: int) -> tuple[str, str]:
         start, stop = self._name_offsets[code], self._name_offsets[code + 1]
@@ -88,7 +94,7 @@ class SavedIndex:
     def search(self, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` nearest rows of each unit query (n, count) and their cosine similarities; a row of -1
         where the graph found fewer."""
-        matches = self._graph.search(queries, min(count, len(self)), threads=1)
+        matches = self._graph.search(queries, max(1, min(count, self.faces)), threads=1)
         # One query gives `Matches` (as many as found), several `BatchMatches` (padded, with `counts`).
         keys = np.asarray(matches.keys, np.int64).reshape(len(queries), -1)
         similarities = 1.0 - np.asarray(matches.distances, np.float32).reshape(len(queries), -1)
@@ -97,17 +103,30 @@ class SavedIndex:
         return np.where(found, keys, -1), np.where(found, similarities, -np.inf)
 
 
-def build(parent: Path, tag: Tag, faces: Iterable[Face], dimension: int) -> SavedIndex:
-    """Write a saved index of `faces` into a new folder under `parent` (named by the tag's version), atomically:
-    a reader sees the whole folder or none. Returns it opened."""
+def build(parent: Path, tag: Tag, faces: Iterable[Face], dimension: int, base: SavedIndex | None = None,
+          removed_rows: np.ndarray | None = None) -> SavedIndex:
+    """Write a saved index into a new folder under `parent` (named by the tag's version), atomically: a reader
+    sees the whole folder or none. It holds `faces`, and with a `base` the base's faces too but its
+    `removed_rows`: the base's graph copied into memory, those rows removed from it and the new faces inserted,
+    rather than a graph built anew. Returns it opened."""
     from usearch.index import Index
 
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the vectors are biometric data
     work = Path(tempfile.mkdtemp(prefix=f".build-{tag.version}-", dir=parent))
     try:
-        graph = Index(ndim=dimension, metric="cos", dtype="f16", connectivity=CONNECTIVITY,
-                      expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH)
-        face_ids, owners, code_of, identity_ids, names = [], [], {}, [], []
+        if base is None:
+            graph = Index(ndim=dimension, metric="cos", dtype="f16", connectivity=CONNECTIVITY,
+                          expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH)
+            face_ids, owners, identity_ids, names = [], [], [], []
+        else:
+            graph = Index.restore(str(base.folder / GRAPH))
+            graph.expansion_add, graph.expansion_search = EXPANSION_ADD, EXPANSION_SEARCH
+            if removed_rows is not None and len(removed_rows):
+                graph.remove(np.asarray(removed_rows, np.uint64))
+            face_ids, owners = list(base.face_ids), list(base.owners)
+            identity_ids = list(base.identity_ids)
+            names = [bytes(base._names[a:b]) for a, b in zip(base._name_offsets[:-1], base._name_offsets[1:])]
+        code_of = {identity_id.decode(): code for code, identity_id in enumerate(identity_ids)}
         batch: list[Face] = []
 
         def flush() -> None:
@@ -140,7 +159,7 @@ def build(parent: Path, tag: Tag, faces: Iterable[Face], dimension: int) -> Save
         for name, array in arrays.items():
             np.save(work / f"{name}.npy", array)
         (work / NAMES).write_bytes(b"".join(names))
-        manifest = {"format": FORMAT, **dataclasses.asdict(tag), "faces": len(face_ids),
+        manifest = {"format": FORMAT, **dataclasses.asdict(tag), "rows": len(face_ids), "faces": len(graph),
                     "sha256": {file.name: _sha256(file) for file in sorted(work.iterdir())}}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=1))
         target = parent / str(tag.version)
@@ -198,7 +217,7 @@ def open_saved(folder: Path, store: str, model: tuple[str, str, int], current: i
         names = np.memmap(folder / NAMES, dtype=np.uint8, mode="r") if (folder / NAMES).stat().st_size else \
             np.zeros(0, np.uint8)
         graph = Index.restore(str(folder / GRAPH), view=True)
-        if graph is None or len(graph) != manifest["faces"] or len(arrays["face_ids"]) != manifest["faces"]:
+        if graph is None or len(graph) != manifest["faces"] or len(arrays["face_ids"]) != manifest["rows"]:
             log.warning("gallery index: %s does not hold the faces its manifest counts; not used", folder)
             return None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:

@@ -94,7 +94,7 @@ class GalleryIndex:
     def __len__(self) -> int:
         """Live faces."""
         state = self._state
-        saved = len(state.saved) - int(state.dead.sum()) if state.saved is not None else 0
+        saved = state.saved.faces - int(state.dead.sum()) if state.saved is not None else 0
         return saved + len(state.exact)
 
     @property
@@ -190,7 +190,7 @@ class GalleryIndex:
         self._apply(state, self._changes(tx, saved.tag.version, current))
         self._state = state
         log.info("gallery index: saved index of change %d (%d faces) and %d faces since, at change %d",
-                 saved.tag.version, len(saved), len(state.exact), current)
+                 saved.tag.version, saved.faces, len(state.exact), current)
 
     def _rebalance(self, tx: Transaction, current: int) -> None:
         """A gallery that grew past exact search gets a saved index; one whose changes beside its saved index
@@ -200,13 +200,14 @@ class GalleryIndex:
             if len(state.exact) >= self.exact_below:
                 self._load(tx, current)
         elif len(state.exact) + int(state.dead.sum()) > self.rebuild_after:
-            self._start_from(tx, self._build(tx, current), current)
+            self._start_from(tx, self._build(tx, current, state), current)
         elif len(self) < self.exact_below // 2:
             self._load(tx, current)
 
-    def _build(self, tx: Transaction, current: int) -> ann.SavedIndex:
-        """A saved index of the store's faces at `current` (or a newer one another process saved meanwhile), built
-        by one process of the machine at a time."""
+    def _build(self, tx: Transaction, current: int, state: _State | None = None) -> ann.SavedIndex:
+        """A saved index of the store's faces at `current` (or one another process saved meanwhile), built by one
+        process of the machine at a time: from `state`'s saved index and the changes since, unless rows removed
+        from it would be the most of it; else from every face in the store."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(self.folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -214,17 +215,22 @@ class GalleryIndex:
             saved = ann.newest(self.folder, birth, self._model, current, 0)
             if saved is None:
                 started = time.monotonic()
-                saved = ann.build(self.folder, ann.Tag(birth, self._model, current), self._stream(tx, current),
-                                  self.model.dimension)
+                tag, base = ann.Tag(birth, self._model, current), state.saved if state is not None else None
+                if base is not None and 2 * (len(base) - base.faces + int(state.dead.sum())) < len(base):
+                    saved = ann.build(self.folder, tag, self._stream(tx, current, after_version=base.tag.version),
+                                      self.model.dimension, base=base, removed_rows=np.flatnonzero(state.dead))
+                else:
+                    saved = ann.build(self.folder, tag, self._stream(tx, current), self.model.dimension)
                 log.info("gallery index: built the saved index of change %d (%d faces) in %.1f s",
-                         current, len(saved), time.monotonic() - started)
+                         current, saved.faces, time.monotonic() - started)
             ann.prune(self.folder, keep=saved)
         return saved
 
-    def _stream(self, tx: Transaction, current: int, page: int = 5000):
-        """The faces at `current`, unit vectors, a page at a time (never the whole gallery's rows at once)."""
+    def _stream(self, tx: Transaction, current: int, page: int = 5000, after_version: int = -1):
+        """The faces at `current` added after change `after_version`, unit vectors, a page at a time (never the
+        whole gallery's rows at once)."""
         after = ""
-        while rows := tx.all(PAGE, (*self._model, -1, current, after, page)):
+        while rows := tx.all(PAGE, (*self._model, after_version, current, after, page)):
             decoded = self._decode(rows)
             units = normalise(np.stack([face[3] for face in decoded]))
             for face, unit in zip(decoded, units):
@@ -265,7 +271,7 @@ def _search_saved(saved: ann.SavedIndex, dead: np.ndarray, queries: np.ndarray, 
             best: dict[int, float] = {}
             for code, similarity in zip(saved.owners[rows[live]], similarities[live]):
                 best.setdefault(int(code), float(similarity))  # nearest first: the first is the best
-            if len(best) >= k or count >= len(saved):
+            if len(best) >= k or count >= saved.faces:
                 break
             count *= 4
         found.append(best)
