@@ -80,6 +80,7 @@ class GalleryIndex:
         self.exact_below = exact_below
         self.rebuild_after = rebuild_after or exact_below  # changes beside the saved index: exact search's bound
         self._state = _State(None, np.zeros(0, bool), SimilarityIndex(model.dimension))
+        self._unwritable = False  # the index folder refused a write: exact search until a restart
         self._version: int | None = None  # the change the matrix reflects; None: never loaded
         self._checked_at = -float("inf")
         self._stale = True
@@ -174,10 +175,12 @@ class GalleryIndex:
     def _load(self, tx: Transaction, current: int) -> None:
         """Everything afresh at `current`: a saved index and the changes since, else the faces from the store."""
         (faces,) = tx.one(COUNT, self._model)
-        if faces >= self.exact_below:
+        saved = None
+        if faces >= self.exact_below and not self._unwritable:
             saved = ann.newest(self.folder, self._birth(tx), self._model, current, REMOVALS_KEPT)
             if saved is None:
                 saved = self._build(tx, current)
+        if saved is not None:
             self._start_from(tx, saved, current)
         else:
             exact = SimilarityIndex(self.model.dimension)
@@ -197,17 +200,29 @@ class GalleryIndex:
         grew past `rebuild_after` a new one; one that shrank far below the bound goes back to exact search."""
         state = self._state
         if state.saved is None:
-            if len(state.exact) >= self.exact_below:
+            if len(state.exact) >= self.exact_below and not self._unwritable:
                 self._load(tx, current)
-        elif len(state.exact) + int(state.dead.sum()) > self.rebuild_after:
-            self._start_from(tx, self._build(tx, current, state), current)
+        elif len(state.exact) + int(state.dead.sum()) > self.rebuild_after and not self._unwritable:
+            rebuilt = self._build(tx, current, state)
+            if rebuilt is not None:
+                self._start_from(tx, rebuilt, current)
         elif len(self) < self.exact_below // 2:
             self._load(tx, current)
 
-    def _build(self, tx: Transaction, current: int, state: _State | None = None) -> ann.SavedIndex:
+    def _build(self, tx: Transaction, current: int, state: _State | None = None) -> ann.SavedIndex | None:
         """A saved index of the store's faces at `current` (or one another process saved meanwhile), built by one
         process of the machine at a time: from `state`'s saved index and the changes since, unless rows removed
-        from it would be the most of it; else from every face in the store."""
+        from it would be the most of it; else from every face in the store. None, logged, where the folder cannot
+        be written: this process then keeps to exact search (or to the changes beside its last saved index)."""
+        try:
+            return self._build_locked(tx, current, state)
+        except OSError as exc:
+            log.warning("gallery index: cannot save an index in %s (%s); searching exactly (set %s to a writable "
+                        "folder)", self.folder, exc, INDEX_DIR_ENV)
+            self._unwritable = True
+            return None
+
+    def _build_locked(self, tx: Transaction, current: int, state: _State | None) -> ann.SavedIndex:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(self.folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -179,3 +179,16 @@ def test_removed_faces_are_never_answered_before_or_after_a_rebuild(open_gallery
     assert top1(gallery, new_faces) == new_ids
     assert (gallery.index.saved.faces, len(gallery.index.saved), len(gallery.index)) == (405, 460, 405)
     assert top1(open_gallery(), new_faces[:3]) == new_ids[:3]  # a new worker starts from the same saved index
+
+
+def test_a_folder_that_cannot_be_written_leaves_search_exact(open_gallery, tmp_path, caplog):
+    (tmp_path / "index").write_text("a file where the folder should be")
+    faces = vectors(250)
+    gallery = open_gallery()
+    with caplog.at_level(logging.WARNING, logger="faceserve.gallery.index"):
+        ids = enrol(gallery, faces)
+        assert top1(gallery, faces[:5]) == ids[:5]
+        enrol(gallery, vectors(1, seed=2))
+        assert len(gallery.search(faces[:1], 3)[0]) == 3
+    assert caplog.text.count("cannot save an index in") == 1
+    assert (gallery.index.saved, len(gallery.index)) == (None, 251)
