@@ -15,7 +15,8 @@ written to (it crashes the process): only `build` writes, on an index of its own
 Files of one saved index (rows are usearch keys, 0..faces-1; a face's row never changes within one index):
     index.usearch        the graph and the float16 vectors
     face_ids.npy         (faces,) bytes: each row's face id
-    face_order.npy       (faces,) int64: the rows sorted by face id (to find a removed face's row)
+    face_order.npy       (faces,) int64: the rows sorted by face id, and sorted_face_ids.npy their ids in that
+                         order (to find a removed face's row without sorting in every process)
     owners.npy           (faces,) int32: each row's identity code
     identity_ids.npy     (identities,) bytes: each code's identity id
     names.bin, name_offsets.npy   each code's name, UTF-8, and where it starts (identities + 1 offsets)
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 MANIFEST = "manifest.json"
 GRAPH = "index.usearch"
-ARRAYS = ("face_ids", "face_order", "owners", "identity_ids", "name_offsets")
+ARRAYS = ("face_ids", "face_order", "sorted_face_ids", "owners", "identity_ids", "name_offsets")
 NAMES = "names.bin"
 # HNSW parameters measured on a 30k real-embedding gallery (benchmarks/search.py, 1000 probes): 16 links per node
 # left 0.07 % of the faces unreachable by their own vector and found 99.9 % of exact search's top-1 with 64
@@ -69,6 +70,7 @@ class SavedIndex:
     def __init__(self, folder: Path, tag: Tag, graph, arrays: dict[str, np.ndarray], names: np.ndarray):
         self.folder, self.tag, self._graph = folder, tag, graph
         self.face_ids, self.face_order, self.owners = arrays["face_ids"], arrays["face_order"], arrays["owners"]
+        self._sorted_face_ids = arrays["sorted_face_ids"]
         self.identity_ids, self._name_offsets, self._names = arrays["identity_ids"], arrays["name_offsets"], names
 
     def __len__(self) -> int:
@@ -89,7 +91,7 @@ class SavedIndex:
         wanted = np.array([face_id.encode() for face_id in face_ids], dtype=self.face_ids.dtype)
         if not len(wanted) or not len(self):
             return np.zeros(0, np.int64)
-        sorted_ids = self.face_ids[self.face_order]
+        sorted_ids = self._sorted_face_ids
         at = np.minimum(np.searchsorted(sorted_ids, wanted), len(self) - 1)
         return self.face_order[at[sorted_ids[at] == wanted]]
 
@@ -154,7 +156,8 @@ def build(parent: Path, tag: Tag, faces: Iterable[Face], dimension: int, base: S
         offsets = np.zeros(len(names) + 1, np.int64)
         offsets[1:] = np.cumsum([len(name) for name in names])
         face_array = np.array(face_ids, dtype=f"S{max(map(len, face_ids), default=1)}")
-        arrays = {"face_ids": face_array, "face_order": np.argsort(face_array, kind="stable"),
+        order = np.argsort(face_array, kind="stable")
+        arrays = {"face_ids": face_array, "face_order": order, "sorted_face_ids": face_array[order],
                   "owners": np.array(owners, np.int32),
                   "identity_ids": np.array(identity_ids, dtype=f"S{max(map(len, identity_ids), default=1)}"),
                   "name_offsets": offsets}
