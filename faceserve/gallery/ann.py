@@ -222,6 +222,8 @@ def open_saved(folder: Path, store: str, model: tuple[str, str, int], current: i
         names = np.memmap(folder / NAMES, dtype=np.uint8, mode="r") if (folder / NAMES).stat().st_size else \
             np.zeros(0, np.uint8)
         graph = Index.restore(str(folder / GRAPH), view=True)
+        if graph is not None:
+            graph.expansion_search = EXPANSION_SEARCH  # not kept in the file: a restored index searches with 64
         if graph is None or len(graph) != manifest["faces"] or len(arrays["face_ids"]) != manifest["rows"]:
             log.warning("gallery index: %s does not hold the faces its manifest counts; not used", folder)
             return None
