@@ -44,11 +44,11 @@ MANIFEST = "manifest.json"
 GRAPH = "index.usearch"
 ARRAYS = ("face_ids", "face_order", "sorted_face_ids", "owners", "identity_ids", "name_offsets")
 NAMES = "names.bin"
-# HNSW parameters measured on a 30k real-embedding gallery (benchmarks/search.py, 1000 probes): 16 links per node
-# left 0.07 % of the faces unreachable by their own vector and found 99.9 % of exact search's top-1 with 64
-# candidates searched; 24 links and 200 candidates while building reach every face, and 128 while searching
-# 100 % of the top-1s.
-CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 24, 200, 128
+# HNSW parameters measured on real-embedding galleries (benchmarks/search.py): at 30k, 16 links per node left
+# 0.07 % of the faces unreachable by their own vector, 24 links and 200 candidates while building none; at 100k,
+# searching with 128 candidates twice ended in the wrong cluster of lookalikes (best similarity 0.31 where exact
+# search found 0.77), with 256 never.
+CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 24, 200, 256
 
 
 @dataclasses.dataclass(frozen=True)
