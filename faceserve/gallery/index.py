@@ -46,7 +46,7 @@ BIRTH = "SELECT applied_at FROM store_migrations WHERE component = 'store' AND v
 
 # Where exact search over the whole gallery stops being faster than the approximate index beside its changes,
 # in faces (benchmarks/search.py measured it: docs/identity.md).
-EXACT_BELOW = 3_000
+EXACT_BELOW = 5_000
 INDEX_DIR_ENV = "FACESERVE_INDEX_DIR"
 
 
