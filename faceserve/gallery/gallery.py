@@ -37,10 +37,11 @@ class Gallery:
     the audit trail in that same transaction, under `caller` (LOCAL: the machine's own user, as the CLI).
     """
 
-    def __init__(self, store: Store, model: EmbeddingModel, *, poll_interval_s: float = 0.1):
+    def __init__(self, store: Store, model: EmbeddingModel, *, poll_interval_s: float = 0.1, **index_options):
+        """`index_options`: GalleryIndex's (where saved indexes live, the size exact search stops at)."""
         store.migrate("gallery", MIGRATIONS)
         self.store, self.model = store, model
-        self.index = GalleryIndex(store, model, poll_interval_s=poll_interval_s)
+        self.index = GalleryIndex(store, model, poll_interval_s=poll_interval_s, **index_options)
 
     # ---- identities ----------------------------------------------------------
 
