@@ -8,7 +8,7 @@
     python -m convert versions emotion; python -m convert promote emotion 2; python -m convert rollback emotion
     python -m convert promote emotion 2 --triton-url grpc://127.0.0.1:8001   # Triton loads it first (explicit mode)
     python -m convert quantize age                # an INT8 version of age's serving one, within its budget
-    python -m convert shadow emotion 2; python -m convert canary emotion 2 --share 0.1
+    python -m convert shadow emotion 2; python -m convert canary emotion 2 --share 0.1  # --triton-url: loaded first
     python -m convert candidate-stop emotion      # a trial of a candidate version beside the serving one, or its end
 """
 
@@ -136,10 +136,7 @@ def _switch(args: argparse.Namespace, target: int | None, switch) -> int:
     try:
         if args.triton_url and target is not None and target in repository.versions(model_dir) \
                 and target != repository.serving_version(model_dir):
-            began = time.perf_counter()
-            held = triton_control.load_beside(args.triton_url, model_dir, target)
-            log.info("%s: Triton at %s holds versions %s (%.2f s)", args.model, args.triton_url,
-                     ", ".join(map(str, held)), time.perf_counter() - began)
+            _load_beside(args, model_dir, target)
         before, now = switch(model_dir)
     except (versions.VersionError, triton_control.TritonControlError) as exc:
         log.error("refusing: %s", exc)
@@ -149,14 +146,26 @@ def _switch(args: argparse.Namespace, target: int | None, switch) -> int:
     return 0
 
 
+def _load_beside(args: argparse.Namespace, model_dir: Path, version: int) -> None:
+    began = time.perf_counter()
+    held = triton_control.load_beside(args.triton_url, model_dir, version)
+    log.info("%s: Triton at %s holds versions %s (%.2f s)", args.model, args.triton_url,
+             ", ".join(map(str, held)), time.perf_counter() - began)
+
+
 def _trial(args: argparse.Namespace) -> int:
+    """With --triton-url, Triton holds the candidate beside the serving version before the config names the trial
+    (a refusal there writes nothing)."""
+    model_dir, share = args.repository / args.model, getattr(args, "share", None)
     try:
-        trial = rollout.start_trial(args.repository / args.model, args.command, args.version,
-                                    getattr(args, "share", None))
-    except versions.VersionError as exc:
+        rollout.checked_trial(model_dir, args.command, args.version, share)
+        if args.triton_url:
+            _load_beside(args, model_dir, args.version)
+        trial = rollout.start_trial(model_dir, args.command, args.version, share)
+    except (versions.VersionError, triton_control.TritonControlError) as exc:
         log.error("refusing: %s; nothing changed", exc)
         return 2
-    log.info("%s: version %s runs as a %s candidate%s; an embedded service follows at its next reload "
+    log.info("%s: version %s runs as a %s candidate%s; a service follows at its next reload "
              "(POST /models/reload)", args.model, trial.version, trial.mode,
              f" answering {trial.share:g} of requests" if trial.mode == rollout.CANARY else "")
     return 0
@@ -261,11 +270,6 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("rollback", parents=[where], help="serve again the version served before the last promotion")
     r.add_argument("model")
     r.set_defaults(func=_rollback)
-    for switching in (p, r):
-        switching.add_argument("--triton-url", help="a Triton server serving this repository under explicit model "
-                                                    "control (grpc://host:8001 or http://host:8000): it loads the "
-                                                    "version beside the serving one first")
-
     s = sub.add_parser("shadow", parents=[where], help="run version N beside the serving one on the same faces, "
                                                        "the serving one answering; compared per request")
     c = sub.add_parser("canary", parents=[where], help="answer a share of requests (drawn by request id) with "
@@ -275,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         trial.add_argument("version", type=int)
         trial.set_defaults(func=_trial)
     c.add_argument("--share", type=float, required=True, help="the fraction of requests version N answers (0 to 1)")
+    for switching in (p, r, s, c):
+        switching.add_argument("--triton-url", help="a Triton server serving this repository under explicit model "
+                                                    "control (grpc://host:8001 or http://host:8000): it loads the "
+                                                    "version beside the serving one first")
     t = sub.add_parser("candidate-stop", parents=[where], help="end a model's shadow or canary")
     t.add_argument("model")
     t.set_defaults(func=_stop_trial)

@@ -71,7 +71,7 @@ class TritonBackend(Backend):
             import tritonclient.http.aio as client
         self._client_module = client
         self._client = None
-        self._specs: dict[str, ModelSpec] = {}
+        self._specs: dict[str, ModelSpec] = {}  # by `name:version`: a trial's candidate beside its serving version
         self._verified: set[tuple[str, str]] = set()  # (name, version) whose metadata matched
 
     def _connection(self):
@@ -103,7 +103,7 @@ class TritonBackend(Backend):
 
     async def start(self, specs: dict[str, ModelSpec]) -> None:
         """Check every model's metadata if Triton is up; if not, check when it comes up."""
-        self._specs = dict(specs)
+        self._specs = {model_ref(spec.name, spec.version): spec for spec in specs.values()}
         try:
             for spec in specs.values():
                 await self._verify(spec)
@@ -124,8 +124,9 @@ class TritonBackend(Backend):
         self._verified.add((spec.name, spec.version))
 
     async def load(self, specs: dict[str, ModelSpec]) -> None:
-        """A hot swap's first half: Triton must already hold each new version (loaded beside the serving one by
-        `python -m convert promote --triton-url`); its metadata is checked, and from now on requests pin it."""
+        """A hot swap's first half, or a trial's candidate beside its serving version: Triton must already hold each
+        new version (loaded beside the serving one by `python -m convert promote|shadow|canary --triton-url`); its
+        metadata is checked, and from now on the requests that run it pin it."""
         client = self._connection()
         for spec in specs.values():
             ref = model_ref(spec.name, spec.version)
@@ -137,11 +138,13 @@ class TritonBackend(Backend):
                 await self._verify(spec)
             except BackendMismatch as exc:
                 raise VersionNotLoaded(str(exc)) from None
-        self._specs.update(specs)
+        self._specs.update({model_ref(spec.name, spec.version): spec for spec in specs.values()})
 
     async def unload(self, specs: list[ModelSpec]) -> None:
-        """Nothing to let go: Triton keeps the version served before loaded (a rollback finds it there) until the
-        next promotion's `load_beside` replaces it."""
+        """No longer asked for readiness. Triton keeps the version served before loaded (a rollback finds it there)
+        until the next `load_beside` replaces it."""
+        for spec in specs:
+            self._specs.pop(model_ref(spec.name, spec.version), None)
 
     async def _infer(self, spec: ModelSpec, batch: np.ndarray) -> dict[str, np.ndarray]:
         await self._verify(spec)
@@ -166,14 +169,14 @@ class TritonBackend(Backend):
         client = self._connection()
         try:
             if not await self._call("readiness", client.is_server_ready()):
-                return {name: False for name in self._specs}
-            states = {}
-            for name, spec in self._specs.items():
-                states[name] = bool(await self._call(f"readiness of {model_ref(name, spec.version)}",
-                                                     client.is_model_ready(name, spec.version)))
+                return {spec.name: False for spec in self._specs.values()}
+            states: dict[str, bool] = {}
+            for ref, spec in self._specs.items():  # a model is ready when every version it runs is
+                ready = bool(await self._call(f"readiness of {ref}", client.is_model_ready(spec.name, spec.version)))
+                states[spec.name] = states.get(spec.name, True) and ready
             return states
         except BackendUnavailable:
-            return {name: False for name in self._specs}
+            return {spec.name: False for spec in self._specs.values()}
 
     async def close(self) -> None:
         if self._client is not None:

@@ -104,6 +104,14 @@ def same_input(a: ModelSpec, b: ModelSpec) -> bool:
 
 def start_trial(model_dir: Path, mode: str, version: int, share: float | None = None) -> Trial:
     """Run `version` as the model's candidate (replacing any trial); refused with nothing written when it cannot."""
+    trial = checked_trial(model_dir, mode, version, share)
+    _write(model_dir, {CANDIDATE_VERSION: str(version), CANDIDATE_MODE: mode,
+                       **({CANARY_SHARE: repr(trial.share)} if mode == CANARY else {})})
+    return trial
+
+
+def checked_trial(model_dir: Path, mode: str, version: int, share: float | None = None) -> Trial:
+    """The trial `start_trial` would write, or a `VersionError` saying why it cannot run (nothing written)."""
     serving = _serving_spec(model_dir)
     if not tasks.is_head(serving.task):
         raise VersionError(f"{model_dir.name} is a {serving.task} model; only a face head runs a candidate "
@@ -116,8 +124,6 @@ def start_trial(model_dir: Path, mode: str, version: int, share: float | None = 
         raise VersionError("a shadow answers no request: give --share to a canary only")
     trial = Trial(mode, version, share or 0.0)
     candidate_spec(model_dir, trial, serving)
-    _write(model_dir, {CANDIDATE_VERSION: str(version), CANDIDATE_MODE: mode,
-                       **({CANARY_SHARE: repr(trial.share)} if mode == CANARY else {})})
     return trial
 
 

@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from faceserve.backends import Backend
-from faceserve.errors import InvalidRequest, LimitExceeded, NotFound, RepositoryInvalid, RestartRequired
+from faceserve.errors import (InvalidRequest, LimitExceeded, NotFound, RepositoryInvalid, RestartRequired,
+                              VersionNotLoaded)
 from faceserve.models import detectors, heads
 from faceserve.models.classifier import Classifier
 from faceserve.models.detectors import Detection, Detector
@@ -68,12 +69,21 @@ class Pipeline:
 
     async def start(self) -> None:
         await self.backend.start(self.repository.specs)
-        if self._head_set.trials:
-            try:
-                await self.backend.load(self._head_set.candidate_specs())
-            except RestartRequired as exc:  # a backend that loads no second version runs no candidate
-                log.warning("no candidate runs beside the serving versions: %s", exc.message)
-                self._head_set = HeadSet(self._head_set.heads, {})
+        self._head_set = await self._with_candidates(self._head_set, {})
+
+    async def _with_candidates(self, head_set: "HeadSet", loaded: dict[str, ModelSpec]) -> "HeadSet":
+        """`head_set` with its candidates loaded beside `loaded`, or without them where the backend holds no second
+        version (the embedded backend without hot swap, a Triton that was not told to load the candidate): a trial
+        is an experiment, the serving versions serve without it."""
+        new = {key: spec for key, spec in head_set.candidate_specs().items() if key not in loaded}
+        if not new:
+            return head_set
+        try:
+            await self.backend.load(new)
+        except (RestartRequired, VersionNotLoaded) as exc:
+            log.warning("no candidate runs beside the serving versions: %s", exc.message)
+            return HeadSet(head_set.heads, {})
+        return head_set
 
     @property
     def heads(self) -> list[Head]:
@@ -117,8 +127,12 @@ class Pipeline:
         previous = self._head_set
         if not swappable and head_set.trial_specs() == previous.trial_specs():
             return []
-        before, after = previous.loaded(), head_set.loaded()
-        await self.backend.load({key: spec for key, spec in after.items() if key not in before})
+        before = previous.loaded()
+        new_versions = {key: spec for key, spec in head_set.serving_specs().items() if key not in before}
+        if new_versions:
+            await self.backend.load(new_versions)
+        head_set = await self._with_candidates(head_set, before)
+        after = head_set.loaded()
         self._head_set, self.repository = head_set, repository  # no await between
         if head_set.trial_specs() != previous.trial_specs():
             log.info("candidates: %s", "; ".join(f"{c.head.spec.name}:{c.head.spec.version} {c.trial.mode}"
@@ -358,9 +372,12 @@ class HeadSet:
     def trial_specs(self) -> dict[str, tuple[Trial, ModelSpec]]:
         return {field: (c.trial, c.head.spec) for field, c in self.trials.items()}
 
+    def serving_specs(self) -> dict[str, ModelSpec]:
+        return {model_ref(h.spec.name, h.spec.version): h.spec for h in self.heads}
+
     def loaded(self) -> dict[str, ModelSpec]:
         """Every version this set runs, serving or candidate, by `name:version`."""
-        return {**{model_ref(h.spec.name, h.spec.version): h.spec for h in self.heads}, **self.candidate_specs()}
+        return {**self.serving_specs(), **self.candidate_specs()}
 
 
 # the head set a request pinned (`Pipeline.one_version`), and its id that runs the trials; tasks it starts inherit them

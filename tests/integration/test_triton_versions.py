@@ -36,12 +36,13 @@ from faceserve.settings import Settings
 from faceserve.triton_models import configs
 from faceserve.triton_models.client import PipelineClient
 from tests.integration.test_convert import run_convert
+from tests.integration.test_model_trials import Offline, convert, follow, load, photo_set, settled_report
 from tests.integration.test_model_versions import (CLIENTS, PROMOTE_THEN_HANG, V1, V2, check_answers, fresh_copy,
                                                    scores_by_face, versioned)
 from tests.support import ROOT, free_port, jpeg, serve
 
 pytestmark = pytest.mark.triton
-__all__ = ["versioned"]  # the fixture, shared with the embedded backend's swap tests
+__all__ = ["photo_set", "versioned"]  # the fixtures, shared with the embedded backend's tests
 
 
 def fresh_answer(repo: Path, photo: np.ndarray, backend: str = "onnxruntime") -> dict:
@@ -227,3 +228,70 @@ def test_kill_9_after_triton_loaded_both_versions_leaves_the_old_one_serving(ver
         assert done.returncode == 0, done.stderr
         assert triton_control.loaded_versions(url, "emotion") == [1, 2]
         assert fresh_answer(repo, emotion_grid, backend=url)["models"]["emotion"] == V2
+
+
+def test_shadow_on_triton_under_load_reported_and_checked_offline(versioned, photo_set, tmp_path):
+    """`convert shadow emotion 2 --triton-url`: Triton loads version 2 beside version 1 (a Triton that cannot be
+    reached: refused, nothing written), then the trial is written; the service (two workers) follows and runs the
+    candidate through Triton pinned to version 2 on the faces version 1 answers. 16 clients: no request fails, every
+    answer is version 1's, the report's agreement is the offline one (both versions in-process on the same crops),
+    and Triton counts exactly those faces on version 2. `candidate-stop` ends it; neither Triton nor the service
+    restarts."""
+    repo = fresh_copy(versioned, tmp_path)
+    offline = Offline(repo)
+    with LocalTriton(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as triton:
+        triton_url, triton_pid = f"grpc://{triton.grpc_url}", triton.pid
+        env = {"FACESERVE_MODEL_REPOSITORY": str(repo), "FACESERVE_BACKEND": triton_url,
+               "FACESERVE_MODELS_WATCH_S": "0.5", "FACESERVE_DATA_DIR": str(tmp_path / "data")}
+        with serve(env) as url:
+            config = (repo / "emotion" / "config.pbtxt").read_bytes()
+            refused = convert(repo, "shadow", "emotion", "2", "--triton-url", f"grpc://127.0.0.1:{free_port()}")
+            assert refused.returncode == 2 and "refusing: Triton at grpc://127.0.0.1:" in refused.stderr, \
+                refused.stderr
+            assert (repo / "emotion" / "config.pbtxt").read_bytes() == config
+            assert triton_control.loaded_versions(triton_url, "emotion") == [1]
+
+            started = convert(repo, "shadow", "emotion", "2", "--triton-url", triton_url)
+            assert started.returncode == 0, started.stderr
+            assert f"emotion: Triton at {triton_url} holds versions 1, 2 (" in started.stderr
+            assert follow(url)["trials"] == [{"model": "emotion", "mode": "shadow", "candidate": "emotion:2"}]
+            statuses, shadowed, rate = asyncio.run(load(url, photo_set, rounds=1))
+            assert set(statuses) == {200}, f"{sum(s != 200 for s in statuses)} failed of {len(statuses)}"
+            assert {answer["models"]["emotion"] for _, answer in shadowed} == {"emotion:1"}
+            agreeing = faces = 0
+            for name, answer in shadowed:
+                labels = offline.labels(photo_set[name], answer)
+                assert [f["emotion"]["label"] for f in answer["faces"]] == labels["emotion:1"], name
+                agreeing += sum(a == b for a, b in zip(labels["emotion:1"], labels["emotion:2"]))
+                faces += len(answer["faces"])
+            report = settled_report(url, {"shadow": faces})
+            (pair,) = report["pairs"]
+            assert (pair["serving"], pair["candidate"], pair["mode"], pair["faces"]) == (
+                "emotion:1", "emotion:2", "shadow", faces)
+            assert pair["agreement"] == pytest.approx(agreeing / faces, abs=1e-12)  # the offline figure, exactly
+            assert set(pair["latency"]) == {"emotion:1", "emotion:2"}
+            assert inferred(triton_url, "emotion", "2") == faces  # the candidate ran in Triton, on every face
+
+            assert convert(repo, "candidate-stop", "emotion").returncode == 0
+            assert follow(url)["trials"] == []
+            statuses, stopped, _ = asyncio.run(load(url, {"emotion_grid": photo_set["emotion_grid"]}, rounds=1))
+            assert set(statuses) == {200} and {a["models"]["emotion"] for _, a in stopped} == {"emotion:1"}
+            time.sleep(1.0)  # the writers' windows
+            assert settled_report(url, {"shadow": faces}, timeout_s=2)["pairs"][0]["faces"] == faces
+            assert inferred(triton_url, "emotion", "2") == faces  # nothing ran on it after the trial
+        assert triton.pid == triton_pid and triton.running  # never restarted
+    print(f"\nTriton shadow at c={CLIENTS}, this loaded machine: {rate:.1f} req/s; agreement {agreeing}/{faces}; "
+          f"latency (ms, mean/p95): " + "; ".join(f"{ref} {v['mean_ms']}/{v['p95_ms']}"
+                                                 for ref, v in pair["latency"].items()))
+
+
+def inferred(url: str, name: str, version: str) -> int:
+    """How many inputs (batch rows) Triton ran on this version of the model."""
+    import tritonclient.grpc as grpc_client
+
+    client = grpc_client.InferenceServerClient(url.removeprefix("grpc://"))
+    try:
+        (stats,) = client.get_inference_statistics(name, version, as_json=True)["model_stats"]
+    finally:
+        client.close()
+    return int(stats.get("inference_count", 0))
