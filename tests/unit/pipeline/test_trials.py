@@ -12,6 +12,7 @@ import pytest
 
 from faceserve.backends import Backend
 from faceserve.dev import photos
+from faceserve.errors import VersionNotLoaded
 from faceserve.models.repository import Repository, write_onnx_model_folder
 from faceserve.models.rollout import CANARY, SHADOW, drawn, start_trial, stop_trial
 from faceserve.models.versions import add_version
@@ -158,3 +159,33 @@ def test_a_trial_that_cannot_run_at_start_leaves_the_serving_versions_serving(re
     run(pipeline.start())
     assert pipeline.trials == {} and backend.loaded == {"emotion:1"}
     assert run(analyze(pipeline, grid, "k")).models["emotion"] == "emotion:1"
+
+
+class ForgetfulTriton(VersionedBackend):
+    """A Triton that holds only the versions in `held` (restarted: only the version policy's)."""
+
+    def __init__(self, held: set[str]):
+        super().__init__()
+        self.held = held
+
+    async def load(self, specs) -> None:
+        missing = sorted(set(specs) - self.held)
+        if missing:
+            raise VersionNotLoaded(f"Triton does not hold {', '.join(missing)}")
+        await super().load(specs)
+
+
+def test_a_candidate_the_backend_does_not_hold_runs_no_trial_until_it_does(repo, grid, run):
+    """At start and at a reload the serving versions serve without it; the reload after it is held runs it."""
+    start_trial(repo / "emotion", SHADOW, 2)
+    backend = ForgetfulTriton({"emotion:1"})
+    pipeline = Pipeline(Repository.load(repo), backend)
+    run(pipeline.start())
+    assert pipeline.trials == {} and backend.loaded == {"emotion:1"}
+    assert run(analyze(pipeline, grid, "k")).models["emotion"] == "emotion:1"
+    start_trial(repo / "emotion", SHADOW, 3)
+    assert run(pipeline.swap(Repository.load(repo))) == [] and pipeline.trials == {}
+    backend.held.add("emotion:3")  # `convert shadow emotion 3 --triton-url` loaded it
+    run(pipeline.swap(Repository.load(repo)))
+    assert backend.loaded == {"emotion:1", "emotion:3"}
+    assert run(analyze(pipeline, grid, "k")).comparisons[0].candidate.version == "3"
