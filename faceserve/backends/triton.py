@@ -133,7 +133,8 @@ class TritonBackend(Backend):
             if not await self._call(f"readiness of {ref}", client.is_model_ready(spec.name, spec.version)):
                 raise VersionNotLoaded(
                     f"Triton does not hold {ref}; load it beside the serving version with `python -m convert "
-                    f"promote {spec.name} {spec.version} --triton-url URL` (or `rollback`), then reload")
+                    f"promote {spec.name} {spec.version} --triton-url URL` (or `rollback`, or `shadow` or `canary` "
+                    f"for a candidate), then reload")
             try:
                 await self._verify(spec)
             except BackendMismatch as exc:
