@@ -91,6 +91,9 @@ class Settings:
     # FACESERVE_ANSWERS_GROUP_MS: how long a remembered answer may wait for others to share its commit
     # (docs/feedback.md): fewer commits, and a kill -9 loses up to this much more. 0: a group is what queued meanwhile.
     answers_group_ms: float = 20.0
+    # FACESERVE_INDEX_DIR: where the gallery's saved search indexes live (docs/identity.md); None: beside the SQLite
+    # file, or for PostgreSQL a folder under the temporary directory named after the store
+    index_dir: Path | None = None
     # FACESERVE_BATCH_DELAY_US: the embedded batcher's queue delay for every model; None: each config.pbtxt's own
     batch_delay_us: int | None = None
     # FACESERVE_MODELS_WATCH_S: how often each worker looks at the model configs, serving a promoted or rolled back
@@ -141,6 +144,7 @@ class Settings:
             job_lease_s=float(_env("JOB_LEASE_S", "30")),
             answers_kept_days=float(_env("ANSWERS_KEPT_DAYS", "30")),
             answers_group_ms=float(_env("ANSWERS_GROUP_MS", "20")),
+            index_dir=Path(_env("INDEX_DIR", "")) if _env("INDEX_DIR", "") else None,
             batch_delay_us=int(_env("BATCH_DELAY_US", "")) if _env("BATCH_DELAY_US", "") else None,
             models_watch_s=float(_env("MODELS_WATCH_S", "2")),
         )

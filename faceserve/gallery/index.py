@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -47,15 +46,11 @@ BIRTH = "SELECT applied_at FROM store_migrations WHERE component = 'store' AND v
 # Where exact search over the whole gallery stops being faster than the approximate index beside its changes,
 # in faces (benchmarks/search.py measured it: docs/identity.md).
 EXACT_BELOW = 5_000
-INDEX_DIR_ENV = "FACESERVE_INDEX_DIR"
 
 
 def default_index_dir(store: Store) -> Path:
-    """FACESERVE_INDEX_DIR, else a folder beside the SQLite file, else (PostgreSQL) one under the temporary
-    directory, named after the store: the workers of one machine share it."""
-    configured = os.environ.get(INDEX_DIR_ENV)
-    if configured:
-        return Path(configured)
+    """Where saved indexes live unless configured (FACESERVE_INDEX_DIR): a folder beside the SQLite file, else
+    (PostgreSQL) one under the temporary directory, named after the store: the workers of one machine share it."""
     path = getattr(store, "path", None)
     if path is not None:
         return Path(path).with_name(Path(path).name + ".index")
@@ -218,7 +213,7 @@ class GalleryIndex:
             return self._build_locked(tx, current, state)
         except OSError as exc:
             log.warning("gallery index: cannot save an index in %s (%s); searching exactly (set %s to a writable "
-                        "folder)", self.folder, exc, INDEX_DIR_ENV)
+                        "folder)", self.folder, exc, "FACESERVE_INDEX_DIR")
             self._unwritable = True
             return None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -66,12 +67,12 @@ class IdentityStage:
 
     @classmethod
     def open(cls, pipeline: Pipeline, store: Store, threshold: float | None = None,
-             bars: EnrolmentBars = EnrolmentBars()) -> "IdentityStage":
+             bars: EnrolmentBars = EnrolmentBars(), index_dir: Path | None = None) -> "IdentityStage":
         """The stage over the gallery in `store` for the pipeline's embedding head (slow: the gallery's index is
-        loaded); `threshold` None is the head's own measured one."""
+        loaded); `threshold` None is the head's own measured one; `index_dir` None: the store's default folder."""
         head = pipeline.require_embedding()
         model = EmbeddingModel(head.spec.name, head.spec.version, head.dimension)
-        gallery = Gallery(store, model)
+        gallery = Gallery(store, model, index_dir=index_dir)
         log.info("gallery: %s faces of %s", type(store).__name__, model_ref(model.name, model.version))
         return cls(pipeline, gallery, head.spec.score_threshold if threshold is None else threshold, bars)
 

@@ -72,7 +72,7 @@ class Resources:
         self._store_lock = threading.Lock()
         self._identity = OpenedOnce(lambda: IdentityStage.open(self.pipeline, self.store(),
                                                                settings.identity_threshold,
-                                                               settings.enrolment_bars))
+                                                               settings.enrolment_bars, settings.index_dir))
         self._feedback = OpenedOnce(lambda: Feedback(self.store(), settings.answers_kept_days,
                                                      settings.answers_group_ms / 1000))
         self._jobs = OpenedOnce(lambda: JobQueue(self.store(), settings.jobs, lease_s=settings.job_lease_s))

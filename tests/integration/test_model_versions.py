@@ -49,6 +49,33 @@ def versioned(repository, fixtures, tmp_path_factory) -> Path:
     return repo
 
 
+async def analyze_through(url: str, image: bytes, phases, beside=lambda stop: []):
+    """CLIENTS clients posting `image` to /analyze (and the coroutines `beside(stop)` gives) while each phase runs:
+    (statuses, (answer, when asked, when it came), (phase began, phase ended)). Each phase gets 2 s of load before
+    it and 1.5 s after it, in which both workers' watchers (every 0.5 s) have looked."""
+    statuses, answers, marks = [], [], []
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def one():
+            while not stop.is_set():
+                asked = time.monotonic()
+                response = await client.post(f"{url}/analyze", files={"image": ("g.jpg", image, "image/jpeg")})
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    answers.append((response.json(), asked, time.monotonic()))
+        clients = [asyncio.create_task(one()) for _ in range(CLIENTS)] + [asyncio.create_task(c) for c in beside(stop)]
+        for phase in phases:
+            await asyncio.sleep(2.0)
+            began = time.monotonic()
+            await phase(client)
+            await asyncio.sleep(1.5)
+            marks.append((began, time.monotonic()))
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.gather(*clients)
+    return statuses, answers, marks
+
+
 def fresh_copy(versioned: Path, tmp_path: Path) -> Path:
     shutil.copytree(versioned, tmp_path / "repo")
     return tmp_path / "repo"
@@ -136,30 +163,6 @@ def test_promote_and_rollback_under_http_load_with_two_workers(versioned, emotio
         assert emotion["versions"][1]["parity"]["top1_agreement"] == 1.0
         assert emotion["versions"][1]["source"].endswith("fer2013_mini_XCEPTION.119-0.65.hdf5")
 
-        async def load(phases):
-            statuses, answers = [], []  # answers: (the answer, when it was asked, when it came)
-            stop = asyncio.Event()
-            async with httpx.AsyncClient(timeout=60) as client:
-                async def one():
-                    while not stop.is_set():
-                        asked = time.monotonic()
-                        response = await client.post(f"{url}/analyze", files={"image": ("g.jpg", image, "image/jpeg")})
-                        statuses.append(response.status_code)
-                        if response.status_code == 200:
-                            answers.append((response.json(), asked, time.monotonic()))
-                clients = [asyncio.create_task(one()) for _ in range(CLIENTS)]
-                marks = []
-                for phase in phases:
-                    await asyncio.sleep(2.0)
-                    began = time.monotonic()
-                    await phase(client)
-                    await asyncio.sleep(1.5)  # both workers' watchers have looked (every 0.5 s)
-                    marks.append((began, time.monotonic()))
-                await asyncio.sleep(2.0)
-                stop.set()
-                await asyncio.gather(*clients)
-            return statuses, answers, marks
-
         async def promote(client):
             done = await asyncio.to_thread(run_convert, "promote", "emotion", "2", "--repository", str(repo))
             assert done.returncode == 0, done.stderr
@@ -171,7 +174,7 @@ def test_promote_and_rollback_under_http_load_with_two_workers(versioned, emotio
             assert reloaded.status_code == 200, reloaded.text
             assert "emotion:1" in reloaded.json()["serving"]  # this worker serves it now, by the watcher or the call
 
-        statuses, timed, ((promoting, promoted), (rolling_back, rolled_back)) = asyncio.run(load([promote, rollback]))
+        statuses, timed, ((promoting, promoted), (rolling_back, rolled_back)) = asyncio.run(analyze_through(url, image, [promote, rollback]))
         answers = [answer for answer, _, _ in timed]
         before = [a for a, asked, came in timed if came < promoting]
         v2_only = [a for a, asked, came in timed if asked >= promoted and came < rolling_back]

@@ -37,8 +37,8 @@ from faceserve.triton_models import configs
 from faceserve.triton_models.client import PipelineClient
 from tests.integration.test_convert import run_convert
 from tests.integration.test_model_trials import Offline, convert, follow, load, photo_set, settled_report
-from tests.integration.test_model_versions import (CLIENTS, PROMOTE_THEN_HANG, V1, V2, check_answers, fresh_copy,
-                                                   scores_by_face, versioned)
+from tests.integration.test_model_versions import (CLIENTS, PROMOTE_THEN_HANG, V1, V2, analyze_through, check_answers,
+                                                   fresh_copy, scores_by_face, versioned)
 from tests.support import ROOT, free_port, jpeg, serve
 
 pytestmark = pytest.mark.triton
@@ -78,13 +78,11 @@ PIPELINE_CLIENTS = 2
 
 
 async def under_load(url: str, pipeline: PipelineClient, image: bytes, phases):
-    """CLIENTS clients posting `image` to /analyze, and PIPELINE_CLIENTS asking Triton's pipeline model, while each
-    phase runs; (statuses, (answer, asked, came), pipeline errors, (pipeline answer, asked, came), (phase began,
-    phase ended)). Each phase gets 2 s of load before it and 1.5 s after it for the watchers."""
-    statuses, answers, marks, pipeline_errors, pipeline_answers = [], [], [], [], []
-    stop = asyncio.Event()
+    """`analyze_through`'s load, and PIPELINE_CLIENTS asking Triton's pipeline model meanwhile; (statuses,
+    (answer, asked, came), pipeline errors, (pipeline answer, asked, came), (phase began, phase ended))."""
+    pipeline_errors, pipeline_answers = [], []
 
-    async def through_pipeline():
+    async def through_pipeline(stop: asyncio.Event):
         while not stop.is_set():
             asked = time.monotonic()
             try:
@@ -94,26 +92,8 @@ async def under_load(url: str, pipeline: PipelineClient, image: bytes, phases):
             else:
                 pipeline_answers.append((answer.analysis, asked, time.monotonic()))
 
-    async with httpx.AsyncClient(timeout=60) as client:
-        async def one():
-            while not stop.is_set():
-                asked = time.monotonic()
-                response = await client.post(f"{url}/analyze", files={"image": ("g.jpg", image, "image/jpeg")})
-                statuses.append(response.status_code)
-                if response.status_code == 200:
-                    answers.append((response.json(), asked, time.monotonic()))
-
-        clients = [asyncio.create_task(one()) for _ in range(CLIENTS)]
-        clients += [asyncio.create_task(through_pipeline()) for _ in range(PIPELINE_CLIENTS)]
-        for phase in phases:
-            await asyncio.sleep(2.0)
-            began = time.monotonic()
-            await phase(client)
-            await asyncio.sleep(1.5)
-            marks.append((began, time.monotonic()))
-        await asyncio.sleep(2.0)
-        stop.set()
-        await asyncio.gather(*clients)
+    statuses, answers, marks = await analyze_through(
+        url, image, phases, beside=lambda stop: [through_pipeline(stop) for _ in range(PIPELINE_CLIENTS)])
     return statuses, answers, pipeline_errors, pipeline_answers, marks
 
 
