@@ -62,8 +62,8 @@ class AnalysisService:
         request_id = new_id()  # before the answer: a canary draws by it
         with self.pipeline.one_version(request_id):
             analysis = await self.analysis(pixels, detector, identify)
-        return await self._remember(owner, analysis, digest(data), identify, data if keep_image else None, written,
-                                    request_id)
+        return await self.remember(owner, analysis, digest(data), identify, data if keep_image else None, written,
+                                   request_id)
 
     async def analyze_batch(self, caller: Caller, uploads: list[Path] | None, b64s: list[str] | None,
                             detector: str | None = None, identify: bool = False) -> BatchAnalysis:
@@ -76,8 +76,8 @@ class AnalysisService:
         request_ids = [new_id() for _ in images]
         with self.pipeline.one_version(request_ids[0] if request_ids else None):  # one draw for the whole request
             analyses = await asyncio.gather(*(self.analysis(pixels, detector, identify) for pixels, _ in images))
-        return BatchAnalysis(results=[await self._remember(caller.principal, analysis, image_digest, identify,
-                                                           request_id=request_id)
+        return BatchAnalysis(results=[await self.remember(caller.principal, analysis, image_digest, identify,
+                                                          request_id=request_id)
                                       for analysis, (_, image_digest), request_id in zip(analyses, images,
                                                                                          request_ids)])
 
@@ -103,9 +103,11 @@ class AnalysisService:
             [{"label": answer.top_k[0].label}], per_face=False))
         return answer
 
-    async def _remember(self, owner: str, analysis: Analysis, image_digest: str, identified: bool,
-                        image: bytes | None = None, written: bool = False,
-                        request_id: str | None = None) -> Analysis:
+    async def remember(self, owner: str, analysis: Analysis, image_digest: str, identified: bool,
+                       image: bytes | None = None, written: bool = False,
+                       request_id: str | None = None) -> Analysis:
+        """`analysis` remembered as `owner`'s, with what its trials compared, under `request_id` (set as its
+        `request_id`; None where the store cannot be reached)."""
         # the versions that answered (`analysis.models`), even where a swap has served others since
         answering = {c.field: c.candidate for c in analysis.comparisons if c.answered_by_candidate}
         fields = {head.field: FieldModel(analysis.models.get(head.field, model_ref(head.spec.name, head.spec.version)),

@@ -5,7 +5,8 @@ answers `<task>_label` (BYTES) and `<task>_score` (FP32) per face, a head withou
 embedding model, `embedding` (FP32, one unit vector per face: a row per face when `embed` or `identify` is
 asked, else none) and, with `identify`, `identity_id`, `identity_name` (BYTES, empty for nobody known) and
 `identity_similarity` (FP32, NaN for nobody known), so that a client can search its own gallery or read ours
-without parsing the JSON answer.
+without parsing the JSON answer. `request_id` (BYTES) names the answer remembered in the store while a trial runs
+(its comparison rows are what `/models/compare` reports), empty when nothing was remembered.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ ROTATE_OUTPUTS = (Tensor("image", mc.TYPE_STRING, (1,)),)
 ANALYSIS = Tensor("analysis", mc.TYPE_STRING, (1,))
 BOXES = Tensor("boxes", mc.TYPE_FP32, (-1, 4))
 SCORES = Tensor("scores", mc.TYPE_FP32, (-1,))
+REQUEST_ID = Tensor("request_id", mc.TYPE_STRING, (1,))
 IDENTITY_ID = Tensor("identity_id", mc.TYPE_STRING, (-1,))
 IDENTITY_NAME = Tensor("identity_name", mc.TYPE_STRING, (-1,))
 IDENTITY_SIMILARITY = Tensor("identity_similarity", mc.TYPE_FP32, (-1,))
@@ -83,7 +85,8 @@ def pipeline_inputs(embedding: ModelSpec | None) -> tuple[Tensor, ...]:
 def pipeline_outputs(heads: list[ModelSpec], embedding: ModelSpec | None = None) -> tuple[Tensor, ...]:
     identity = () if embedding is None else (
         embedding_output(EmbeddingHead(embedding).dimension), IDENTITY_ID, IDENTITY_NAME, IDENTITY_SIMILARITY)
-    return (ANALYSIS, BOXES, SCORES, *(output.tensor for spec in heads for output in face_outputs(spec)), *identity)
+    return (ANALYSIS, REQUEST_ID, BOXES, SCORES,
+            *(output.tensor for spec in heads for output in face_outputs(spec)), *identity)
 
 
 def python_model_config(name: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...], *,

@@ -22,7 +22,9 @@ from faceserve.errors import FaceserveError, InvalidRequest
 from faceserve.pipeline import imaging
 from faceserve.pipeline.schemas import Analysis
 from faceserve.services import ImageService, Services
+from faceserve.services.images import digest
 from faceserve.settings import Settings
+from faceserve.store import new_id
 from faceserve.triton_models import configs
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 # Decoding, crops and BLS calls (`async_exec` runs in the loop's executor) all take a thread: enough for every
 # request of a full batch to have its head calls in flight at once.
 WORKER_THREADS = 4 * configs.MAX_BATCH_SIZE
+# Whose the answers the pipeline model remembers are: Triton tells a model nothing of its client.
+PIPELINE_OWNER = "triton:pipeline"
 
 
 def triton_error(pb_utils, error: FaceserveError):
@@ -99,7 +103,9 @@ class PipelineModel(Model):
     store the service opens (FACESERVE_STORE), opened at the first such request. Its services are built as the
     service builds them (`Services.build`), on the BLS backend. Like each of the service's workers, it serves the
     face heads' versions the repository's configs name, looking every FACESERVE_MODELS_WATCH_S seconds, before an
-    execution (between two, no request is in flight)."""
+    execution (between two, no request is in flight). While a trial runs, each request runs it as the service's
+    `analyze` does (the candidate called through BLS, pinned to its version; a canary's drawn requests answered by
+    it), and its answer and comparison rows are remembered in that store under the `request_id` output."""
 
     def __init__(self, pb_utils, repository: Path):
         super().__init__(pb_utils)
@@ -122,10 +128,20 @@ class PipelineModel(Model):
         embed = identify or bool(self._scalar(request, configs.EMBED.name))
         if embed:
             self.pipeline.require_embedding()  # no embedding model: the service's words, before decoding
-        pixels = await self.services.images.decode(self.image_bytes(request))
-        if not embed:
-            return self.tensors(await self.services.analysis.analysis(pixels, detector))
-        return self.tensors(*await self.services.analysis.embedded_analysis(pixels, detector, identify), identify)
+        data = self.image_bytes(request)
+        pixels = await self.services.images.decode(data)
+        analyses = self.services.analysis
+        request_id = new_id() if self.pipeline.trials else None  # before the answer: a canary draws by it
+        vectors = None
+        with self.pipeline.one_version(request_id):
+            if embed:
+                analysis, vectors = await analyses.embedded_analysis(pixels, detector, identify)
+            else:
+                analysis = await analyses.analysis(pixels, detector)
+        if request_id is not None:
+            analysis = await analyses.remember(PIPELINE_OWNER, analysis, digest(data), identify,
+                                               request_id=request_id)
+        return self.tensors(analysis, vectors, identify)
 
     def close(self) -> None:
         self.loop.run_until_complete(self.services.close())
@@ -138,6 +154,7 @@ class PipelineModel(Model):
         faces = analysis.model_dump(mode="json")["faces"]
         boxes = [[face["box"][corner] for corner in ("x1", "y1", "x2", "y2")] for face in faces]
         outputs = {configs.ANALYSIS.name: np.array([[analysis.model_dump_json().encode()]], dtype=np.object_),
+                   configs.REQUEST_ID.name: np.array([[(analysis.request_id or "").encode()]], dtype=np.object_),
                    configs.BOXES.name: np.array(boxes, np.float32).reshape(1, len(faces), 4),
                    configs.SCORES.name: np.array([[face["score"] for face in faces]], np.float32).reshape(1, -1)}
         for output in self.face_outputs:

@@ -123,10 +123,10 @@ def test_server_serves_the_python_models(triton):
     index = {m["name"]: m["state"] for m in client.get_model_repository_index()}
     assert index["pipeline"] == index["rotate"] == "READY"
     outputs = {o["name"]: o["datatype"] for o in client.get_model_metadata("pipeline")["outputs"]}
-    assert outputs == {"analysis": "BYTES", "boxes": "FP32", "scores": "FP32", "emotion_label": "BYTES",
-                       "emotion_score": "FP32", "gender_label": "BYTES", "gender_score": "FP32", "age": "FP32",
-                       "embedding": "FP32", "identity_id": "BYTES", "identity_name": "BYTES",
-                       "identity_similarity": "FP32"}
+    assert outputs == {"analysis": "BYTES", "request_id": "BYTES", "boxes": "FP32", "scores": "FP32",
+                       "emotion_label": "BYTES", "emotion_score": "FP32", "gender_label": "BYTES",
+                       "gender_score": "FP32", "age": "FP32", "embedding": "FP32", "identity_id": "BYTES",
+                       "identity_name": "BYTES", "identity_similarity": "FP32"}
     shapes = {o["name"]: o["shape"] for o in client.get_model_metadata("pipeline")["outputs"]}
     assert shapes["embedding"] == [-1, -1, 1024] and shapes["identity_name"] == [-1, -1]
 

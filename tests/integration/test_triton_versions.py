@@ -29,10 +29,12 @@ from tritonclient.utils import InferenceServerException
 
 from faceserve.backends import triton_control
 from faceserve.dev.triton_local import LocalTriton
+from faceserve.feedback.comparisons import ComparisonReport, report
 from faceserve.models import versions
 from faceserve.pipeline.imaging import decode
 from faceserve.services.resources import Resources
 from faceserve.settings import Settings
+from faceserve.store import open_store
 from faceserve.triton_models import configs
 from faceserve.triton_models.client import PipelineClient
 from tests.integration.test_convert import run_convert
@@ -275,3 +277,90 @@ def inferred(url: str, name: str, version: str) -> int:
     finally:
         client.close()
     return int(stats.get("inference_count", 0))
+
+
+PIPELINE_TRIAL_CLIENTS = 4
+
+
+def pipeline_load(pipeline: PipelineClient, photo_bytes: dict[str, bytes]) -> tuple[list, list[str]]:
+    """PIPELINE_TRIAL_CLIENTS clients straight to Triton's pipeline model, each sending every photo once: the
+    answers (photo name, answer) and the errors."""
+    answers, errors = [], []
+
+    async def one(offset: int):
+        names = list(photo_bytes)
+        for i in range(len(names)):
+            name = names[(i + offset) % len(names)]
+            try:
+                answers.append((name, await asyncio.to_thread(pipeline.analyze, photo_bytes[name])))
+            except InferenceServerException as exc:
+                errors.append(str(exc))
+
+    async def clients():
+        await asyncio.gather(*(one(offset) for offset in range(PIPELINE_TRIAL_CLIENTS)))
+
+    asyncio.run(clients())
+    return answers, errors
+
+
+def stored_report(store_url: str, faces: int, timeout_s: float = 20.0) -> ComparisonReport:
+    """emotion's comparison report from the store, once its pairs count `faces` (the pipeline's writer wrote)."""
+    store = open_store(store_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = report(store, "emotion", "emotion", True, None)
+            if sum(pair.faces for pair in found.pairs) == faces or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+    finally:
+        store.close()
+
+
+def test_shadow_through_tritons_pipeline_model_reported_and_checked_offline(versioned, repository, photo_set,
+                                                                           tmp_path):
+    """`convert shadow emotion 2 --triton-url` seen by Triton's own pipeline model (BLS), which follows the configs:
+    each request runs the candidate pinned to version 2 on the faces version 1 answers, and is remembered with its
+    comparison rows in the store (FACESERVE_STORE) under the `request_id` output. Several clients straight to Triton:
+    no error, every answer version 1's, and the store's report (what `/models/compare` reads) has the offline
+    agreement on the same crops; Triton counts exactly those faces on version 2. Before the trial nothing is
+    remembered."""
+    repo = fresh_copy(versioned, tmp_path)
+    shutil.copytree(repository / configs.PIPELINE, repo / configs.PIPELINE)
+    offline = Offline(repo)
+    store_url = f"sqlite:///{tmp_path / 'faceserve.db'}"
+    with LocalTriton(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                     python_models=True,
+                     env={"FACESERVE_MODELS_WATCH_S": "0.5", "FACESERVE_STORE": store_url}) as triton:
+        triton_url = f"grpc://{triton.grpc_url}"
+        pipeline = PipelineClient(triton_url)
+        try:
+            untried = pipeline.analyze(photo_set["emotion_grid"])
+            started = convert(repo, "shadow", "emotion", "2", "--triton-url", triton_url)
+            assert started.returncode == 0, started.stderr
+            time.sleep(1.0)  # past the pipeline model's look at the configs (every 0.5 s, before an execution)
+            shadowed, errors = pipeline_load(pipeline, photo_set)
+            candidate_rows = inferred(triton_url, "emotion", "2")
+        finally:
+            pipeline.close()
+
+    assert untried.tensors["request_id"].tolist() == [b""] and untried.analysis["request_id"] is None
+    assert errors == [] and len(shadowed) == PIPELINE_TRIAL_CLIENTS * len(photo_set)
+    assert {answer.analysis["models"]["emotion"] for _, answer in shadowed} == {"emotion:1"}
+    request_ids = [answer.tensors["request_id"][0].decode() for _, answer in shadowed]
+    assert all(request_ids) and len(set(request_ids)) == len(shadowed)
+    assert request_ids == [answer.analysis["request_id"] for _, answer in shadowed]
+    agreeing = faces = with_faces = 0
+    for name, answer in shadowed:
+        labels = offline.labels(photo_set[name], answer.analysis)
+        assert [f["emotion"]["label"] for f in answer.analysis["faces"]] == labels["emotion:1"], name
+        agreeing += sum(a == b for a, b in zip(labels["emotion:1"], labels["emotion:2"]))
+        faces += len(answer.analysis["faces"])
+        with_faces += bool(answer.analysis["faces"])
+    (pair,) = stored_report(store_url, faces).pairs
+    assert (pair.serving, pair.candidate, pair.mode, pair.requests, pair.faces) == (
+        "emotion:1", "emotion:2", "shadow", with_faces, faces)
+    assert pair.agreement == pytest.approx(agreeing / faces, abs=1e-12)  # the offline figure, exactly
+    assert candidate_rows == faces  # the candidate ran in Triton through BLS, on every face
+    print(f"\npipeline model shadow, c={PIPELINE_TRIAL_CLIENTS}: {len(shadowed)} requests, agreement "
+          f"{agreeing}/{faces}")
