@@ -8,7 +8,7 @@ from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 
-from faceserve.errors import FaceserveError, InvalidRequest, NotFound
+from faceserve.errors import FaceserveError, InvalidRequest, NotFound, StoreUnavailable
 from faceserve.gallery import audit, transfer, validation
 from faceserve.gallery.index import GalleryIndex
 from faceserve.gallery.records import (AuditPage, EmbeddingModel, IdentityPage, IdentitySummary, ImportCounts, Match,
@@ -16,6 +16,8 @@ from faceserve.gallery.records import (AuditPage, EmbeddingModel, IdentityPage, 
 from faceserve.gallery.migrations import MIGRATIONS, REMOVALS_KEPT, TOPIC
 from faceserve.http.caller import LOCAL, Caller
 from faceserve.store import Store, Transaction, new_id, utc_now
+
+DELETED_SLACK = 8  # matches searched beyond top k, for identities deleted that the index may still hold
 
 MAX_PAGE = 1000
 
@@ -146,15 +148,26 @@ class Gallery:
 
     def search(self, vectors: np.ndarray, k: int = 5) -> list[list[Match]]:
         """For each row of `vectors` (n, dimension): the top `k` identities by cosine similarity of their
-        closest face, best first. Sees every change committed before the last poll (at most
-        `poll_interval_s` ago; at once for this process's own changes and, on PostgreSQL, everyone's)."""
+        closest face, best first. Sees every face added before the last poll (at most `poll_interval_s` ago; at
+        once for this process's own changes and, on PostgreSQL, everyone's), and never an identity deleted
+        before the search, whichever process deleted it: the matches are checked against the store."""
         queries = np.asarray(vectors, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.model.dimension:
             raise InvalidRequest(f"search takes vectors of shape (n, {self.model.dimension}), not {queries.shape}")
         norms = np.linalg.norm(queries, axis=1)
         if not np.all(np.isfinite(norms)) or not np.all(norms > 0):
             raise InvalidRequest("every search vector must be finite and non-zero")
-        return self.index.search(queries, k)
+        # a few more than asked: those deleted since this process's index last followed the store are dropped
+        found = self.index.search(queries, k + DELETED_SLACK)
+        matched = sorted({match.identity_id for matches in found for match in matches})
+        try:
+            with self.store.read() as tx:
+                existing = {row[0] for row in tx.all(
+                    f"SELECT id FROM gallery_identities WHERE id IN ({', '.join('?' * len(matched))})",
+                    matched)} if matched else set()
+        except StoreUnavailable:  # the index in memory keeps answering while the store is away (docs/store.md)
+            return [matches[:k] for matches in found]
+        return [[match for match in matches if match.identity_id in existing][:k] for matches in found]
 
     # ---- export and import -------------------------------------------------------
 
