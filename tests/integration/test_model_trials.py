@@ -77,6 +77,17 @@ class Offline:
             self._cache[key] = found
         return self._cache[key]
 
+    def shadow_agreement(self, photo_set: dict[str, bytes], shadowed: list[tuple[str, dict]]) -> tuple[int, int]:
+        """(faces on which the two versions agree, faces) over shadowed answers, each of which must carry the
+        serving version's labels (`emotion:1`), as run offline."""
+        agreeing = faces = 0
+        for name, answer in shadowed:
+            labels = self.labels(photo_set[name], answer)
+            assert [f["emotion"]["label"] for f in answer["faces"]] == labels["emotion:1"], name
+            agreeing += sum(a == b for a, b in zip(labels["emotion:1"], labels["emotion:2"]))
+            faces += len(answer["faces"])
+        return agreeing, faces
+
 
 async def load(url: str, photo_bytes: dict[str, bytes], rounds: int = ROUNDS) -> tuple[list, list, float]:
     """16 clients, each sending every photo `rounds` times: the statuses, the answers (photo name, answer), and the
@@ -149,12 +160,7 @@ def test_shadow_then_canary_under_load_reported_and_checked_offline_then_promote
         statuses, shadowed, measured["shadow"] = asyncio.run(load(url, photo_set))
         assert set(statuses) == {200}, f"{sum(s != 200 for s in statuses)} failed of {len(statuses)}"
         assert {answer["models"]["emotion"] for _, answer in shadowed} == {"emotion:1"}
-        agreeing = faces = 0
-        for name, answer in shadowed:
-            labels = offline.labels(photo_set[name], answer)
-            assert [f["emotion"]["label"] for f in answer["faces"]] == labels["emotion:1"], name
-            agreeing += sum(a == b for a, b in zip(labels["emotion:1"], labels["emotion:2"]))
-            faces += len(answer["faces"])
+        agreeing, faces = offline.shadow_agreement(photo_set, shadowed)
 
         # ---- canary -----------------------------------------------------------------------------------------
         assert convert(repo, "canary", "emotion", "2", "--share", "0.5").returncode == 0

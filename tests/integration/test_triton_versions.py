@@ -240,12 +240,7 @@ def test_shadow_on_triton_under_load_reported_and_checked_offline(versioned, pho
             statuses, shadowed, rate = asyncio.run(load(url, photo_set, rounds=1))
             assert set(statuses) == {200}, f"{sum(s != 200 for s in statuses)} failed of {len(statuses)}"
             assert {answer["models"]["emotion"] for _, answer in shadowed} == {"emotion:1"}
-            agreeing = faces = 0
-            for name, answer in shadowed:
-                labels = offline.labels(photo_set[name], answer)
-                assert [f["emotion"]["label"] for f in answer["faces"]] == labels["emotion:1"], name
-                agreeing += sum(a == b for a, b in zip(labels["emotion:1"], labels["emotion:2"]))
-                faces += len(answer["faces"])
+            agreeing, faces = offline.shadow_agreement(photo_set, shadowed)
             report = settled_report(url, {"shadow": faces})
             (pair,) = report["pairs"]
             assert (pair["serving"], pair["candidate"], pair["mode"], pair["faces"]) == (
@@ -350,13 +345,8 @@ def test_shadow_through_tritons_pipeline_model_reported_and_checked_offline(vers
     request_ids = [answer.tensors["request_id"][0].decode() for _, answer in shadowed]
     assert all(request_ids) and len(set(request_ids)) == len(shadowed)
     assert request_ids == [answer.analysis["request_id"] for _, answer in shadowed]
-    agreeing = faces = with_faces = 0
-    for name, answer in shadowed:
-        labels = offline.labels(photo_set[name], answer.analysis)
-        assert [f["emotion"]["label"] for f in answer.analysis["faces"]] == labels["emotion:1"], name
-        agreeing += sum(a == b for a, b in zip(labels["emotion:1"], labels["emotion:2"]))
-        faces += len(answer.analysis["faces"])
-        with_faces += bool(answer.analysis["faces"])
+    agreeing, faces = offline.shadow_agreement(photo_set, [(name, answer.analysis) for name, answer in shadowed])
+    with_faces = sum(bool(answer.analysis["faces"]) for _, answer in shadowed)
     (pair,) = stored_report(store_url, faces).pairs
     assert (pair.serving, pair.candidate, pair.mode, pair.requests, pair.faces) == (
         "emotion:1", "emotion:2", "shadow", with_faces, faces)
