@@ -151,14 +151,15 @@ class LocalPostgres(StartedInWith):
     def database_url(self, name: str) -> str:
         return f"postgresql://{self.user}@{HOST}:{self.port}/{name}"
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, encoding: str = "UTF8") -> str:
         """Create database `name` unless it exists (one per test keeps tests apart); return its URL."""
         import psycopg
         from psycopg import sql
 
         with psycopg.connect(self.database_url("postgres"), autocommit=True, connect_timeout=2) as connection:
             if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-                connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                connection.execute(sql.SQL("CREATE DATABASE {} ENCODING {} TEMPLATE template0").format(
+                    sql.Identifier(name), sql.Literal(encoding)))
         return self.database_url(name)
 
     def drop_database(self, name: str) -> None:

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 CONNECT_OPTIONS = {
     "connect_timeout": 3,
     "application_name": "faceserve",
+    # A database created with initdb's defaults in a C locale is SQL_ASCII, where psycopg would hand back every
+    # text column as bytes (and send them back as bytea): ids and names are UTF-8 whatever the database says.
+    "client_encoding": "UTF8",
     # A peer that vanishes without closing (a crashed host, a cut network) is noticed in about 20 s
     # instead of the kernel's two hours.
     "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 2,

@@ -206,6 +206,24 @@ def test_search_equals_brute_force(gallery):
     check(7)
 
 
+def test_a_sql_ascii_database_still_answers_text_ids_and_names(postgres):
+    """initdb's default in a C locale is SQL_ASCII, where psycopg would give text back as bytes (and send it back
+    as bytea, which PostgreSQL refuses to compare with text): the store asks for UTF-8 whatever the database is."""
+    name = f"gallery_ascii_{uuid.uuid4().hex[:12]}"
+    store = open_store(postgres.create_database(name, encoding="SQL_ASCII"))
+    try:
+        gallery, rng = Gallery(store, MODEL), np.random.default_rng(9)
+        vector = rng.standard_normal(MODEL.dimension).astype(np.float32)
+        kept = gallery.create_identity("Zoë", metadata={"team": "ü"}, faces=[face(rng, vector=vector)])
+        gallery.delete_identity(gallery.create_identity("gone", faces=[face(rng, vector=vector)]).id)
+        [[match]] = gallery.search(vector[None, :], k=5)
+        assert (type(match.identity_id), match.identity_id, match.name) == (str, kept.id, "Zoë")
+        assert gallery.get_identity(kept.id).metadata == {"team": "ü"}
+    finally:
+        store.close()
+        postgres.drop_database(name)
+
+
 def test_export_import_round_trip_and_model_version_refusal(gallery, open_gallery, new_store_url, tmp_path):
     rng = np.random.default_rng(5)
     originals = [gallery.create_identity(f"p{i}", {"n": i}, faces=[face(rng, thumbnail=jpeg(30 * i)), face(rng)])

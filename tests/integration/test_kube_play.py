@@ -83,6 +83,8 @@ def replica_pod(deployment: dict, name: str, port: int, image: str, keys_dir: Pa
 
 
 def postgres_pod(name: str, port: int) -> dict:
+    # initdb's defaults in the image's C locale: an SQL_ASCII database, as a hand-made one often is (the store
+    # asks for UTF-8 on every connection: tests/integration/test_gallery_store.py's SQL_ASCII test)
     data = "/var/lib/postgresql/data"
     script = (f"install -d -o postgres {data} && runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D {data} "
               f"-A trust -U faceserve >/dev/null && exec runuser -u postgres -- /usr/lib/postgresql/15/bin/postgres "
@@ -156,6 +158,14 @@ def postgres_image():
         podman("rmi", "-f", POSTGRES_IMAGE, check=False)
 
 
+def last_traceback(pod: dict) -> str:
+    """The last traceback in a replica's log: what a 500 from it was."""
+    container = pod["spec"]["containers"][0]["name"]
+    done = podman("logs", f"{pod['metadata']['name']}-{container}", check=False)
+    log = done.stdout + done.stderr
+    return log[log.rfind("Traceback"):][-2500:] if "Traceback" in log else "(no traceback)"
+
+
 def podman_base(image: str, packages: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(containers.IMAGE_DIR / "base.sh"), image, packages], env=containers.ENV,
                           capture_output=True, text=True, timeout=containers.BUILD_TIMEOUT_S)
@@ -218,7 +228,7 @@ def test_the_cpu_manifests_play_answer_survive_a_replica_kill_and_go_down_clean(
                 if answer.status_code == 503 and answer.json()["error"] == "unavailable":
                     assert int(answer.headers["Retry-After"]) >= 1
                     return None
-                assert answer.status_code == 200, answer.text
+                assert answer.status_code == 200, (answer.text, *map(last_traceback, pods))
                 return [face["identity"]["id"] for face in answer.json()["faces"] if face["identity"]]
 
             photo = (fixtures / "images" / "solvay_conference.jpg").read_bytes()
