@@ -8,6 +8,11 @@ results, one JSON line per photo.
 `faceserve models compare emotion [--repository DIR]`: the comparison report of a model's trials of a candidate
 version (as `/models/compare` answers it), read from the store of FACESERVE_STORE / FACESERVE_DATA_DIR.
 
+`faceserve gallery reembed [--store URL] [--dry-run]`: every face of the gallery stored under another embedding model
+than the serving one, embedded again by it from its thumbnail (docs/identity.md); a JSON report on stdout. Exit 0
+when every face that could be re-embedded was, 1 when some could not (the report names them), 2 when the command
+could not run.
+
 `faceserve keys new --id ID --scopes analyze,enrol`: a new API key, printed once, and its line for the key file
 (FACESERVE_API_KEYS_FILE, docs/security.md), which holds only the key's digest."""
 
@@ -128,6 +133,35 @@ async def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reembed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from faceserve.services.reembed import reembed
+
+    settings = Settings.from_env()
+    if args.store:
+        settings = dataclasses.replace(settings, store=args.store)
+    if args.repository:
+        settings = dataclasses.replace(settings, repository=args.repository)
+    services = Services.build(settings)
+    try:
+        stage = await services.resources.identity()
+        with tqdm(unit="face", file=sys.stderr, disable=None) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            report = await reembed(stage, dry_run=args.dry_run, progress=progress)
+    except FaceserveError as error:
+        print(json.dumps(error.body()), file=sys.stderr)
+        return 2
+    finally:
+        await services.close()
+    print(json.dumps(report.as_json(), indent=2))
+    print(report.summary(), file=sys.stderr)
+    return 0 if report.complete else 1
+
+
 def _new_key(args: argparse.Namespace) -> int:
     from faceserve.http.keys import new_key, parse_scopes
 
@@ -175,6 +209,15 @@ def main(argv: list[str] | None = None) -> int:
                                                 "latency, feedback (JSON)")
     compare.add_argument("model")
     compare.add_argument("--repository", type=Path, help="model repository (default: FACESERVE_MODEL_REPOSITORY)")
+    gallery = sub.add_parser("gallery", help="the gallery (docs/identity.md)").add_subparsers(
+        dest="gallery_command", required=True)
+    re_embed = gallery.add_parser("reembed", help="embed the faces stored under other embedding models again with "
+                                                  "the serving one, from their thumbnails; report what could not be")
+    re_embed.add_argument("--store", metavar="URL", help="sqlite:///path or postgresql://... (default: FACESERVE_STORE, "
+                                                         "else the store under FACESERVE_DATA_DIR)")
+    re_embed.add_argument("--repository", type=Path, help="model repository (default: FACESERVE_MODEL_REPOSITORY)")
+    re_embed.add_argument("--dry-run", action="store_true",
+                          help="embed and count as a real run would, write nothing")
     keys = sub.add_parser("keys", help="API keys (docs/security.md)").add_subparsers(dest="keys_command",
                                                                                      required=True)
     new = keys.add_parser("new", help="make a key: print it once, and its line for FACESERVE_API_KEYS_FILE")
@@ -186,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return _new_key(args)
     if args.command == "jobs":
         return _jobs(args)
+    if args.command == "gallery":
+        return asyncio.run(_reembed(args))
     if args.command == "models":
         return asyncio.run(_compare(args))
     return asyncio.run(_analyze(args))

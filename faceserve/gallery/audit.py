@@ -12,9 +12,9 @@ from faceserve.gallery.records import AuditEntry, AuditPage
 from faceserve.http.caller import Caller
 from faceserve.store import Transaction, new_id, utc_now
 
-CREATE_IDENTITY, ADD_FACES, DELETE_FACE, DELETE_IDENTITY, IMPORT = (
-    "create_identity", "add_faces", "delete_face", "delete_identity", "import")
-OPERATIONS = (CREATE_IDENTITY, ADD_FACES, DELETE_FACE, DELETE_IDENTITY, IMPORT)
+CREATE_IDENTITY, ADD_FACES, DELETE_FACE, DELETE_IDENTITY, IMPORT, REEMBED = (
+    "create_identity", "add_faces", "delete_face", "delete_identity", "import", "reembed")
+OPERATIONS = (CREATE_IDENTITY, ADD_FACES, DELETE_FACE, DELETE_IDENTITY, IMPORT, REEMBED)
 MAX_PAGE = 1000
 
 

@@ -26,6 +26,10 @@ FACE_COLUMNS = ("f.id, f.identity_id, f.model_name, f.model_version, f.dimension
 INSERT_FACE = ("INSERT INTO gallery_faces (id, identity_id, model_name, model_version, dimension, vector, "
                "image_sha256, box_x1, box_y1, box_x2, box_y2, thumbnail, created_at, version) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
+SAME_MODEL = "{0}.model_name = ? AND {0}.model_version = ? AND {0}.dimension = ?"
+SAME_SOURCE = ("s.image_sha256 = f.image_sha256 AND s.box_x1 = f.box_x1 AND s.box_y1 = f.box_y1 AND "
+               "s.box_x2 = f.box_x2 AND s.box_y2 = f.box_y2")
+ADDED, PRESENT, GONE = "added", "present", "gone"  # what `add_reembedded` did with each face
 INSERT_IDENTITY = ("INSERT INTO gallery_identities (id, name, metadata, created_at) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT (id) DO NOTHING")
 
@@ -144,6 +148,51 @@ class Gallery:
         with self.store.read() as tx:
             return audit.page(tx, limit, after)
 
+    # ---- re-embedding (faceserve/services/reembed.py) ------------------------------
+
+    def faces_of_other_models(self) -> list[tuple[StoredFace, bool]]:
+        """Every face stored under another model than this gallery's, by identity, and whether its identity already
+        holds a face of this model from the same image at the same box (re-embedded before)."""
+        model = (self.model.name, self.model.version, self.model.dimension)
+        with self.store.read() as tx:
+            rows = tx.all(f"SELECT {FACE_COLUMNS}, EXISTS (SELECT 1 FROM gallery_faces s WHERE "
+                          f"s.identity_id = f.identity_id AND {SAME_MODEL.format('s')} AND {SAME_SOURCE}) "
+                          f"FROM gallery_faces f WHERE NOT ({SAME_MODEL.format('f')}) ORDER BY f.identity_id, f.id",
+                          (*model, *model))
+        return [(_face(row[:-1]), bool(row[-1])) for row in rows]
+
+    def add_reembedded(self, identity_id: str, faces: Sequence[tuple[str, NewFace]], *, caller: Caller = LOCAL,
+                       dry_run: bool = False) -> list[str]:
+        """Add each (stored face id, its face embedded by this gallery's model) to `identity_id` in one transaction,
+        unless the identity already holds a face of this model from the same image at the same box; the stored
+        faces stay. Per face: ADDED, PRESENT, or GONE (the stored face or its identity was deleted meanwhile).
+        `dry_run`: what would be added, nothing written."""
+        rows = [self._face_row(face) for _, face in faces]
+        with (self.store.read() if dry_run else self.store.transaction()) as tx:
+            # The counter's row lock first: a concurrent run for the same identity waits, then sees what it added.
+            version = None if dry_run else tx.bump(TOPIC)
+            sources = {row[0] for row in _rows_of(
+                tx, "SELECT f.id FROM gallery_faces f JOIN gallery_identities i ON i.id = f.identity_id "
+                    "WHERE f.identity_id = ? AND f.id IN ({})", [source for source, _ in faces], (identity_id,))}
+            held = {_source_key(*row) for row in tx.all(
+                f"SELECT image_sha256, box_x1, box_y1, box_x2, box_y2 FROM gallery_faces f WHERE identity_id = ? "
+                f"AND {SAME_MODEL.format('f')}", (identity_id, self.model.name, self.model.version,
+                                                  self.model.dimension))}
+            outcomes, added = [], []
+            for (source, _), (face_id, *row) in zip(faces, rows):
+                key = _source_key(row[4], *row[5:9])
+                outcome = GONE if source not in sources else PRESENT if key in held else ADDED
+                if outcome == ADDED:
+                    held.add(key)
+                    added.append((face_id, identity_id, *row, version))
+                outcomes.append(outcome)
+            if added and not dry_run:
+                tx.executemany(INSERT_FACE, added)
+                audit.record(tx, caller, audit.REEMBED, [identity_id], [row[0] for row in added])
+        if added and not dry_run:
+            self.index.mark_stale()
+        return outcomes
+
     # ---- search ----------------------------------------------------------------
 
     def search(self, vectors: np.ndarray, k: int = 5) -> list[list[Match]]:
@@ -255,6 +304,11 @@ def _rows_of(tx: Transaction, sql: str, ids: list[str], params: tuple = ()) -> l
         chunk = ids[start:start + 500]
         rows += tx.all(sql.format(", ".join("?" * len(chunk))), (*params, *chunk))
     return rows
+
+
+def _source_key(sha256: str, x1: float, y1: float, x2: float, y2: float) -> tuple:
+    """Which photo and where in it a face was enrolled from: the same for a face and its re-embeddings."""
+    return sha256, float(x1), float(y1), float(x2), float(y2)
 
 
 def _canonical(name: str, metadata: str, created_at: str) -> tuple[str, str, str]:

@@ -1,0 +1,218 @@
+"""Re-embedding a gallery after its embedding model changed (`faceserve gallery reembed`, issue 23), on real photos
+(../shared/fixtures/identity) and both stores.
+
+faceres version 2 is version 1's own model.onnx added and promoted with the versions tooling, so one pipeline (at
+version 2) serves the module: the faces "enrolled under version 1" are its enrolments stored under
+faceres:1 through a Gallery of that model, exactly what a version 1 service would have stored (same weights), and
+are invisible to version 2's search until they are re-embedded."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from faceserve.gallery import EmbeddingModel, Gallery, NewFace
+from faceserve.gallery.transfer import export
+from faceserve.errors import ModelMismatch, StoreUnavailable
+from faceserve.gallery import audit
+from faceserve.http.caller import Caller
+from faceserve.models import versions
+from faceserve.models.repository import CONFIG_FILE, read_config, spec_of_config
+from faceserve.pipeline import imaging
+from faceserve.pipeline.identity import IdentityStage
+from faceserve.services import Services
+from faceserve.services.reembed import NO_THUMBNAIL, UNDECODABLE_THUMBNAIL, reembed
+from faceserve.settings import Settings
+from faceserve.store import open_store
+from tests.support import FIXTURES, ROOT
+
+IDENTITY = FIXTURES / "identity"
+V1 = EmbeddingModel("faceres", "1", 1024)
+V2 = EmbeddingModel("faceres", "2", 1024)
+OPERATOR = Caller("127.0.0.1", "ops", frozenset())
+# who the faces highest in each probe are, left to right (fixtures README; as tests/integration/test_identity_http.py)
+PROBES = {
+    "alex_lacamoire1.jpg": ["alex_lacamoire"],
+    "johnsnow_test1.jpg": ["kit_harington"],
+    "kit_with_rose.jpg": ["rose_leslie", "kit_harington"],
+    "obama1.jpg": ["obama"],
+    "obama3.jpg": ["obama"],
+    "obama_and_biden.jpg": ["biden", "obama"],
+    "lin-manuel-miranda.png": [None],
+}
+
+
+@pytest.fixture(scope="module")
+def repo(repository, tmp_path_factory) -> Path:
+    """The detectors, the landmark model and faceres, whose version 2 (version 1's model, copied) serves."""
+    if not (repository / "faceres" / "1" / "model.onnx").is_file():
+        pytest.skip("faceres is not built")
+    if not IDENTITY.is_dir():
+        pytest.skip(f"{IDENTITY} is absent: the identity photos are needed")
+    repo = tmp_path_factory.mktemp("reembed") / "repo"
+    for name in ("face_detector", "faceboxes", "face_landmarks", "faceres"):
+        if (repository / name).is_dir():
+            shutil.copytree(repository / name, repo / name)
+    model_dir = repo / "faceres"
+    spec = spec_of_config(read_config(model_dir / CONFIG_FILE), model_dir)
+    added = versions.add_version(model_dir, spec, (model_dir / "1" / "model.onnx").read_bytes(),
+                                 {"source": "faceres version 1, copied (tests/integration/test_reembed.py)"})
+    assert versions.promote(model_dir, added) == (1, 2)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def services(repo, tmp_path_factory):
+    settings = dataclasses.replace(Settings.from_env(), repository=repo, embedding_cache=0,
+                                   store=f"sqlite:///{tmp_path_factory.mktemp('unused') / 'store.db'}")
+    built = Services.build(settings)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(built.resources.start())
+    yield built, loop
+    loop.run_until_complete(built.close())
+    loop.close()
+
+
+def enrol_photos() -> dict[str, list[Path]]:
+    return {folder.name: sorted(folder.iterdir()) for folder in sorted((IDENTITY / "enroll").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def enrolments(services) -> dict[str, list[NewFace]]:
+    """Each person's faces as a service enrols them with `thumbnails`, from the full photos."""
+    built, loop = services
+    stage = IdentityStage(built.resources.pipeline, None, 0.59)
+
+    async def faces(photos: list[Path]) -> list[NewFace]:
+        return [await stage.enrolment(imaging.decode(path.read_bytes()), hashlib.sha256(path.read_bytes()).hexdigest(),
+                                      None, path.name, thumbnail=True) for path in photos]
+
+    return {person: loop.run_until_complete(faces(photos)) for person, photos in enrol_photos().items()}
+
+
+@pytest.fixture
+def store(store_url_each_engine):
+    opened = open_store(store_url_each_engine)
+    yield store_url_each_engine, opened
+    opened.close()
+
+
+def enrolled_under_v1(store, enrolments, without_thumbnail: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every person enrolled under faceres:1 (`without_thumbnail`: those enrolled without); name -> identity id."""
+    v1 = Gallery(store, V1)
+    return {person: v1.create_identity(person, faces=[
+        dataclasses.replace(face, thumbnail=None) if person in without_thumbnail else face for face in faces]).id
+        for person, faces in enrolments.items()}
+
+
+def stage_v2(services, store) -> IdentityStage:
+    built, _ = services
+    return IdentityStage.open(built.resources.pipeline, store, 0.59)
+
+
+def rows(store) -> list[tuple]:
+    with store.read() as tx:
+        return sorted(tuple(row) for row in tx.all(
+            "SELECT identity_id, model_name, model_version, image_sha256, box_x1, box_y1, box_x2, box_y2, "
+            "thumbnail IS NOT NULL FROM gallery_faces"))
+
+
+def named(identification, count: int) -> list:
+    by_height = sorted(identification.faces, key=lambda face: face.box.y1)
+    return [face.identity and face.identity.name for face in sorted(by_height[:count], key=lambda face: face.box.x1)]
+
+
+def identified(services, stage: IdentityStage) -> dict[str, list]:
+    _, loop = services
+    return {probe: named(loop.run_until_complete(stage.identify(imaging.decode((IDENTITY / "probe" / probe)
+                                                                                 .read_bytes()), None, 1)),
+                         len(expected)) for probe, expected in PROBES.items()}
+
+
+def test_reembed_adds_each_face_once_under_the_serving_model_and_the_probes_are_identified_again(
+        services, enrolments, store):
+    _, loop = services
+    _, opened = store
+    ids = enrolled_under_v1(opened, enrolments)
+    stage = stage_v2(services, opened)
+    before = rows(opened)
+    assert {probe: names for probe, names in identified(services, stage).items()} == {
+        probe: [None] * len(names) for probe, names in PROBES.items()}  # version 2 sees none of version 1's faces
+
+    dry = loop.run_until_complete(reembed(stage, dry_run=True))
+    assert (dry.faces_seen, dry.reembedded, dry.already_present, dry.not_reembedded) == (9, 9, 0, [])
+    assert rows(opened) == before and stage.gallery.audit().entries[-1].operation == "create_identity"
+
+    seen: list[tuple[int, int]] = []
+    report = loop.run_until_complete(reembed(stage, caller=OPERATOR, progress=lambda *p: seen.append(p)))
+    assert (report.model, report.faces_seen, report.reembedded, report.already_present, report.not_reembedded,
+            report.complete) == ("faceres:2", 9, 9, 0, [], True)
+    assert seen[-1] == (9, 9) and len(seen) == 5  # once per identity
+    # every version 1 row kept, and one version 2 row beside it: same identity, image, box, thumbnail
+    assert rows(opened) == sorted(before + [(*row[:2], "2", *row[3:]) for row in before])
+    entries = [e for e in stage.gallery.audit().entries if e.operation == "reembed"]
+    assert sorted((e.identity_ids[0], e.faces, e.key_id) for e in entries) == sorted(
+        (ids[person], len(faces), "ops") for person, faces in enrolments.items())
+
+    assert identified(services, stage) == PROBES  # lin-manuel-miranda still unknown
+    again = loop.run_until_complete(reembed(stage))
+    assert (again.faces_seen, again.reembedded, again.already_present, again.not_reembedded) == (9, 0, 9, [])
+    assert len(rows(opened)) == 18
+    # a rollback to version 1 finds its gallery whole
+    v1_gallery = Gallery(opened, V1)
+    assert sorted(f.model_version for i in ids.values() for f in v1_gallery.get_identity(i).faces) == ["1"] * 9 + ["2"] * 9
+
+
+def test_faces_without_or_with_a_broken_thumbnail_are_reported_by_id_and_the_rest_re_embedded(
+        services, enrolments, store):
+    _, loop = services
+    _, opened = store
+    ids = enrolled_under_v1(opened, enrolments, without_thumbnail=("obama",))
+    broken = Gallery(opened, V1).get_identity(ids["biden"]).faces[0].id
+    with opened.transaction() as tx:
+        tx.execute("UPDATE gallery_faces SET thumbnail = ? WHERE id = ?", (b"\xff\xd8 not a jpeg", broken))
+    obama = Gallery(opened, V1).get_identity(ids["obama"]).faces
+    report = loop.run_until_complete(reembed(stage_v2(services, opened)))
+    assert sorted((f.face_id, f.identity_id, f.model, f.reason) for f in report.not_reembedded) == sorted(
+        [(face.id, ids["obama"], "faceres:1", NO_THUMBNAIL) for face in obama]
+        + [(broken, ids["biden"], "faceres:1", UNDECODABLE_THUMBNAIL)])
+    assert (report.faces_seen, report.reembedded, report.already_present, report.complete) == (9, 6, 0, False)
+    assert sorted(r[0] for r in rows(opened) if r[2] == "2") == sorted(
+        [ids["alex_lacamoire"]] + [ids["biden"]] + [ids["kit_harington"]] * 2 + [ids["rose_leslie"]] * 2)
+
+
+def test_a_failed_write_leaves_that_identity_as_it_was_and_a_rerun_completes(services, enrolments, store, monkeypatch):
+    _, loop = services
+    _, opened = store
+    enrolled_under_v1(opened, enrolments)
+    stage = stage_v2(services, opened)
+    before = rows(opened)
+    calls = []
+    original = audit.record
+
+    def fail_on_the_second(tx, caller, operation, identity_ids, face_ids):
+        calls.append(identity_ids[0])
+        original(tx, caller, operation, identity_ids, face_ids)
+        if len(calls) == 2:  # the faces inserted and audited, then the store lost before the commit
+            raise StoreUnavailable("the store went away")
+
+    monkeypatch.setattr(audit, "record", fail_on_the_second)
+    with pytest.raises(StoreUnavailable):
+        loop.run_until_complete(reembed(stage))
+    monkeypatch.undo()
+    after = rows(opened)
+    first = calls[0]
+    assert sorted(set(after) - set(before)) == sorted((first, "faceres", "2", *r[3:]) for r in before if r[0] == first)
+    report = loop.run_until_complete(reembed(stage))
+    assert (report.reembedded, report.already_present, report.not_reembedded) == (
+        9 - sum(1 for r in before if r[0] == first), sum(1 for r in before if r[0] == first), [])
+    assert len(rows(opened)) == 18
