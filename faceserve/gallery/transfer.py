@@ -1,6 +1,7 @@
 """Export and import of a gallery: one JSON Lines file (UTF-8), the model named in its first line.
 
-    {"format": "faceserve-gallery", "format_version": 1, "model": {"name", "version", "dimension"}, ...}
+    {"format": "faceserve-gallery", "format_version": 1, "model": {"name", "version", "dimension"},
+     "faces_of_other_models": [{"name", "version", "dimension", "faces"}], ...}
     {"id", "name", "metadata", "created_at", "faces": [{"id", "image_sha256", "box": [x1, y1, x2, y2],
      "created_at", "vector": base64 of little-endian float32, "thumbnail": base64 (only if stored)}]}
     ... one line per identity
@@ -12,6 +13,11 @@ already in the gallery is skipped if the file's line is identical to it (importi
 the second time) and refused otherwise (409 `identity_exists`, as is a new identity claiming a face id the
 gallery holds, `face_exists`): an import never merges into an identity, so a line cannot add faces to
 someone already enrolled.
+
+A file holds the faces of one model. A gallery holding faces of several (its model changed, and they were not all
+re-embedded, `faceserve gallery reembed`) exports those of its own model only, and its header counts the faces
+left out per model; a file of another model is refused whole (`model_mismatch`): a mixed gallery never imports
+as one model's.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ FORMAT_VERSION = 1
 # with room for metadata a little too deep to be read and answered as such (`metadata_too_deep`).
 MAX_LINE_DEPTH = 1 + validation.MAX_METADATA_DEPTH + 3
 
+OTHER_MODELS = ("SELECT model_name, model_version, dimension, COUNT(*) FROM gallery_faces WHERE NOT (model_name = ? AND "
+                "model_version = ? AND dimension = ?) GROUP BY model_name, model_version, dimension "
+                "ORDER BY model_name, model_version, dimension")
 EXPORT = ("SELECT i.id, i.name, i.metadata, i.created_at, f.id, f.vector, f.image_sha256, "
           "f.box_x1, f.box_y1, f.box_x2, f.box_y2, f.thumbnail, f.created_at "
           "FROM gallery_identities i LEFT JOIN gallery_faces f ON f.identity_id = i.id "
@@ -65,8 +74,11 @@ def export(gallery: "Gallery", target: Path | BinaryIO) -> TransferCounts:
     model = gallery.model
     identities = faces = 0
     with _writable(target) as out, gallery.store.read() as tx:
+        left_out = [{"name": name, "version": version, "dimension": int(dimension), "faces": int(count)}
+                    for name, version, dimension, count in tx.all(OTHER_MODELS, (model.name, model.version,
+                                                                                  model.dimension))]
         _write(out, {"format": FORMAT, "format_version": FORMAT_VERSION, "exported_at": utc_now(),
-                     "model": dataclasses.asdict(model)})
+                     "model": dataclasses.asdict(model), "faces_of_other_models": left_out})
         # One statement: one consistent snapshot on both engines, however long the export takes.
         rows = tx.execute(EXPORT, (model.name, model.version, model.dimension))
         for (identity_id, name, metadata, created_at), group in itertools.groupby(rows, key=lambda r: r[:4]):

@@ -252,6 +252,36 @@ def test_export_import_round_trip_and_model_version_refusal(gallery, open_galler
     assert newer.list_identities().total == 0
 
 
+def test_a_gallery_of_two_models_exports_its_own_model_s_faces_and_never_imports_as_one_model_s(
+        gallery, open_gallery, new_store_url, tmp_path):
+    """After a model change not yet re-embedded everywhere: each model's export holds its faces only, and says how
+    many of the other it left out; a file imports only into a gallery of its model."""
+    rng = np.random.default_rng(15)
+    newer = EmbeddingModel(MODEL.name, "2", MODEL.dimension)
+    both = gallery.create_identity("both models", faces=[face(rng)])
+    open_gallery(model=newer).add_faces(both.id, [face(rng), face(rng)])
+    only_newer = open_gallery(model=newer).create_identity("only the newer", faces=[face(rng)])
+    exported = {}
+    for model in (MODEL, newer):
+        exported[model] = tmp_path / f"{model.version}.jsonl"
+        open_gallery(model=model).export_file(exported[model])
+    header, *lines = [json.loads(line) for line in exported[MODEL].read_text().splitlines()]
+    assert (header["model"], header["faces_of_other_models"]) == (
+        dataclasses.asdict(MODEL), [{**dataclasses.asdict(newer), "faces": 3}])
+    assert {line["id"]: len(line["faces"]) for line in lines} == {both.id: 1, only_newer.id: 0}
+    header, *lines = [json.loads(line) for line in exported[newer].read_text().splitlines()]
+    assert header["faces_of_other_models"] == [{**dataclasses.asdict(MODEL), "faces": 1}]
+    assert {line["id"]: len(line["faces"]) for line in lines} == {both.id: 2, only_newer.id: 1}
+
+    fresh = open_gallery(url=new_store_url())
+    with pytest.raises(ModelMismatch):
+        fresh.import_file(exported[newer])
+    assert fresh.list_identities().total == 0
+    assert fresh.import_file(exported[MODEL]) == ImportCounts(2, 1, 0, 0)
+    with fresh.store.read() as tx:
+        assert tx.all("SELECT model_version, COUNT(*) FROM gallery_faces GROUP BY model_version") == [("1", 1)]
+
+
 def test_an_enrolment_through_one_worker_is_found_by_another_within_one_second(open_gallery):
     """Two Gallery objects over two Store objects: two worker processes, or two replicas."""
     rng = np.random.default_rng(6)
