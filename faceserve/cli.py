@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         dest="gallery_command", required=True)
     re_embed = gallery.add_parser("reembed", help="embed the faces stored under other embedding models again with "
                                                   "the serving one, from their thumbnails; report what could not be")
-    re_embed.add_argument("--store", metavar="URL", help="sqlite:///path or postgresql://... (default: FACESERVE_STORE, "
-                                                         "else the store under FACESERVE_DATA_DIR)")
+    re_embed.add_argument("--store", metavar="URL", help="sqlite:///path or postgresql://... "
+                                                         "(default: FACESERVE_STORE, else FACESERVE_DATA_DIR's)")
     re_embed.add_argument("--repository", type=Path, help="model repository (default: FACESERVE_MODEL_REPOSITORY)")
     re_embed.add_argument("--dry-run", action="store_true",
                           help="embed and count as a real run would, write nothing")

@@ -49,9 +49,9 @@ FORMAT_VERSION = 1
 # with room for metadata a little too deep to be read and answered as such (`metadata_too_deep`).
 MAX_LINE_DEPTH = 1 + validation.MAX_METADATA_DEPTH + 3
 
-OTHER_MODELS = ("SELECT model_name, model_version, dimension, COUNT(*) FROM gallery_faces WHERE NOT (model_name = ? AND "
-                "model_version = ? AND dimension = ?) GROUP BY model_name, model_version, dimension "
-                "ORDER BY model_name, model_version, dimension")
+OTHER_MODELS = ("SELECT model_name, model_version, dimension, COUNT(*) FROM gallery_faces "
+                "WHERE NOT (model_name = ? AND model_version = ? AND dimension = ?) "
+                "GROUP BY model_name, model_version, dimension ORDER BY model_name, model_version, dimension")
 EXPORT = ("SELECT i.id, i.name, i.metadata, i.created_at, f.id, f.vector, f.image_sha256, "
           "f.box_x1, f.box_y1, f.box_x2, f.box_y2, f.thumbnail, f.created_at "
           "FROM gallery_identities i LEFT JOIN gallery_faces f ON f.identity_id = i.id "
