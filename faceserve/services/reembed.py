@@ -14,6 +14,7 @@ from the same image at the same box is not embedded again: a second run adds not
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 from typing import Callable
@@ -61,9 +62,8 @@ class ReembedReport:
         return dataclasses.asdict(self)
 
     def summary(self) -> str:
-        reasons = {reason: sum(1 for f in self.not_reembedded if f.reason == reason)
-                   for reason in sorted({f.reason for f in self.not_reembedded})}
-        missed = ", ".join(f"{count} {reason}" for reason, count in reasons.items()) or "none"
+        reasons = collections.Counter(face.reason for face in self.not_reembedded)
+        missed = ", ".join(f"{reasons[reason]} {reason}" for reason in sorted(reasons)) or "none"
         verb = "would be re-embedded" if self.dry_run else "re-embedded"
         return (f"{self.faces_seen} faces under other models than {self.model}: {self.reembedded} {verb}, "
                 f"{self.already_present} already present, not re-embedded: {missed}")

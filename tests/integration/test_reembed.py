@@ -193,6 +193,37 @@ def test_faces_without_or_with_a_broken_thumbnail_are_reported_by_id_and_the_res
         [ids["alex_lacamoire"]] + [ids["biden"]] + [ids["kit_harington"]] * 2 + [ids["rose_leslie"]] * 2)
 
 
+def test_a_face_without_a_usable_vector_or_deleted_meanwhile_is_reported(services, enrolments, store, monkeypatch):
+    _, loop = services
+    _, opened = store
+    ids = enrolled_under_v1(opened, enrolments)
+    stage = stage_v2(services, opened)
+    v1 = Gallery(opened, V1)
+    nan_face = v1.get_identity(ids["biden"]).faces[0].id
+    gone_face = v1.get_identity(ids["rose_leslie"]).faces[0].id
+    read, thumbnail, embed = [], stage.gallery.thumbnail, stage.pipeline.embed
+
+    def thumbnail_then_deleted(face_id: str) -> bytes | None:
+        read.append(face_id)
+        data = thumbnail(face_id)
+        if face_id == gone_face:  # deleted between its embedding and the write
+            v1.delete_face(face_id)
+        return data
+
+    async def nan_for_one(image, faces):
+        vectors = await embed(image, faces)
+        return np.full_like(vectors, np.nan) if read[-1] == nan_face else vectors
+
+    monkeypatch.setattr(stage.gallery, "thumbnail", thumbnail_then_deleted)
+    monkeypatch.setattr(stage.pipeline, "embed", nan_for_one)
+    report = loop.run_until_complete(reembed(stage))
+    assert sorted((f.face_id, f.identity_id, f.reason) for f in report.not_reembedded) == sorted(
+        [(nan_face, ids["biden"], "invalid_embedding"), (gone_face, ids["rose_leslie"], "deleted")])
+    assert (report.faces_seen, report.reembedded, report.complete) == (9, 7, False)
+    assert "not re-embedded: 1 deleted, 1 invalid_embedding" in report.summary()
+    assert len([r for r in rows(opened) if r[2] == "2"]) == 7
+
+
 def test_a_failed_write_leaves_that_identity_as_it_was_and_a_rerun_completes(services, enrolments, store, monkeypatch):
     _, loop = services
     _, opened = store
