@@ -11,6 +11,8 @@ builds only the `ImageService` it needs, by the same `ImageService.from_settings
 - `feedback.py`: remembering answers, corrections, their export and summary.
 - `jobs.py`: asynchronous jobs and this process's worker.
 - `models.py`: `/models`, `/models/reload` and the repository watcher, `/models/compare` (a candidate's trial).
+- `reembed.py`: the gallery's faces of other embedding models embedded again by the serving one, from their
+  thumbnails, over the identity stage (the CLI's `gallery reembed`).
 """
 
 from __future__ import annotations
