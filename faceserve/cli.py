@@ -54,15 +54,16 @@ def _analyze_on_server(args: argparse.Namespace) -> int:
     return _report(analysis, lambda: imaging.decode(args.image.read_bytes()), args)
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings, with what the command line gave instead (--repository, --backend, --store)."""
+    given = {field: getattr(args, field, None) for field in ("repository", "backend", "store")}
+    return dataclasses.replace(Settings.from_env(), **{field: value for field, value in given.items() if value})
+
+
 async def _analyze(args: argparse.Namespace) -> int:
     if args.server:
         return _analyze_on_server(args)
-    settings = Settings.from_env()
-    if args.repository:
-        settings = dataclasses.replace(settings, repository=args.repository)
-    if args.backend:
-        settings = dataclasses.replace(settings, backend=args.backend)
-    services = Services.build(settings)
+    services = Services.build(_settings(args))
     try:
         pixels = await services.images.image(upload=args.image)
         analysis = await services.analysis.analysis(pixels, args.detector)
@@ -119,10 +120,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 async def _compare(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    if args.repository:
-        settings = dataclasses.replace(settings, repository=args.repository)
-    services = Services.build(settings)
+    services = Services.build(_settings(args))
     try:
         print((await services.models.compare(args.model)).model_dump_json(indent=2))
     except FaceserveError as error:
@@ -138,12 +136,7 @@ async def _reembed(args: argparse.Namespace) -> int:
 
     from faceserve.services.reembed import reembed
 
-    settings = Settings.from_env()
-    if args.store:
-        settings = dataclasses.replace(settings, store=args.store)
-    if args.repository:
-        settings = dataclasses.replace(settings, repository=args.repository)
-    services = Services.build(settings)
+    services = Services.build(_settings(args))
     try:
         stage = await services.resources.identity()
         with tqdm(unit="face", file=sys.stderr, disable=None) as bar:
