@@ -30,3 +30,28 @@ def test_face_recognition_finds_and_matches_obama_twice():
     distance = float(np.linalg.norm(side.vectors[0] - side.vectors[1]))
     assert distance <= peer.PEER_TOLERANCE  # face_recognition's own verdict: the same person
     assert side.measure.score(*side.vectors) == pytest.approx(-distance)
+
+
+def test_each_embedding_model_named_is_measured_on_its_own(tmp_path, monkeypatch):
+    """`--peer-embeddings`: a repository with a second embedding model (here faceres again, under another name)
+    measures each alone; a name that is no embedding model of it is a Skip that says which are."""
+    from faceserve.settings import Settings
+
+    if not all(path.exists() for path in OBAMA):
+        pytest.skip(f"{IDENTITY_SET} is absent: the identity photos are needed")
+    served = Settings.from_env().repository
+    for model in served.iterdir():
+        (tmp_path / model.name).symlink_to(model.resolve())
+    copy = tmp_path / "embedding_copy"
+    copy.mkdir()
+    (copy / "1").symlink_to((served / "faceres" / "1").resolve())
+    (copy / "config.pbtxt").write_text((served / "faceres" / "config.pbtxt").read_text()
+                                       .replace('name: "faceres"', 'name: "embedding_copy"'))
+    monkeypatch.setenv("FACESERVE_MODEL_REPOSITORY", str(tmp_path))
+    sides = {name: peer.faceserve_side(OBAMA, 1, name) for name in ("faceres", "embedding_copy")}
+    assert [side.name for side in sides.values()] == ["faceserve faceres v1", "faceserve embedding_copy v1"]
+    for a, b in zip(*(side.vectors for side in sides.values())):
+        assert a.shape == (1024,) and np.allclose(a, b, atol=1e-5)
+    assert sides["faceres"].measure.score(*sides["faceres"].vectors) >= sides["faceres"].threshold
+    with pytest.raises(Skip, match="embedding_dlib is not an embedding model of .*: embedding_copy, faceres"):
+        peer.faceserve_side(OBAMA, 1, "embedding_dlib")
