@@ -361,7 +361,8 @@ def draw(rows: list[dict], out: Path) -> Path | None:
                         for k in ("same", "different")))
         rates = np.array([errors(pairs, t) for t in thresholds(pairs)], np.float64)
         rates /= [max(len(pairs.different), 1), max(len(pairs.same), 1)]
-        det.plot(np.maximum(rates[:, 0], floor), np.maximum(rates[:, 1], floor), marker=".", color=colour,
+        det.plot(np.maximum(rates[:, 0], floor), np.maximum(rates[:, 1], floor), color=colour, alpha=0.8,
+                 linestyle=("-", "--", ":")[i % 3], marker=".^s"[i % 3], markersize=4,
                  label=f"{r['variant']} (EER {r['eer']:.1%})")
         det.plot([max(r["far"], floor)], [max(r["frr"], floor)], marker="o", markersize=10, color=colour,
                  markeredgecolor="black", linestyle="none",
@@ -371,7 +372,9 @@ def draw(rows: list[dict], out: Path) -> Path | None:
         ax.hist(found[0], bins=bins, alpha=0.6, label=f"different people ({len(found[0])} pairs)")
         ax.hist(found[1], bins=bins, alpha=0.6, label=f"same person ({len(found[1])} pairs)")
         ax.axvline(r["threshold"], color="black", linestyle="--", label=f"operating point {r['threshold']:g}")
-        ax.set(xlabel=r["measure"], ylabel="pairs", title=r["variant"])
+        unscored = r["same_person"]["unscored"] + r["different_people"]["unscored"]
+        ax.set(xlabel=r["measure"], ylabel="pairs",
+               title=r["variant"] + (f"\n{unscored} pairs with a face not found" if unscored else ""))
         ax.legend(fontsize=7)
     det.set(xscale="log", yscale="log", xlabel="false accept rate", ylabel="false reject rate",
             title=f"DET curves (zero drawn at {floor:.1%})")
