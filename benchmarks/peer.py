@@ -113,6 +113,18 @@ def judged(pairs: Pairs, threshold: float, measure: Measure) -> dict:
     }
 
 
+def separation(pairs: Pairs) -> dict:
+    """Over the pairs scored (both faces found), in any side's units alike: the `gap`, the least alike same-person pair
+    less the most alike different-people pair (positive: a threshold separates them all), and d′, the difference of
+    the two means over their pooled standard deviation (the square root of the mean of the two variances)."""
+    same, different = (scores[np.isfinite(scores)] for scores in (pairs.same, pairs.different))
+    if not (len(same) and len(different)):
+        return {"gap": None, "d_prime": None}
+    pooled = np.sqrt((same.var() + different.var()) / 2)
+    return {"gap": round(float(same.min() - different.max()), 4),
+            "d_prime": round(float((same.mean() - different.mean()) / pooled), 3) if pooled else None}
+
+
 def spread(scores: np.ndarray, measure: Measure) -> dict:
     """The distribution of the pairs a side could score, in its own number; `unscored`: pairs with a face not found."""
     found = np.array([measure.native(s) for s in scores if np.isfinite(s)])
@@ -253,15 +265,17 @@ def side_row(ctx: Context, side: Side, people: Sequence[str]) -> dict:
     cpu = [p["detect_cpu_ms"] + (p["embed_cpu_ms"] or 0) for p in side.photos]
     result = loadgen._result(len(per_photo), 0, sum(per_photo) / 1e3, per_photo)
     result["load_generator"] = "sequential loop (least of the repeats per photo)"
-    embedded = [p["embed_ms"] for p in side.photos if p["embed_ms"] is not None]
+    embedded = [p for p in side.photos if p["embed_ms"] is not None]
     row = ctx.row(SCENARIO, 1, result, variant=side.name, mean_batch=None, peak_rss_mb={},
                   cpu_percent=round(100 * sum(cpu) / sum(per_photo), 1) if per_photo else None)
     return {**row, "workload": "identity photos", "measure": side.measure.name, "accepts": side.measure.accepts,
             "threshold": side.threshold, "photos": len(side.photos),
             "faces_not_found": [p["file"] for p, v in zip(side.photos, side.vectors) if v is None],
             "detect_ms_per_photo": _mean([p["detect_ms"] for p in side.photos]),
-            "embed_ms_per_photo": _mean(embedded), **side.notes,
-            **judged(pairs, side.measure.sign * side.threshold, side.measure),
+            "detect_cpu_ms_per_photo": _mean([p["detect_cpu_ms"] for p in side.photos]),
+            "embed_ms_per_photo": _mean([p["embed_ms"] for p in embedded]),
+            "embed_cpu_ms_per_photo": _mean([p["embed_cpu_ms"] for p in embedded]), **side.notes,
+            **judged(pairs, side.measure.sign * side.threshold, side.measure), **separation(pairs),
             "same_person": spread(pairs.same, side.measure), "different_people": spread(pairs.different, side.measure),
             "pairs": {"same": [side.measure.native(s) for s in pairs.same],
                       "different": [side.measure.native(s) for s in pairs.different]},
@@ -331,14 +345,20 @@ def section(rows: list[dict]) -> list[str]:
             f"{unit} {_n(r['fewest_errors_threshold'])}) | {_pct(r['eer'])} | {_pct(r['far_at_zero_frr'])} | "
             f"{_pct(r['frr_at_zero_far'])} |")
     lines += ["", "| side | measure | same person: min / median / max | different people: min / median / max | "
-              "detection ms/photo | embedding ms/photo | CPU % of wall | threads |",
-              "|---|---|---|---|---|---|---|---|"]
+              "gap | d′ | detection ms/photo (CPU ms) | embedding ms/photo (CPU ms) | CPU % of wall | threads |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sides:
         s, d = r["same_person"], r["different_people"]
         lines.append(f"| {r['variant']} | {r['measure']} | {_n(s.get('min'))} / {_n(s.get('median'))} / "
                      f"{_n(s.get('max'))} | {_n(d.get('min'))} / {_n(d.get('median'))} / {_n(d.get('max'))} | "
-                     f"{_n(r['detect_ms_per_photo'], 1)} | {_n(r['embed_ms_per_photo'], 1)} | "
+                     f"{_n(r['gap'])} | {_n(r['d_prime'], 2)} | {_n(r['detect_ms_per_photo'], 1)} "
+                     f"({_n(r['detect_cpu_ms_per_photo'], 1)}) | {_n(r['embed_ms_per_photo'], 1)} "
+                     f"({_n(r['embed_cpu_ms_per_photo'], 1)}) | "
                      f"{_n(r['cpu_percent'], 0)} | {r['threads']} |")
+    lines += ["", "gap: the least alike same-person pair less the most alike different-people pair, in the side's own "
+              "units (positive: a threshold separates every pair scored); d′: the two means' difference over their "
+              "pooled standard deviation, comparable across sides. CPU % of wall below 100 on one thread: other work "
+              "on the machine took the core part of the time."]
     lines += ["", "Plot: `peer.png` (both DET curves, each operating point marked; each side's distributions)."]
     return lines
 
@@ -357,14 +377,15 @@ def draw(rows: list[dict], out: Path) -> Path | None:
     floor = 1.0 / (2 * max(max(r["same_person_pairs"], r["different_people_pairs"]) for r in sides))
     for i, (r, ax) in enumerate(zip(sides, spreads)):
         colour, measure = f"C{i}", COSINE if r["measure"] == COSINE.name else DISTANCE
+        under = len(sides) - 1 - i  # each side drawn wider than the next, so that curves that coincide stay visible
         pairs = Pairs(*(np.array([-np.inf if v is None else measure.sign * v for v in r["pairs"][k]], np.float64)
                         for k in ("same", "different")))
         rates = np.array([errors(pairs, t) for t in thresholds(pairs)], np.float64)
         rates /= [max(len(pairs.different), 1), max(len(pairs.same), 1)]
         det.plot(np.maximum(rates[:, 0], floor), np.maximum(rates[:, 1], floor), color=colour, alpha=0.8,
-                 linestyle=("-", "--", ":")[i % 3], marker=".^s"[i % 3], markersize=4,
-                 label=f"{r['variant']} (EER {r['eer']:.1%})")
-        det.plot([max(r["far"], floor)], [max(r["frr"], floor)], marker="o", markersize=10, color=colour,
+                 linestyle=("-", "--", ":")[i % 3], linewidth=1.5 + 2.5 * under, marker=".^s"[i % 3],
+                 markersize=4 + 3 * under, label=f"{r['variant']} (EER {r['eer']:.1%})")
+        det.plot([max(r["far"], floor)], [max(r["frr"], floor)], marker="o", markersize=9 + 6 * under, color=colour,
                  markeredgecolor="black", linestyle="none",
                  label=f"at {r['threshold']:g}: FAR {r['far']:.1%}, FRR {r['frr']:.1%}")
         found = [[v for v in r["pairs"][k] if v is not None] for k in ("different", "same")]

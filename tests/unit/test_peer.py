@@ -49,6 +49,14 @@ def test_judged_at_the_operating_point_and_at_every_threshold():
     }
 
 
+def test_separation_over_the_pairs_scored():
+    # same 0.9, 0.8, 0.5 (mean 0.7333, variance 0.028889); different 0.7 .. 0.1 (mean 0.34, variance 0.0424)
+    assert peer.separation(PAIRS) == {"gap": -0.2, "d_prime": pytest.approx(2.083, abs=1e-3)}
+    distances = peer.Pairs(np.array([-0.3, -0.5]), np.array([-0.4, -0.8]))
+    assert peer.separation(distances)["gap"] == -0.1  # the nearest stranger (0.4) nearer than the farthest self (0.5)
+    assert peer.separation(peer.Pairs(np.array([-np.inf]), np.array([0.1]))) == {"gap": None, "d_prime": None}
+
+
 def test_judged_in_distances_and_with_every_face_found():
     pairs = peer.Pairs(np.array([-0.3, -0.5]), np.array([-0.4, -0.8]))  # distances 0.3, 0.5 and 0.4, 0.8
     judged = peer.judged(pairs, -0.6, peer.DISTANCE)
@@ -68,6 +76,7 @@ def test_a_sides_row_its_table_and_its_plot(tmp_path):
     row = peer.side_row(ctx, side, people)
     assert (row["scenario"], row["variant"], row["photos"], row["faces_not_found"]) == ("peer", "lib", 4, ["3.jpg"])
     assert (row["detect_ms_per_photo"], row["embed_ms_per_photo"], row["requests"]) == (10.0, 2.0, 4)
+    assert (row["detect_cpu_ms_per_photo"], row["embed_cpu_ms_per_photo"], row["cpu_percent"]) == (10.0, 2.0, 100.0)
     assert row["pairs"] == {"same": [0.5, None], "different": [1.0, None, pytest.approx(math.sqrt(0.65)), None]}
     assert (row["false_accepts"], row["false_rejects"]) == (0, 1)  # bob's pair fails with his unfound face
     table = "\n".join(peer.section([row]))
