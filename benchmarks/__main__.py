@@ -1,5 +1,6 @@
 """python -m benchmarks [--quick] [--scenarios NAME ...] [--workload NAME ...] [--out DIR]
                      [--concurrency C ...] [--duration S] [--job-images N]
+                     [--peer-embeddings MODEL ...]
 
 Runs every named scenario side by side on the same photos and models, then writes
 <out>/results.json, <out>/report.md, <out>/throughput.png and <out>/p99.png.
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="override the least measured seconds per point")
     parser.add_argument("--job-images", type=int, default=None,
                         help="jobs-contention's job size (default 500; quick: 20)")
+    parser.add_argument("--peer-embeddings", nargs="+", default=None, metavar="MODEL",
+                        help="peer: the repository's embedding models measured beside face_recognition, e.g. "
+                             "faceres embedding_dlib (default: the one served)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, duration_s=args.duration, head_duration_s=args.duration)
     if args.job_images:
         cfg = dataclasses.replace(cfg, job_images=args.job_images)
+    if args.peer_embeddings:
+        cfg = dataclasses.replace(cfg, peer_embeddings=tuple(args.peer_embeddings))
     out = (args.out or HERE / "results" / datetime.date.today().isoformat()).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     find, close = face_finder()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import plots
+from benchmarks import peer, plots
 
 SERVICES = ("service-embedded", "service-triton-grpc", "service-triton-http")
 COLUMNS = ("scenario", "variant", "workload", "c", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
@@ -290,6 +290,7 @@ def markdown(report: dict) -> str:
     lines += auto_pass_section(report["rows"])
     lines += ratio_section(report["rows"])
     lines += job_section(report["rows"])
+    lines += peer.section(report["rows"])
     drawn = [*(["throughput.png", "p99.png"] if _sweeps(report["rows"]) else []),
              *(["detectors.png"] if det and "sets" in det[0] else []),
              *(["jobs-contention.png"] if all(_job_rows(report["rows"])) else [])]
@@ -300,8 +301,9 @@ def markdown(report: dict) -> str:
 def _sweeps(rows: list[dict]) -> dict[str, list[dict]]:
     """The rows of the concurrency sweeps, by scenario and variant: what throughput.png and p99.png draw."""
     series: dict[str, list[dict]] = {}
+    measured_otherwise = ("detectors", "auto-passes", "batch-cost", "identity", JOBS, peer.SCENARIO)
     for r in rows:
-        if r["scenario"] not in ("detectors", "auto-passes", "batch-cost", "identity", JOBS):  # not concurrency sweeps
+        if r["scenario"] not in measured_otherwise:  # not concurrency sweeps
             series.setdefault(r["scenario"] + (f" {r['variant']}" if r["variant"] else "")
                               + (f" ({r['workload']})" if r["workload"] != "single" else ""), []).append(r)
     return series
@@ -313,4 +315,5 @@ def write(report: dict, out: Path) -> None:
     plots.concurrency_plots(_sweeps(report["rows"]), out)
     plots.detector_plot([r for r in report["rows"] if r["scenario"] == "detectors" and "sets" in r], out)
     plots.job_timeline_plot(*_job_rows(report["rows"]), out)
+    peer.draw(report["rows"], out)
     (out / "report.md").write_text(markdown(report))

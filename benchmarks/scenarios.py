@@ -11,7 +11,7 @@ from typing import Callable
 import httpx
 import numpy as np
 
-from benchmarks import contention, loadgen, servers
+from benchmarks import contention, loadgen, peer, servers
 from benchmarks.local_scenarios import auto_passes, batch_cost, detectors, inprocess
 from benchmarks.monitor import TreeMonitor
 from benchmarks.report import COMPARISON_C
@@ -214,10 +214,11 @@ SCENARIOS: dict[str, Callable[[Context], list[dict]]] = {
     "container": container,
     "identity": identity,
     "jobs-contention": jobs_contention,
+    "peer": peer.peer,
 }
 # Run only when named (`--scenarios cluster`): each starts a whole deployment per instance count; `container`
-# needs `make image`'s image (root, podman).
-OPT_IN = {"cluster", "container"}
+# needs `make image`'s image (root, podman); `peer` installs face_recognition from PyPI on its first run.
+OPT_IN = {"cluster", "container", "peer"}
 
 
 def unusable(rows: list[dict]) -> str | None:
@@ -251,4 +252,6 @@ def runs_in(name: str, cfg: Config, swept: tuple[str, ...] = ("single",)) -> int
         return 3 + len(_search_galleries(cfg))
     if name == "jobs-contention":
         return 2
+    if name == "peer":
+        return peer.runs(cfg)
     return len(cfg.concurrencies)

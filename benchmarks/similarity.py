@@ -20,14 +20,18 @@ SINGLE_FACE_PROBES = {"alex_lacamoire1.jpg": "alex_lacamoire", "johnsnow_test1.j
                       "obama1.jpg": "obama", "obama3.jpg": "obama", "lin-manuel-miranda.png": "lin_manuel_miranda"}
 
 
-def labelled_faces(folder: Path = IDENTITY_SET) -> list[tuple[str, str, np.ndarray]]:
-    """(person, file, RGB image) for every single-face photo of the set; empty without the fixtures."""
-    found = [(person.name, photo.name, photos.load_rgb(photo))
-             for person in sorted((folder / "enroll").glob("*")) if person.is_dir()
+def labelled_photos(folder: Path = IDENTITY_SET) -> list[tuple[str, Path]]:
+    """(person, path) for every single-face photo of the set; empty without the fixtures."""
+    found = [(person.name, photo) for person in sorted((folder / "enroll").glob("*")) if person.is_dir()
              for photo in sorted(person.iterdir())]
-    found += [(person, name, photos.load_rgb(folder / "probe" / name)) for name, person in SINGLE_FACE_PROBES.items()
+    found += [(person, folder / "probe" / name) for name, person in SINGLE_FACE_PROBES.items()
               if (folder / "probe" / name).exists()]
     return found
+
+
+def labelled_faces(folder: Path = IDENTITY_SET) -> list[tuple[str, str, np.ndarray]]:
+    """(person, file, RGB image) for every single-face photo of the set; empty without the fixtures."""
+    return [(person, path.name, photos.load_rgb(path)) for person, path in labelled_photos(folder)]
 
 
 async def similarities(pipeline, faces: list[tuple[str, str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,7 @@ class Config:
     max_window_s: float = 60.0   # ... but no longer than this
     job_images: int = 500        # jobs-contention: the job's size (the workload's photos repeated) ...
     job_clients: int = 4         # ... and the live closed-loop clients measured beside it
+    peer_embeddings: tuple[str, ...] = ()  # peer: the repository's embedding models measured; none: the served one
 
 
 @dataclasses.dataclass
