@@ -12,12 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from faceserve.dev import photos
-from faceserve.dev.fixtures import FIXTURES
+from faceserve.dev.fixtures import FIXTURES, SINGLE_FACE_PROBES
 
 IDENTITY_SET = FIXTURES / "identity"
-# Probe photos of one face, by person (the fixtures README's table); lin-manuel-miranda is enrolled nowhere.
-SINGLE_FACE_PROBES = {"alex_lacamoire1.jpg": "alex_lacamoire", "johnsnow_test1.jpg": "kit_harington",
-                      "obama1.jpg": "obama", "obama3.jpg": "obama", "lin-manuel-miranda.png": "lin_manuel_miranda"}
 
 
 def labelled_photos(folder: Path = IDENTITY_SET) -> list[tuple[str, Path]]:

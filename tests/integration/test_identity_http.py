@@ -31,25 +31,14 @@ import pytest
 from PIL import Image
 
 from faceserve.dev import devserver
+from faceserve.dev.fixtures import IDENTITY_PROBES, SINGLE_FACE_PROBES
 from tests.support import FIXTURES, LOG_DIR
 
 IDENTITY = FIXTURES / "identity"
 VISIBLE_WITHIN_S = 1.0  # issue 12: an enrolment is visible to every worker within one second
 CONCURRENT_CLIENTS = 8
 CONCURRENT_S = 10.0
-# Probe photos: who the faces highest in the photo are, left to right (fixtures README); every other face
-# in the photo (obama_and_biden.jpg's third person at the bottom edge) is nobody enrolled.
-PROBES = {
-    "alex_lacamoire1.jpg": ["alex_lacamoire"],
-    "johnsnow_test1.jpg": ["kit_harington"],
-    "kit_with_rose.jpg": ["rose_leslie", "kit_harington"],
-    "obama1.jpg": ["obama"],
-    "obama3.jpg": ["obama"],
-    "obama_and_biden.jpg": ["biden", "obama"],
-    "lin-manuel-miranda.png": [None],
-}
-SINGLE_FACE_PROBES = {"alex_lacamoire1.jpg": "alex_lacamoire", "johnsnow_test1.jpg": "kit_harington",
-                      "obama1.jpg": "obama", "obama3.jpg": "obama", "lin-manuel-miranda.png": "lin_manuel_miranda"}
+PROBES = IDENTITY_PROBES
 
 
 def enrol_photos() -> dict[str, list[Path]]:

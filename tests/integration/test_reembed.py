@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from faceserve.dev.fixtures import IDENTITY_PROBES
 from faceserve.gallery import EmbeddingModel, Gallery, NewFace
 from faceserve.gallery.transfer import export
 from faceserve.errors import ModelMismatch, StoreUnavailable
@@ -40,16 +41,7 @@ IDENTITY = FIXTURES / "identity"
 V1 = EmbeddingModel("faceres", "1", 1024)
 V2 = EmbeddingModel("faceres", "2", 1024)
 OPERATOR = Caller("127.0.0.1", "ops", frozenset())
-# who the faces highest in each probe are, left to right (fixtures README; as tests/integration/test_identity_http.py)
-PROBES = {
-    "alex_lacamoire1.jpg": ["alex_lacamoire"],
-    "johnsnow_test1.jpg": ["kit_harington"],
-    "kit_with_rose.jpg": ["rose_leslie", "kit_harington"],
-    "obama1.jpg": ["obama"],
-    "obama3.jpg": ["obama"],
-    "obama_and_biden.jpg": ["biden", "obama"],
-    "lin-manuel-miranda.png": [None],
-}
+PROBES = IDENTITY_PROBES
 
 
 @pytest.fixture(scope="module")
