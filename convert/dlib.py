@@ -456,9 +456,10 @@ def face_recognition_onnx(path: Path, output: str = "descriptor") -> onnx.ModelP
 
 # ---- dlib itself, run in the face_recognition peer (faceserve.dev.peers), never in this environment ------------
 
-# Run by the peer's interpreter: `chips IN OUT` finds faces with dlib's HOG detector and its five-point shape
-# predictor and cuts dlib's aligned chips (get_face_chip, 150 px, padding 0.25, as compute_face_descriptor does);
-# `descriptors IN OUT` runs dlib's network on chips, one call per chip (the chip overload, no jitter).
+# Run by the peer's interpreter: `chips IN OUT MODELS` finds the faces of photos (IN's image_0, image_1, ...:
+# RGB uint8) with dlib's HOG detector (upsampled once, as face_recognition does) and its five-point shape
+# predictor, and cuts dlib's aligned chips (get_face_chip: 150 px, padding 0.25, as compute_face_descriptor does);
+# `descriptors IN OUT MODELS` runs dlib's network on chips, one call per chip (the chip overload, no jitter).
 _PEER_PROGRAM = r"""
 import sys
 import dlib
@@ -470,8 +471,8 @@ if command == "chips":
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(models + "/shape_predictor_5_face_landmarks.dat")
     chips, images, points = [], [], []
-    for index, path in enumerate(given["paths"]):
-        image = dlib.load_rgb_image(str(path))
+    for index in range(len(given.files)):
+        image = np.ascontiguousarray(given[f"image_{index}"])
         for box in detector(image, 1):
             shape = predictor(image, box)
             chips.append(dlib.get_face_chip(image, shape, size=150, padding=0.25))
@@ -486,7 +487,7 @@ elif command == "descriptors":
 """
 
 
-def _in_peer(command: str, **arrays: np.ndarray) -> dict[str, np.ndarray]:
+def _in_peer(command: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import subprocess
     import tempfile
 
@@ -504,12 +505,66 @@ def _in_peer(command: str, **arrays: np.ndarray) -> dict[str, np.ndarray]:
             return dict(result)
 
 
-def dlib_chips(paths: list[Path]) -> dict[str, np.ndarray]:
-    """dlib's own aligned face chips of these photos: `chips` [N, 150, 150, 3] uint8 RGB, `images` (which photo
-    each comes from), `points` (dlib's five landmarks, in the photo)."""
-    return _in_peer("chips", paths=np.asarray([str(p) for p in paths]))
+def dlib_chips(images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """dlib's own aligned face chips of RGB photos: `chips` [N, 150, 150, 3] uint8 RGB, `images` (the index of
+    the photo each comes from), `points` (dlib's five landmarks in the photo: eye corners and the nose's base)."""
+    return _in_peer("chips", {f"image_{i}": np.asarray(image, dtype=np.uint8) for i, image in enumerate(images)})
 
 
 def dlib_descriptors(chips: np.ndarray) -> np.ndarray:
     """dlib's 128-d descriptors of aligned 150x150 RGB chips, computed by dlib itself: [N, 128] float64."""
-    return _in_peer("descriptors", chips=np.asarray(chips, dtype=np.uint8))["descriptors"]
+    return _in_peer("descriptors", {"chips": np.asarray(chips, dtype=np.uint8)})["descriptors"]
+
+
+# ---- the converter's source: dlib's file in, dlib itself as the parity reference ----------------------------
+
+PIXEL_SCALE = 1 / 256  # the recipe's scale: the graph's input is RGB / 256 (module docstring)
+
+
+def _pixels(batch: np.ndarray) -> np.ndarray:
+    """The 8-bit RGB images a batch of the graph's inputs stands for (dlib takes nothing else)."""
+    pixels = np.asarray(batch, dtype=np.float64) / PIXEL_SCALE
+    whole = np.rint(pixels)
+    if not (np.array_equal(pixels, whole) and whole.min() >= 0 and whole.max() <= 255):
+        raise ValueError("dlib takes 8-bit pixels: the batch is not whole pixel values times 1/256")
+    return whole.astype(np.uint8)
+
+
+def parity_photos() -> list[np.ndarray]:
+    """The photos dlib's chips are cut from for parity: every real photo of faces on this machine (the shared
+    fixtures' detection, identity and image photos where present)."""
+    from faceserve.dev import photos
+    from faceserve.dev.fixtures import FIXTURES
+
+    found = list(photos.face_photos().values())
+    for folder in ("detection", "identity"):
+        found += [photos.load_rgb(path) for path in sorted((FIXTURES / folder).rglob("*"))
+                  if path.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    return found
+
+
+def parity_samples(spec) -> dict[str, list[np.ndarray]]:
+    """The parity mode of a dlib network: random images of whole pixel values, and dlib's own face chips of real
+    photos (`dlib_chips`), both as the recipe scales them (which must be the graph's: RGB / 256)."""
+    from convert.parity import random_pixel_inputs
+
+    if (spec.scale, spec.offset, spec.colour) != (PIXEL_SCALE, 0.0, "rgb"):
+        raise ValueError(f"{spec.name}: a dlib network takes RGB / 256; give the recipe colour = \"rgb\", "
+                         f"scale = {PIXEL_SCALE} and offset = 0.0")
+    chips = dlib_chips(parity_photos())["chips"]
+    return {"random": random_pixel_inputs(spec), "real": [chips.astype(np.float32) * np.float32(PIXEL_SCALE)]}
+
+
+def source_model(path: Path, outputs: list[str]):
+    """`convert`'s source model (`convert.export.SourceModel`) of dlib_face_recognition_resnet_model_v1.dat: the
+    ONNX graph read from the file, dlib itself (the face_recognition peer) as the reference it is checked against."""
+    from convert.export import SourceModel
+
+    (output,) = outputs
+    model = face_recognition_onnx(path, output)
+    rows, columns, channels = (d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {output: dlib_descriptors(_pixels(batch)).astype(np.float32)}
+
+    return SourceModel(run, model, (rows, columns, channels), samples=parity_samples)
