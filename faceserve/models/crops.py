@@ -91,11 +91,22 @@ def square_transform(box: Sequence[float], spec: ModelSpec) -> np.ndarray:
                      [0, scale_y, spec.height / 2 - scale_y * (y1 + y2) / 2]], dtype=np.float64)
 
 
+# dlib's face chip (dlib/image_transforms/interpolation.h, get_face_chip_details: the mean face of its 68-point
+# model, with which its five-point model's chips agree), at padding 0, for the same five landmarks: each eye's
+# centre the mean of its corners (points 36 and 39, 42 and 45), the nose tip (30), the mouth corners (48, 54).
+# dlib's padding p puts a point t at (p + t) / (1 + 2p): the recipe's margin, so `crop.margin = 0.25` is the chip
+# dlib's face ResNet takes (get_face_chip(image, shape, 150, 0.25)).
+DLIB_CHIP_TEMPLATE = np.array([[(0.121737 + 0.334606) / 2, (0.216423 + 0.231733) / 2],
+                               [(0.645647 + 0.858516) / 2, (0.231733 + 0.216423) / 2],
+                               [0.490127, 0.515625], [0.254149, 0.780233], [0.726104, 0.780233]], dtype=np.float32)
+TEMPLATES = {"arcface": ALIGNMENT_TEMPLATE, "dlib": DLIB_CHIP_TEMPLATE}
+
+
 def alignment_transform(landmarks: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """The similarity transform (rotation, uniform scale, shift) that best puts the five landmarks on
-    the template, for the model's input size; the recipe's margin shrinks the template towards the centre
-    (margin m on every side: the face takes 1 / (1 + 2m) of the side it takes at margin 0)."""
-    template = (0.5 + (ALIGNMENT_TEMPLATE - 0.5) / (1 + 2 * spec.crop.margin)) * np.array(
+    the recipe's template, for the model's input size; the recipe's margin shrinks the template towards the
+    centre (margin m on every side: the face takes 1 / (1 + 2m) of the side it takes at margin 0)."""
+    template = (0.5 + (TEMPLATES[spec.crop.template] - 0.5) / (1 + 2 * spec.crop.margin)) * np.array(
         [spec.width, spec.height], dtype=np.float32)
     matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, dtype=np.float32), template, method=cv2.LMEDS)
     return matrix
