@@ -7,7 +7,7 @@ exponent); strings an unsigned length then the bytes; bools '1' or '0'; a tensor
 float32. What the file does not hold is the network's *type*: which layers wrap which, and the tags skips and
 `add_prev` refer to. `add_layer` writes its subnetwork before its own layer, so the layers come input first,
 each wrapper's version number written on the way in. The type is given here as a tree of `Node`s mirroring dlib's
-C++ template (`FACE_RECOGNITION_RESNET` is dlib_face_recognition_resnet_model_v1's, from
+C++ template (`face_recognition_resnet()` is dlib_face_recognition_resnet_model_v1's, from
 dlib/examples/dnn_face_recognition_ex.cpp); each layer's own settings (filter counts, sizes, strides, padding) and
 weights are read from the file, and checked where the type and the file could disagree.
 
@@ -134,8 +134,6 @@ def _con(reader: Reader, version: str) -> dict:
 
 
 def _affine(reader: Reader, version: str) -> dict:
-    if version.startswith("bn_"):
-        return _batch_norm(reader, version)
     params = reader.tensor()
     gamma, beta = reader.alias_shape(), reader.alias_shape()
     mode = reader.integer()
@@ -143,24 +141,6 @@ def _affine(reader: Reader, version: str) -> dict:
     scale = _slice(params, 0, gamma)
     return {"scale": scale.reshape(-1), "shift": _slice(params, scale.size, beta).reshape(-1),
             "conv_mode": mode == 0, "disabled": disabled}  # CONV_MODE 0, FC_MODE 1
-
-
-def _batch_norm(reader: Reader, version: str) -> dict:
-    """A `bn_` layer, read as the `affine_` layer dlib makes of it when loading a trained net for inference
-    (`affine_(const bn_&)`: scale = gamma / sqrt(running variance + eps), shift = beta - scale * running mean)."""
-    params = reader.tensor()
-    gamma, beta = reader.alias_shape(), reader.alias_shape()
-    for _ in range(2):  # the last batch's means and inverse deviations
-        reader.tensor()
-    running_means, running_variances = reader.tensor().reshape(-1), reader.tensor().reshape(-1)
-    reader.integer(), reader.integer()  # num_updates, running_stats_window_size
-    for _ in range(4):
-        reader.real()
-    eps = np.float32(reader.real())
-    scale = _slice(params, 0, gamma).reshape(-1) / np.sqrt(running_variances + eps)
-    shift = _slice(params, scale.size, beta).reshape(-1) - scale * running_means
-    return {"scale": scale.astype(np.float32), "shift": shift.astype(np.float32),
-            "conv_mode": version == "bn_con2", "disabled": False}
 
 
 def _relu(reader: Reader, version: str) -> dict:
@@ -200,7 +180,7 @@ def _loss_metric(reader: Reader, version: str) -> dict:
 # dlib's version strings, by the kind a network type names
 LAYER_READERS = {
     "con": ({"con_4", "con_5", "con_6"}, _con),
-    "affine": ({"affine_", "affine_2", "bn_con2", "bn_fc2"}, _affine),  # affine_ reads a bn_ too
+    "affine": ({"affine_", "affine_2"}, _affine),  # (a bn_ layer, which dlib also reads as affine_, is not read)
     "relu": ({"relu_", "relu_2"}, _relu),
     "max_pool": ({"max_pool_2"}, _pool),
     "avg_pool": ({"avg_pool_2"}, _pool),
@@ -264,7 +244,7 @@ def _ares_down(sub: Node) -> Node:
     return layer("relu", layer("add_prev", layer("avg_pool", skip(1, tag(2, _block(tag(1, sub))))), tag=2))
 
 
-def _face_recognition_resnet() -> Node:
+def face_recognition_resnet() -> Node:
     """loss_metric<fc_no_bias<128,avg_pool_everything<alevel0<alevel1<alevel2<alevel3<alevel4<
     max_pool<3,3,2,2,relu<affine<con<32,7,7,2,2,input_rgb_image_sized<150>>>>>>>>>>>>>"""
     net = layer("max_pool", layer("relu", layer("affine", layer("con", Node("input", "input_rgb_image")))))
@@ -275,8 +255,6 @@ def _face_recognition_resnet() -> Node:
             net = _ares(net)
     return Node("loss", "loss_metric", layer("fc", layer("avg_pool", net)))
 
-
-FACE_RECOGNITION_RESNET = _face_recognition_resnet
 
 
 def read_network(data: bytes, network: Node) -> Node:
@@ -451,7 +429,7 @@ def to_onnx(network: Node, output: str = "descriptor") -> onnx.ModelProto:
 
 def face_recognition_onnx(path: Path, output: str = "descriptor") -> onnx.ModelProto:
     """dlib_face_recognition_resnet_model_v1.dat as an ONNX model."""
-    return to_onnx(read_network(Path(path).read_bytes(), FACE_RECOGNITION_RESNET()), output)
+    return to_onnx(read_network(Path(path).read_bytes(), face_recognition_resnet()), output)
 
 
 # ---- dlib itself, run in the face_recognition peer (faceserve.dev.peers), never in this environment ------------

@@ -106,7 +106,7 @@ def test_a_strided_residual_with_a_pooled_shortcut_of_other_sizes_sums_as_dlib_d
 def test_the_face_resnet_type_is_dlibs():
     """29 convolutions (the stem and two per residual block: 3 + 4 + 3 + 3 + 1 blocks), five of them strided,
     then the average over everything and the 128-d fc."""
-    kinds, node = [], dlib.FACE_RECOGNITION_RESNET()
+    kinds, node = [], dlib.face_recognition_resnet()
     while node is not None:
         kinds.append(node.kind or node.wrapper)
         node = node.sub
