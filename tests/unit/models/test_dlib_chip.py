@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from faceserve.models import crops
 from faceserve.models.spec import CropRecipe, ModelSpec
@@ -40,3 +41,13 @@ def test_a_face_on_the_template_comes_out_as_dlibs_chip():
     matrix = crops.alignment_transform(placed, spec)
     np.testing.assert_allclose(matrix, [[0.5, 0, -20], [0, 0.5, -15]], atol=1e-3)
     assert not np.allclose(crops.alignment_transform(placed, chip_spec(align=True, margin=0.25)), matrix, atol=1)
+
+
+def test_a_recipe_naming_an_unknown_template_is_refused_before_any_conversion():
+    from convert import recipe
+
+    entry = {"task": "embedding", "decoder": "embedding", "crop": {"align": True, "template": "dlib68"}}
+    with pytest.raises(recipe.RecipeError, match="crop template 'dlib68' is unknown; give crop.template one of "
+                                                 "arcface, dlib"):
+        recipe.merge(entry, {}, "embedding_dlib")
+    assert recipe.merge({**entry, "crop": {"align": True, "template": "dlib"}}, {}, "e")["crop"]["template"] == "dlib"
