@@ -367,7 +367,8 @@ def _build(graph: _Graph, node: Node, tags: dict[int, tuple[str, tuple]]) -> tup
             raise DlibFormatError(f"an affine layer of {values['scale'].size} values per channel over {channels}")
         shape = (1, channels, 1, 1)
         scaled = graph.op("Mul", [x, graph.constant("scale", values["scale"].reshape(shape))])
-        return graph.op("Add", [scaled, graph.constant("shift", values["shift"].reshape(shape))]), (channels, rows, columns)
+        shifted = graph.op("Add", [scaled, graph.constant("shift", values["shift"].reshape(shape))])
+        return shifted, (channels, rows, columns)
     if node.kind == "relu":
         return below if values["disabled"] else (graph.op("Relu", [x]), (channels, rows, columns))
     if node.kind in ("max_pool", "avg_pool"):
@@ -377,7 +378,8 @@ def _build(graph: _Graph, node: Node, tags: dict[int, tuple[str, tuple]]) -> tup
         if node.kind == "avg_pool" and (pad_y or pad_x):
             raise DlibFormatError("a padded avg_pool is not built (which padded values dlib averages is not checked)")
         out = graph.op("MaxPool" if node.kind == "max_pool" else "AveragePool", [x],
-                       kernel_shape=[window_y, window_x], strides=[stride_y, stride_x], pads=[pad_y, pad_x, pad_y, pad_x])
+                       kernel_shape=[window_y, window_x], strides=[stride_y, stride_x],
+                       pads=[pad_y, pad_x, pad_y, pad_x])
         return out, (channels, _pooled(rows, window_y, stride_y, pad_y), _pooled(columns, window_x, stride_x, pad_x))
     if node.kind == "add_prev":
         return _add_prev(graph, below, tags[node.tag])

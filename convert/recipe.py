@@ -94,7 +94,8 @@ def check(entry: dict) -> dict:
         raise RecipeError(f"unknown crop keys: {', '.join(unknown_crop)}; crop takes {', '.join(CROP_KEYS)}")
     template = entry.get("crop", {}).get("template", "arcface")
     if template not in crops.TEMPLATES:
-        raise RecipeError(f"crop template {template!r} is unknown; give crop.template one of {', '.join(crops.TEMPLATES)}")
+        raise RecipeError(f"crop template {template!r} is unknown; give crop.template one of "
+                          f"{', '.join(crops.TEMPLATES)}")
     if entry.get("labels_file"):
         if entry.get("labels"):
             raise RecipeError("both labels and a labels file are given; keep one")
