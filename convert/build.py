@@ -100,7 +100,7 @@ def build_from_source(entry: dict, source, model_dir: Path, digest: str, *, tole
     except SpecError as exc:
         return BuildResult(name, "failed", f"refusing to write {name}: {exc}")
     onnx_bytes = source.onnx_model.SerializeToString()
-    result = parity.check(spec, source.run, onnx_bytes)
+    result = parity.check(spec, source.run, onnx_bytes, sets=source.samples(spec) if source.samples else None)
     log.info("%s: %s", name, result.line())
     problems = result.problems(tolerance, raw_tolerance)
     if problems:

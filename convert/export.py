@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from faceserve.models.repository import INPUT_NAME
+from faceserve.models.spec import ModelSpec
 
 OPSET = 17
 
@@ -25,6 +26,8 @@ class SourceModel:
     run: Callable[[np.ndarray], dict[str, np.ndarray]]  # outputs keyed by their ONNX names
     onnx_model: onnx.ModelProto
     input_shape: tuple[int, int, int]
+    # the parity sample sets (`convert.parity.check`'s `sets`) of a source that cannot take parity's own: None for most
+    samples: Callable[[ModelSpec], dict[str, list[np.ndarray]]] | None = None
 
 
 def _rename(model: onnx.ModelProto, old: str, new: str) -> None:
@@ -327,13 +330,21 @@ def from_onnx(path: Path, outputs: list[str]) -> SourceModel:
     return SourceModel(run, _stable_names(served, outputs), shape)
 
 
+def from_dlib(path: Path, outputs: list[str]) -> SourceModel:
+    """A network file of dlib's (dlib_face_recognition_resnet_model_v1.dat), read and rebuilt by convert.dlib;
+    dlib itself, run in the face_recognition peer, is the reference."""
+    from convert import dlib
+
+    return dlib.source_model(path, outputs)
+
+
 LOADERS = {"keras": from_keras, "savedmodel": from_saved_model, "tflite": from_tflite, "tfjs": from_tfjs,
-           "tfjs_layers": from_tfjs_layers, "onnx": from_onnx}
+           "tfjs_layers": from_tfjs_layers, "onnx": from_onnx, "dlib": from_dlib}
 
 
 def load(fmt: str, path: Path, outputs: list[str], **options) -> SourceModel:
     """Convert a source artifact; `fmt` is keras (.h5/.keras), savedmodel, tflite, tfjs (a graph model's
-    model.json), tfjs_layers (a layers model's model.json or JS bundle) or onnx; `options` are the format's own
+    model.json), tfjs_layers (a layers model's model.json or JS bundle), onnx or dlib; `options` are the format's own
     (tfjs: graph_outputs)."""
     if fmt not in LOADERS:
         raise ValueError(f"unknown source format {fmt!r}; use one of {sorted(LOADERS)}")

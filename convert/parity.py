@@ -81,6 +81,13 @@ def random_inputs(spec: ModelSpec, count: int = 16, seed: int = 0) -> list[np.nd
     return [(pixels * spec.scale + spec.offset).astype(np.float32)]
 
 
+def random_pixel_inputs(spec: ModelSpec, count: int = 16, seed: int = 0) -> list[np.ndarray]:
+    """Random images of whole 8-bit pixel values, scaled by the recipe: the random set of a source that takes only
+    8-bit pixels (dlib, `convert.dlib.parity_samples`), where `random_inputs`' fractions have no equal."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (count, *spec.input_shape[:2], spec.channels))
+    return [(pixels * spec.scale + spec.offset).astype(np.float32)]
+
+
 def _batches(arrays: list[np.ndarray], batch_size: int):
     for array in arrays:
         for start in range(0, len(array), batch_size):
@@ -94,10 +101,12 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(diff.max()) if np.isfinite(diff).all() else math.inf
 
 
-def check(spec: ModelSpec, source_run, onnx_bytes: bytes, batch_size: int = 8) -> ParityResult:
+def check(spec: ModelSpec, source_run, onnx_bytes: bytes, batch_size: int = 8,
+          sets: dict[str, list[np.ndarray]] | None = None) -> ParityResult:
+    """`sets`: the source's own samples by set name (`SourceModel.samples`), else random and real inputs."""
     decoder = decoder_for(spec)
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    sets = {"random": random_inputs(spec), "real": real_inputs(spec)}
+    sets = sets or {"random": random_inputs(spec), "real": real_inputs(spec)}
     max_diff, raw_diff, agree, total = 0.0, 0.0, 0, 0
     non_finite: set[tuple[str, str]] = set()
     for inputs in sets.values():

@@ -12,14 +12,14 @@ import tomllib
 from pathlib import Path
 
 from convert.export import LOADERS
-from faceserve.models import tasks
+from faceserve.models import crops, tasks
 from faceserve.models.decoder import decoders
 from faceserve.models.repository import read_labels
 
 # What `convert model` assumes when neither the file nor a flag says (a float RGB model on 0..1 pixels).
 DEFAULTS = {"outputs": ["probabilities"], "colour": "rgb", "scale": 1 / 255, "offset": 0.0}
 COLOURS = ("gray", "rgb", "bgr")
-CROP_KEYS = ("margin", "pad_px", "stretch", "square", "align")
+CROP_KEYS = ("margin", "pad_px", "stretch", "square", "align", "template")
 KEYS = ("name", "task", "decoder", "format", "outputs", "labels", "labels_file", "units", "colour", "scale",
         "offset", "letterbox", "crop", "score_threshold", "nms_iou", "graph_outputs", "max_batch_size",
         "queue_delay_us", "preferred_batch_sizes", "sha256", "default", "source")
@@ -92,6 +92,10 @@ def check(entry: dict) -> dict:
     unknown_crop = sorted(set(entry.get("crop", {})) - set(CROP_KEYS))
     if unknown_crop:
         raise RecipeError(f"unknown crop keys: {', '.join(unknown_crop)}; crop takes {', '.join(CROP_KEYS)}")
+    template = entry.get("crop", {}).get("template", "arcface")
+    if template not in crops.TEMPLATES:
+        raise RecipeError(f"crop template {template!r} is unknown; give crop.template one of "
+                          f"{', '.join(crops.TEMPLATES)}")
     if entry.get("labels_file"):
         if entry.get("labels"):
             raise RecipeError("both labels and a labels file are given; keep one")

@@ -83,6 +83,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("crop_stretch", "crop.stretch", FLAG),
     Parameter("crop_square", "crop.square", FLAG),
     Parameter("crop_align", "crop.align", FLAG),
+    Parameter("crop_template", "crop.template"),
     Parameter("units", "units"),
     Parameter("source", "source"),
     Parameter("sha256", "sha256"),

@@ -29,6 +29,8 @@ class CropRecipe:
         differ: FaceBoxes' are taller than wide, Haar's and BlazeFace's square).
     align: the face warped by a similarity transform that puts its five landmarks on the canonical
         template (`crops.ALIGNMENT_TEMPLATE`), as embedding models are trained; needs landmarks.
+    template: the template `align` puts the landmarks on, by name (`crops.TEMPLATES`): "arcface" (the
+        canonical one), "dlib" (dlib's face chip, where dlib's face ResNet was trained).
     """
 
     margin: float = 0.0
@@ -36,6 +38,7 @@ class CropRecipe:
     stretch: bool = False
     square: bool = False
     align: bool = False
+    template: str = "arcface"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +93,7 @@ class ModelSpec:
                 "crop_stretch": self.crop.stretch,
                 "crop_square": self.crop.square,
                 "crop_align": self.crop.align,
+                "crop_template": self.crop.template,
             },
             "outputs": [
                 {"name": n, "shape": [-1, *d]} for n, d in zip(self.output_names, self.output_dims)
