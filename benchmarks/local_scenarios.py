@@ -50,8 +50,9 @@ def inprocess(ctx: Context) -> list[dict]:
 
 
 class Variant:
-    """A way of detecting measured beside the served detectors and not served: the default before its cascade, and
-    the default with a mirror pass or a padded frame (what issue 22 asked to measure before choosing)."""
+    """A way of detecting measured beside the served detectors and not served: the default without its second
+    family or before its cascade, and the cascade with a mirror pass or a padded frame (what issue 22 asked to measure
+    before choosing)."""
 
     def __init__(self, name: str, inner, mirror: bool = False, pad: float = 0.0):
         self.name, self.inner, self.spec, self.mirror, self.pad = name, inner, inner.spec, mirror, pad
@@ -85,8 +86,27 @@ class Variant:
         return [dataclasses.replace(d, box=tuple(v - border for v in d.box)) for d in await self.inner.detect(padded)]
 
 
+class SecondOnEveryPhoto:
+    """The default with its second family run on every photo, not only where the coarse pass leaves room: what the
+    gate saves, and whether it loses faces."""
+
+    def __init__(self, auto, cascade):
+        self.auto, self.cascade, self.spec = auto, cascade, auto.spec
+
+    def unsure(self, detection) -> bool:
+        return self.auto.unsure(detection)
+
+    async def detect(self, image):
+        from faceserve.models.detectors import merge
+
+        own = await self.cascade.detect(image)
+        return merge(own + self.auto.seconded(own, await self.auto.second.detect(image)), self.spec.nms_iou)
+
+
 # The frame padding measured: a tenth of the long side on every side (the padded photo is scaled like any other).
 EDGE_PAD = 0.1
+# The second family's threshold in the variant that lowers it (MediaPipe's own, served: 0.5).
+SECOND_FLOOR = 0.4
 
 
 def variants(pipeline) -> dict:
@@ -97,13 +117,24 @@ def variants(pipeline) -> dict:
 
     found = {name: pipeline.detector(name) for name in pipeline.detectors}
     auto = found.get(AutoDetector.name)
-    if auto is not None:
-        before = copy.copy(auto)
-        before.unsure_floor = None  # this copy's own: the sure boxes only, as before issue 22
-        found["auto before the cascade"] = Variant("auto before the cascade", before)
-        for name, kwargs in (("auto + mirror pass", dict(mirror=True)), ("auto + edge padding", dict(pad=EDGE_PAD)),
-                             ("auto + mirror + padding", dict(mirror=True, pad=EDGE_PAD))):
-            found[name] = Variant(name, auto, **kwargs)
+    if auto is None:
+        return found
+    cascade = copy.copy(auto)
+    cascade.second = None  # this copy's own: FaceBoxes' cascade alone, the default until its second family
+    before = copy.copy(cascade)
+    before.unsure_floor = None  # the sure boxes only, as before issue 22
+    found["auto's cascade alone"] = Variant("auto's cascade alone", cascade)
+    found["auto before the cascade"] = Variant("auto before the cascade", before)
+    if auto.second is not None:
+        lower = copy.copy(auto.second)
+        lower.spec = dataclasses.replace(lower.spec, score_threshold=SECOND_FLOOR)
+        from_floor = copy.copy(auto)
+        from_floor.second = lower
+        found[f"auto, BlazeFace full from {SECOND_FLOOR}"] = from_floor
+        found["auto, BlazeFace full on every photo"] = SecondOnEveryPhoto(auto, cascade)
+    for name, kwargs in (("cascade + mirror pass", dict(mirror=True)), ("cascade + edge padding", dict(pad=EDGE_PAD)),
+                         ("cascade + mirror + padding", dict(mirror=True, pad=EDGE_PAD))):
+        found[name] = Variant(name, cascade, **kwargs)
     return found
 
 

@@ -92,7 +92,7 @@ def detector_plot(rows: list[dict], out: Path) -> Path | None:
     fig, (pooled, each) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [1, 1.3]})
     sets = list(rows[0]["sets"])
     for i, r in enumerate(rows):
-        colour = f"C{i % 10}"
+        colour = plt.cm.tab20(i % 20)
         face = colour if r["served"] else "none"
         whole = r["all_sets"]
         pooled.scatter(whole["ms_per_image"], whole["recall"], s=70, marker="o", facecolors=face, edgecolors=colour,

@@ -243,7 +243,7 @@ def runs_in(name: str, cfg: Config, swept: tuple[str, ...] = ("single",)) -> int
     if name == "triton-heads":
         return 2 * len(cfg.heads) * len(cfg.head_concurrencies)
     if name == "detectors":
-        return 8  # auto, faceboxes, blazeface, haar and auto's four unserved variants
+        return 12  # auto, faceboxes, blazeface, blazeface_full, haar and auto's seven unserved variants
     if name == "batch-cost":
         return 1
     if name == "cluster":

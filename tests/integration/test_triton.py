@@ -33,8 +33,8 @@ from tests.support import free_port, jpeg, serve
 
 pytestmark = pytest.mark.triton
 
-DEFAULT_MODELS = ("face_detector", "faceboxes", "face_landmarks", "emotion", "gender", "age", "faceres",
-                  "nsfw_mobilenet_v2")
+DEFAULT_MODELS = ("face_detector", "faceboxes", "blazeface_full", "face_landmarks", "emotion", "gender", "age",
+                  "faceres", "nsfw_mobilenet_v2")
 
 
 @pytest.fixture(scope="module")

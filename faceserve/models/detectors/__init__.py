@@ -9,8 +9,9 @@ Adding a detector is one new module here: every module of this package is import
 from __future__ import annotations
 
 from faceserve.models.decoder import descendants, import_modules
-from faceserve.models.detectors.base import Detection, Detector, ModelDetector, iou, nms
+from faceserve.models.detectors.base import DUPLICATE_IOU, Detection, Detector, ModelDetector, iou, merge, nms
 from faceserve.models.detectors.blazeface import BlazeFace
+from faceserve.models.detectors.blazeface_full import BlazeFaceFull
 from faceserve.models.detectors.faceboxes import AutoDetector, FaceBoxes
 from faceserve.models.detectors.haar import HaarDetector
 
@@ -36,6 +37,9 @@ def build(specs, backend) -> dict[str, Detector]:
             available[cls.name] = cls()
         elif cls.decoder in by_decoder:
             available[cls.name] = cls(by_decoder[cls.decoder], backend)
+    for detector in available.values():
+        if detector.second_family in available:
+            detector.second = available[detector.second_family]
     return available
 
 
@@ -53,5 +57,6 @@ def default_reason(available: dict[str, Detector]) -> str:
             f"the order of preference ({', '.join(cls.name for cls in REGISTRY)})")
 
 
-__all__ = ["DEFAULT_DETECTOR", "REGISTRY", "AutoDetector", "BlazeFace", "Detection", "Detector", "FaceBoxes",
-           "HaarDetector", "ModelDetector", "build", "default", "default_reason", "discover", "iou", "nms"]
+__all__ = ["DEFAULT_DETECTOR", "DUPLICATE_IOU", "REGISTRY", "AutoDetector", "BlazeFace", "BlazeFaceFull", "Detection",
+           "Detector", "FaceBoxes", "HaarDetector", "ModelDetector", "build", "default", "default_reason", "discover",
+           "iou", "merge", "nms"]

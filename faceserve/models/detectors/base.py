@@ -19,6 +19,12 @@ class Detection:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
     score: float
     keypoints: tuple[tuple[float, float], ...] = ()  # image pixels, in the model's own order
+    # Found by a second detector family whatever its score: only the face mesh's word can keep it (`Detector.unsure`).
+    unsure: bool = False
+
+
+# An unsure box overlapping a sure face by more than this is a second look at that face, not a face of its own.
+DUPLICATE_IOU = 0.1
 
 
 class Detector(Decoder, abc.ABC):
@@ -37,13 +43,20 @@ class Detector(Decoder, abc.ABC):
     # one only where the face mesh confirms a face in it (`faceserve/pipeline/verification.py`). None: every box
     # answered is sure.
     unsure_floor: ClassVar[float | None] = None
+    # A second detector family (a detector's name) whose faces this one adds where its own may have missed some, as
+    # unsure boxes; `second` is that detector where the repository has its model (`detectors.build` sets it).
+    second_family: ClassVar[str | None] = None
+    second: "Detector | None" = None
 
     @abc.abstractmethod
     async def detect(self, image: np.ndarray) -> list[Detection]:
         """The faces of `image`, best first."""
 
     def unsure(self, detection: Detection) -> bool:
-        """Whether `detection` is a box under the model's threshold that only the face mesh's word can keep."""
+        """Whether `detection` is a box that only the face mesh's word can keep: one under the model's threshold, or
+        one a second detector family found."""
+        if detection.unsure:
+            return True
         return self.unsure_floor is not None and self.spec is not None and detection.score <= self.spec.score_threshold
 
     @staticmethod
@@ -71,6 +84,15 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, image_shape: tuple[in
     return [Detection(tuple(float(v) for v in boxes[i]), float(scores[i]),
                       () if keypoints is None else tuple((float(x), float(y)) for x, y in keypoints[i]))
             for i in order if boxes[i, 2] - boxes[i, 0] >= 1 and boxes[i, 3] - boxes[i, 1] >= 1]
+
+
+def merge(detections: Sequence[Detection], iou: float) -> list[Detection]:
+    """Detections of several passes or detector families, overlaps above `iou` suppressed (OpenCV), best first."""
+    if not detections:
+        return []
+    xywh = [[d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]] for d in detections]
+    kept = np.asarray(cv2.dnn.NMSBoxes(xywh, [d.score for d in detections], 0.0, iou)).reshape(-1).tolist()
+    return sorted((detections[i] for i in kept), key=lambda d: -d.score)
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:

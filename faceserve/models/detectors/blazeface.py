@@ -17,18 +17,23 @@ from faceserve.models.detectors.base import Detection, ModelDetector, nms
 from faceserve.models.spec import ModelSpec
 
 KEYPOINTS = 6  # eyes, nose tip, mouth centre, ear tragions (after the 4 box values of each row)
+# The SSD anchor grids (stride, anchors per cell) of the short-range model (MediaPipe's
+# face_detection_short_range_common.pbtxt: strides 8, 16, 16, 16, two anchors per layer, the 16s merged).
+SHORT_RANGE = ((8, 2), (16, 6))
 
 
 class BlazeFace(ModelDetector):
     name = decoder = "blazeface"
     rank = 30
+    anchor_layout = SHORT_RANGE
 
     async def detect(self, image: np.ndarray) -> list[Detection]:
         batch, frame = crops.whole_image(image, self.spec)
         outputs = await self.backend.infer(self.spec, batch)
         regressors, logits = (outputs[n][0] for n in self.spec.output_names)
         return decode_blazeface(regressors, logits, frame, self.spec.height, image.shape[:2],
-                                threshold=self.spec.score_threshold, nms_iou=self.spec.nms_iou)
+                                threshold=self.spec.score_threshold, nms_iou=self.spec.nms_iou,
+                                layout=self.anchor_layout)
 
     @staticmethod
     def consumed(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -44,10 +49,10 @@ class BlazeFace(ModelDetector):
 
 
 @functools.lru_cache(maxsize=4)
-def blazeface_anchors(size: int = 128) -> np.ndarray:
-    """SSD anchor centres (x, y), normalised, for BlazeFace short-range: 512 + 384 = 896."""
+def blazeface_anchors(size: int = 128, layout: tuple[tuple[int, int], ...] = SHORT_RANGE) -> np.ndarray:
+    """SSD anchor centres (x, y), normalised, row-major per grid (short range at 128: 512 + 384 = 896)."""
     centres = []
-    for stride, per_cell in ((8, 2), (16, 6)):
+    for stride, per_cell in layout:
         grid = size // stride
         ys, xs = np.mgrid[0:grid, 0:grid]
         cell = np.stack([(xs + 0.5) / grid, (ys + 0.5) / grid], axis=-1).reshape(-1, 1, 2)
@@ -62,13 +67,13 @@ def scores(logits: np.ndarray) -> np.ndarray:
 
 def decode_blazeface(regressors: np.ndarray, logits: np.ndarray, frame: Letterbox, size: int,
                      image_shape: tuple[int, int], threshold: float = 0.5,
-                     nms_iou: float = 0.3) -> list[Detection]:
-    """Boxes (and keypoints) from one image's raw BlazeFace outputs ([896, 16] and [896, 1])."""
+                     nms_iou: float = 0.3, layout: tuple[tuple[int, int], ...] = SHORT_RANGE) -> list[Detection]:
+    """Boxes (and keypoints) from one image's raw BlazeFace outputs ([anchors, 16] and [anchors, 1])."""
     probabilities = scores(logits.reshape(-1))
     keep = probabilities > threshold
     if not keep.any():
         return []
-    anchors = blazeface_anchors(size)[keep]
+    anchors = blazeface_anchors(size, layout)[keep]
     reg = regressors.reshape(-1, 4 + 2 * KEYPOINTS)[keep] / size
     centre = anchors + reg[:, :2]
     half = reg[:, 2:4] / 2

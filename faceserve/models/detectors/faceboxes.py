@@ -14,10 +14,13 @@ photo's long side and up, the fine pass (long side up to `FINE_SIDE`) the small 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 import cv2
 import numpy as np
 
-from faceserve.models.detectors.base import Detection, ModelDetector, nms
+from faceserve.models.detectors.base import DUPLICATE_IOU, Detection, ModelDetector, iou, merge, nms
 from faceserve.models.spec import ModelSpec
 
 GRID = 128
@@ -88,36 +91,62 @@ class FaceBoxes(ModelDetector):
         passes = [await self._candidates(image, COARSE_SIDE)]
         if self.fine_pass_needed(image, passes[0]):
             passes.append(await self._candidates(image, FINE_SIDE))
+        return self._kept(passes, image.shape[:2])
+
+    def _kept(self, passes: list[tuple[np.ndarray, np.ndarray]], image_shape: tuple[int, int]) -> list[Detection]:
         boxes = np.concatenate([b for b, _ in passes])
         scores = np.concatenate([s for _, s in passes])
         keep = scores > (self.spec.score_threshold if self.unsure_floor is None else self.unsure_floor)
-        return nms(boxes[keep], scores[keep], self.spec.nms_iou, image.shape[:2])
+        return nms(boxes[keep], scores[keep], self.spec.nms_iou, image_shape)
 
 
 class AutoDetector(FaceBoxes):
-    """The default: the coarse pass, and the fine pass only where the photo can hold faces the
-    coarse pass cannot see: it found none, several, a small one, or a near miss apart from them.
-    Boxes from `UNSURE_FLOOR` to the threshold come back unsure, for the face mesh to confirm."""
+    """The default: the coarse pass; where the photo can hold faces the coarse pass cannot see (it found none,
+    several, a small one, or a near miss apart from them) the fine pass and a second detector family (BlazeFace full
+    range, where the repository has it). Boxes from `UNSURE_FLOOR` to the threshold, and the second family's faces
+    that no sure box holds, come back unsure, for the face mesh to confirm."""
 
     name = "auto"
     rank = 10
     unsure_floor = UNSURE_FLOOR
-    reason = ("FaceBoxes at a coarse scale (and a fine one where the photo can hold small faces), with its boxes "
-              f"scoring {UNSURE_FLOOR}-0.5 kept where the face mesh confirms a face: on the labelled sets (the 43 hand-boxed "
-              "faces, and them made dark, over-exposed, tilted, blurred and cut by the frame, and 33 counted faces) "
-              "it finds 270 of 291 faces against 251 by the threshold alone, with the same 8 stray boxes and none on "
-              "the photos without faces, at the threshold's cost; a mirror pass or edge padding on top found at most "
-              "2 more at about twice the cost, with more stray boxes (docs/detection.md)")
+    second_family = "blazeface_full"
+    reason = ("FaceBoxes at a coarse scale, and where the photo is not one clear face a fine scale and BlazeFace full "
+              f"range merged by NMS; its boxes scoring {UNSURE_FLOOR}-0.5 and BlazeFace's new faces are kept where the "
+              "face mesh confirms a face: on the labelled sets (the 43 hand-boxed faces, and them made dark, "
+              "over-exposed, tilted, blurred and cut by the frame, and 33 counted faces) it finds 277 of 291 faces "
+              "against 270 by FaceBoxes' cascade alone and 251 by its threshold, with no face on the photos without "
+              "faces, at the same cost on one-face photos (BlazeFace runs only where FaceBoxes is unsure of the "
+              "photo); a mirror pass or edge padding found at most 2 more at about twice the cost (docs/detection.md)")
 
-    def fine_pass_needed(self, image: np.ndarray, coarse: tuple[np.ndarray, np.ndarray]) -> bool:
-        if max(image.shape[:2]) <= COARSE_SIDE:
-            return False  # the coarse pass already saw the photo at full size
+    async def detect(self, image: np.ndarray) -> list[Detection]:
+        coarse = await self._candidates(image, COARSE_SIDE)
+        if self.one_clear_face(image, coarse):
+            return self._kept([coarse], image.shape[:2])
+        fine = max(image.shape[:2]) > COARSE_SIDE  # else the coarse pass saw the photo at full size already
+        runs = ([self._candidates(image, FINE_SIDE)] if fine else []) + (
+            [self.second.detect(image)] if self.second is not None else [])
+        found = await asyncio.gather(*runs)
+        own = self._kept([coarse, *found[:int(fine)]], image.shape[:2])
+        if self.second is None:
+            return own
+        return merge(own + self.seconded(own, found[-1]), self.spec.nms_iou)
+
+    def seconded(self, own: list[Detection], others: list[Detection]) -> list[Detection]:
+        """The second family's faces that overlap no sure box of this detector (a face found already, which its
+        higher score must not displace in the merge), as unsure boxes."""
+        sure = [d for d in own if not self.unsure(d)]
+        return [dataclasses.replace(d, unsure=True) for d in others
+                if all(iou(d.box, face.box) <= DUPLICATE_IOU for face in sure)]
+
+    def one_clear_face(self, image: np.ndarray, coarse: tuple[np.ndarray, np.ndarray]) -> bool:
+        """Whether the coarse pass found one face, not small, and no near miss apart from it: a photo where neither
+        the fine pass nor a second family would find more."""
         boxes, scores = coarse
         candidates = scores > EVIDENCE
         kept = nms(boxes[candidates], scores[candidates], self.spec.nms_iou, image.shape[:2])
         faces = [d for d in kept if d.score > self.spec.score_threshold]
         if len(faces) != 1 or len(kept) > 1:
-            return True
+            return False
         (face,) = faces
         scale = min(1.0, COARSE_SIDE / max(image.shape[:2]))
-        return (face.box[2] - face.box[0]) * scale < SMALL_AT_COARSE_PX
+        return (face.box[2] - face.box[0]) * scale >= SMALL_AT_COARSE_PX

@@ -23,18 +23,19 @@ def spec(decoder_name: str, task: str = "field", outputs: tuple[str, ...] = ("ou
 
 
 def test_every_decoder_of_every_role_is_known_by_one_name():
-    assert list(decoders()) == ["blazeface", "embedding", "faceboxes", "facemesh", "regression", "sigmoid",
-                                "softmax"]
+    assert list(decoders()) == ["blazeface", "blazeface_full", "embedding", "faceboxes", "facemesh", "regression",
+                                "sigmoid", "softmax"]
     assert {name: cls.__name__ for name, cls in decoders().items()} == {
-        "blazeface": "BlazeFace", "embedding": "EmbeddingHead", "faceboxes": "FaceBoxes",
-        "facemesh": "LandmarkModel", "regression": "RegressionHead", "sigmoid": "SigmoidHead",
+        "blazeface": "BlazeFace", "blazeface_full": "BlazeFaceFull", "embedding": "EmbeddingHead",
+        "faceboxes": "FaceBoxes", "facemesh": "LandmarkModel", "regression": "RegressionHead", "sigmoid": "SigmoidHead",
         "softmax": "SoftmaxHead"}
     assert set(heads.REGISTRY) == {"embedding", "regression", "sigmoid", "softmax"}
-    assert [cls.name for cls in detectors.REGISTRY] == ["auto", "faceboxes", "blazeface", "haar"]
+    assert [cls.name for cls in detectors.REGISTRY] == ["auto", "faceboxes", "blazeface", "blazeface_full", "haar"]
 
 
 def test_an_unknown_decoder_is_refused_by_name():
-    with pytest.raises(SpecError, match=r"m: decoder 'cluster' is unknown \(known: blazeface, embedding, "):
+    with pytest.raises(SpecError,
+                       match=r"m: decoder 'cluster' is unknown \(known: blazeface, blazeface_full, embedding, "):
         decoder_for(spec("cluster"))
 
 
@@ -102,7 +103,7 @@ def test_convert_offers_every_decoder_and_any_face_field_as_task(capsys, caplog)
         convert_main(["model", "--help"])
     assert shown.value.code == 0
     usage = " ".join(capsys.readouterr().out.split())
-    assert "--decoder {blazeface,embedding,faceboxes,facemesh,regression,sigmoid,softmax}" in usage
+    assert "--decoder {blazeface,blazeface_full,embedding,faceboxes,facemesh,regression,sigmoid,softmax}" in usage
     assert convert_main(["model", "x.h5", "--name", "n", "--task", "two words", "--decoder", "softmax"]) == 2
     assert "refusing to convert n: task 'two words' is neither" in caplog.text
     assert "give --task a field name such as emotion_fer48" in caplog.text

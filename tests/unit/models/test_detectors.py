@@ -61,3 +61,27 @@ def test_the_default_says_why_and_a_fallback_says_what_is_missing():
     assert "face mesh" in AutoDetector.reason
     fallback = default_reason(detectors.build([blazeface_spec()], backend=None))
     assert fallback.startswith("auto's model is not in this repository: blazeface is the first detector available")
+
+
+def test_auto_gets_blazeface_full_as_its_second_family_where_the_repository_has_it():
+    from faceserve.models.detectors import BlazeFaceFull
+    faceboxes_spec = ModelSpec(name="faceboxes", task="face_detector", decoder="faceboxes", input_name="input",
+                               height=-1, width=-1, channels=3, output_names=("boxes", "scores"),
+                               output_dims=((-1, 4), (-1,)), colour="rgb", scale=1.0, offset=0.0)
+    full_spec = ModelSpec(name="blazeface_full", task="face_detector", decoder="blazeface_full", input_name="input",
+                          height=192, width=192, channels=3, output_names=("regressors", "classificators"),
+                          output_dims=((2304, 16), (2304, 1)), colour="rgb", scale=1 / 127.5, offset=-1.0,
+                          letterbox=True, score_threshold=0.5)
+    built = detectors.build([faceboxes_spec, full_spec], backend=None)
+    assert list(built) == ["auto", "faceboxes", "blazeface_full", "haar"]
+    assert isinstance(built["auto"].second, BlazeFaceFull) and built["auto"].second is built["blazeface_full"]
+    assert built["faceboxes"].second is None and built["blazeface_full"].anchor_layout == ((4, 1),)
+    assert detectors.build([faceboxes_spec], backend=None)["auto"].second is None
+
+
+def test_full_range_anchors_tile_a_stride_4_grid_one_per_cell():
+    from faceserve.models.detectors.blazeface import blazeface_anchors
+    from faceserve.models.detectors.blazeface_full import FULL_RANGE
+    anchors = blazeface_anchors(192, FULL_RANGE)
+    assert anchors.shape == (2304, 2) and np.allclose(anchors[0], [0.5 / 48, 0.5 / 48])
+    assert np.allclose(anchors[1], [1.5 / 48, 0.5 / 48]) and np.allclose(anchors[48], [0.5 / 48, 1.5 / 48])

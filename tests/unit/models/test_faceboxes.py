@@ -1,12 +1,14 @@
-"""FaceBoxes' input canvas, its box decoding, and when the auto detector runs its fine pass."""
+"""FaceBoxes' input canvas, its box decoding, and when the auto detector runs its fine pass and its second
+detector family, and how it merges that family's faces."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 
-from faceserve.models.detectors import faceboxes
+from faceserve.models.detectors import Detection, faceboxes
 from faceserve.models.detectors.faceboxes import COARSE_SIDE, GRID, AutoDetector, FaceBoxes
 from faceserve.models.spec import ModelSpec
 
@@ -86,3 +88,41 @@ def test_faceboxes_answers_sure_boxes_only():
     boxes = found(FaceBoxes, [(0.1, 0.1, 0.4, 0.3, 0.9), (0.5, 0.6, 0.9, 0.9, 0.3)])
     assert [round(d.score, 2) for d in boxes] == [0.9]
     assert FaceBoxes.unsure_floor is None and not FaceBoxes(SPEC, None).unsure(boxes[0])
+
+
+class SecondFamily:
+    """A second detector answering fixed detections, counting its calls."""
+
+    def __init__(self, detections):
+        self.detections, self.calls = detections, 0
+
+    async def detect(self, image):
+        self.calls += 1
+        return list(self.detections)
+
+
+def with_second(candidates, detections, image_shape=(480, 640)):
+    auto = AutoDetector(SPEC, Model(candidates))
+    auto.second = SecondFamily(detections)
+    return auto, asyncio.run(auto.detect(np.zeros((*image_shape, 3), np.uint8)))
+
+
+def test_the_second_family_runs_only_where_the_coarse_pass_leaves_room():
+    one_face = [(0.2, 0.3, 0.7, 0.6, 0.95)]
+    auto, boxes = with_second(one_face, [Detection((10.0, 10.0, 60.0, 60.0), 0.9)])
+    assert auto.second.calls == 0 and len(boxes) == 1
+    auto, boxes = with_second([], [Detection((10.0, 10.0, 60.0, 60.0), 0.9)])
+    assert auto.second.calls == 1 and [d.box for d in boxes] == [(10.0, 10.0, 60.0, 60.0)]
+    auto, _ = with_second([], [], image_shape=(200, 300))  # no fine pass at this size, but the second family looks
+    assert auto.second.calls == 1 and len(auto.backend.shapes) == 1
+
+
+def test_the_second_familys_new_faces_come_back_unsure_and_never_displace_a_sure_box():
+    sure = (0.1, 0.1, 0.4, 0.3, 0.9)  # x 64-192, y 48-192 in a 480x640 photo
+    unsure = (0.5, 0.6, 0.9, 0.9, 0.3)  # x 384-576, y 240-432
+    on_sure = Detection((70.0, 50.0, 190.0, 190.0), 0.99)  # the sure face again, scored higher
+    on_unsure = Detection((390.0, 245.0, 570.0, 430.0), 0.8)  # the unsure face, scored higher
+    new = Detection((250.0, 20.0, 330.0, 100.0), 0.6)  # a face FaceBoxes did not see at all
+    auto, boxes = with_second([sure, unsure], [on_sure, on_unsure, new])
+    assert [(round(d.score, 2), auto.unsure(d)) for d in boxes] == [(0.9, False), (0.8, True), (0.6, True)]
+    assert boxes[1] == dataclasses.replace(on_unsure, unsure=True) and boxes[2].box == new.box

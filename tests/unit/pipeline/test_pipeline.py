@@ -16,7 +16,7 @@ from tests.support import QUADRANT_EMOTIONS, ROOT, jpeg, quadrant_emotions
 from tests.unit.pipeline.conftest import Runner
 
 
-@pytest.mark.parametrize("detector", ["auto", "faceboxes", "blazeface", "haar"])
+@pytest.mark.parametrize("detector", ["auto", "faceboxes", "blazeface", "blazeface_full", "haar"])
 def test_emotion_grid_four_faces_by_quadrant(runner, emotion_grid, detector):
     analysis = runner.analyze(emotion_grid, detector)
     assert len(analysis.faces) == 4

@@ -3,6 +3,8 @@ with it on real photos made hard (real models)."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -54,15 +56,42 @@ def hard_sets(fixtures):
 
 
 def judged(runner, photos, detector) -> accuracy.Matching:
-    return sum((accuracy.judge(p, [(f.box.x1, f.box.y1, f.box.x2, f.box.y2)
-                                   for f in runner.analyze(p.image, detector).faces]) for p in photos),
-               accuracy.Matching(0, 0, 0))
+    """What `/analyze` answers with `detector` (a name, or a detector object for a variant that is not served)."""
+    def faces(image):
+        if isinstance(detector, str):
+            return [(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in runner.analyze(image, detector).faces]
+        return [d.box for d in runner.run(runner.pipeline.detect_with(detector, image))]
+    return sum((accuracy.judge(p, faces(p.image)) for p in photos), accuracy.Matching(0, 0, 0))
 
 
-def test_the_cascade_finds_faces_the_threshold_misses_in_dark_bright_and_tilted_photos(runner, hard_sets):
+@pytest.fixture(scope="module")
+def cascade_alone(runner):
+    """The default without its second detector family: FaceBoxes' cascade (the default until BlazeFace full range)."""
+    cascade = copy.copy(runner.pipeline.detector("auto"))
+    cascade.second = None
+    return cascade
+
+
+def test_the_cascade_finds_faces_the_threshold_misses_in_dark_bright_and_tilted_photos(runner, hard_sets,
+                                                                                       cascade_alone):
     """Measured (benchmarks, scenario `detectors`): FaceBoxes' boxes over the threshold find 35, 26 and 34 of the 43
-    faces of each set; the default with the cascade 40, 35 and 38, with the same stray boxes."""
+    faces of each set; its cascade 40, 35 and 38, with the same stray boxes."""
+    threshold_only = runner.pipeline.detector("faceboxes")
     for name, photos in hard_sets.items():
-        auto, threshold_only = judged(runner, photos, "auto"), judged(runner, photos, "faceboxes")
-        assert auto.found >= threshold_only.found + 3 and auto.stray <= threshold_only.stray, (name, auto,
-                                                                                                 threshold_only)
+        cascade, threshold = judged(runner, photos, cascade_alone), judged(runner, photos, threshold_only)
+        assert cascade.found >= threshold.found + 3 and cascade.stray <= threshold.stray, (name, cascade, threshold)
+
+
+def test_the_second_family_finds_more_in_every_hard_set_at_one_stray_box(runner, hard_sets, cascade_alone):
+    """Measured: the default with BlazeFace full range finds 43, 38 and 39 of the 43 faces of each set against the
+    cascade's 40, 35 and 38; one more stray box over the three sets (a round object in a tilted photo that the mesh
+    takes for a face)."""
+    if runner.pipeline.detector("auto").second is None:
+        pytest.skip("the blazeface_full model is not in the repository: python -m convert build --only blazeface_full")
+    auto, cascade = accuracy.Matching(0, 0, 0), accuracy.Matching(0, 0, 0)
+    for name, photos in hard_sets.items():
+        with_second, alone = judged(runner, photos, runner.pipeline.detector("auto")), judged(runner, photos,
+                                                                                             cascade_alone)
+        assert with_second.found >= alone.found + 1, (name, with_second, alone)
+        auto, cascade = auto + with_second, cascade + alone
+    assert auto.found >= cascade.found + 7 and auto.stray <= cascade.stray + 1, (auto, cascade)
