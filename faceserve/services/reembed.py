@@ -19,10 +19,8 @@ import dataclasses
 import itertools
 from typing import Callable
 
-import numpy as np
-
-from faceserve.errors import FaceserveError, NotFound
-from faceserve.gallery import NewFace, StoredFace
+from faceserve.errors import FaceserveError, InvalidRequest, NotFound
+from faceserve.gallery import NewFace, StoredFace, validation
 from faceserve.gallery.gallery import ADDED, GONE, PRESENT
 from faceserve.http.caller import LOCAL, Caller
 from faceserve.models.versions import model_ref
@@ -32,7 +30,7 @@ from faceserve.pipeline.identity import IdentityStage
 # Why a face was not re-embedded.
 NO_THUMBNAIL = "no_thumbnail"  # enrolled without `thumbnails`: nothing of its photo was kept; enrol it again
 UNDECODABLE_THUMBNAIL = "undecodable_thumbnail"
-INVALID_EMBEDDING = "invalid_embedding"  # the model gave no finite, non-zero vector for it
+INVALID_EMBEDDING = "invalid_embedding"  # the model gave no vector the gallery can store (finite, of a usable norm)
 DELETED = "deleted"  # the face or its identity was deleted while the command ran
 
 
@@ -125,7 +123,9 @@ async def _embedded(stage: IdentityStage, face: StoredFace) -> NewFace | str:
     height, width = pixels.shape[:2]
     found = await stage.pipeline.at_boxes(pixels, [(0.0, 0.0, float(width), float(height))])
     (vector,) = await stage.pipeline.embed(pixels, found)
-    if not (np.all(np.isfinite(vector)) and np.any(vector)):
+    try:  # the gallery's own rule for a storable vector, so that its write cannot refuse the identity's faces
+        validation.vector_bytes(stage.gallery.model, vector)
+    except InvalidRequest:
         return INVALID_EMBEDDING
     return NewFace(vector, face.image_sha256, face.box, thumbnail)
 
