@@ -27,6 +27,7 @@ from faceserve.errors import FaceserveError, InvalidRequest, ModelMismatch, NotF
 from faceserve.gallery import EmbeddingModel, Gallery, ImportCounts, NewFace, TransferCounts
 from faceserve.http.caller import Caller
 from faceserve.store import open_store
+from faceserve.store.base import new_id
 from tests.support import ROOT
 
 MODEL = EmbeddingModel("test-embedder", "1", 32)
@@ -636,8 +637,9 @@ def test_metadata_is_bounded_and_list_pages_carry_its_keys_only(gallery):
     assert refused.value.code == "invalid_text"
     assert stored_state(gallery) == before
     with gallery.store.transaction() as tx:  # a row stored before the bound: 1 MB of metadata
+        # Its id is made as the store makes ids (a UUIDv7 after Ada's): a uuid4 would sort before Ada's at random.
         tx.execute("INSERT INTO gallery_identities (id, name, metadata, created_at) VALUES (?, ?, ?, ?)",
-                   (str(uuid.uuid4()), "Legacy", json.dumps({"blob": "z" * 1_000_000}), "2026-01-01T00:00:00+00:00"))
+                   (new_id(), "Legacy", json.dumps({"blob": "z" * 1_000_000}), "2026-01-01T00:00:00+00:00"))
     page = gallery.list_identities()
     assert [(i.name, i.metadata_keys) for i in page.identities] == [("Ada", ("notes", "team")), ("Legacy", ())]
     assert gallery.get_identity(ada.id).metadata == {"team": "x", "notes": "n" * 3000}
