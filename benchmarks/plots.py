@@ -7,26 +7,50 @@ from pathlib import Path
 
 
 def concurrency_plots(series: dict[str, list[dict]], out: Path) -> list[Path]:
-    """throughput.png and p99.png: each sweep's (scenario and variant) points against concurrency."""
+    """throughput.png and p99.png: each sweep's (scenario and variant) points against concurrency, whole photos
+    (left) apart from single head crops sent straight to Triton (right, `triton-heads`: ten times the rate, and
+    another unit). Each scenario has a colour of its own and each of its variants or workloads a line style, so no
+    two lines look alike however many ran (in a panel of one scenario, its variants before a '/' take the colours:
+    each head, batching on and off); a variant measured at one concurrency is a lone marker."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figures = (("throughput", "throughput (requests/s)", "throughput.png"),
                ("p99_ms", "p99 latency (ms)", "p99.png")) if series else ()  # none when no sweep ran
+    panels = {"photos through the pipeline": sorted(n for n in series if not n.startswith("triton-heads")),
+              "one head crop per request, straight to Triton": sorted(n for n in series if n.startswith("triton-heads"))}
+    panels = {title: names for title, names in panels.items() if names}
+
+    def family(name: str, names: list[str]) -> str:
+        scenario = name.split(" ")[0]
+        return scenario if any(not n.startswith(scenario + " ") and n != scenario for n in names) \
+            else name.split("/")[0]
+    styles = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+    markers = "osD^vP*X"
     written = []
     for key, label, file in figures:
-        fig, ax = plt.subplots(figsize=(9, 5.5))
-        for name, points in sorted(series.items()):
-            points = sorted(points, key=lambda r: r["concurrency"])
-            ax.plot([p["concurrency"] for p in points], [p[key] or 0 for p in points], marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("concurrency (closed-loop clients)")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label} vs concurrency")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 6), squeeze=False)
+        for ax, (title, names) in zip(axes[0], panels.items()):
+            families = sorted({family(name, names) for name in names})
+            cmap = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+            colours = {f: cmap(i) for i, f in enumerate(families)}
+            seen: dict[str, int] = {}
+            for name in names:
+                kin = family(name, names)
+                nth = seen[kin] = seen.get(kin, -1) + 1
+                points = sorted(series[name], key=lambda r: r["concurrency"])
+                ax.plot([p["concurrency"] for p in points], [p[key] or 0 for p in points], label=name,
+                        color=colours[kin], linestyle=styles[nth % len(styles)],
+                        marker=markers[nth % len(markers)], markersize=7 if len(points) == 1 else 4)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("concurrency (closed-loop clients)")
+            ax.set_ylabel(label)
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+        fig.suptitle(f"{label} vs concurrency")
         fig.tight_layout()
         fig.savefig(out / file, dpi=110)
         plt.close(fig)
