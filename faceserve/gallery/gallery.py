@@ -362,4 +362,3 @@ def _face(row: tuple) -> StoredFace:
     face_id, identity_id, model_name, model_version, dimension, sha256, x1, y1, x2, y2, thumbnail, created, *frame = row
     return StoredFace(face_id, identity_id, model_name, model_version, int(dimension), sha256,
                       (float(x1), float(y1), float(x2), float(y2)), bool(thumbnail), created, frame_of(*frame))
-

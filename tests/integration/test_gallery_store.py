@@ -271,8 +271,8 @@ def test_a_thumbnail_s_frame_is_stored_answered_exported_and_imported_and_a_vers
 
     header, (line,) = exported(gallery)
     assert header["format_version"] == 2
-    assert [f.get("thumbnail_frame") for f in sorted(line["faces"], key=lambda f: f["image_sha256"] != framed.image_sha256)
-            ][0] == {"x1": 4.0, "y1": 16.0, "scale": 0.25}
+    assert [f.get("thumbnail_frame") for f in line["faces"] if f["image_sha256"] == framed.image_sha256] == [
+        {"x1": 4.0, "y1": 16.0, "scale": 0.25}]
     assert sum("thumbnail_frame" in f for f in line["faces"]) == 1
     other = open_gallery(url=new_store_url())
     assert other.import_file(gallery_file(header, [line])) == ImportCounts(1, 3, 0, 0)

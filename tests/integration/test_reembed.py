@@ -280,7 +280,8 @@ def bare_box_thumbnails(enrolments: dict[str, list[NewFace]]) -> dict[str, list[
         x2, y2 = min(photo.shape[1], round(face.box[2])), min(photo.shape[0], round(face.box[3]))
         box = photo[y1:y2, x1:x2]
         scale = min(1.0, 112 / max(box.shape[:2]))
-        small = cv2.resize(box, (round(box.shape[1] * scale), round(box.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(box, (round(box.shape[1] * scale), round(box.shape[0] * scale)),
+                           interpolation=cv2.INTER_AREA)
         return dataclasses.replace(face, thumbnail=imaging.encode(small, "jpeg", quality=85), thumbnail_frame=None)
 
     photos = enrol_photos()

@@ -184,7 +184,8 @@ def test_the_thumbnail_shows_the_face_with_room_around_it_and_its_frame_finds_th
         pixels = np.asarray(small.convert("L"), np.float32)
         x1, y1 = (round(v) for v in box[:2])
         marker = round(10 * frame[2])
-        assert pixels[y1:y1 + marker, x1:x1 + marker].mean() > 200 and pixels[y1 + marker + 2:, x1 + marker + 2:].max() < 60
+        assert pixels[y1:y1 + marker, x1:x1 + marker].mean() > 200
+        assert pixels[y1 + marker + 2:, x1 + marker + 2:].max() < 60
 
 
 def test_no_thumbnail_unless_asked(stage, pipeline, run):
