@@ -112,7 +112,8 @@ def enrolled_under_v1(store, enrolments, without_thumbnail: tuple[str, ...] = ()
     """Every person enrolled under faceres:1 (`without_thumbnail`: those enrolled without); name -> identity id."""
     v1 = Gallery(store, V1)
     return {person: v1.create_identity(person, faces=[
-        dataclasses.replace(face, thumbnail=None) if person in without_thumbnail else face for face in faces]).id
+        dataclasses.replace(face, thumbnail=None, thumbnail_frame=None) if person in without_thumbnail else face
+        for face in faces]).id
         for person, faces in enrolments.items()}
 
 
@@ -324,8 +325,8 @@ def test_what_a_thumbnail_re_embedding_costs(services, enrolments, sqlite_store,
     assert len(bare_box) == 9 and bare_box[0] > 0.7 and np.mean(bare_box) > 0.8  # measured: 0.738, mean 0.830
     assert len(framed) == 9 and framed[0] > 0.975 and np.mean(framed) > 0.985  # measured: 0.983, mean 0.989
     assert identified(services, stage) == PROBES  # lin-manuel-miranda still unknown
-    # every probe face's similarity to its own person within 0.02 of the photo's gallery (before: down to -0.08)
-    assert all(abs(own_now - own_photo) < 0.02 for probe in PROBES if PROBES[probe] != [None]
+    # every probe face's similarity to its own person near the photo's gallery (measured: within 0.018; before: -0.087)
+    assert all(abs(own_now - own_photo) < 0.03 for probe in PROBES if PROBES[probe] != [None]
                for (_, own_photo, _), (_, own_now, _) in zip(photo[probe], after[probe]))
 
 
