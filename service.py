@@ -176,7 +176,8 @@ class FaceAnalysis:
     @bentoml.api(route="/identities/face_thumbnail")
     @json_errors
     async def face_thumbnail(self, face_id: str) -> ImageOut:
-        """The JPEG thumbnail stored with a face enrolled with `thumbnails`."""
+        """The JPEG thumbnail stored with a face enrolled with `thumbnails`: the face with room around it (its box in
+        the thumbnail is the face record's `thumbnail_box`)."""
         return Response(await self.services.identity.face_thumbnail(face_id), media_type="image/jpeg")
 
     @bentoml.api(route="/identities/delete_face")

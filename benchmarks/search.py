@@ -104,7 +104,8 @@ def fill_store(url: str, real: np.ndarray, size: int, seed: int = 0) -> np.ndarr
                 now = utc_now()
                 tx.executemany(INSERT_IDENTITY, [(i, f"person {done + n}", "{}", now) for n, i in enumerate(identities)])
                 tx.executemany(INSERT_FACE, [(new_id(), i, "faceres", "1", len(v), v.astype("<f4").tobytes(), "0" * 64,
-                                              0.0, 0.0, 1.0, 1.0, None, now, version) for i, v in zip(identities, vectors)])
+                                              0.0, 0.0, 1.0, 1.0, None, None, None, None, now, version)
+                                             for i, v in zip(identities, vectors)])
                 inside = picked[(picked >= done) & (picked < done + len(vectors))]
                 chosen.append(vectors[inside - done])
                 done += len(vectors)

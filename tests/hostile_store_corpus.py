@@ -17,8 +17,9 @@ import zipfile
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
-from tests.hostile_corpus import good_jpeg
+from tests.hostile_corpus import good_jpeg, save
 from tests.support import marked_encrypted, zip_bytes
 
 # API keys of the keyed service: one per scope, and a second analyze key (another caller).
@@ -103,6 +104,7 @@ def new_line(seed: Seed, identity_id: str = "00000000-0000-7000-8000-00000000000
     face = line["faces"][0]
     face.update(id=face_id)
     face.pop("thumbnail", None)
+    face.pop("thumbnail_frame", None)
     for key, value in changes.items():
         if key.startswith("face__"):
             face[key[len("face__"):]] = value
@@ -299,6 +301,13 @@ def attacks() -> list[Attack]:
         Attack("import a thumbnail that is HTML", "/gallery/import", THUMBNAIL,
                _import(lambda seed: gallery_file(seed.export_header, new_line(
                    seed, face__thumbnail=base64.b64encode(b"<script>alert(1)</script>").decode())))),
+        Attack("import a thumbnail frame without its thumbnail", "/gallery/import", THUMBNAIL,
+               _import(lambda seed: gallery_file(seed.export_header, new_line(
+                   seed, face__thumbnail_frame={"x1": 0, "y1": 0, "scale": 1})))),
+        Attack("import a thumbnail frame that enlarges it", "/gallery/import", THUMBNAIL,
+               _import(lambda seed: gallery_file(seed.export_header, new_line(
+                   seed, face__thumbnail=base64.b64encode(save(Image.new("RGB", (16, 16)), "JPEG")).decode(),
+                   face__thumbnail_frame={"x1": 0, "y1": 0, "scale": 4})))),
         Attack("import a thumbnail that is not base64", "/gallery/import", INVALID,
                _import(lambda seed: gallery_file(seed.export_header, new_line(seed, face__thumbnail="%%%")))),
         Attack("import a reversed box", "/gallery/import", INVALID,

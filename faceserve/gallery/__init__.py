@@ -15,8 +15,9 @@ and the pipeline), HTTP (the service).
 from faceserve.gallery.gallery import Gallery
 from faceserve.gallery.records import (AuditEntry, AuditPage, Box, Deleted, EmbeddingModel, FaceRecord, FacesAdded,
                                        GalleryImport, Identity, IdentityDetail, IdentityPage, IdentitySummary,
-                                       ImportCounts, Match, NewFace, StoredFace, StoredIdentity, TransferCounts)
+                                       ImportCounts, Match, NewFace, StoredFace, StoredIdentity, ThumbnailFrame,
+                                       TransferCounts)
 
 __all__ = ["Gallery", "AuditEntry", "AuditPage", "Box", "Deleted", "EmbeddingModel", "FaceRecord", "FacesAdded",
            "GalleryImport", "Identity", "IdentityDetail", "IdentityPage", "IdentitySummary", "ImportCounts", "Match",
-           "NewFace", "StoredFace", "StoredIdentity", "TransferCounts"]
+           "NewFace", "StoredFace", "StoredIdentity", "ThumbnailFrame", "TransferCounts"]

@@ -12,7 +12,8 @@ from faceserve.errors import FaceserveError, InvalidRequest, NotFound, StoreUnav
 from faceserve.gallery import audit, transfer, validation
 from faceserve.gallery.index import GalleryIndex
 from faceserve.gallery.records import (AuditPage, EmbeddingModel, IdentityPage, IdentitySummary, ImportCounts, Match,
-                                       NewFace, StoredFace, StoredIdentity, TransferCounts)
+                                       NewFace, StoredFace, StoredIdentity, TransferCounts, frame_of,
+                                       frame_values)
 from faceserve.gallery.migrations import MIGRATIONS, REMOVALS_KEPT, TOPIC
 from faceserve.http.caller import LOCAL, Caller
 from faceserve.store import Store, Transaction, new_id, utc_now
@@ -22,10 +23,12 @@ DELETED_SLACK = 8  # matches searched beyond top k, for identities deleted that 
 MAX_PAGE = 1000
 
 FACE_COLUMNS = ("f.id, f.identity_id, f.model_name, f.model_version, f.dimension, f.image_sha256, "
-                "f.box_x1, f.box_y1, f.box_x2, f.box_y2, f.thumbnail IS NOT NULL, f.created_at")
+                "f.box_x1, f.box_y1, f.box_x2, f.box_y2, f.thumbnail IS NOT NULL, f.created_at, "
+                "f.thumbnail_x1, f.thumbnail_y1, f.thumbnail_scale")
 INSERT_FACE = ("INSERT INTO gallery_faces (id, identity_id, model_name, model_version, dimension, vector, "
-               "image_sha256, box_x1, box_y1, box_x2, box_y2, thumbnail, created_at, version) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
+               "image_sha256, box_x1, box_y1, box_x2, box_y2, thumbnail, thumbnail_x1, thumbnail_y1, "
+               "thumbnail_scale, created_at, version) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
 SAME_MODEL = "{0}.model_name = ? AND {0}.model_version = ? AND {0}.dimension = ?"
 SAME_SOURCE = ("s.image_sha256 = f.image_sha256 AND s.box_x1 = f.box_x1 AND s.box_y1 = f.box_y1 AND "
                "s.box_x2 = f.box_x2 AND s.box_y2 = f.box_y2")
@@ -114,6 +117,7 @@ class Gallery:
         return StoredIdentity(identity_id, name, json.loads(metadata), created_at, len(faces), faces)
 
     def thumbnail(self, face_id: str) -> bytes | None:
+        """The face's stored JPEG (where it lies in the photo: the face's `thumbnail_frame`)."""
         with self.store.read() as tx:
             row = tx.one("SELECT thumbnail FROM gallery_faces WHERE id = ?", (face_id,))
         if row is None:
@@ -243,7 +247,8 @@ class Gallery:
             stored_faces: dict[str, set[tuple]] = {}
             for identity_id, *face in _rows_of(
                     tx, "SELECT identity_id, id, vector, image_sha256, box_x1, box_y1, box_x2, box_y2, "
-                        "thumbnail IS NOT NULL, created_at FROM gallery_faces WHERE model_name = ? AND "
+                        "thumbnail IS NOT NULL, thumbnail_x1, thumbnail_y1, thumbnail_scale, created_at "
+                        "FROM gallery_faces WHERE model_name = ? AND "
                         "model_version = ? AND dimension = ? AND identity_id IN ({})",
                     list(stored), (self.model.name, self.model.version, self.model.dimension)):
                 stored_faces.setdefault(identity_id, set()).add(_face_content(*face))
@@ -276,10 +281,13 @@ class Gallery:
     # ---- helpers -------------------------------------------------------------------
 
     def _face_row(self, face: NewFace) -> tuple:
-        """(id, model name, model version, dimension, vector, sha256, box..., thumbnail, created)"""
+        """(id, model name, model version, dimension, vector, sha256, box..., thumbnail, its frame..., created)"""
+        box = validation.box(face.box)
+        thumbnail = validation.thumbnail(face.thumbnail)
+        frame = validation.thumbnail_frame(face.thumbnail_frame, box, thumbnail)
         return (new_id(), self.model.name, self.model.version, self.model.dimension,
                 validation.vector_bytes(self.model, face.vector), validation.sha256(face.image_sha256),
-                *validation.box(face.box), validation.thumbnail(face.thumbnail), utc_now())
+                *box, thumbnail, *frame_values(frame), utc_now())
 
     @staticmethod
     def _require_identity(tx: Transaction, identity_id: str) -> None:
@@ -321,15 +329,18 @@ def _identity_content(identity: transfer.ExportedIdentity) -> tuple[str, str, st
 
 
 def _face_content(face_id: str, vector: bytes, sha256: str, x1: float, y1: float, x2: float, y2: float,
-                  has_thumbnail: Any, created_at: str) -> tuple:
+                  has_thumbnail: Any, thumbnail_x1: float | None, thumbnail_y1: float | None,
+                  thumbnail_scale: float | None, created_at: str) -> tuple:
     """What makes two faces the same: id, vector bits, image hash, box, creation; of the thumbnail whether there is
-    one (an import re-encodes thumbnails, so their bytes differ from one import to the next)."""
-    return face_id, bytes(vector), sha256, float(x1), float(y1), float(x2), float(y2), bool(has_thumbnail), created_at
+    one and where it lies in the photo (an import re-encodes thumbnails, so their bytes differ from one import to the
+    next)."""
+    return (face_id, bytes(vector), sha256, float(x1), float(y1), float(x2), float(y2), bool(has_thumbnail),
+            frame_of(thumbnail_x1, thumbnail_y1, thumbnail_scale), created_at)
 
 
 def _file_face_content(face: tuple) -> tuple:
-    *described, thumbnail, created_at = face
-    return _face_content(*described, thumbnail is not None, created_at)
+    *described, thumbnail, thumbnail_x1, thumbnail_y1, thumbnail_scale, created_at = face
+    return _face_content(*described, thumbnail is not None, thumbnail_x1, thumbnail_y1, thumbnail_scale, created_at)
 
 
 def _summary(row: tuple) -> IdentitySummary:
@@ -348,6 +359,6 @@ def _keys(metadata_head: str) -> tuple[str, ...]:
 
 
 def _face(row: tuple) -> StoredFace:
-    face_id, identity_id, model_name, model_version, dimension, sha256, x1, y1, x2, y2, thumbnail, created = row
+    face_id, identity_id, model_name, model_version, dimension, sha256, x1, y1, x2, y2, thumbnail, created, *frame = row
     return StoredFace(face_id, identity_id, model_name, model_version, int(dimension), sha256,
-                      (float(x1), float(y1), float(x2), float(y2)), bool(thumbnail), created)
+                      (float(x1), float(y1), float(x2), float(y2)), bool(thumbnail), created, frame_of(*frame))

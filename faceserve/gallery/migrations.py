@@ -51,6 +51,13 @@ MIGRATIONS = (
                faces INTEGER NOT NULL
            )""",
     )),
+    # Thumbnails with room around the face (docs/identity.md): where each lies in its photo. NULL for a thumbnail
+    # stored before, which is the face's box alone, and for a face without one.
+    Migration(3, (
+        "ALTER TABLE gallery_faces ADD COLUMN thumbnail_x1 DOUBLE PRECISION",  # the photo point at its top-left
+        "ALTER TABLE gallery_faces ADD COLUMN thumbnail_y1 DOUBLE PRECISION",
+        "ALTER TABLE gallery_faces ADD COLUMN thumbnail_scale DOUBLE PRECISION",  # its pixels per photo pixel
+    )),
 )
 
 # Removals older than this many changes are forgotten; an index further behind reloads in full.

@@ -28,6 +28,32 @@ class EmbeddingModel:
 
 
 @dataclasses.dataclass(frozen=True)
+class ThumbnailFrame:
+    """Where a thumbnail lies in its photo: the photo point at its top-left corner and its scale (thumbnail pixels
+    per photo pixel, the same across and down), so that the face's box is found in it exactly. A thumbnail without
+    one (enrolled before thumbnails had frames) is the face's box and nothing else."""
+
+    x1: float
+    y1: float
+    scale: float
+
+    def inside(self, box: Box) -> Box:
+        """The face's box (photo pixels) in the thumbnail's pixels."""
+        x1, y1, x2, y2 = box
+        return ((x1 - self.x1) * self.scale, (y1 - self.y1) * self.scale, (x2 - self.x1) * self.scale,
+                (y2 - self.y1) * self.scale)
+
+
+def frame_values(frame: ThumbnailFrame | None) -> tuple[float | None, float | None, float | None]:
+    """x1, y1 and scale, as the store's columns and an export's lines hold them (None: no frame)."""
+    return (None, None, None) if frame is None else (frame.x1, frame.y1, frame.scale)
+
+
+def frame_of(x1: float | None, y1: float | None, scale: float | None) -> ThumbnailFrame | None:
+    return None if scale is None else ThumbnailFrame(float(x1), float(y1), float(scale))
+
+
+@dataclasses.dataclass(frozen=True)
 class NewFace:
     """A face to enrol: its embedding as the model gave it (normalised by the index, not by the caller)."""
 
@@ -35,6 +61,7 @@ class NewFace:
     image_sha256: str
     box: Box
     thumbnail: bytes | None = None  # stored only when the caller passes one
+    thumbnail_frame: ThumbnailFrame | None = None  # where `thumbnail` lies in the photo; None: it is the box alone
 
 
 # ---- the answers ------------------------------------------------------------------------------------------
@@ -49,6 +76,9 @@ class FaceRecord(BaseModel):
     image_sha256: str = Field(description="sha256 of the image bytes it was enrolled from")
     model: str = Field(description="embedding model, as name:version")
     has_thumbnail: bool
+    thumbnail_box: schemas.Box | None = Field(
+        default=None, description="where the box lies in the thumbnail's pixels (the thumbnail shows the face with "
+        "room around it); null without a thumbnail, or for one enrolled before thumbnails had room (it is the box)")
     created_at: str
 
 
@@ -132,12 +162,19 @@ class StoredFace:
     box: Box
     has_thumbnail: bool
     created_at: str
+    thumbnail_frame: ThumbnailFrame | None = None  # None: no thumbnail, or one of the box alone
 
     def answer(self) -> FaceRecord:
-        x1, y1, x2, y2 = self.box
-        return FaceRecord(id=self.id, identity_id=self.identity_id, box=schemas.Box(x1=x1, y1=y1, x2=x2, y2=y2),
+        return FaceRecord(id=self.id, identity_id=self.identity_id, box=_box(self.box),
                           image_sha256=self.image_sha256, model=model_ref(self.model_name, self.model_version),
-                          has_thumbnail=self.has_thumbnail, created_at=self.created_at)
+                          has_thumbnail=self.has_thumbnail, created_at=self.created_at,
+                          thumbnail_box=None if self.thumbnail_frame is None else _box(
+                              tuple(round(v, 2) for v in self.thumbnail_frame.inside(self.box))))
+
+
+def _box(box: Box) -> schemas.Box:
+    x1, y1, x2, y2 = box
+    return schemas.Box(x1=x1, y1=y1, x2=x2, y2=y2)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,8 @@ Bounds (docs/store.md): a name of at most MAX_NAME_CHARS characters, no control 
 object of at most MAX_METADATA_BYTES bytes as stored and MAX_METADATA_DEPTH levels of nesting; text that UTF-8
 cannot encode (a lone surrogate, which `json.loads` accepts) nowhere; an embedding finite and of a norm well
 above zero in float64 whose float32 unit vector is finite (what the index searches with); a thumbnail an image
-Pillow decodes within MAX_THUMBNAIL_SIDE pixels a side, stored as the JPEG re-encoded from its pixels.
+Pillow decodes within MAX_THUMBNAIL_SIDE pixels a side, stored as the JPEG re-encoded from its pixels, and its frame
+(where it lies in the photo) finite, never enlarging, and putting the face's box on the thumbnail.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import math
 import re
 import uuid
 import warnings
@@ -21,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from faceserve.errors import InvalidRequest
-from faceserve.gallery.records import Box, EmbeddingModel
+from faceserve.gallery.records import Box, EmbeddingModel, ThumbnailFrame
 from faceserve.gallery.similarity import normalise
 
 MAX_NAME_CHARS = 200
@@ -29,7 +31,7 @@ MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 4  # the object itself is level 1: {"a": {"b": {"c": [1]}}} is the deepest allowed
 MIN_NORM = 1e-6  # float64; a real embedding's norm is about 1 (unit rows) or far above
 MAX_THUMBNAIL_BYTES = 256 * 1024
-MAX_THUMBNAIL_SIDE = 256  # pixels; ours are 112 (faceserve/pipeline/identity.py)
+MAX_THUMBNAIL_SIDE = 256  # pixels; an enrolment's are made this large at most (faceserve/pipeline/identity.py)
 THUMBNAIL_FORMATS = ("JPEG", "PNG")
 THUMBNAIL_QUALITY = 90
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -171,6 +173,35 @@ def thumbnail(value: Any) -> bytes | None:
     encoded = io.BytesIO()
     pixels.save(encoded, "JPEG", quality=THUMBNAIL_QUALITY)
     return encoded.getvalue()
+
+
+def thumbnail_frame(value: Any, face_box: Box, stored_thumbnail: bytes | None) -> ThumbnailFrame | None:
+    """Where the stored thumbnail (as `thumbnail` returned it) lies in the photo of `face_box`: finite, a scale in
+    (0, 1] (a thumbnail is never larger than its photo), and the box overlapping the thumbnail's pixels, as an
+    enrolment's box overlaps its image. None: no thumbnail, or one that is the box alone."""
+    if value is None:
+        return None
+    if not isinstance(value, ThumbnailFrame):
+        raise InvalidRequest("a thumbnail frame is {x1, y1, scale}", code="invalid_thumbnail")
+    if stored_thumbnail is None:
+        raise InvalidRequest("a thumbnail frame needs its thumbnail", code="invalid_thumbnail")
+    numbers = (value.x1, value.y1, value.scale)
+    try:
+        x1, y1, scale = (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+                         for v in numbers)
+    except OverflowError:  # an integer beyond float's range
+        x1 = y1 = scale = math.nan
+    if not (math.isfinite(x1) and math.isfinite(y1) and 0 < scale <= 1):
+        raise InvalidRequest("a thumbnail frame is finite numbers x1, y1 and a scale in (0, 1]",
+                             code="invalid_thumbnail")
+    with Image.open(io.BytesIO(stored_thumbnail)) as image:
+        width, height = image.size
+    frame = ThumbnailFrame(x1, y1, scale)
+    left, top, right, bottom = frame.inside(face_box)
+    if not (left < width and top < height and right > 0 and bottom > 0):
+        raise InvalidRequest(f"the face's box lies outside its {width}x{height} thumbnail by the thumbnail frame",
+                             code="invalid_thumbnail")
+    return frame
 
 
 def record_id(value: Any) -> str:

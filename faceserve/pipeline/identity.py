@@ -22,7 +22,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from faceserve.errors import InvalidRequest
-from faceserve.gallery import EmbeddingModel, Gallery, Match, NewFace, validation
+from faceserve.gallery import EmbeddingModel, Gallery, Match, NewFace, ThumbnailFrame, validation
+from faceserve.models.crops import square_box
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
 from faceserve.pipeline import imaging
 from faceserve.pipeline.pipeline import FoundFace, Pipeline
@@ -33,7 +34,14 @@ from faceserve.store import Store
 
 log = logging.getLogger(__name__)
 
-THUMBNAIL_SIDE = 112  # pixels: enough to recognise someone in a list, far from the photo
+# A thumbnail shows a square of THUMBNAIL_SPAN times the face box's longer side around the box's centre (clipped to
+# the photo): room for every crop the repository's recipes cut around a face (FaceRes' square box widened by 0.1 a
+# side: 1.2; the face mesh's 1.5; dlib's chip, aligned at margin 0.25: at most 1.3 on the fixtures, so a face turned
+# 45 degrees still fits), so that re-embedding (faceserve/services/reembed.py) crops from it what the pipeline crops
+# from the photo. Downscaled to the gallery's bound on a side: re-embedded from 256 pixels, the fixtures' faces come
+# out at cosine 0.989 on average to their photos' embeddings, from 192 at 0.981 (docs/identity.md).
+THUMBNAIL_SPAN = 2.0
+THUMBNAIL_SIDE = validation.MAX_THUMBNAIL_SIDE
 
 
 class Verification(BaseModel):
@@ -107,8 +115,8 @@ class IdentityStage:
             raise InvalidRequest(f"{label}: the face is {' and '.join(failures)}; send a larger, sharper photo of "
                                  "the face looking at the camera", code="low_quality_face")
         (vector,) = await self.pipeline.embed(image, [face])
-        small = await asyncio.to_thread(_thumbnail, image, face.box) if thumbnail else None
-        return NewFace(vector, image_sha256, face.box, small)
+        small, frame = await asyncio.to_thread(_thumbnail, image, face.box) if thumbnail else (None, None)
+        return NewFace(vector, image_sha256, face.box, small, frame)
 
     async def verify(self, first: np.ndarray, second: np.ndarray) -> Verification:
         """Whether the most prominent (largest) face of each image is the same person."""
@@ -168,14 +176,18 @@ def _match(match: Match) -> IdentityMatch:
     return IdentityMatch(id=match.identity_id, name=match.name, similarity=round(match.similarity, 4))
 
 
-def _thumbnail(image: np.ndarray, box: Sequence[float]) -> bytes:
-    """A small JPEG of the face (the box, clipped to the image), stored only when the caller asks."""
+def _thumbnail(image: np.ndarray, box: Sequence[float]) -> tuple[bytes, ThumbnailFrame]:
+    """A small JPEG of the face with room around it (see THUMBNAIL_SPAN), stored only when the caller asks, and
+    where it lies in the photo."""
     height, width = image.shape[:2]
-    x1, y1 = max(0, int(box[0])), max(0, int(box[1]))
-    x2, y2 = min(width, max(x1 + 1, int(round(box[2])))), min(height, max(y1 + 1, int(round(box[3]))))
-    face = image[y1:y2, x1:x2]
-    scale = THUMBNAIL_SIDE / max(face.shape[:2])
-    if scale < 1:
-        face = cv2.resize(face, (max(1, round(face.shape[1] * scale)), max(1, round(face.shape[0] * scale))),
-                          interpolation=cv2.INTER_AREA)
-    return imaging.encode(face, "jpeg", quality=85)
+    x1, y1, x2, y2 = square_box(box)
+    half, centre_x, centre_y = (x2 - x1) * THUMBNAIL_SPAN / 2, (x1 + x2) / 2, (y1 + y2) / 2
+    # whole pixels, clipped to the photo (a box reaching past its edge keeps only what the photo has)
+    left, top = max(0, math.floor(centre_x - half)), max(0, math.floor(centre_y - half))
+    right = min(width, max(left + 1, math.ceil(centre_x + half)))
+    bottom = min(height, max(top + 1, math.ceil(centre_y + half)))
+    region = image[top:bottom, left:right]
+    scale = min(1.0, THUMBNAIL_SIDE / max(region.shape[:2]))
+    if scale < 1:  # by `scale` exactly across and down (OpenCV maps with fx, fy when dsize is left to it)
+        region = cv2.resize(region, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return imaging.encode(region, "jpeg", quality=validation.THUMBNAIL_QUALITY), ThumbnailFrame(left, top, scale)

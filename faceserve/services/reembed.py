@@ -3,12 +3,15 @@ of it, or another model) embedded again by the serving model from their stored t
 searched again (`python -m faceserve gallery reembed`, docs/identity.md).
 
 The gallery is searched only among the serving model's faces; the photos are never stored, so a face can be
-embedded again only from its thumbnail (kept when it was enrolled with `thumbnails`). Each thumbnail is the face's
-box cut from its photo, so it is embedded as a face whose box is the whole thumbnail, by the pipeline's own
-`at_boxes` and `embed` (the serving model's crop recipe). The new face joins the same identity with the stored
-face's image sha256, box and thumbnail, one transaction and one audit entry per identity; the stored faces stay,
-so a rollback to their model finds its gallery whole. A face whose identity holds a face of the serving model
-from the same image at the same box is not embedded again: a second run adds nothing.
+embedded again only from its thumbnail (kept when it was enrolled with `thumbnails`). A thumbnail shows the face
+with room around it for every crop recipe (faceserve/pipeline/identity.py), and its frame says where it lies in the
+photo: the face is embedded at its box carried into the thumbnail, by the pipeline's own `at_boxes` and `embed`
+(the serving model's crop recipe, landmarks placed again), so it is cut as from the photo, only smaller. A
+thumbnail stored before frames existed is the box alone: it is embedded as a face whose box is the whole thumbnail,
+without the margin its recipe takes around the box (docs/identity.md measures both). The new face joins the same
+identity with the stored face's image sha256, box, thumbnail and frame, one transaction and one audit entry per
+identity; the stored faces stay, so a rollback to their model finds its gallery whole. A face whose identity holds
+a face of the serving model from the same image at the same box is not embedded again: a second run adds nothing.
 """
 
 from __future__ import annotations
@@ -121,13 +124,15 @@ async def _embedded(stage: IdentityStage, face: StoredFace) -> NewFace | str:
     except FaceserveError:
         return UNDECODABLE_THUMBNAIL
     height, width = pixels.shape[:2]
-    found = await stage.pipeline.at_boxes(pixels, [(0.0, 0.0, float(width), float(height))])
+    frame = face.thumbnail_frame
+    box = (0.0, 0.0, float(width), float(height)) if frame is None else frame.inside(face.box)
+    found = await stage.pipeline.at_boxes(pixels, [box])
     (vector,) = await stage.pipeline.embed(pixels, found)
     try:  # the gallery's own rule for a storable vector, so that its write cannot refuse the identity's faces
         validation.vector_bytes(stage.gallery.model, vector)
     except InvalidRequest:
         return INVALID_EMBEDDING
-    return NewFace(vector, face.image_sha256, face.box, thumbnail)
+    return NewFace(vector, face.image_sha256, face.box, thumbnail, frame)
 
 
 def _missed(face: StoredFace, reason: str) -> NotReembedded:

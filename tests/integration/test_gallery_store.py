@@ -24,7 +24,8 @@ import pytest
 from PIL import Image
 
 from faceserve.errors import FaceserveError, InvalidRequest, ModelMismatch, NotFound, StoreUnavailable
-from faceserve.gallery import EmbeddingModel, Gallery, ImportCounts, NewFace, TransferCounts
+from faceserve.gallery import EmbeddingModel, Gallery, ImportCounts, NewFace, ThumbnailFrame, TransferCounts
+from faceserve.gallery.migrations import MIGRATIONS
 from faceserve.http.caller import Caller
 from faceserve.store import open_store
 from faceserve.store.base import new_id
@@ -253,6 +254,90 @@ def test_export_import_round_trip_and_model_version_refusal(gallery, open_galler
     assert newer.list_identities().total == 0
 
 
+FRAME = ThumbnailFrame(4.0, 16.0, 0.25)  # face((10, 20, 110, 140)) lies at (1.5, 1, 26.5, 31) in a 32x32 thumbnail
+
+
+def test_a_thumbnail_s_frame_is_stored_answered_exported_and_imported_and_a_version_1_file_still_imports(
+        gallery, open_gallery, new_store_url):
+    rng = np.random.default_rng(25)
+    framed = dataclasses.replace(face(rng, thumbnail=jpeg(70, side=32)), thumbnail_frame=FRAME)
+    ada = gallery.create_identity("Ada", faces=[framed, face(rng, thumbnail=jpeg(40)), face(rng)])
+    stored = {f.image_sha256: f for f in gallery.get_identity(ada.id).faces}
+    frames = [stored[f.image_sha256].thumbnail_frame for f in (framed, *ada.faces[1:])]
+    assert frames[0] == FRAME and sorted(map(str, frames[1:])) == ["None", "None"]
+    answers = {f.image_sha256: f.answer() for f in stored.values()}
+    assert answers[framed.image_sha256].thumbnail_box.model_dump() == {"x1": 1.5, "y1": 1.0, "x2": 26.5, "y2": 31.0}
+    assert [a.thumbnail_box for sha, a in answers.items() if sha != framed.image_sha256] == [None, None]
+
+    header, (line,) = exported(gallery)
+    assert header["format_version"] == 2
+    assert [f.get("thumbnail_frame") for f in line["faces"] if f["image_sha256"] == framed.image_sha256] == [
+        {"x1": 4.0, "y1": 16.0, "scale": 0.25}]
+    assert sum("thumbnail_frame" in f for f in line["faces"]) == 1
+    other = open_gallery(url=new_store_url())
+    assert other.import_file(gallery_file(header, [line])) == ImportCounts(1, 3, 0, 0)
+    assert other.import_file(gallery_file(header, [line])) == ImportCounts(0, 0, 1, 3)  # the frame is content too
+    assert {f.image_sha256: f.thumbnail_frame for f in other.get_identity(ada.id).faces} == {
+        sha: f.thumbnail_frame for sha, f in stored.items()}
+    moved = {**line, "faces": [{**f, "thumbnail_frame": {"x1": 5.0, "y1": 16.0, "scale": 0.25}}
+                               if "thumbnail_frame" in f else f for f in line["faces"]]}
+    before = stored_state(other)
+    with pytest.raises(FaceserveError) as refused:
+        other.import_file(gallery_file(header, [moved]))
+    assert (refused.value.status, refused.value.code, stored_state(other)) == (409, "identity_exists", before)
+
+    # A version 1 file (a thumbnail of the box alone, no frame) imports as such; a frame in it is refused.
+    legacy = new_line(rng, "legacy")
+    legacy["faces"][0]["thumbnail"] = base64.b64encode(jpeg(20)).decode()
+    version_1 = {**header, "format_version": 1}
+    assert other.import_file(gallery_file(version_1, [legacy])) == ImportCounts(1, 1, 0, 0)
+    (legacy_face,) = other.get_identity(legacy["id"]).faces
+    assert (legacy_face.has_thumbnail, legacy_face.thumbnail_frame, legacy_face.answer().thumbnail_box) == (
+        True, None, None)
+    before = stored_state(other)
+    stranger = new_line(rng)
+    stranger["faces"][0].update(framed_face({"x1": 0, "y1": 0, "scale": 1}))
+    with pytest.raises(InvalidRequest) as refused:
+        other.import_file(gallery_file(version_1, [stranger]))
+    assert (refused.value.code, stored_state(other)) == ("invalid_thumbnail", before)
+    assert "format version 2, not 1" in refused.value.message
+
+
+def test_a_store_of_the_previous_schema_is_migrated_and_its_bare_box_thumbnails_kept_as_they_were(store_url):
+    """A gallery stored before thumbnails had frames (schema version 2): its rows read as before, a thumbnail of
+    the box alone, and new faces beside them get frames."""
+    rng = np.random.default_rng(26)
+    store = open_store(store_url)
+    try:
+        store.migrate("gallery", MIGRATIONS[:2])
+        identity_id, face_id, thumbnail = new_id(), new_id(), jpeg(50, side=24)
+        with store.transaction() as tx:  # as the previous version wrote them
+            version = tx.bump("gallery")
+            tx.execute("INSERT INTO gallery_identities (id, name, metadata, created_at) VALUES (?, 'Old', '{}', ?)",
+                       (identity_id, "2026-01-01T00:00:00+00:00"))
+            tx.execute("INSERT INTO gallery_faces (id, identity_id, model_name, model_version, dimension, vector, "
+                       "image_sha256, box_x1, box_y1, box_x2, box_y2, thumbnail, created_at, version) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, 1, 2, 25, 26, ?, ?, ?)",
+                       (face_id, identity_id, MODEL.name, MODEL.version, MODEL.dimension,
+                        rng.standard_normal(MODEL.dimension).astype("<f4").tobytes(), "cd" * 32, thumbnail,
+                        "2026-01-01T00:00:00+00:00", version))
+        gallery = Gallery(store, MODEL)
+        with store.read() as tx:
+            assert tx.all("SELECT version FROM store_migrations WHERE component = 'gallery' ORDER BY version") == [
+                (1,), (2,), (3,)]
+        gallery.add_faces(identity_id, [dataclasses.replace(face(rng, thumbnail=jpeg(70, side=32)),
+                                                            thumbnail_frame=FRAME)])
+        old, new = sorted(gallery.get_identity(identity_id).faces, key=lambda f: f.id != face_id)
+        assert (old.id, old.box, old.has_thumbnail, old.thumbnail_frame, gallery.thumbnail(face_id)) == (
+            face_id, (1.0, 2.0, 25.0, 26.0), True, None, thumbnail)
+        assert new.thumbnail_frame == FRAME
+        _, (line,) = exported(gallery)
+        assert {f["id"]: f.get("thumbnail_frame") for f in line["faces"]} == {
+            face_id: None, new.id: {"x1": 4.0, "y1": 16.0, "scale": 0.25}}
+    finally:
+        store.close()
+
+
 def test_a_gallery_of_two_models_exports_its_own_model_s_faces_and_never_imports_as_one_model_s(
         gallery, open_gallery, new_store_url, tmp_path):
     """After a model change not yet re-embedded everywhere: each model's export holds its faces only, and says how
@@ -466,6 +551,13 @@ def new_line(rng: np.random.Generator, name: str = "stranger", faces: int = 1, *
                       for _ in range(faces)], **fields}
 
 
+def framed_face(frame) -> dict:
+    """A face's thumbnail fields: an 8x8 JPEG and `frame` (None: the frame without the thumbnail)."""
+    if frame is None:
+        return {"thumbnail_frame": {"x1": 0, "y1": 0, "scale": 1}}
+    return {"thumbnail": base64.b64encode(jpeg(60)).decode(), "thumbnail_frame": frame}
+
+
 def vector_text(values) -> str:
     return base64.b64encode(np.asarray(values, "<f4").tobytes()).decode()
 
@@ -534,6 +626,17 @@ def test_refused_imports_answer_their_code_and_line_and_change_nothing(gallery):
         # finding 11: thumbnails are images, re-encoded, or refused
         "a thumbnail that is HTML": ([{**stranger, "faces": [{**stranger["faces"][0], "thumbnail": base64.b64encode(
             b"<script>alert(1)</script>").decode()}]}], 400, "invalid_thumbnail", 2),
+        # a thumbnail's frame: exactly {x1, y1, scale}, finite, never enlarging, the box on the thumbnail, with its
+        # thumbnail, in a version 2 file
+        **{f"a thumbnail frame {what}": ([{**stranger, "faces": [{**stranger["faces"][0], **framed_face(frame)}]}],
+                                         400, "invalid_thumbnail", 2) for what, frame in {
+            "without its thumbnail": None, "of text": "0,0,1", "missing its scale": {"x1": 0, "y1": 0},
+            "with another key": {"x1": 0, "y1": 0, "scale": 1, "angle": 0},
+            "that enlarges": {"x1": 0, "y1": 0, "scale": 2}, "of scale 0": {"x1": 0, "y1": 0, "scale": 0},
+            "of scale true": {"x1": 0, "y1": 0, "scale": True}, "of NaN": {"x1": float("nan"), "y1": 0, "scale": 1},
+            "of an integer beyond float": {"x1": 10 ** 400, "y1": 0, "scale": 1},
+            "of a string": {"x1": "0", "y1": 0, "scale": 1},
+            "putting the box off the thumbnail": {"x1": 50, "y1": 2, "scale": 1}}.items()},
         # finding 13: duplicated ids in one file
         "an identity id twice": ([good[0], good[1], {**stranger, "id": good[0]["id"]}], 400, "duplicate_id", 4),
         "a face id on two lines": ([good[0], {**stranger, "faces": good[0]["faces"]}], 400, "duplicate_id", 3),
@@ -550,7 +653,9 @@ def test_refused_imports_answer_their_code_and_line_and_change_nothing(gallery):
     assert "lines 2 and 4" in _message(gallery, header, [good[0], good[1], {**stranger, "id": good[0]["id"]}])
 
     headers = {"model a string": {**header, "model": "faceres"}, "model a list": {**header, "model": [1]},
-               "no format": {"model": header["model"]}, "format version 2": {**header, "format_version": 2}}
+               "no format": {"model": header["model"]}, "format version 3": {**header, "format_version": 3},
+               "format version 2.0": {**header, "format_version": 2.0}, "format version true": {
+                   **header, "format_version": True}}
     for case, bad_header in headers.items():
         with pytest.raises(InvalidRequest) as refused:
             gallery.import_file(gallery_file(bad_header, [stranger]))

@@ -250,6 +250,15 @@ def test_enrolment_needs_exactly_one_face_or_its_box(client):
     assert face["box"] == kit_box and face["has_thumbnail"] and face["model"].startswith("faceres:")
     thumbnail = client.post("/identities/face_thumbnail", json={"face_id": face["id"]}, timeout=30)
     assert thumbnail.headers["content-type"] == "image/jpeg" and thumbnail.content[:2] == b"\xff\xd8"
+    # the face with room around it, at most 256 px a side, its box where the answer says: inside the thumbnail,
+    # scaled alike across and down, about half the thumbnail's side
+    inside = face["thumbnail_box"]
+    scale_x = (inside["x2"] - inside["x1"]) / (kit_box["x2"] - kit_box["x1"])
+    scale_y = (inside["y2"] - inside["y1"]) / (kit_box["y2"] - kit_box["y1"])
+    with Image.open(io.BytesIO(thumbnail.content)) as image:
+        assert max(image.size) <= 256 and scale_x == pytest.approx(scale_y, rel=2e-3) and scale_x <= 1
+        assert 0 < inside["x1"] < inside["x2"] < image.width and 0 < inside["y1"] < inside["y2"] < image.height
+        assert max(inside["x2"] - inside["x1"], inside["y2"] - inside["y1"]) / max(image.size) >= 0.5 - 0.01
     (kit, rose) = sorted(identify(client, group)["faces"], key=lambda f: -f["box"]["x1"])
     assert kit["identity"]["name"] == "Kit" and rose["identity"] is None
 

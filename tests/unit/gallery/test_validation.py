@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from faceserve.errors import InvalidRequest
-from faceserve.gallery import EmbeddingModel, validation
+from faceserve.gallery import EmbeddingModel, ThumbnailFrame, validation
+from faceserve.pipeline.identity import THUMBNAIL_SIDE, _thumbnail
 
 MODEL = EmbeddingModel("test-embedder", "1", 1024)
 
@@ -119,3 +120,31 @@ def test_thumbnails_are_decoded_and_stored_as_jpeg_or_refused():
     refused("invalid_thumbnail", validation.thumbnail, image_bytes((300, 20), "PNG"))  # over 256 pixels a side
     refused("invalid_thumbnail", validation.thumbnail, b"\x89PNG" + bytes(300_000))  # over 256 KiB
     refused("invalid_request", validation.thumbnail, "text")
+
+
+def test_an_enrolment_thumbnail_of_noise_at_the_largest_side_stays_within_the_byte_bound():
+    """The worst case for JPEG: a photo of noise, its face box large enough that the thumbnail is made at
+    THUMBNAIL_SIDE; what is stored stays far below MAX_THUMBNAIL_BYTES."""
+    noise = np.random.default_rng(0).integers(0, 256, (900, 900, 3), dtype=np.uint8)
+    made, frame = _thumbnail(noise, (250, 250, 650, 650))
+    stored = validation.thumbnail(made)
+    with Image.open(io.BytesIO(stored)) as image:
+        assert image.size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE) == (validation.MAX_THUMBNAIL_SIDE,) * 2
+    assert (frame.x1, frame.y1, frame.scale) == (50, 50, THUMBNAIL_SIDE / 800)
+    assert len(stored) < validation.MAX_THUMBNAIL_BYTES / 2, len(stored)
+
+
+def test_a_thumbnail_frame_needs_its_thumbnail_finite_numbers_no_enlarging_and_the_box_on_it():
+    thumbnail = validation.thumbnail(image_bytes((40, 30), "PNG"))
+    box = (10.0, 20.0, 50.0, 60.0)
+    assert validation.thumbnail_frame(None, box, thumbnail) is None
+    assert validation.thumbnail_frame(ThumbnailFrame(0, 10, 0.5), box, thumbnail) == ThumbnailFrame(0.0, 10.0, 0.5)
+    assert ThumbnailFrame(0, 10, 0.5).inside(box) == (5.0, 5.0, 25.0, 25.0)
+    refused("invalid_thumbnail", validation.thumbnail_frame, ThumbnailFrame(0, 10, 0.5), box, None)
+    refused("invalid_thumbnail", validation.thumbnail_frame, (0, 10, 0.5), box, thumbnail)
+    for x1, y1, scale in ((0, 0, 1.5), (0, 0, 0), (0, 0, -1), (np.nan, 0, 1), (0, np.inf, 1), (0, 0, True),
+                          ("0", 0, 1), (10 ** 400, 0, 1), (0, 0, None)):
+        refused("invalid_thumbnail", validation.thumbnail_frame, ThumbnailFrame(x1, y1, scale), box, thumbnail)
+    for off in (ThumbnailFrame(50, 0, 1), ThumbnailFrame(0, 60, 1), ThumbnailFrame(-300, 0, 1)):
+        assert "outside its 40x30 thumbnail" in refused("invalid_thumbnail", validation.thumbnail_frame, off, box,
+                                                       thumbnail)

@@ -17,7 +17,7 @@ from PIL import Image
 from faceserve.errors import FaceserveError
 from faceserve.gallery import EmbeddingModel, Gallery, NewFace
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
-from faceserve.pipeline.identity import THUMBNAIL_SIDE, IdentityStage
+from faceserve.pipeline.identity import IdentityStage
 from faceserve.pipeline.pipeline import FoundFace
 from faceserve.pipeline.quality import EnrolmentBars
 from faceserve.pipeline.schemas import Analysis, Box, Face, Quality
@@ -158,12 +158,41 @@ def test_enrolment_refuses_a_face_under_a_bar_naming_each_measure_and_its_bar(st
     assert run(lenient.enrolment(image(2), SHA256, None, "image 2")).vector.tolist() == [1, 0, 0, 0]
 
 
-def test_the_thumbnail_is_a_small_jpeg_of_the_face_only_when_asked(stage, pipeline, run):
-    pipeline.faces = {1: [face(-20, 10, 190, 95)]}  # wider than the thumbnail, and past the image's left edge
-    pipeline.vectors = {(-20, 10, 190, 95): unit(1, 1, 0, 0)}
-    new = run(stage.enrolment(image(1), SHA256, None, "image 1", thumbnail=True))
-    small = Image.open(io.BytesIO(new.thumbnail))
-    assert (small.format, small.size) == ("JPEG", (THUMBNAIL_SIDE, round(85 * THUMBNAIL_SIDE / 190)))
+def test_the_thumbnail_shows_the_face_with_room_around_it_and_its_frame_finds_the_box_in_it(stage, pipeline, run):
+    """Twice the box's longer side around its centre, downscaled to THUMBNAIL_SIDE by one scale across and down,
+    clipped by the photo's edges; a white square at the box's top-left corner lands where the frame puts it."""
+    photo = image(1, 1000, 800)
+    photo[300:310, 400:410] = 255
+    small_face = image(2, 300, 200)
+    small_face[50:60, 120:130] = 255
+    pipeline.faces = {1: [face(400, 300, 600, 540)], 2: [face(120, 50, 180, 110)], 3: [face(-20, 10, 190, 95)]}
+    pipeline.vectors = {(400, 300, 600, 540): unit(1, 1, 0, 0), (120, 50, 180, 110): unit(1, 0, 0, 0),
+                        (-20, 10, 190, 95): unit(0, 1, 0, 0)}
+    for photo_of, key, (size, frame, box) in (
+            (photo, 1, ((256, 256), (260, 180, 256 / 480), (74.67, 64.0, 181.33, 192.0))),  # 480 px, downscaled
+            (small_face, 2, ((120, 120), (90, 20, 1.0), (30, 30, 90, 90))),  # 120 px: kept as it is
+            # past the photo's left edge, and 420 px tall around it: the whole 200x100 photo, the box as it was
+            (image(3), 3, ((200, 100), (0, 0, 1.0), (-20, 10, 190, 95)))):
+        new = run(stage.enrolment(photo_of, SHA256, None, f"image {key}", thumbnail=True))
+        small = Image.open(io.BytesIO(new.thumbnail))
+        assert (small.format, small.size) == ("JPEG", size)
+        assert (new.thumbnail_frame.x1, new.thumbnail_frame.y1) == frame[:2]
+        assert new.thumbnail_frame.scale == pytest.approx(frame[2])
+        assert new.thumbnail_frame.inside(new.box) == pytest.approx(box, abs=0.01)
+        if key == 3:
+            continue
+        pixels = np.asarray(small.convert("L"), np.float32)
+        x1, y1 = (round(v) for v in box[:2])
+        marker = round(10 * frame[2])
+        assert pixels[y1:y1 + marker, x1:x1 + marker].mean() > 200
+        assert pixels[y1 + marker + 2:, x1 + marker + 2:].max() < 60
+
+
+def test_no_thumbnail_unless_asked(stage, pipeline, run):
+    pipeline.faces = {1: [face(40, 10, 90, 60)]}
+    pipeline.vectors = {(40, 10, 90, 60): unit(1, 0, 0, 0)}
+    new = run(stage.enrolment(image(1), SHA256, None, "image 1"))
+    assert (new.thumbnail, new.thumbnail_frame) == (None, None)
 
 
 def test_verify_compares_the_largest_face_of_each_image_at_the_threshold(stage, pipeline, run):
