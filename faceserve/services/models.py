@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 
 from faceserve.errors import NotFound
 from faceserve.feedback.comparisons import ComparisonReport, report
+from faceserve.models.calibration import calibration_for
+from faceserve.models.tasks import EMBEDDING
 from faceserve.models.versions import model_ref, version_records
 from faceserve.services.resources import Resources
 
@@ -91,6 +93,12 @@ class ModelService:
                 await self._watcher
             self._watcher = None
 
+    def _calibration(self, spec) -> dict:
+        """An embedding model's calibration (null: none applies to its file) and the operating point it serves at."""
+        found = calibration_for(spec, self.resources.repository.model_file(spec.name))
+        return {"calibration": found.describe() if found else None,
+                "operating_point": self.resources.operating_point.model_dump()}
+
     def info(self) -> ModelsInfo:
         pipeline, repository = self.resources.pipeline, self.resources.repository
         backend = pipeline.backend
@@ -98,7 +106,8 @@ class ModelService:
             backend=f"triton-{backend.protocol}" if backend.kind == "triton" else backend.kind,
             repository=repository.path.name,  # the full path is logged at start-up, not served
             models=[{**spec.describe(), "versions": version_records(repository.path / name),
-                     **({"trial": self.trial(name)} if self.trial(name) else {})}
+                     **({"trial": self.trial(name)} if self.trial(name) else {}),
+                     **(self._calibration(spec) if spec.task == EMBEDDING else {})}
                     for name, spec in repository.specs.items()],
             missing=repository.missing,
             detectors=pipeline.detectors,
