@@ -106,6 +106,7 @@ class IdentityStage:
         analysis, vectors = await self.pipeline.analyze_and_embed(image, detector)
         for face, matches in zip(analysis.faces, await self.matches(vectors)):
             face.identity = matches[0] if matches else None
+        analysis.identity_operating_point = self.operating_point
         return analysis, vectors
 
     async def enrolment(self, image: np.ndarray, image_sha256: str, box: Sequence[float] | None, label: str,

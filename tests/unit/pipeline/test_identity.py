@@ -193,6 +193,7 @@ def test_verify_and_identify_answer_the_operating_point_their_threshold_stands_f
         "threshold": 0.61, "chosen_by": "far_target", "far_target": 0.05, "far": 0.0, "far_upper": 0.009936,
         "frr": 0.0, "false_accepts": 0, "different_pairs": 300, "false_rejects": 0, "same_pairs": 4,
         "calibration_set": "pairs"}
+    assert run(stage.analyze(image(1))).identity_operating_point == verdict.operating_point
     stage.threshold = 0.7  # a bare cosine stands for nothing known
     assert run(stage.verify(image(1), image(2))).operating_point.model_dump() == {
         "threshold": 0.7, "chosen_by": "identity_threshold", "far_target": None, "far": None, "far_upper": None,
