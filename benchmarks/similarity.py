@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from faceserve.dev import photos
+from faceserve.dev.accuracy import MATCH_IOU
 from faceserve.dev.fixtures import FIXTURES, SINGLE_FACE_PROBES
 from faceserve.models.calibration import CALIBRATIONS, Calibration, OperatingPoint, file_sha256
 from faceserve.models.detectors.base import iou
@@ -74,7 +75,7 @@ class CalibrationSet:
 
 def fixtures_set(folder: Path = FIXTURES) -> CalibrationSet:
     """The fixtures' calibration set (empty without the fixtures)."""
-    from faceserve.dev.accuracy import labelled_photos as detection_photos
+    from faceserve.dev.accuracy import labelled_photos as detection_photos  # (name clash with this module's)
 
     groups = [GroupPhoto(p.name, p.image, tuple(p.faces)) for p in detection_photos(folder / "detection")]
     groups += [GroupPhoto(path.name, photos.load_rgb(path))
@@ -112,7 +113,7 @@ def _at_hand_boxes(faces, boxes: Sequence) -> list:
     kept, free = [], list(boxes)
     for face in sorted(faces, key=lambda f: -f.score):
         overlaps = [iou(face.box, box) for box in free]
-        if overlaps and max(overlaps) >= 0.3:
+        if overlaps and max(overlaps) >= MATCH_IOU:
             kept.append(face)
             free.pop(int(np.argmax(overlaps)))
     return kept
