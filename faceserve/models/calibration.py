@@ -123,8 +123,10 @@ class Calibration:
 
     @classmethod
     def from_scores(cls, same: Iterable[float], different: Iterable[float], **about) -> "Calibration":
-        """The table at every distinct score, and just above the highest (nothing accepted)."""
-        same_scores, different_scores = np.sort(np.asarray(list(same), float)), np.sort(np.asarray(list(different), float))
+        """The table at every distinct score (to 6 decimals, as it is stored), and just above the highest (nothing
+        accepted)."""
+        same_scores, different_scores = (np.sort(np.round(np.asarray(list(scores), float), 6))
+                                         for scores in (same, different))
         scores = np.unique(np.concatenate([same_scores, different_scores]))
         if not len(scores):
             raise ValueError("a calibration needs pairs")
