@@ -79,7 +79,8 @@ def fixtures_set(folder: Path = FIXTURES) -> CalibrationSet:
 
     groups = [GroupPhoto(p.name, p.image, tuple(p.faces)) for p in detection_photos(folder / "detection")]
     groups += [GroupPhoto(path.name, photos.load_rgb(path))
-               for path in (folder / "images" / "solvay_conference.jpg", folder / "detection" / "Tom_Cruise_avp_2014_4.jpg")
+               for path in (folder / "images" / "solvay_conference.jpg",
+                            folder / "detection" / "Tom_Cruise_avp_2014_4.jpg")
                if path.exists()]
     return CalibrationSet("shared fixtures: identity photos (6 people) + 11 group photos of strangers",
                           labelled_faces(folder / "identity"), groups)
@@ -93,7 +94,8 @@ def folder_set(folder: Path) -> CalibrationSet:
               for person in sorted((folder / "people").iterdir()) if person.is_dir() for photo in photos_in(person)]
     if not people:
         raise SystemExit(f"{folder}: no photos under people/<person>/; see `python -m benchmarks.similarity --help`")
-    return CalibrationSet(folder.name, people, [GroupPhoto(p.name, photos.load_rgb(p)) for p in photos_in(folder / "groups")])
+    groups = [GroupPhoto(p.name, photos.load_rgb(p)) for p in photos_in(folder / "groups")]
+    return CalibrationSet(folder.name, people, groups)
 
 
 @dataclasses.dataclass

@@ -142,7 +142,8 @@ class IdentityStage:
                                      code="no_embedding")
         similarity = float(np.clip(vectors[0] @ vectors[1], -1.0, 1.0))
         return Verification(same_person=similarity >= self.threshold, similarity=round(similarity, 4),
-                            threshold=self.threshold, operating_point=self.operating_point, faces=[_box(face.box) for face in faces], model=self.model)
+                            threshold=self.threshold, operating_point=self.operating_point,
+                            faces=[_box(face.box) for face in faces], model=self.model)
 
     async def identify(self, image: np.ndarray, detector: str | None, top_k: int) -> Identification:
         faces = await self.pipeline.locate(image, detector)

@@ -95,7 +95,8 @@ class ModelService:
 
     def _calibration(self, spec) -> dict:
         """An embedding model's calibration (null: none applies to its file) and the operating point it serves at."""
-        found, point = calibration_for(spec, self.resources.repository.model_file(spec.name)), self.resources.operating_point
+        found = calibration_for(spec, self.resources.repository.model_file(spec.name))
+        point = self.resources.operating_point
         return {"calibration": found.describe() if found else None,
                 "operating_point": point.model_dump() if point else None}
 

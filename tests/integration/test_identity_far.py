@@ -30,6 +30,7 @@ def test_a_far_target_the_calibration_cannot_show_stops_the_start(repository, tm
     assert (f"FACESERVE_IDENTITY_FAR={target:g} cannot be shown by {spec.name}'s calibration: "
             f"{calibration.different_pairs} different-people pairs ({calibration.calibration_set})"
             ) in finished.stderr, finished.stderr[-2000:]
-    assert "set FACESERVE_IDENTITY_FAR to" in finished.stderr and "or set FACESERVE_IDENTITY_THRESHOLD" in finished.stderr
+    assert "set FACESERVE_IDENTITY_FAR to" in finished.stderr
+    assert "or set FACESERVE_IDENTITY_THRESHOLD" in finished.stderr
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2)
