@@ -24,7 +24,8 @@ class ModelsInfo(BaseModel):
     backend: str
     repository: str
     models: list[dict] = Field(description="each model's serving spec; `versions`: every built version, whether it "
-                                           "serves, its source and its parity evidence")
+                                           "serves, its source and its parity evidence; an embedding's "
+                                           "`calibration` (null: none applies to its file) and `operating_point`")
     missing: list[str] = Field(description="models the manifest declares that are not built")
     detectors: list[str]
     default_detector: str
