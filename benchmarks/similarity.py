@@ -37,7 +37,7 @@ import numpy as np
 from faceserve.dev import photos
 from faceserve.dev.accuracy import MATCH_IOU
 from faceserve.dev.fixtures import FIXTURES, SINGLE_FACE_PROBES
-from faceserve.models.calibration import CALIBRATIONS, Calibration, OperatingPoint, file_sha256
+from faceserve.models.calibration import CALIBRATIONS, Calibration, OperatingPoint, far_upper_bound, file_sha256
 from faceserve.models.detectors.base import iou
 
 IDENTITY_SET = FIXTURES / "identity"
@@ -170,18 +170,21 @@ def draw(same: np.ndarray, different: np.ndarray, point: OperatingPoint, path: P
     spread.hist(different, bins=bins, alpha=0.6, density=True, label=f"different people ({len(different)} pairs)")
     spread.hist(same, bins=bins, alpha=0.6, density=True, label=f"same person ({len(same)} pairs)")
     spread.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g} ({point.chosen_by})")
-    spread.set(xlabel="cosine similarity", ylabel="share of pairs", title="Similarity of face pairs")
+    spread.set(xlabel="cosine similarity", ylabel="density (each kind of pair sums to 1)",
+               title="Similarity of face pairs")
     spread.legend(fontsize=8)
     calibration = Calibration.from_scores(same, different, model="", model_sha256="", recipe={}, calibration_set="")
-    floor = 1.0 / (2 * max(len(same), len(different)))  # zero errors drawn at half of one pair, on a log scale
-    far = np.array(calibration.false_accepts) / len(different)
-    frr = np.array(calibration.false_rejects) / len(same)
-    det.step(np.maximum(far, floor), np.maximum(frr, floor), where="post", marker=".", markersize=3)
+    # a zero drawn at half of one pair on the log scales: no fewer errors than one pair can show
+    far_floor, frr_floor = 1.0 / (2 * len(different)), 1.0 / (2 * len(same))
+    far = np.maximum(np.array(calibration.false_accepts) / len(different), far_floor)
+    frr = np.maximum(np.array(calibration.false_rejects) / len(same), frr_floor)
+    det.plot(far, frr, marker=".", markersize=3, label="each threshold (0 drawn at half of one pair)")
     least = calibration.least_resolvable_far()
     det.axvline(least, color="grey", linestyle=":", label=f"lowest FAR these pairs can show: {least:.2%}")
-    at_far, at_frr = error_rates(same, different, threshold)
-    det.plot([max(at_far, floor)], [max(at_frr, floor)], "ko",
-             label=f"at {threshold:.4g}: FAR {at_far:.2%} (≤ {point.far_upper or 1:.2%}), FRR {at_frr:.1%}")
+    accepts, rejects = calibration.counts_at(threshold)
+    det.plot([max(accepts / len(different), far_floor)], [max(rejects / len(same), frr_floor)], "ko",
+             label=f"at {threshold:.4g}: FAR {accepts}/{len(different)} = {accepts / len(different):.2%} "
+                   f"(≤ {far_upper_bound(accepts, len(different)):.2%}), FRR {rejects}/{len(same)}")
     if point.far_target is not None:
         det.axvline(point.far_target, color="red", linestyle="--", label=f"FAR target {point.far_target:.2%}")
     det.set(xscale="log", yscale="log", xlabel="false accept rate", ylabel="false reject rate",
