@@ -105,6 +105,9 @@ def far_upper_bound(false_accepts: int, pairs: int, confidence: float = CONFIDEN
     return high
 
 
+TABLE = ("thresholds", "false_accepts", "false_rejects")  # a calibration's columns, stored as `det` rows
+
+
 @dataclasses.dataclass(frozen=True)
 class Calibration:
     """An embedding model's DET table on one labelled pair set. `thresholds` are every distinct score, ascending,
@@ -183,13 +186,17 @@ class Calibration:
                 "model_sha256": self.model_sha256, "rows": len(self.thresholds), **self.details}
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
+        """The fields, then the table as `det`: one [threshold, false accepts, false rejects] row a line."""
+        about = {key: value for key, value in dataclasses.asdict(self).items() if key not in TABLE}
+        head = json.dumps(about, indent=1)[:-2]
+        rows = ",\n".join(f"  {json.dumps(list(row))}" for row in zip(*(getattr(self, key) for key in TABLE)))
+        return f'{head},\n "det": [\n{rows}\n ]\n}}\n'
 
     @classmethod
     def from_json(cls, text: str) -> "Calibration":
         fields = json.loads(text)
-        return cls(**{**fields, **{key: tuple(fields[key]) for key in ("thresholds", "false_accepts",
-                                                                        "false_rejects")}})
+        columns = tuple(zip(*fields.pop("det"))) or ((), (), ())
+        return cls(**fields, **{key: tuple(column) for key, column in zip(TABLE, columns)})
 
 
 def unknown_point(threshold: float, chosen_by: str, far_target: float | None) -> OperatingPoint:
