@@ -37,7 +37,8 @@ import numpy as np
 from faceserve.dev import photos
 from faceserve.dev.accuracy import MATCH_IOU
 from faceserve.dev.fixtures import FIXTURES, SINGLE_FACE_PROBES
-from faceserve.models.calibration import CALIBRATIONS, Calibration, OperatingPoint, far_upper_bound, file_sha256
+from faceserve.models.calibration import (CALIBRATIONS, Calibration, OperatingPoint, far_upper_bound, file_sha256,
+                                          probe_answer)
 from faceserve.models.detectors.base import iou
 
 IDENTITY_SET = FIXTURES / "identity"
@@ -239,7 +240,7 @@ def calibrate(calibration_set: CalibrationSet, out: Path = CALIBRATIONS, sheet: 
     calibration = Calibration.from_scores(
         scored.same, scored.different, model=spec.name, model_sha256=file_sha256(model_file),
         recipe=spec.describe()["input"], calibration_set=calibration_set.name,
-        details={**scored.faces, "located_by": located_by, "rules": rules})
+        details={**scored.faces, "located_by": located_by, "rules": rules}, probe=probe_answer(spec, model_file))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{spec.name}-{calibration.model_sha256[:12]}.json"
     path.write_text(calibration.to_json())

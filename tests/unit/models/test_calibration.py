@@ -124,6 +124,32 @@ def test_a_calibration_applies_to_the_model_file_and_recipe_it_measured(calibrat
     assert calibration_for(faceres(), other, folder) is None
 
 
+def test_the_committed_calibration_follows_its_model_through_a_rebuild_but_not_into_int8(tmp_path):
+    """`convert` writes other bytes for the same model on another machine (a fresh clone's FaceRes differed in
+    184,632 bytes from the one measured): a rebuild that answers the probe as the measured file did keeps the
+    calibration; the same model quantized to INT8 does not."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from faceserve.models.repository import Repository
+    from faceserve.settings import PROJECT_ROOT
+
+    repository = Repository.load(PROJECT_ROOT / "model_repository")
+    spec = repository.embedding
+    built = repository.model_file(spec.name) if spec else None
+    if built is None or not built.is_file():
+        pytest.skip("the repository's embedding model is not built (make repository)")
+    committed = calibration_for(spec, built)
+    assert committed is not None and committed.model == spec.name and len(committed.probe) == 1024
+    rebuilt = onnx.load(str(built))
+    rebuilt.producer_name = "another machine's convert"
+    onnx.save(rebuilt, str(tmp_path / "rebuilt.onnx"))
+    assert file_sha256(tmp_path / "rebuilt.onnx") != committed.model_sha256
+    assert calibration_for(spec, tmp_path / "rebuilt.onnx") == committed
+    quantize_dynamic(str(built), str(tmp_path / "int8.onnx"), weight_type=QuantType.QInt8)
+    assert calibration_for(spec, tmp_path / "int8.onnx") is None
+
+
 def test_the_far_target_is_read_from_its_variable(monkeypatch):
     monkeypatch.delenv("FACESERVE_IDENTITY_FAR", raising=False)
     assert Settings.from_env().identity_far is None
