@@ -41,6 +41,8 @@ from faceserve.http.middleware import ConcurrencyLimitMiddleware, KeepAliveLimit
 from faceserve.http.responses import ErrorShapeMiddleware, json_errors
 from faceserve.http.upload_guard import UploadGuardMiddleware
 from faceserve.models import detectors
+from faceserve.models.calibration import served_operating_point
+from faceserve.models.repository import Repository
 from faceserve.feedback import FeedbackRecord, FeedbackSummary
 from faceserve.feedback.comparisons import ComparisonReport
 from faceserve.gallery import AuditPage, Deleted, FacesAdded, GalleryImport, IdentityDetail, IdentityPage
@@ -66,6 +68,8 @@ _settings = Settings.from_env()
 BIND_HOST = "127.0.0.1"  # local runs; a container sets BENTOML_HOST=0.0.0.0 (and keys: docs/security.md)
 _bound_host = bound_host(BIND_HOST)
 refuse_keyless_exposure(_bound_host, bool(_settings.api_keys), _settings.private_deployment)
+if _bound_host is not None:  # serving: a FAR target the embedding's calibration cannot show stops the start here
+    served_operating_point(Repository.load(_settings.repository), _settings.identity_far, _settings.identity_threshold)
 
 
 @bentoml.service(

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from faceserve.errors import InvalidRequest
 from faceserve.gallery import EmbeddingModel, Gallery, Match, NewFace, ThumbnailFrame, validation
+from faceserve.models.calibration import BY_MODEL, BY_SETTING, OperatingPoint, unknown_point
 from faceserve.models.crops import square_box
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
 from faceserve.pipeline import imaging
@@ -48,6 +49,8 @@ class Verification(BaseModel):
     same_person: bool = Field(description="similarity >= threshold")
     similarity: float = Field(description="cosine similarity of the two faces' embeddings, -1..1")
     threshold: float
+    operating_point: OperatingPoint = Field(description="the threshold and the false accept and reject rates it "
+                                                        "stands for on the model's calibration set")
     faces: list[Box] = Field(description="the face compared in each image")
     model: str = Field(description="embedding model, as name:version")
 
@@ -64,25 +67,43 @@ class Identification(BaseModel):
     height: int
     faces: list[IdentifiedFace]
     threshold: float
+    operating_point: OperatingPoint = Field(description="the threshold and the false accept and reject rates it "
+                                                        "stands for on the model's calibration set")
     model: str = Field(description="embedding model, as name:version")
 
 
 class IdentityStage:
-    def __init__(self, pipeline: Pipeline, gallery: Gallery, threshold: float, bars: EnrolmentBars = EnrolmentBars()):
-        self.pipeline, self.gallery, self.threshold, self.bars = pipeline, gallery, threshold, bars
+    def __init__(self, pipeline: Pipeline, gallery: Gallery, threshold: float | OperatingPoint,
+                 bars: EnrolmentBars = EnrolmentBars()):
+        """`threshold`: the operating point (`faceserve.models.calibration.operating_point`), or a bare cosine
+        whose rates are unknown."""
+        self.operating_point = (threshold if isinstance(threshold, OperatingPoint)
+                                else unknown_point(threshold, BY_SETTING, None))
+        self.pipeline, self.gallery, self.bars = pipeline, gallery, bars
         spec = pipeline.require_embedding().spec
         self.model = model_ref(spec.name, spec.version)
 
+    @property
+    def threshold(self) -> float:
+        return self.operating_point.threshold
+
+    @threshold.setter
+    def threshold(self, cosine: float) -> None:
+        """A bare cosine: what it stands for is unknown."""
+        self.operating_point = unknown_point(cosine, BY_SETTING, None)
+
     @classmethod
-    def open(cls, pipeline: Pipeline, store: Store, threshold: float | None = None,
+    def open(cls, pipeline: Pipeline, store: Store, threshold: float | OperatingPoint | None = None,
              bars: EnrolmentBars = EnrolmentBars(), index_dir: Path | None = None) -> "IdentityStage":
         """The stage over the gallery in `store` for the pipeline's embedding head (slow: the gallery's index is
-        loaded); `threshold` None is the head's own measured one; `index_dir` None: the store's default folder."""
+        loaded); `threshold` None is the head's own, of unknown rates; `index_dir` None: the store's default folder."""
         head = pipeline.require_embedding()
         model = EmbeddingModel(head.spec.name, head.spec.version, head.dimension)
         gallery = Gallery(store, model, index_dir=index_dir)
         log.info("gallery: %s faces of %s", type(store).__name__, model_ref(model.name, model.version))
-        return cls(pipeline, gallery, head.spec.score_threshold if threshold is None else threshold, bars)
+        if threshold is None:
+            threshold = unknown_point(head.spec.score_threshold, BY_MODEL, None)
+        return cls(pipeline, gallery, threshold, bars)
 
     async def analyze(self, image: np.ndarray, detector: str | None = None) -> Analysis:
         """`Pipeline.analyze` with each face's best match in the gallery (`identity`, None for nobody known)."""
@@ -93,6 +114,7 @@ class IdentityStage:
         analysis, vectors = await self.pipeline.analyze_and_embed(image, detector)
         for face, matches in zip(analysis.faces, await self.matches(vectors)):
             face.identity = matches[0] if matches else None
+        analysis.identity_operating_point = self.operating_point
         return analysis, vectors
 
     async def enrolment(self, image: np.ndarray, image_sha256: str, box: Sequence[float] | None, label: str,
@@ -128,13 +150,15 @@ class IdentityStage:
                                      code="no_embedding")
         similarity = float(np.clip(vectors[0] @ vectors[1], -1.0, 1.0))
         return Verification(same_person=similarity >= self.threshold, similarity=round(similarity, 4),
-                            threshold=self.threshold, faces=[_box(face.box) for face in faces], model=self.model)
+                            threshold=self.threshold, operating_point=self.operating_point,
+                            faces=[_box(face.box) for face in faces], model=self.model)
 
     async def identify(self, image: np.ndarray, detector: str | None, top_k: int) -> Identification:
         faces = await self.pipeline.locate(image, detector)
         found = await self.matches(await self.pipeline.embed(image, faces), top_k)
         return Identification(
-            width=image.shape[1], height=image.shape[0], threshold=self.threshold, model=self.model,
+            width=image.shape[1], height=image.shape[0], threshold=self.threshold,
+            operating_point=self.operating_point, model=self.model,
             faces=[IdentifiedFace(box=_box(face.box), score=face.score, identity=matches[0] if matches else None,
                                   matches=matches) for face, matches in zip(faces, found)])
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from faceserve.models.calibration import OperatingPoint
+
 
 class Box(BaseModel):
     x1: float
@@ -91,6 +93,9 @@ class Analysis(BaseModel):
     models: dict[str, str] = Field(description="model that answered each task, as name:version")
     missing_heads: list[str] = Field(description="face tasks with no model in the repository")
     timings_ms: dict[str, float]
+    identity_operating_point: OperatingPoint | None = Field(
+        None, description="with `identify`: the threshold each face's `identity` was matched at, and the false "
+                          "accept and reject rates it stands for (as `/identify` answers it)")
     # what the trials of candidate versions compared (`faceserve.models.rollout.Comparison`): remembered, not answered
     _comparisons: list = PrivateAttr(default_factory=list)
 

@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 
 from faceserve.errors import NotFound
 from faceserve.feedback.comparisons import ComparisonReport, report
+from faceserve.models.calibration import calibration_for
+from faceserve.models.tasks import EMBEDDING
 from faceserve.models.versions import model_ref, version_records
 from faceserve.services.resources import Resources
 
@@ -22,7 +24,8 @@ class ModelsInfo(BaseModel):
     backend: str
     repository: str
     models: list[dict] = Field(description="each model's serving spec; `versions`: every built version, whether it "
-                                           "serves, its source and its parity evidence")
+                                           "serves, its source and its parity evidence; an embedding's "
+                                           "`calibration` (null: none applies to its file) and `operating_point`")
     missing: list[str] = Field(description="models the manifest declares that are not built")
     detectors: list[str]
     default_detector: str
@@ -91,6 +94,13 @@ class ModelService:
                 await self._watcher
             self._watcher = None
 
+    def _calibration(self, spec) -> dict:
+        """An embedding model's calibration (null: none applies to its file) and the operating point it serves at."""
+        found = calibration_for(spec, self.resources.repository.model_file(spec.name))
+        point = self.resources.operating_point
+        return {"calibration": found.describe() if found else None,
+                "operating_point": point.model_dump() if point else None}
+
     def info(self) -> ModelsInfo:
         pipeline, repository = self.resources.pipeline, self.resources.repository
         backend = pipeline.backend
@@ -98,7 +108,8 @@ class ModelService:
             backend=f"triton-{backend.protocol}" if backend.kind == "triton" else backend.kind,
             repository=repository.path.name,  # the full path is logged at start-up, not served
             models=[{**spec.describe(), "versions": version_records(repository.path / name),
-                     **({"trial": self.trial(name)} if self.trial(name) else {})}
+                     **({"trial": self.trial(name)} if self.trial(name) else {}),
+                     **(self._calibration(spec) if spec.task == EMBEDDING else {})}
                     for name, spec in repository.specs.items()],
             missing=repository.missing,
             detectors=pipeline.detectors,

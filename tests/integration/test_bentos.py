@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from faceserve.models.calibration import CALIBRATIONS
 from tests.support import BENTOML, FIXTURES, ROOT
 
 MODELS = ("face_detector", "emotion", "gender", "age")
@@ -66,6 +67,9 @@ def test_bento_builds(kind, repository, tmp_path_factory):
     source = bento / "src"
     assert (source / "service.py").is_file()
     assert_no_development_code(source)
+    # what each embedding model's threshold stands for travels with the service (faceserve/models/calibration.py)
+    assert sorted(p.name for p in (source / "faceserve" / "models" / "calibrations").glob("*.json")) == sorted(
+        p.name for p in CALIBRATIONS.glob("*.json")) != []
     for name in MODELS:  # the service reads its model specs from the repository in either case
         assert (source / "model_repository" / name / "config.pbtxt").is_file()
         built = repository / name / "1" / "model.onnx"

@@ -32,6 +32,8 @@ from PIL import Image
 
 from faceserve.dev import devserver
 from faceserve.dev.fixtures import IDENTITY_PROBES, SINGLE_FACE_PROBES
+from faceserve.models.calibration import served_operating_point
+from faceserve.models.repository import Repository
 from tests.support import FIXTURES, LOG_DIR
 
 IDENTITY = FIXTURES / "identity"
@@ -64,6 +66,14 @@ def enrol(client: httpx.Client, name: str, photos: list[Path]) -> tuple[dict, di
 
 def identify(client: httpx.Client, photo: Path, **fields) -> dict:
     return post(client, "/identify", data=fields, files=[upload(photo)])
+
+
+def calibrated_point(repository: Path) -> dict:
+    """The operating point the service answers at: the embedding's committed calibration applies to the built model
+    (a model built to other bytes has none, and must be calibrated again: `python -m benchmarks.similarity`)."""
+    point = served_operating_point(Repository.load(repository), None, None).model_dump()
+    assert point["different_pairs"] and point["same_pairs"] and point["far_upper"] > 0, point
+    return point
 
 
 def every_identity(client: httpx.Client, limit: int = 100) -> list[dict]:
@@ -146,7 +156,8 @@ def client(service):
 # ---- the tests -------------------------------------------------------------------------------
 
 
-def test_enrolled_people_are_identified_in_the_probe_photos(client):
+def test_enrolled_people_are_identified_in_the_probe_photos(client, repository):
+    point = calibrated_point(repository)
     for person, photos in enrol_photos().items():
         identity, added = enrol(client, person, photos)
         assert [face["identity_id"] for face in added["faces"]] == [identity["id"]] * len(photos)
@@ -158,6 +169,7 @@ def test_enrolled_people_are_identified_in_the_probe_photos(client):
         named, others = named_left_to_right(answer["faces"], len(expected))
         assert named == expected, probe
         assert others == [None] * len(others), probe
+        assert answer["operating_point"] == point and answer["threshold"] == point["threshold"], probe
         for face in answer["faces"]:  # top-k holds only identities above the threshold, best first
             assert all(m["similarity"] >= answer["threshold"] for m in face["matches"])
             assert face["matches"][:1] == ([face["identity"]] if face["identity"] else [])
@@ -168,11 +180,17 @@ def test_enrolled_people_are_identified_in_the_probe_photos(client):
     assert named_left_to_right(analysis["faces"], 2)[0] == ["rose_leslie", "kit_harington"]
     assert all(face["emotion"] and face["age"] for face in analysis["faces"])
     assert "embedding" in analysis["models"]
+    assert analysis["identity_operating_point"] == point
 
     # analyze_batch's identify flag: every probe in one request, each face's best match as /identify's
     batch = post(client, "/analyze_batch", data={"identify": "true"},
                  files=[upload(IDENTITY / "probe" / probe, "images") for probe in PROBES])
     assert len(batch["results"]) == len(PROBES)
+    assert all(answer["identity_operating_point"] == point for answer in batch["results"])
+    embedding = next(m for m in post(client, "/models")["models"] if m["task"] == "embedding")
+    assert embedding["operating_point"] == point
+    assert (embedding["calibration"]["different_pairs"], embedding["calibration"]["same_pairs"]) == (
+        point["different_pairs"], point["same_pairs"])
     for (probe, expected), answer in zip(PROBES.items(), batch["results"]):
         named, others = named_left_to_right(answer["faces"], len(expected))
         assert (named, others) == (expected, [None] * len(others)), probe
@@ -505,7 +523,7 @@ def test_kill_9_of_a_worker_during_enrolment_leaves_a_consistent_gallery(client,
         assert face["matches"] and {m["name"].rsplit("-", 1)[0] for m in face["matches"]} == {"obama"}
 
 
-def test_verify_every_pair_of_single_face_photos(sqlite_service):
+def test_verify_every_pair_of_single_face_photos(sqlite_service, repository):
     photos = [(path, person) for person, paths in enrol_photos().items() for path in paths]
     photos += [(IDENTITY / "probe" / name, person) for name, person in SINGLE_FACE_PROBES.items()]
     pairs = list(itertools.combinations(photos, 2))
@@ -520,6 +538,8 @@ def test_verify_every_pair_of_single_face_photos(sqlite_service):
         answers = list(pool.map(verify, pairs))
     right = sum(answer["same_person"] == same for answer, same in answers)
     threshold = answers[0][0]["threshold"]
+    point = calibrated_point(repository)
+    assert all(answer["operating_point"] == point for answer, _ in answers)
     different = [answer["similarity"] for answer, same in answers if not same]
     assert right / len(answers) >= 0.95, f"{right} of {len(answers)} pairs right"
     assert max(different) <= threshold + 0.05

@@ -16,6 +16,7 @@ from PIL import Image
 
 from faceserve.errors import FaceserveError
 from faceserve.gallery import EmbeddingModel, Gallery, NewFace
+from faceserve.models.calibration import BY_FAR_TARGET, Calibration
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
 from faceserve.pipeline.identity import IdentityStage
 from faceserve.pipeline.pipeline import FoundFace
@@ -205,6 +206,28 @@ def test_verify_compares_the_largest_face_of_each_image_at_the_threshold(stage, 
     stage.threshold = 0.81
     assert run(stage.verify(image(1), image(2))).same_person is False
     assert refusal(run, stage.verify(image(1), image(3))) == (400, "no_face", "image 2: no face found")
+
+
+def test_verify_and_identify_answer_the_operating_point_their_threshold_stands_for(pipeline, gallery, run):
+    calibration = Calibration.from_scores([0.62, 0.7, 0.75, 0.8], [i / 1000 for i in range(295)] + [0.6] * 5,
+                                          model="scripted", model_sha256="ab" * 32, recipe={}, calibration_set="pairs")
+    stage = IdentityStage(pipeline, gallery, calibration.point(0.61, BY_FAR_TARGET, 0.05))
+    first, second = face(0, 0, 10, 10), face(5, 5, 80, 80)
+    pipeline.faces = {1: [first], 2: [second]}
+    pipeline.vectors = {first.box: unit(1, 0, 0, 0), second.box: unit(0.8, 0.6, 0, 0)}
+    verdict, found = run(stage.verify(image(1), image(2))), run(stage.identify(image(1), None, top_k=1))
+    assert verdict.operating_point == found.operating_point
+    assert (verdict.threshold, found.threshold) == (0.61, 0.61)
+    assert verdict.operating_point.model_dump() == {
+        "threshold": 0.61, "chosen_by": "far_target", "far_target": 0.05, "far": 0.0, "far_upper": 0.009936,
+        "frr": 0.0, "false_accepts": 0, "different_pairs": 300, "false_rejects": 0, "same_pairs": 4,
+        "calibration_set": "pairs"}
+    assert run(stage.analyze(image(1))).identity_operating_point == verdict.operating_point
+    stage.threshold = 0.7  # a bare cosine stands for nothing known
+    assert run(stage.verify(image(1), image(2))).operating_point.model_dump() == {
+        "threshold": 0.7, "chosen_by": "identity_threshold", "far_target": None, "far": None, "far_upper": None,
+        "frr": None, "false_accepts": None, "different_pairs": None, "false_rejects": None, "same_pairs": None,
+        "calibration_set": None}
 
 
 def test_verify_refuses_a_non_finite_embedding_rather_than_answer_nan(stage, pipeline, run):
