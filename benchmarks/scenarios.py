@@ -14,11 +14,12 @@ import numpy as np
 from benchmarks import contention, loadgen, peer, servers
 from benchmarks.local_scenarios import auto_passes, batch_cost, detectors, inprocess
 from benchmarks.monitor import TreeMonitor
-from benchmarks.report import COMPARISON_C
+from benchmarks.report import COMPARISON_C, SEED_DEFAULT_DETECTOR
 from benchmarks.sweeps import Config, Context, Skip, locust_sweep, triton_pids
 from benchmarks.triton_scenarios import (service_triton_grpc, service_triton_http, triton_heads, triton_pipeline_grpc,
                                          triton_pipeline_http)
 from faceserve.dev import devserver
+from faceserve.models.detectors import DEFAULT_DETECTOR
 
 
 def seed_comparison_concurrencies(cfg: Config) -> list[int]:
@@ -37,8 +38,9 @@ def service_embedded(ctx: Context) -> list[dict]:
         comparison = seed_comparison_concurrencies(ctx.config)
         rows += locust_sweep(ctx, "service-embedded", server, variant="detector=blazeface",
                               concurrencies=comparison, form={"detector": "blazeface"})
-        # The seed detects with Haar: dearer than BlazeFace per frame, and it misses 9 of these 12 faces, so
-        # it skips their heads. Against this point the seed comparison measures serving, not detectors.
+        # With the seed's own detector: the like-for-like point beside the seed's Haar rows. Haar's scan is most of
+        # both sides' CPU and it misses 9 of these 12 faces, so the seed comparison that measures serving is against
+        # seed-baseline's variant that finds the default detector's faces (`report.seed_section`).
         return rows + locust_sweep(ctx, "service-embedded", server, variant="detector=haar",
                                     concurrencies=comparison, form={"detector": "haar"})
 
@@ -56,7 +58,10 @@ def container(ctx: Context) -> list[dict]:
 
 
 def seed_baseline(ctx: Context) -> list[dict]:
-    """The seeds' design: Flask + gunicorn (gthread), Haar, Keras/TF `predict` per face, original artifacts."""
+    """The seeds' design: Flask + gunicorn (gthread), Keras/TF `predict` per face, original artifacts, detecting with
+    Haar as the seeds did; and at the comparison point detecting with the service's default detector instead
+    (synchronously, unbatched: benchmarks/seed_boxes.py), so that beside the service the serving design alone
+    differs, not the detector, its cost or the faces the heads run on."""
     try:
         import flask  # noqa: F401
         import tensorflow  # noqa: F401
@@ -66,7 +71,10 @@ def seed_baseline(ctx: Context) -> list[dict]:
     with servers.seed_gunicorn(ctx.out / "logs", cfg.seed_workers, cfg.seed_threads) as server:
         ctx.info["seed-baseline"] = {"cold_start_s": server.cold_start_s,
                                      "gunicorn": f"{cfg.seed_workers} gthread workers x {cfg.seed_threads} threads"}
-        return locust_sweep(ctx, "seed-baseline", server)
+        rows = locust_sweep(ctx, "seed-baseline", server)
+        return rows + locust_sweep(ctx, "seed-baseline", server, variant=SEED_DEFAULT_DETECTOR,
+                                   concurrencies=seed_comparison_concurrencies(cfg),
+                                   form={"detector": DEFAULT_DETECTOR})
 
 
 CLUSTER_INSTANCES = (1, 2, 3)
@@ -236,6 +244,8 @@ def runs_in(name: str, cfg: Config, swept: tuple[str, ...] = ("single",)) -> int
     """How many measured runs a scenario makes (for the progress bar), sweeping the `swept` workloads."""
     if name == "service-embedded":
         return len(swept) * len(cfg.concurrencies) + 2 * len(seed_comparison_concurrencies(cfg))
+    if name == "seed-baseline":
+        return len(cfg.concurrencies) + len(seed_comparison_concurrencies(cfg))
     if name == "inprocess":
         return len(swept) * len(cfg.concurrencies)
     if name == "auto-passes":

@@ -1,5 +1,9 @@
 """The seeds' design, rebuilt for comparison: Flask, OpenCV Haar detection, Keras/TF `predict` per face.
 
+The form field `detector` names another way of finding the faces: absent, the seeds' own Haar cascade; a faceserve
+detector's name (the benchmark sends the service's default), that detector's boxes, found synchronously in the
+request's thread (benchmarks/seed_boxes.py), so that beside the service only the serving design differs.
+
 Same original artifacts as the model repository was converted from (convert/manifest.toml):
 the fer emotion .hdf5 and the SSR-Net gender/age SavedModels. Crops follow each model's recipe
 through faceserve.models.crops so only the serving design differs, not the answers.
@@ -13,13 +17,13 @@ import tomllib
 import numpy as np
 from flask import Flask, jsonify, request
 
-from faceserve.settings import PROJECT_ROOT as ROOT
+from benchmarks.seed_boxes import FaceserveBoxes
+from faceserve.errors import FaceserveError
 from faceserve.models import crops
-from faceserve.pipeline import imaging
 from faceserve.models.detectors import HaarDetector
 from faceserve.models.repository import Repository
-from faceserve.settings import Settings
-
+from faceserve.pipeline import imaging
+from faceserve.settings import PROJECT_ROOT as ROOT, Settings
 
 
 def _load_models():
@@ -47,6 +51,12 @@ def _load_models():
 app = Flask(__name__)
 MODELS = _load_models()
 HAAR = HaarDetector()
+FACESERVE = FaceserveBoxes()
+
+
+@app.errorhandler(FaceserveError)
+def refused(error: FaceserveError):
+    return jsonify(error.body()), error.status
 
 
 @app.get("/readyz")
@@ -57,11 +67,13 @@ def readyz():
 @app.post("/analyze")
 def analyze():
     image = imaging.decode(request.files["image"].read())
+    detector = request.form.get("detector")
+    detections = HAAR.detect_sync(image) if detector is None else FACESERVE.detect(image, detector)
     faces = []
-    for detection in HAAR.detect_sync(image):
+    for detection in detections:
         face = {"box": [float(v) for v in detection.box], "score": float(detection.score)}
         for task, (spec, predict) in MODELS.items():  # one predict call per face per model, as the seeds did
             out = np.asarray(predict(crops.face_batch(image, [detection.box], spec)))[0]
             face[task] = out.tolist()
         faces.append(face)
-    return jsonify({"faces": faces})
+    return jsonify({"detector": detector or "haar", "faces": faces})  # the load generator checks the echo

@@ -97,19 +97,24 @@ def test_every_scenario_ran_with_throughput_and_no_errors(quick_report):
         assert all(r["mean_batch"] == 1 for r in off)  # batching off really means one request per execution
 
 
-def test_seed_baseline_ran_and_is_compared_like_for_like(quick_report):
+def test_seed_baseline_ran_and_is_compared_three_ways(quick_report):
     result = json.loads((quick_report / "results.json").read_text())
     seed = result["scenarios"]["seed-baseline"]
     assert seed["status"] == "ran", seed  # never skipped: flask, gunicorn and tensorflow are dev requirements
     c = report.COMPARISON_C
     by_key = {(r["scenario"], r["variant"], r["concurrency"]): r for r in result["rows"]}
-    haar, seed_row = by_key[("service-embedded", report.HAAR, c)], by_key[("seed-baseline", "", c)]
-    for row in (haar, seed_row):
+    service, haar = by_key[("service-embedded", "", c)], by_key[("service-embedded", report.HAAR, c)]
+    seed_haar, seed_ours = by_key[("seed-baseline", "", c)], by_key[("seed-baseline", report.SEED_DEFAULT_DETECTOR, c)]
+    for row in (service, haar, seed_haar, seed_ours):
         assert row["successes"] > 0 and row["errors"] == 0, row
     target = next(t for t in result["targets"] if "seed-baseline" in t["target"])
-    assert "Haar" in target["target"] and report.HAAR in target["detail"], target
-    assert target["value"] == round(haar["throughput"] / seed_row["throughput"], 1)
+    assert "default detector's faces" in target["target"] and report.SEED_DEFAULT_DETECTOR in target["detail"]
+    assert target["value"] == report.ratio_of(service["throughput"], seed_ours["throughput"])
     assert target["verdict"] in {"PASS", "MISS"}
+    section = (quick_report / "report.md").read_text().split(f"## service-embedded ÷ seed-baseline at c={c}")[1]
+    assert [line.split(" | ")[5] for line in section.strip().splitlines()[2:5]] == [
+        f"{report.ratio_of(ours['throughput'], theirs['throughput']):.2f}"
+        for ours, theirs in ((service, seed_haar), (haar, seed_haar), (service, seed_ours))]
 
 
 def test_detectors_scenario_reports_accuracy_and_speed_side_by_side(quick_report, fixtures):
@@ -316,7 +321,8 @@ def _rows(**errors) -> list[dict]:
                 "throughput": throughput, "p50_ms": p50, "p99_ms": p99, "mean_batch": None, "peak_rss_mb": {},
                 "errors": errors.get(f"{scenario}{variant}", 0), "first_error": "500: boom"}
     return [row("inprocess", 16, 300.0), row("service-embedded", 16, 280.0), row("service-embedded", 1, 150.0),
-            row("service-embedded", 16, 400.0, report.HAAR), row("seed-baseline", 16, 14.0, p99=1900.0)]
+            row("service-embedded", 16, 4.9, report.HAAR), row("seed-baseline", 16, 2.5, p99=1900.0),
+            row("seed-baseline", 16, 14.0, report.SEED_DEFAULT_DETECTOR, p99=1900.0)]
 
 
 def _verdicts(rows) -> dict[str, dict]:
@@ -327,7 +333,7 @@ def test_targets_pass_only_without_errors():
     clean = _verdicts(_rows())
     assert clean["service-embedded / inprocess"]["verdict"] == "PASS"
     assert clean["service-embedded / seed-baseline"]["verdict"] == "PASS"
-    assert clean["service-embedded / seed-baseline"]["value"] == round(400.0 / 14.0, 1)  # the Haar row
+    assert clean["service-embedded / seed-baseline"]["value"] == round(280.0 / 14.0, 2)  # both with the default's faces
     assert clean["single-face 640x480 over HTTP"]["verdict"] == "PASS"
 
     dirty = _verdicts(_rows(**{"service-embedded": 3, f"service-embedded{report.HAAR}": 1}))
@@ -336,8 +342,28 @@ def test_targets_pass_only_without_errors():
         assert dirty[name]["detail"].startswith("errors in service-embedded"), dirty[name]
     assert "500: boom" in dirty["service-embedded / inprocess"]["detail"]
 
-    seed_failed = _verdicts(_rows(**{"seed-baseline": 2}))
+    seed_failed = _verdicts(_rows(**{f"seed-baseline{report.SEED_DEFAULT_DETECTOR}": 2}))
     assert seed_failed["service-embedded / seed-baseline"]["verdict"] == "MISS"
+    haar_failed = _verdicts(_rows(**{"seed-baseline": 2, f"service-embedded{report.HAAR}": 1}))
+    assert haar_failed["service-embedded / seed-baseline"]["verdict"] == "PASS"  # the Haar rows are not the target's
+
+
+def test_the_seed_section_gives_each_ratio_in_throughput_and_cpu():
+    rows = _rows()
+    for r, cpu_percent in zip(rows[1:], (180.0, 0.0, 190.0, 90.0, 100.0)):
+        r["cpu_percent"] = cpu_percent or None  # the c=1 row: not measured
+    section = report.seed_section(rows)
+    assert section[1] == f"## service-embedded ÷ seed-baseline at c={report.COMPARISON_C}"
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in section[-3:]]
+    assert [c[:3] for c in cells] == [["service, default path ÷ seed, Haar", "default", "Haar"],
+                                      ["like for like: both detecting with Haar", report.HAAR, "Haar"],
+                                      ["both finding the default detector's faces (serving alone)", "default",
+                                       report.SEED_DEFAULT_DETECTOR]]
+    assert [c[5] for c in cells] == ["112.00", "1.96", "20.00"]  # 280 / 2.5, 4.9 / 2.5, 280 / 14
+    # CPU ms per request: cpu_percent * 10 / req/s; the service 6.43, with Haar 387.76, the seed 360.0 and 71.43
+    assert [c[8:] for c in cells] == [["6.43", "360.00", "56.00"], ["387.76", "360.00", "0.93"],
+                                      ["6.43", "71.43", "11.11"]]
+    assert report.seed_section(rows[:3]) == []  # no seed row: no section
 
 
 def _soak_report(**changes) -> dict:
