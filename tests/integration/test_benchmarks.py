@@ -115,7 +115,9 @@ def test_detectors_scenario_reports_accuracy_and_speed_side_by_side(quick_report
     rows = {r["variant"]: r for r in result["rows"] if r["scenario"] == "detectors"}
     assert set(rows) == {"auto", "faceboxes", "blazeface", "blazeface_full", "haar", "auto's cascade alone",
                          "auto before the cascade", "auto, BlazeFace full from 0.4", "auto, BlazeFace full on every photo",
-                         "cascade + mirror pass", "cascade + edge padding", "cascade + mirror + padding"}
+                         "cascade + mirror pass", "cascade + edge padding", "cascade + mirror + padding",
+                         "auto, one mesh look square with the image", "auto, one mesh look turned by BlazeFace's eyes",
+                         "auto, mesh looks turned by its own reading"}
     assert [name for name, r in rows.items() if r["served"]] == ["auto", "faceboxes", "blazeface", "blazeface_full",
                                                                  "haar"]
     auto, blazeface = rows["auto"]["labelled"], rows["blazeface"]["labelled"]
