@@ -103,10 +103,10 @@ class LandmarkModel(Decoder):
     async def locate(self, image: np.ndarray, boxes: Sequence[Sequence[float]],
                      infer: Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]],
                      rolls: Sequence[float | None] | None = None) -> list[Placement]:
-        """Each face's placement, from the look whose crop was turned nearest the face's roll: `infer(batch)` runs the
-        model (one batched call per round of looks, of the faces still to look at); `rolls` are first guesses of the
-        faces' rolls (a detector's eye line, `Detection.roll`), None where there is none (a crop square with the
-        image)."""
+        """Each face's placement, from its last look (the one turned nearest the roll the mesh reads): `infer(batch)`
+        runs the model (one batched call per round of looks, of the faces still to look at); `rolls` are first guesses
+        of the faces' rolls (a detector's eye line, `Detection.roll`), None where there is none (a crop square with
+        the image)."""
         turns = [roll or 0.0 for roll in rolls] if rolls is not None else [0.0] * len(boxes)
         placements: list[Placement] = [None] * len(boxes)  # type: ignore[list-item]  # each set by the first round
         pending = list(range(len(boxes)))
