@@ -131,7 +131,7 @@ def test_detectors_scenario_reports_accuracy_and_speed_side_by_side(quick_report
     pooled, cascade, before = (rows[name]["all_sets"] for name in ("auto", "auto's cascade alone",
                                                                     "auto before the cascade"))
     assert pooled["found"] > cascade["found"] > before["found"] and cascade["stray"] <= before["stray"]
-    assert pooled["stray"] <= cascade["stray"] + 1  # measured: one round object in a tilted photo (docs/detection.md)
+    assert pooled["stray"] <= cascade["stray"] + 1  # measured: 8 both (docs/detection.md); 9 before the turned mesh
     markdown = (quick_report / "report.md").read_text()
     assert f"| auto | {auto['found']}/43 |" in markdown
     assert f"| auto | yes | {sets['hand-boxed']['found']}/43, " in markdown
