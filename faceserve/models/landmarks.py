@@ -44,9 +44,9 @@ DOWN_PAIRS = ((10, 152), (168, 17), (9, 200), (151, 175))
 PRESENCE_THRESHOLD = 0.5
 
 # The mesh reads a turned face's roll short, and is less sure of the face. Measured on the labelled photos turned 30°
-# (docs/detection.md, tests/unit/pipeline/test_upright.py): on crops square with the image it reads their rolls at 8-20°,
-# on crops turned by that 11-33°; a face it reads at 9° has presence 0.34 there, 0.94 two turns later and 0.99 on a
-# crop turned by BlazeFace's eyes (44°). On the photos as they are, a face read under 5° moves by 2° at most on a
+# (docs/detection.md, tests/unit/pipeline/test_upright.py): on crops square with the image it reads their rolls at
+# 8-20°, on crops turned by that 11-33°; a face it reads at 9° has presence 0.34 there, 0.94 two turns later and 0.99
+# on a crop turned by BlazeFace's eyes (44°). On the photos as they are, a face read under 5° moves by 2° at most on a
 # turned crop, one read at 5-10° by 3° at most. So a face is looked at again, its crop turned by the roll the last look
 # read, while that roll is at least `TURN_AGAIN` from the last crop's own turn, `MOST_LOOKS` looks in all: the rolls of
 # the faces turned 30° then agree with the same faces' rolls in the upright photos within 1.1° on average (6.2° at

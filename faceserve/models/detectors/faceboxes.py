@@ -115,8 +115,8 @@ class AutoDetector(FaceBoxes):
               "face mesh confirms a face, looking at it turned upright: on the labelled sets (the 43 hand-boxed faces, "
               "and them made dark, over-exposed, tilted, blurred and cut by the frame, and 33 counted faces) it finds "
               "278 of 291 faces against 270 by FaceBoxes' cascade alone and 251 by its threshold, with no face on the "
-              "photos without faces, at the same cost on one-face photos (BlazeFace runs only where FaceBoxes is unsure "
-              "of the photo); a mirror pass or edge padding found at most 2 more at about twice the cost "
+              "photos without faces, at the same cost on one-face photos (BlazeFace runs only where FaceBoxes is "
+              "unsure of the photo); a mirror pass or edge padding found at most 2 more at about twice the cost "
               "(docs/detection.md)")
 
     async def detect(self, image: np.ndarray) -> list[Detection]:
