@@ -103,6 +103,36 @@ class SecondOnEveryPhoto:
         return merge(own + self.auto.seconded(own, await self.auto.second.detect(image)), self.spec.nms_iou)
 
 
+class MeshLooks:
+    """The default with its face mesh looking at the unsure boxes otherwise than served: `looks` looks at most (1: only
+    the first), the first turned by the detector's eye line or not (`eyes`); what `LandmarkModel.locate` was chosen
+    against."""
+
+    def __init__(self, auto, looks: int, eyes: bool):
+        self.auto, self.spec, self.mesh_looks, self.eyes = auto, auto.spec, looks, eyes
+
+    def unsure(self, detection) -> bool:
+        return self.auto.unsure(detection)
+
+    async def detect(self, image):
+        found = await self.auto.detect(image)
+        return found if self.eyes else [dataclasses.replace(d, keypoints=()) for d in found]
+
+
+async def detect_with(pipeline, detector, image):
+    """`pipeline.detect_with(detector, image)`, the face mesh taking the looks a `MeshLooks` variant gives it."""
+    from faceserve.models import landmarks
+
+    looks = getattr(detector, "mesh_looks", None)
+    if looks is None:
+        return await pipeline.detect_with(detector, image)
+    served, landmarks.MOST_LOOKS = landmarks.MOST_LOOKS, looks
+    try:
+        return await pipeline.detect_with(detector, image)
+    finally:
+        landmarks.MOST_LOOKS = served
+
+
 # The frame padding measured: a tenth of the long side on every side (the padded photo is scaled like any other).
 EDGE_PAD = 0.1
 # The second family's threshold in the variant that lowers it (MediaPipe's own, served: 0.5).
@@ -113,6 +143,7 @@ def variants(pipeline) -> dict:
     """Every served detector by name, and the default's unserved variants."""
     import copy
 
+    from faceserve.models import landmarks
     from faceserve.models.detectors import AutoDetector
 
     found = {name: pipeline.detector(name) for name in pipeline.detectors}
@@ -132,6 +163,10 @@ def variants(pipeline) -> dict:
         from_floor.second = lower
         found[f"auto, BlazeFace full from {SECOND_FLOOR}"] = from_floor
         found["auto, BlazeFace full on every photo"] = SecondOnEveryPhoto(auto, cascade)
+    for name, looks, eyes in (("auto, one mesh look square with the image", 1, False),
+                              ("auto, one mesh look turned by BlazeFace's eyes", 1, True),
+                              ("auto, mesh looks turned by its own reading", landmarks.MOST_LOOKS, False)):
+        found[name] = MeshLooks(auto, looks, eyes)
     for name, kwargs in (("cascade + mirror pass", dict(mirror=True)), ("cascade + edge padding", dict(pad=EDGE_PAD)),
                          ("cascade + mirror + padding", dict(mirror=True, pad=EDGE_PAD))):
         found[name] = Variant(name, cascade, **kwargs)
@@ -169,22 +204,22 @@ def detectors(ctx: Context) -> list[dict]:
         chosen = variants(pipeline)
         judged = {}
         for name, detector in chosen.items():  # every answer first: each input size is seen once before timing
-            faces = {f.name: len(await pipeline.detect_with(detector, im)) for f, im in zip(files, images)}
+            faces = {f.name: len(await detect_with(pipeline, detector, im)) for f, im in zip(files, images)}
             by_set = {}
             for set_name, labelled in sets.items():
                 matching = accuracy.Matching(0, 0, 0)
                 for photo in labelled:
-                    found = await pipeline.detect_with(detector, photo.image)
+                    found = await detect_with(pipeline, detector, photo.image)
                     matching += accuracy.judge(photo, [d.box for d in found])
                 by_set[set_name] = _judged(matching)
-            stray_faceless = {k: len(await pipeline.detect_with(detector, im)) for k, im in faceless.items()}
+            stray_faceless = {k: len(await detect_with(pipeline, detector, im)) for k, im in faceless.items()}
             judged[name] = faces, by_set, stray_faceless
         least = {name: {} for name in chosen}
         for _ in range(reps):
             for set_name, key, image in timed:
                 for name, detector in chosen.items():
                     t = time.perf_counter()
-                    await pipeline.detect_with(detector, image)
+                    await detect_with(pipeline, detector, image)
                     spent = (time.perf_counter() - t) * 1e3
                     least[name][set_name, key] = min(spent, least[name].get((set_name, key), spent))
         for name, detector in chosen.items():
@@ -201,7 +236,7 @@ def detectors(ctx: Context) -> list[dict]:
                 started = loop.time()
                 while loop.time() < stop_at:
                     t = loop.time()
-                    await pipeline.detect_with(detector, images[i % len(images)])
+                    await detect_with(pipeline, detector, images[i % len(images)])
                     latencies.append((loop.time() - t) * 1e3)
                     i += 1
                 result = loadgen._result(len(latencies), 0, loop.time() - started, latencies)

@@ -8,6 +8,7 @@ the repository, never from code.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import cv2
@@ -80,15 +81,17 @@ ALIGNMENT_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252,
                                [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32) / 112.0
 
 
-def square_transform(box: Sequence[float], spec: ModelSpec) -> np.ndarray:
-    """The 2x3 affine map from image pixels to the model's input for the recipe's square crop, not
-    clipped: parts outside the image come out black, so the face keeps its shape and place (what a
-    model that locates points in its crop needs)."""
+def square_transform(box: Sequence[float], spec: ModelSpec, roll: float = 0.0) -> np.ndarray:
+    """The 2x3 affine map from image pixels to the model's input for the recipe's square crop, turned by `roll`
+    degrees about the box's centre so that a face whose eye line slopes down by `roll` towards the image's right
+    (`landmarks.Placement.roll`) comes out upright; not clipped: parts outside the image come out black, so the face
+    keeps its shape and place (what a model that locates points in its crop needs)."""
     x1, y1, x2, y2 = square_box(box)
     side = (x2 - x1) * (1 + 2 * spec.crop.margin)
-    scale_x, scale_y = spec.width / side, spec.height / side
-    return np.array([[scale_x, 0, spec.width / 2 - scale_x * (x1 + x2) / 2],
-                     [0, scale_y, spec.height / 2 - scale_y * (y1 + y2) / 2]], dtype=np.float64)
+    cos, sin = math.cos(math.radians(roll)), math.sin(math.radians(roll))
+    linear = np.array([[spec.width / side], [spec.height / side]]) * np.array([[cos, sin], [-sin, cos]])
+    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
+    return np.hstack([linear, (np.array([spec.width / 2, spec.height / 2]) - linear @ centre)[:, None]])
 
 
 # Where dlib's face chip (get_face_chip_details) has our five landmarks, at padding 0, as fractions of its side:

@@ -165,7 +165,8 @@ class Pipeline:
         if not unsure:
             return found
         sure = [d for d in found if not chosen.unsure(d)]
-        kept = verification.confirmed(sure, unsure, await self.place(image, [d.box for d in unsure]))
+        kept = verification.confirmed(sure, unsure, await self.place(image, [d.box for d in unsure],
+                                                                     [d.roll for d in unsure]))
         return sorted(sure + kept, key=lambda d: -d.score)
 
     async def analyze(self, image: np.ndarray, detector: str | None = None) -> Analysis:
@@ -236,7 +237,7 @@ class Pipeline:
         if len(detections) > self.max_faces:
             raise LimitExceeded(f"{len(detections)} faces found; the limit is {self.max_faces} faces per image",
                                 code="too_many_faces")
-        placements = await self.place(image, [d.box for d in detections])
+        placements = await self.place(image, [d.box for d in detections], [d.roll for d in detections])
         # a box the landmark model does not see a face in is the detector's mistake
         kept = [(d, p) for d, p in zip(detections, placements) if p is None or p.presence >= PRESENCE_THRESHOLD]
         return await self._found(image, [d.box for d, _ in kept], [d.score for d, _ in kept], [p for _, p in kept])
@@ -249,13 +250,14 @@ class Pipeline:
         qualities = await asyncio.to_thread(quality.measure_all, image, boxes, placements)
         return [FoundFace(*face) for face in zip(boxes, scores, placements, qualities)]
 
-    async def place(self, image: np.ndarray, boxes: list) -> list[Placement | None]:
-        """Each face's landmarks and pose (None for every face when the repository has no landmark model)."""
+    async def place(self, image: np.ndarray, boxes: list,
+                    rolls: list[float | None] | None = None) -> list[Placement | None]:
+        """Each face's landmarks and pose (None for every face when the repository has no landmark model); `rolls`:
+        the detector's word on each face's roll, where it has one (`Detection.roll`)."""
         if self._landmarks is None or not boxes:
             return [None] * len(boxes)
-        batch, transforms = await asyncio.to_thread(self._landmarks.batch, image, boxes)
-        outputs = await self.backend.infer(self._landmarks.spec, batch)
-        return self._landmarks.decode(outputs, transforms)
+        spec = self._landmarks.spec
+        return await self._landmarks.locate(image, boxes, lambda batch: self.backend.infer(spec, batch), rolls)
 
     async def _heads(self, image: np.ndarray, faces: list[FoundFace], run: list[Head],
                      trials: dict[str, "Candidate"] | None = None,

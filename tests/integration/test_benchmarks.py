@@ -122,7 +122,9 @@ def test_detectors_scenario_reports_accuracy_and_speed_side_by_side(quick_report
     rows = {r["variant"]: r for r in result["rows"] if r["scenario"] == "detectors"}
     assert set(rows) == {"auto", "faceboxes", "blazeface", "blazeface_full", "haar", "auto's cascade alone",
                          "auto before the cascade", "auto, BlazeFace full from 0.4", "auto, BlazeFace full on every photo",
-                         "cascade + mirror pass", "cascade + edge padding", "cascade + mirror + padding"}
+                         "cascade + mirror pass", "cascade + edge padding", "cascade + mirror + padding",
+                         "auto, one mesh look square with the image", "auto, one mesh look turned by BlazeFace's eyes",
+                         "auto, mesh looks turned by its own reading"}
     assert [name for name, r in rows.items() if r["served"]] == ["auto", "faceboxes", "blazeface", "blazeface_full",
                                                                  "haar"]
     auto, blazeface = rows["auto"]["labelled"], rows["blazeface"]["labelled"]
@@ -136,7 +138,7 @@ def test_detectors_scenario_reports_accuracy_and_speed_side_by_side(quick_report
     pooled, cascade, before = (rows[name]["all_sets"] for name in ("auto", "auto's cascade alone",
                                                                     "auto before the cascade"))
     assert pooled["found"] > cascade["found"] > before["found"] and cascade["stray"] <= before["stray"]
-    assert pooled["stray"] <= cascade["stray"] + 1  # measured: one round object in a tilted photo (docs/detection.md)
+    assert pooled["stray"] <= cascade["stray"] + 1  # measured: 8 both (docs/detection.md); 9 before the turned mesh
     markdown = (quick_report / "report.md").read_text()
     assert f"| auto | {auto['found']}/43 |" in markdown
     assert f"| auto | yes | {sets['hand-boxed']['found']}/43, " in markdown

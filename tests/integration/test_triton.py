@@ -30,6 +30,7 @@ from faceserve.errors import BackendMismatch, BackendUnavailable
 from faceserve.models.repository import load_spec, model_dirs, model_file
 from faceserve.models.spec import ModelSpec
 from tests.support import free_port, jpeg, serve
+from tests.unit.pipeline.test_upright import turned
 
 pytestmark = pytest.mark.triton
 
@@ -191,7 +192,9 @@ def test_unreachable_backend_message_names_no_address_and_the_log_does(protocol,
 def real_photos(fixtures) -> dict[str, tuple[np.ndarray, int | None]]:
     """Photo, and its face count when known."""
     cases = {"emotion_classification": (photos.fixture("emotion_classification.jpg"), 4),
-             "astronaut": (photos.astronaut(), 1)}
+             "astronaut": (photos.astronaut(), 1),
+             # its face mesh takes several looks, turned upright (landmarks.LandmarkModel.locate)
+             "grace_hopper turned 40°": (turned(photos.grace_hopper(), -40), 1)}
     cases.update({name: (image, 0) for name, image in photos.no_face_photos().items()})
     return cases
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from typing import ClassVar, Sequence
 
 import cv2
@@ -18,9 +19,20 @@ from faceserve.models.spec import ModelSpec
 class Detection:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
     score: float
-    keypoints: tuple[tuple[float, float], ...] = ()  # image pixels, in the model's own order
+    # Image pixels, in the model's own order; where a detector has any, the first two are the eyes, the one on the
+    # image's left of an upright face first (BlazeFace's, MediaPipe's order).
+    keypoints: tuple[tuple[float, float], ...] = ()
     # Found by a second detector family whatever its score: only the face mesh's word can keep it (`Detector.unsure`).
     unsure: bool = False
+
+    @property
+    def roll(self) -> float | None:
+        """The slope of the eye line in degrees, positive when it slopes down towards the image's right (as
+        `landmarks.Placement.roll`); None without keypoints."""
+        if len(self.keypoints) < 2:
+            return None
+        (left_x, left_y), (right_x, right_y) = self.keypoints[:2]
+        return math.degrees(math.atan2(right_y - left_y, right_x - left_x))
 
 
 # An unsure box overlapping a sure face by more than this is a second look at that face, not a face of its own.

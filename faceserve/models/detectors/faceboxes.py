@@ -112,11 +112,12 @@ class AutoDetector(FaceBoxes):
     second_family = "blazeface_full"
     reason = ("FaceBoxes at a coarse scale, and where the photo is not one clear face a fine scale and BlazeFace full "
               f"range merged by NMS; its boxes scoring {UNSURE_FLOOR}-0.5 and BlazeFace's new faces are kept where the "
-              "face mesh confirms a face: on the labelled sets (the 43 hand-boxed faces, and them made dark, "
-              "over-exposed, tilted, blurred and cut by the frame, and 33 counted faces) it finds 277 of 291 faces "
-              "against 270 by FaceBoxes' cascade alone and 251 by its threshold, with no face on the photos without "
-              "faces, at the same cost on one-face photos (BlazeFace runs only where FaceBoxes is unsure of the "
-              "photo); a mirror pass or edge padding found at most 2 more at about twice the cost (docs/detection.md)")
+              "face mesh confirms a face, looking at it turned upright: on the labelled sets (the 43 hand-boxed faces, "
+              "and them made dark, over-exposed, tilted, blurred and cut by the frame, and 33 counted faces) it finds "
+              "278 of 291 faces against 270 by FaceBoxes' cascade alone and 251 by its threshold, with no face on the "
+              "photos without faces, at the same cost on one-face photos (BlazeFace runs only where FaceBoxes is "
+              "unsure of the photo); a mirror pass or edge padding found at most 2 more at about twice the cost "
+              "(docs/detection.md)")
 
     async def detect(self, image: np.ndarray) -> list[Detection]:
         coarse = await self._candidates(image, COARSE_SIDE)

@@ -85,3 +85,10 @@ def test_full_range_anchors_tile_a_stride_4_grid_one_per_cell():
     anchors = blazeface_anchors(192, FULL_RANGE)
     assert anchors.shape == (2304, 2) and np.allclose(anchors[0], [0.5 / 48, 0.5 / 48])
     assert np.allclose(anchors[1], [1.5 / 48, 0.5 / 48]) and np.allclose(anchors[48], [0.5 / 48, 1.5 / 48])
+
+
+def test_a_detections_roll_is_its_eye_lines_slope():
+    eyes = ((100.0, 50.0), (140.0, 90.0))  # down towards the image's right at 45 degrees
+    assert detectors.Detection((80, 30, 160, 130), 0.9, keypoints=eyes + ((120.0, 80.0),)).roll == 45.0
+    assert detectors.Detection((80, 30, 160, 130), 0.9, keypoints=eyes[::-1]).roll == -135.0  # upside down
+    assert detectors.Detection((80, 30, 160, 130), 0.9).roll is None  # FaceBoxes and Haar give no eyes

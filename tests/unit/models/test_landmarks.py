@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 
@@ -90,3 +91,70 @@ def test_aligned_crops_put_the_landmarks_on_the_template():
 
 def test_squared_boxes_keep_their_centre():
     assert crops.square_box((10, 20, 30, 80)) == (-10, 20, 50, 80)
+
+
+def test_a_turned_crop_sees_the_face_upright_and_maps_back_to_the_photo():
+    spec = mesh_spec(margin=0.25, square=True)
+    box = (100.0, 50.0, 180.0, 150.0)
+    transform = crops.square_transform(box, spec, 30.0)
+    centre = np.array([140.0, 100.0])
+    along = centre + 40 * np.array([math.cos(math.radians(30)), math.sin(math.radians(30))])  # on a 30° eye line
+    assert np.allclose(transform[:, :2] @ centre + transform[:, 2], (96, 96))
+    assert np.allclose(transform[:, :2] @ along + transform[:, 2], (96 + 40 * 192 / 150, 96))  # level in the crop
+    assert np.array_equal(crops.square_transform(box, spec, 0.0), crops.square_transform(box, spec))
+    mesh = synthetic_mesh(yaw=10, pitch=-5) * 0.5 + [96, 96, 0]  # upright in the crop
+    placed = LandmarkModel.place(mesh, transform)
+    assert np.allclose((placed.yaw, placed.pitch, placed.roll), (10, -5, 30), atol=1e-6)
+    eyes = placed.landmarks[1] - placed.landmarks[0]
+    assert math.degrees(math.atan2(eyes[1], eyes[0])) == pytest.approx(30, abs=1e-6)
+
+
+class ReadsHalfTheTurn:
+    """A stand-in for the mesh that, like the real one, reads a turned face's roll short: it finds the two bright eyes
+    in each crop and answers a face turned by half their slope there, around the crop's centre."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec, self.batches = spec, []
+
+    async def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.batches.append(len(batch))
+        meshes = []
+        for row in batch:
+            count, _, _, centres = cv2.connectedComponentsWithStats((row[:, :, 0] > 0.5).astype(np.uint8))
+            (left_x, left_y), (right_x, right_y) = sorted(centres[1:count].tolist())
+            slope = math.degrees(math.atan2(right_y - left_y, right_x - left_x))
+            meshes.append((synthetic_mesh(roll=slope / 2) * 0.5 + [96, 96, 0]).reshape(-1))
+        return {"mesh": np.array(meshes), "face_flag": np.full((len(batch), 1), 8.0)}
+
+
+def eyes_at(image: np.ndarray, centre: tuple[float, float], roll: float) -> None:
+    offset = 30 * np.array([math.cos(math.radians(roll)), math.sin(math.radians(roll))])
+    for eye in (np.array(centre) - offset, np.array(centre) + offset):
+        cv2.circle(image, tuple(int(round(v)) for v in eye), 6, (255, 255, 255), -1)
+
+
+def test_a_face_is_looked_at_again_turned_until_the_look_reads_it_upright(monkeypatch):
+    import asyncio
+    monkeypatch.setattr(landmarks, "TURN_AGAIN", 5.0)
+    monkeypatch.setattr(landmarks, "MOST_LOOKS", 4)
+    spec = mesh_spec(margin=0.25, square=True)
+    image = np.zeros((300, 500, 3), np.uint8)
+    eyes_at(image, (120, 150), 44.0)  # a face turned 44°
+    eyes_at(image, (380, 150), 2.0)  # an upright one
+    boxes = [(60.0, 90.0, 180.0, 210.0), (320.0, 90.0, 440.0, 210.0)]
+    mesh = ReadsHalfTheTurn(spec)
+    turned, upright = asyncio.run(LandmarkModel(spec).locate(image, boxes, mesh))
+    # read at 22°, then 33°, 38.5°, 41.25°: four looks, the last three of the turned face alone (one batch each)
+    assert mesh.batches == [2, 1, 1, 1]
+    assert turned.roll == pytest.approx(41.25, abs=1.0) and upright.roll == pytest.approx(1.0, abs=1.0)
+    assert turned.presence == pytest.approx(1 / (1 + math.exp(-8.0)))
+
+
+def test_a_detectors_eye_line_is_the_first_look(monkeypatch):
+    import asyncio
+    spec = mesh_spec(margin=0.25, square=True)
+    image = np.zeros((300, 300, 3), np.uint8)
+    eyes_at(image, (150, 150), 40.0)
+    mesh = ReadsHalfTheTurn(spec)
+    (placed,) = asyncio.run(LandmarkModel(spec).locate(image, [(90.0, 90.0, 210.0, 210.0)], mesh, [38.0]))
+    assert mesh.batches == [1] and placed.roll == pytest.approx(39.0, abs=1.0)  # 2° left to read: one look

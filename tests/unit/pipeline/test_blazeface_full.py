@@ -24,12 +24,13 @@ def detected(runner, image, detector):
 
 def test_full_range_finds_every_hand_boxed_face_and_nothing_else(runner, full_range):
     """Measured (benchmarks, scenario `detectors`): 43 of 43 with no stray box, each photo's count exact; `/analyze`
-    answers 42 of them (the mesh gives one small turned face presence < 0.5)."""
+    answers all 43 (the mesh's look square with the image gave one small turned face, 45 px, presence 0.49; its looks
+    turned by BlazeFace's eyes and then by its own reading give 0.75)."""
     for photo in accuracy.labelled_photos():
         matching = accuracy.match(detected(runner, photo.image, full_range), photo.faces)
         assert (matching.found, matching.stray) == (len(photo.faces), 0), (photo.name, matching)
     answered = sum(len(runner.analyze(photo.image, full_range).faces) for photo in accuracy.labelled_photos())
-    assert answered == 42
+    assert answered == 43
 
 
 def test_full_range_sees_no_face_in_photos_without_people(runner, full_range):
