@@ -370,3 +370,24 @@ def test_one_build_at_a_time_on_a_machine_the_other_worker_opens_what_it_saved(o
     assert first.index.wait_for_build(60) and second.index.wait_for_build(60)
     assert hold.calls == 1 and second.index.saved.folder == first.index.saved.folder
     assert top1(second, faces[:10]) == ids[:10]
+
+
+def test_a_build_planned_before_a_full_reload_is_not_swapped_in(open_gallery, held_build, monkeypatch, caplog):
+    import faceserve.gallery.index as index_module
+
+    faces = vectors(300)
+    gallery = open_gallery()
+    ids = enrol(gallery, faces)
+    assert top1(gallery, faces[:3]) == ids[:3]
+    assert held_build.holding.wait(30)
+    monkeypatch.setattr(index_module, "REMOVALS_KEPT", 2)
+    for identity_id in ids[:3]:
+        gallery.delete_identity(identity_id)  # three changes: more than it may catch up, so it reloads in full
+    assert top1(gallery, faces[3:6]) == ids[3:6]
+    with caplog.at_level(logging.INFO, logger="faceserve.gallery.index"):
+        held_build.release.set()
+        assert gallery.index.wait_for_build(60)
+    assert "the index of change 300 is not searched: the gallery was reloaded meanwhile" in caplog.text
+    assert (held_build.calls, gallery.index.saved.tag.version, gallery.index.saved.faces) == (2, 303, 297)
+    answered = {m.identity_id for matches in gallery.search(faces[:3], 20) for m in matches}
+    assert answered and answered.isdisjoint(ids[:3])
