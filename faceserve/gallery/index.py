@@ -14,7 +14,7 @@ last one past `rebuild_after`) is built in a thread of its own, one at a time pe
 as before: exactly over every face the current saved index does not hold (the whole gallery if there is none),
 its removed faces masked. The build reflects the change it started at; once saved it replaces the current one in
 one step and the changes since are read then. One process of a machine builds at a time (a file lock): the
-others wait, then open what it saved. A build that fails is logged and tried again later (after `build_retry_s`,
+others' builds wait for it, then open what it saved. A build that fails is logged and tried again later (after `build_retry_s`,
 doubling); `close` stops a running one.
 """
 
