@@ -1,7 +1,8 @@
 """The approximate path of the gallery's search (`faceserve/gallery/ann.py` through `index.py`) over temporary SQLite
 stores: the same top-1 as exact search on a gallery made from real embeddings, the saved index a worker starts
 from (used when it can be caught up, ignored and rebuilt when it is of an old counter, another store or damaged),
-and removed faces never answered."""
+removed faces never answered, and the build in the background: searches during it (held open by `HeldBuild`, on
+both engines), its swap, a failed build, a stop, one build per machine, a reload during a build."""
 
 from __future__ import annotations
 
