@@ -113,10 +113,11 @@ def fill_store(url: str, real: np.ndarray, size: int, seed: int = 0) -> np.ndarr
     return probes_of(real, np.concatenate(chosen))
 
 
-def worker(url: str, index_dir: str, probes_file: str, exact_below: int) -> dict:
+def worker(url: str, index_dir: str, probes_file: str, exact_below: int, rate: float = 0.0) -> dict:
     """What one worker process sees: warm start to its first answer, then ms per face and its memory. Where the
-    first answer started a build (no saved index yet), the probes are searched one after another while it runs
-    (`during_build`: their latencies and answers), then all of them again once its index is swapped in."""
+    first answer started a build (no saved index yet), the probes are searched one after another while it runs,
+    `rate` a second (0: back to back) (`during_build`: their latencies and answers), then all of them again once
+    its index is swapped in."""
     import psutil
     import resource
 
@@ -137,6 +138,8 @@ def worker(url: str, index_dir: str, probes_file: str, exact_below: int) -> dict
             t0 = time.perf_counter()
             answered[probe] = gallery.search(probes[probe][None, :], 5)[0][0].identity_id
             latencies.append(time.perf_counter() - t0)
+            if rate:
+                time.sleep(max(0.0, t0 + 1 / rate - time.perf_counter()))
         during = {"index_ready_s": round(time.perf_counter() - started, 2), "searches": len(latencies),
                   "answers": {str(probe): answer for probe, answer in answered.items()},
                   **{f"ms_{name}": round(1e3 * float(value), 3) for name, value in zip(
@@ -157,13 +160,13 @@ def worker(url: str, index_dir: str, probes_file: str, exact_below: int) -> dict
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10)}
 
 
-def _run_worker(url: str, index_dir: Path, probes_file: Path, exact_below: int) -> dict:
+def _run_worker(url: str, index_dir: Path, probes_file: Path, exact_below: int, rate: float = 0.0) -> dict:
     out = subprocess.run([sys.executable, "-m", "benchmarks.search", "--worker", url, str(index_dir), str(probes_file),
-                          str(exact_below)], capture_output=True, text=True, check=True, cwd=HERE.parent)
+                          str(exact_below), str(rate)], capture_output=True, text=True, check=True, cwd=HERE.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(sizes: tuple[int, ...], real: np.ndarray) -> list[dict]:
+def measure(sizes: tuple[int, ...], real: np.ndarray, rate: float = 0.0) -> list[dict]:
     rows = []
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="faceserve-bench-search-") as folder:
@@ -172,7 +175,7 @@ def measure(sizes: tuple[int, ...], real: np.ndarray) -> list[dict]:
             np.save(folder / "probes.npy", fill_store(url, real, size))
             exact = _run_worker(url, folder / "index", folder / "probes.npy", exact_below=size + 1)
             # builds and saves in the background, searching meanwhile
-            built = _run_worker(url, folder / "index", folder / "probes.npy", exact_below=1)
+            built = _run_worker(url, folder / "index", folder / "probes.npy", exact_below=1, rate=rate)
             approximate = _run_worker(url, folder / "index", folder / "probes.npy", exact_below=1)  # starts warm
             saved_mb = sum(f.stat().st_size for f in (folder / "index").rglob("*") if f.is_file()) / 2**20
         recall = float(np.mean([a == e for a, e in zip(approximate["answers"], exact["answers"])]))
@@ -227,7 +230,8 @@ def report(result: dict, out: Path) -> str:
     lines += ["", f"Crossover (exact = ANN, fastest ms per face): about {result['crossover']:,} identities"
               if result["crossover"] else "Crossover: not within the measured sizes", "",
               "While the first worker builds the index in the background (searching exactly meanwhile), one probe "
-              "after another:", "",
+              "after another" + (f", {result['meta']['rate_during_build']:g} a second:"
+                                 if result["meta"].get("rate_during_build") else ", back to back:"), "",
               "| identities | exact ms/face p50 / p99, no build | during the build: ms p50 / p99 / max (searches) | "
               "same top-1 as exact (probes) | index ready s | peak RSS MB |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -270,11 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--million", action="store_true", help="add the 1 M gallery (a long build on 2 cores)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<date>-search")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--rate-during-build", type=float, default=0.0,
+                        help="searches a second while the index is built (default 0: one after another)")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        url, index_dir, probes, exact_below = args.worker
-        print(json.dumps(worker(url, index_dir, probes, int(exact_below))))
+        url, index_dir, probes, exact_below, rate = args.worker
+        print(json.dumps(worker(url, index_dir, probes, int(exact_below), float(rate))))
         return 0
     from benchmarks.__main__ import machine
 
@@ -283,10 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     real = real_embeddings(Path(tempfile.gettempdir()) / "faceserve-real-embeddings.npy")
     sizes = tuple(sorted(set(args.sizes) | ({MILLION} if args.million else set())))
     started = time.perf_counter()
-    rows = measure(sizes, real)
+    rows = measure(sizes, real, args.rate_during_build)
     result = {"meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                        "load_average": os.getloadavg(), "command": "python -m benchmarks.search " + " ".join(
                            argv if argv is not None else sys.argv[1:]), "real_faces": len(real),
+                       "rate_during_build": args.rate_during_build,
                        "elapsed_s": round(time.perf_counter() - started, 1)},
               "rows": rows, "crossover": crossover(rows)}
     (out / "results.json").write_text(json.dumps(result, indent=1))
