@@ -3,7 +3,9 @@
 Search per face at growing gallery sizes, exact (`similarity.py`) against the saved approximate index (`ann.py`),
 through the gallery's own index over a real SQLite store: recall@1 of the approximate path against exact search,
 ms per face of each, the build time, and a worker's warm start (a new process opening the store and the saved
-index, to its first answer) with its memory (RSS, and USS: what is its own, not shared with other workers).
+index, to its first answer) with its memory (RSS, and USS: what is its own, not shared with other workers). The
+worker that builds the index (in the background) searches the probes one after another while it runs: their
+latencies beside exact search's with no build running, and whether they got exact search's top-1.
 Writes <out>/results.json, <out>/report.md and <out>/search.png.
 
 The galleries are synthetic, made from real embeddings: FaceRes embeddings of every face of the shared fixtures'
@@ -112,9 +114,13 @@ def fill_store(url: str, real: np.ndarray, size: int, seed: int = 0) -> np.ndarr
     return probes_of(real, np.concatenate(chosen))
 
 
-def worker(url: str, index_dir: str, probes_file: str, exact_below: int) -> dict:
-    """What one worker process sees: warm start to its first answer, then ms per face and its memory."""
+def worker(url: str, index_dir: str, probes_file: str, exact_below: int, rate: float = 0.0) -> dict:
+    """What one worker process sees: warm start to its first answer, then ms per face and its memory. Where the
+    first answer started a build (no saved index yet), the probes are searched one after another while it runs,
+    `rate` a second (0: back to back) (`during_build`: their latencies and answers), then all of them again once
+    its index is swapped in."""
     import psutil
+    import resource
 
     from faceserve.gallery import EmbeddingModel, Gallery
     from faceserve.store import open_store
@@ -125,26 +131,43 @@ def worker(url: str, index_dir: str, probes_file: str, exact_below: int) -> dict
                       index_dir=Path(index_dir), exact_below=exact_below)
     gallery.search(probes[:1], 5)
     warm_s = time.perf_counter() - started
+    during: dict | None = None
+    if gallery.index.building:
+        latencies, answered = [], {}
+        while gallery.index.building:
+            probe = len(latencies) % len(probes)
+            t0 = time.perf_counter()
+            answered[probe] = gallery.search(probes[probe][None, :], 5)[0][0].identity_id
+            latencies.append(time.perf_counter() - t0)
+            if rate:
+                time.sleep(max(0.0, t0 + 1 / rate - time.perf_counter()))
+        during = {"index_ready_s": round(time.perf_counter() - started, 2), "searches": len(latencies),
+                  "answers": {str(probe): answer for probe, answer in answered.items()},
+                  **{f"ms_{name}": round(1e3 * float(value), 3) for name, value in zip(
+                      ("p50", "p99", "max"), (*np.percentile(latencies, [50, 99]), max(latencies)))}}
     answers, times = [], []
     for probe in probes:
         t0 = time.perf_counter()
         answers.append(gallery.search(probe[None, :], 5)[0][0].identity_id)
         times.append(time.perf_counter() - t0)
     memory = psutil.Process().memory_full_info()
+    gallery.close()
     return {"warm_start_s": round(warm_s, 2), "ms_per_face": round(1e3 * float(np.median(times)), 3),
             "ms_per_face_min": round(1e3 * float(np.min(times)), 3),
-            "ms_per_face_p95": round(1e3 * float(np.percentile(times, 95)), 3), "answers": answers,
-            "saved_index": gallery.index.saved is not None,
-            "rss_mb": round(memory.rss / 2**20), "uss_mb": round(memory.uss / 2**20)}
+            "ms_per_face_p95": round(1e3 * float(np.percentile(times, 95)), 3),
+            "ms_per_face_p99": round(1e3 * float(np.percentile(times, 99)), 3), "answers": answers,
+            "saved_index": gallery.index.saved is not None, "during_build": during,
+            "rss_mb": round(memory.rss / 2**20), "uss_mb": round(memory.uss / 2**20),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10)}
 
 
-def _run_worker(url: str, index_dir: Path, probes_file: Path, exact_below: int) -> dict:
+def _run_worker(url: str, index_dir: Path, probes_file: Path, exact_below: int, rate: float = 0.0) -> dict:
     out = subprocess.run([sys.executable, "-m", "benchmarks.search", "--worker", url, str(index_dir), str(probes_file),
-                          str(exact_below)], capture_output=True, text=True, check=True, cwd=HERE.parent)
+                          str(exact_below), str(rate)], capture_output=True, text=True, check=True, cwd=HERE.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(sizes: tuple[int, ...], real: np.ndarray) -> list[dict]:
+def measure(sizes: tuple[int, ...], real: np.ndarray, rate: float = 0.0) -> list[dict]:
     rows = []
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="faceserve-bench-search-") as folder:
@@ -152,16 +175,27 @@ def measure(sizes: tuple[int, ...], real: np.ndarray) -> list[dict]:
             url = f"sqlite:///{folder / 'gallery.db'}"
             np.save(folder / "probes.npy", fill_store(url, real, size))
             exact = _run_worker(url, folder / "index", folder / "probes.npy", exact_below=size + 1)
-            built = _run_worker(url, folder / "index", folder / "probes.npy", exact_below=1)  # builds and saves
+            # builds and saves in the background, searching meanwhile
+            built = _run_worker(url, folder / "index", folder / "probes.npy", exact_below=1, rate=rate)
             approximate = _run_worker(url, folder / "index", folder / "probes.npy", exact_below=1)  # starts warm
             saved_mb = sum(f.stat().st_size for f in (folder / "index").rglob("*") if f.is_file()) / 2**20
         recall = float(np.mean([a == e for a, e in zip(approximate["answers"], exact["answers"])]))
+        during = built["during_build"] or {}
+        answered = during.get("answers", {})
         rows.append({"identities": size, "probes": len(exact["answers"]), "recall_at_1": round(recall, 4),
                      "exact_ms_per_face": exact["ms_per_face"], "ann_ms_per_face": approximate["ms_per_face"],
                      "exact_ms_per_face_min": exact["ms_per_face_min"],
                      "ann_ms_per_face_min": approximate["ms_per_face_min"],
                      "ann_ms_per_face_p95": approximate["ms_per_face_p95"],
-                     "cold_start_with_build_s": built["warm_start_s"], "warm_start_s": approximate["warm_start_s"],
+                     "exact_ms_per_face_p99": exact["ms_per_face_p99"],
+                     "first_answer_while_building_s": built["warm_start_s"],
+                     "index_ready_s": during.get("index_ready_s"), "searches_during_build": during.get("searches"),
+                     "during_build_ms_p50": during.get("ms_p50"), "during_build_ms_p99": during.get("ms_p99"),
+                     "during_build_ms_max": during.get("ms_max"),
+                     "during_build_same_top1_as_exact": round(float(np.mean(
+                         [answer == exact["answers"][int(probe)] for probe, answer in answered.items()])), 4)
+                     if answered else None, "during_build_probes": len(answered),
+                     "peak_rss_mb_building": built["peak_rss_mb"], "warm_start_s": approximate["warm_start_s"],
                      "exact_start_s": exact["warm_start_s"], "rss_mb_exact": exact["rss_mb"],
                      "rss_mb_ann": approximate["rss_mb"], "uss_mb_ann": approximate["uss_mb"],
                      "saved_index_mb": round(saved_mb, 1)})
@@ -186,16 +220,28 @@ def crossover(rows: list[dict], statistic: str = "min") -> int | None:
 def report(result: dict, out: Path) -> str:
     lines = [f"# Search per face ({result['meta']['date']}, {result['meta']['machine']})", "",
              "| identities | recall@1 vs exact | exact ms/face median (min) | ANN ms/face median (min, p95) | "
-             "build + first answer s | warm start s | RSS MB exact | RSS MB ANN (own: USS) | saved index MB |",
+             "first answer s (index ready s) | warm start s | RSS MB exact | RSS MB ANN (own: USS) | saved index MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['identities']:,} | {100 * r['recall_at_1']:.2f} % ({r['probes']} probes) | "
                      f"{r['exact_ms_per_face']} ({r['exact_ms_per_face_min']}) | "
                      f"{r['ann_ms_per_face']} ({r['ann_ms_per_face_min']}, {r['ann_ms_per_face_p95']}) | "
-                     f"{r['cold_start_with_build_s']} | {r['warm_start_s']} | {r['rss_mb_exact']} | "
-                     f"{r['rss_mb_ann']} ({r['uss_mb_ann']}) | {r['saved_index_mb']} |")
+                     f"{r['first_answer_while_building_s']} ({r['index_ready_s']}) | {r['warm_start_s']} | "
+                     f"{r['rss_mb_exact']} | {r['rss_mb_ann']} ({r['uss_mb_ann']}) | {r['saved_index_mb']} |")
     lines += ["", f"Crossover (exact = ANN, fastest ms per face): about {result['crossover']:,} identities"
-              if result["crossover"] else "Crossover: not within the measured sizes"]
+              if result["crossover"] else "Crossover: not within the measured sizes", "",
+              "While the first worker builds the index in the background (searching exactly meanwhile), one probe "
+              "after another" + (f", {result['meta']['rate_during_build']:g} a second:"
+                                 if result["meta"].get("rate_during_build") else ", back to back:"), "",
+              "| identities | exact ms/face p50 / p99, no build | during the build: ms p50 / p99 / max (searches) | "
+              "same top-1 as exact (probes) | index ready s | peak RSS MB |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        same = r["during_build_same_top1_as_exact"]
+        lines.append(f"| {r['identities']:,} | {r['exact_ms_per_face']} / {r['exact_ms_per_face_p99']} | "
+                     f"{r['during_build_ms_p50']} / {r['during_build_ms_p99']} / {r['during_build_ms_max']} "
+                     f"({r['searches_during_build']}) | "
+                     f"{'–' if same is None else f'{100 * same:.2f} %'} ({r['during_build_probes']}) | "
+                     f"{r['index_ready_s']} | {r['peak_rss_mb_building']} |")
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
@@ -229,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--million", action="store_true", help="add the 1 M gallery (a long build on 2 cores)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<date>-search")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--rate-during-build", type=float, default=0.0,
+                        help="searches a second while the index is built (default 0: one after another)")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        url, index_dir, probes, exact_below = args.worker
-        print(json.dumps(worker(url, index_dir, probes, int(exact_below))))
+        url, index_dir, probes, exact_below, rate = args.worker
+        print(json.dumps(worker(url, index_dir, probes, int(exact_below), float(rate))))
         return 0
     from benchmarks.__main__ import machine
 
@@ -242,10 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     real = real_embeddings(Path(tempfile.gettempdir()) / "faceserve-real-embeddings.npy")
     sizes = tuple(sorted(set(args.sizes) | ({MILLION} if args.million else set())))
     started = time.perf_counter()
-    rows = measure(sizes, real)
+    rows = measure(sizes, real, args.rate_during_build)
     result = {"meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                        "load_average": os.getloadavg(), "command": "python -m benchmarks.search " + " ".join(
                            argv if argv is not None else sys.argv[1:]), "real_faces": len(real),
+                       "rate_during_build": args.rate_during_build,
                        "elapsed_s": round(time.perf_counter() - started, 1)},
               "rows": rows, "crossover": crossover(rows)}
     (out / "results.json").write_text(json.dumps(result, indent=1))

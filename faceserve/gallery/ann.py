@@ -149,7 +149,7 @@ def build(parent: Path, tag: Tag, faces: Iterable[Face], dimension: int, base: S
             face_ids.append(face_id.encode())
             owners.append(code)
             batch.append((face_id, identity_id, name, vector))
-            if len(batch) == 10_000:
+            if len(batch) == 1_000:  # between batches a stopped build's faces iterator can raise
                 flush()
         flush()
         graph.save(str(work / GRAPH))

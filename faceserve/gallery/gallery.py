@@ -222,6 +222,10 @@ class Gallery:
             return [matches[:k] for matches in found]
         return [[match for match in matches if match.identity_id in existing][:k] for matches in found]
 
+    def close(self) -> None:
+        """Stop the index's background build, if one runs (the store stays open: its opener closes it)."""
+        self.index.close()
+
     # ---- export and import -------------------------------------------------------
 
     def export_file(self, target: Path | BinaryIO) -> TransferCounts:

@@ -8,13 +8,19 @@ an index too far behind, or a store whose counter went back (a restored backup),
 Below `exact_below` faces the whole gallery is one exact matrix (`similarity.py`); from there on it is a saved
 approximate index (`ann.py`) tagged with the change it reflects, the faces added since in an exact matrix beside
 it and the faces removed since masked out of its answers. A worker starting over a store whose saved index is at
-most REMOVALS_KEPT changes behind opens it memory-mapped and reads only those changes; with none usable (absent,
-of another store, from a counter the store went back before, damaged) one worker builds and saves a new one under
-a file lock while the others wait for it. When the changes beside it pass `rebuild_after`, a new one is built.
+most REMOVALS_KEPT changes behind opens it memory-mapped and reads only those changes. A new saved index (none
+usable: absent, of another store, from a counter the store went back before, damaged; or the changes beside the
+last one past `rebuild_after`) is built in a thread of its own, one at a time per process, while searches go on
+as before: exactly over every face the current saved index does not hold (the whole gallery if there is none),
+its removed faces masked. The build reflects the change it started at; once saved it replaces the current one in
+one step and the changes since are read then. One process of a machine builds at a time (a file lock): the
+others' builds wait for it, then open what it saved. A build that fails is logged and tried again later (after `build_retry_s`,
+doubling); `close` stops a running one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -46,6 +52,8 @@ BIRTH = "SELECT applied_at FROM store_migrations WHERE component = 'store' AND v
 # Where exact search over the whole gallery stops being faster than the approximate index beside its changes,
 # in faces (benchmarks/search.py measured it: docs/identity.md).
 EXACT_BELOW = 5_000
+# A failed build is tried again after this many seconds, doubling with each failure in a row up to the most.
+BUILD_RETRY_S, MAX_BUILD_RETRY_S = 60.0, 3600.0
 
 
 def default_index_dir(store: Store) -> Path:
@@ -67,20 +75,41 @@ class _State:
         self.saved, self.dead, self.exact = saved, dead, exact
 
 
+class BuildCancelled(Exception):
+    """A build stopped before its end: the index is closing, or what it was built for was replaced."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a background build makes: the store's faces at change `version`, from `base` (less its `dead` rows)
+    and the faces added since its tag, or from every face (`base` None); `epoch`: the full load it follows."""
+
+    version: int
+    epoch: int
+    base: ann.SavedIndex | None = None
+    dead: np.ndarray | None = None
+
+
 class GalleryIndex:
     def __init__(self, store: Store, model: EmbeddingModel, *, poll_interval_s: float = 0.1,
-                 index_dir: Path | None = None, exact_below: int = EXACT_BELOW, rebuild_after: int | None = None):
+                 index_dir: Path | None = None, exact_below: int = EXACT_BELOW, rebuild_after: int | None = None,
+                 build_retry_s: float = BUILD_RETRY_S):
         self.store, self.model, self.poll_interval_s = store, model, poll_interval_s
         self.folder = (index_dir or default_index_dir(store)) / f"{model.name}-{model.version}-{model.dimension}"
         self.exact_below = exact_below
         self.rebuild_after = rebuild_after or exact_below  # changes beside the saved index: exact search's bound
+        self.build_retry_s = build_retry_s
         self._state = _State(None, np.zeros(0, bool), SimilarityIndex(model.dimension))
-        self._unwritable = False  # the index folder refused a write: exact search until a restart
         self._version: int | None = None  # the change the matrix reflects; None: never loaded
+        self._epoch = 0  # full loads so far: a build planned before the last one is not swapped in
         self._checked_at = -float("inf")
         self._stale = True
         self._lock = threading.Lock()
         self._failing = False
+        self._builder: threading.Thread | None = None  # the background build (the last one), at most one runs
+        self._build_failures = 0
+        self._retry_at = -float("inf")
+        self._closing = threading.Event()
         store.subscribe(TOPIC, self.mark_stale)
 
     @property
@@ -98,9 +127,35 @@ class GalleryIndex:
         """The saved index searched now (None: exact search only)."""
         return self._state.saved
 
+    @property
+    def building(self) -> bool:
+        """Whether a build runs in the background now."""
+        builder = self._builder
+        return builder is not None and builder.is_alive()
+
+    def _another_build_runs(self) -> bool:
+        """A build runs, other than the calling thread (a build ending may start the next one)."""
+        return self.building and self._builder is not threading.current_thread()
+
     def mark_stale(self) -> None:
         """Something changed: the next search reads the store first."""
         self._stale = True
+
+    def wait_for_build(self, timeout_s: float | None = None) -> bool:
+        """Wait until no build runs (the one running and any it chained, swapped in or not); False on timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (builder := self._builder) is not None and builder.is_alive():
+            builder.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if builder.is_alive():
+                return False
+        return True
+
+    def close(self, wait_s: float = 30.0) -> None:
+        """Stop the build running in the background, if any (its temporary folder removed), waiting up to `wait_s`
+        for it to end, and start none again; searches go on with what is loaded."""
+        self._closing.set()
+        if not self.wait_for_build(wait_s) and wait_s > 0:
+            log.warning("gallery index: the build still runs %.0f s after being stopped", wait_s)
 
     def _due(self) -> bool:
         return self._stale or time.monotonic() - self._checked_at >= self.poll_interval_s
@@ -138,17 +193,17 @@ class GalleryIndex:
             self._lock.release()
 
     def _follow(self, tx: Transaction) -> None:
-        row = tx.one("SELECT version FROM store_changes WHERE topic = ?", (TOPIC,))
-        current = row[0] if row else 0
+        current = _counter(tx)
         last = self._version
-        if current == last:
-            return
         if last is None or current < last or current - last > REMOVALS_KEPT:
             self._load(tx, current)
-        else:
+            return
+        if current != last:
             self._apply(self._state, self._changes(tx, last, current))
             self._version = current
-            self._rebalance(tx, current)
+        elif not (self._build_failures and time.monotonic() >= self._retry_at):
+            return
+        self._rebalance(tx, current)
 
     @property
     def _model(self) -> tuple[str, str, int]:
@@ -168,13 +223,13 @@ class GalleryIndex:
         state.exact.update(added, removed)
 
     def _load(self, tx: Transaction, current: int) -> None:
-        """Everything afresh at `current`: a saved index and the changes since, else the faces from the store."""
+        """Everything afresh at `current`: a saved index and the changes since, else the faces from the store
+        (and, from `exact_below` faces on, a saved index built in the background)."""
+        self._epoch += 1
         (faces,) = tx.one(COUNT, self._model)
         saved = None
-        if faces >= self.exact_below and not self._unwritable:
+        if faces >= self.exact_below:
             saved = ann.newest(self.folder, self._birth(tx), self._model, current, REMOVALS_KEPT)
-            if saved is None:
-                saved = self._build(tx, current)
         if saved is not None:
             self._start_from(tx, saved, current)
         else:
@@ -182,6 +237,8 @@ class GalleryIndex:
             exact.replace(self._decode(tx.all(FACES, (*self._model, -1, current))))
             self._state = _State(None, np.zeros(0, bool), exact)
         self._version = current
+        if saved is None and faces >= self.exact_below:
+            self._start_build(current)
 
     def _start_from(self, tx: Transaction, saved: ann.SavedIndex, current: int) -> None:
         state = _State(saved, np.zeros(len(saved), bool), SimilarityIndex(self.model.dimension))
@@ -192,55 +249,124 @@ class GalleryIndex:
 
     def _rebalance(self, tx: Transaction, current: int) -> None:
         """A gallery that grew past exact search gets a saved index; one whose changes beside its saved index
-        grew past `rebuild_after` a new one; one that shrank far below the bound goes back to exact search."""
+        grew past `rebuild_after` a new one (both built in the background); one that shrank far below the bound
+        goes back to exact search."""
         state = self._state
         if state.saved is None:
-            if len(state.exact) >= self.exact_below and not self._unwritable:
-                self._load(tx, current)
-        elif len(state.exact) + int(state.dead.sum()) > self.rebuild_after and not self._unwritable:
-            rebuilt = self._build(tx, current, state)
-            if rebuilt is not None:
-                self._start_from(tx, rebuilt, current)
+            if len(state.exact) >= self.exact_below:
+                self._start_build(current)
+        elif len(state.exact) + int(state.dead.sum()) > self.rebuild_after:
+            self._start_build(current, state)
         elif len(self) < self.exact_below // 2:
             self._load(tx, current)
 
-    def _build(self, tx: Transaction, current: int, state: _State | None = None) -> ann.SavedIndex | None:
-        """A saved index of the store's faces at `current` (or one another process saved meanwhile), built by one
-        process of the machine at a time: from `state`'s saved index and the changes since, unless rows removed
-        from it would be the most of it; else from every face in the store. None, logged, where the folder cannot
-        be written: this process then keeps to exact search (or to the changes beside its last saved index)."""
-        try:
-            return self._build_locked(tx, current, state)
-        except OSError as exc:
-            log.warning("gallery index: cannot save an index in %s (%s); searching exactly (set %s to a writable "
-                        "folder)", self.folder, exc, "FACESERVE_INDEX_DIR")
-            self._unwritable = True
-            return None
+    # ---- the background build (its thread holds `_lock` only to plan and to swap) ------------------------
 
-    def _build_locked(self, tx: Transaction, current: int, state: _State | None) -> ann.SavedIndex:
+    def _start_build(self, current: int, state: _State | None = None) -> None:
+        """Under `_lock`: build the index of change `current` in the background, unless a build runs, the last
+        one failed less than its retry delay ago, or the index is closing."""
+        if self._another_build_runs() or self._closing.is_set() or time.monotonic() < self._retry_at:
+            return
+        plan = _Plan(current, self._epoch, *((state.saved, np.flatnonzero(state.dead)) if state else ()))
+        self._builder = threading.Thread(target=self._build, args=(plan,), name="gallery-index-build", daemon=True)
+        self._builder.start()
+
+    def _build(self, plan: _Plan) -> None:
+        started = time.monotonic()
+        try:
+            saved = self._build_locked(plan)
+        except BuildCancelled:
+            log.info("gallery index: the build of change %d stopped (%s)", plan.version,
+                     "closing" if self._closing.is_set() else "the gallery was reloaded")
+            saved = None
+        except Exception as exc:
+            with self._lock:
+                self._build_failures += 1
+                retry_s = min(self.build_retry_s * 2 ** (self._build_failures - 1), MAX_BUILD_RETRY_S)
+                self._retry_at = time.monotonic() + retry_s
+            if isinstance(exc, OSError):
+                log.warning("gallery index: cannot save an index in %s (%s); searching exactly, tried again in %.0f "
+                            "s (set %s to a writable folder)", self.folder, exc, retry_s, "FACESERVE_INDEX_DIR")
+            else:
+                log.exception("gallery index: building the index of change %d failed; searching exactly, tried "
+                              "again in %.0f s", plan.version, retry_s)
+            return
+        else:
+            log.info("gallery index: built the index of change %d (%d faces) in %.1f s", plan.version, saved.faces,
+                     time.monotonic() - started)
+        self._swap(saved, plan)
+
+    def _build_locked(self, plan: _Plan) -> ann.SavedIndex:
+        """The index `plan` asks for, or one another process saved meanwhile (one of the plan's change or later;
+        with no base, any the store can catch up from); one process of the machine builds at a time."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(self.folder / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            birth = self._birth(tx)
-            saved = ann.newest(self.folder, birth, self._model, current, 0)
+            while True:
+                self._check(plan)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    self._closing.wait(0.1)
+            with self.store.read() as tx:
+                birth, now = self._birth(tx), _counter(tx)
+            saved = ann.newest(self.folder, birth, self._model, now,
+                               REMOVALS_KEPT if plan.base is None else now - plan.version)
             if saved is None:
-                started = time.monotonic()
-                tag, base = ann.Tag(birth, self._model, current), state.saved if state is not None else None
-                if base is not None and 2 * (len(base) - base.faces + int(state.dead.sum())) < len(base):
-                    saved = ann.build(self.folder, tag, self._stream(tx, current, after_version=base.tag.version),
-                                      self.model.dimension, base=base, removed_rows=np.flatnonzero(state.dead))
+                tag, base = ann.Tag(birth, self._model, plan.version), plan.base
+                if base is not None and (base.folder / ann.GRAPH).exists() and \
+                        2 * (len(base) - base.faces + len(plan.dead)) < len(base):
+                    faces = self._stream(plan, after_version=base.tag.version)
+                    saved = ann.build(self.folder, tag, faces, self.model.dimension, base=base, removed_rows=plan.dead)
                 else:
-                    saved = ann.build(self.folder, tag, self._stream(tx, current), self.model.dimension)
-                log.info("gallery index: built the saved index of change %d (%d faces) in %.1f s",
-                         current, saved.faces, time.monotonic() - started)
+                    saved = ann.build(self.folder, tag, self._stream(plan), self.model.dimension)
             ann.prune(self.folder, keep=saved)
         return saved
 
-    def _stream(self, tx: Transaction, current: int, page: int = 5000, after_version: int = -1):
-        """The faces at `current` added after change `after_version`, unit vectors, a page at a time (never the
-        whole gallery's rows at once)."""
+    def _swap(self, saved: ann.SavedIndex | None, plan: _Plan) -> None:
+        """Search `saved` from now on, with the changes since its tag read now, if it still follows the gallery
+        as loaded; then start the next build if the gallery already needs one (changes during this one)."""
+        with self._lock:
+            if saved is not None:
+                self._build_failures, self._retry_at = 0, -float("inf")
+            if self._closing.is_set():
+                return
+            try:
+                with self.store.read() as tx:
+                    current = _counter(tx)
+                    if saved is not None:
+                        if plan.epoch == self._epoch and self._version is not None and \
+                                saved.tag.version <= current and self._version <= current and \
+                                current - saved.tag.version <= REMOVALS_KEPT and saved.tag.store == self._birth(tx):
+                            self._start_from(tx, saved, current)
+                            self._version = current
+                        else:
+                            log.info("gallery index: the index of change %d is not searched: the gallery was "
+                                     "reloaded meanwhile", saved.tag.version)
+                    if current == self._version:
+                        self._rebalance(tx, current)
+                    else:
+                        self._stale = True
+            except StoreUnavailable as exc:
+                self._stale = True  # the next load finds it saved
+                log.warning("gallery index: the index of change %d is saved but not searched yet: %s",
+                            plan.version, exc.message)
+
+    def _check(self, plan: _Plan) -> None:
+        if self._closing.is_set() or plan.epoch != self._epoch:
+            raise BuildCancelled()
+
+    def _stream(self, plan: _Plan, page: int = 1000, after_version: int = -1):
+        """The faces at the plan's change added after change `after_version`, unit vectors, a page at a time,
+        each page read in a short transaction of its own (a face removed meanwhile may or may not be among them:
+        its removal comes after the plan's change, so it is masked after the swap either way)."""
         after = ""
-        while rows := tx.all(PAGE, (*self._model, after_version, current, after, page)):
+        while True:
+            self._check(plan)
+            with self.store.read() as tx:
+                rows = tx.all(PAGE, (*self._model, after_version, plan.version, after, page))
+            if not rows:
+                return
             decoded = self._decode(rows)
             units = normalise(np.stack([face[3] for face in decoded]))
             for face, unit in zip(decoded, units):
@@ -264,6 +390,11 @@ class GalleryIndex:
             return state.exact.search(queries, k)
         return [_merged(state.saved, found, added, k) for found, added in
                 zip(_search_saved(state.saved, state.dead, normalise(queries), k), state.exact.search(queries, k))]
+
+
+def _counter(tx: Transaction) -> int:
+    row = tx.one("SELECT version FROM store_changes WHERE topic = ?", (TOPIC,))
+    return row[0] if row else 0
 
 
 def _search_saved(saved: ann.SavedIndex, dead: np.ndarray, queries: np.ndarray, k: int) -> list[dict[int, float]]:

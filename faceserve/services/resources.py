@@ -149,6 +149,8 @@ class Resources:
         """Everything this process opened, closed; the answers its feedback writer still holds written first."""
         if self._feedback.opened is not None:
             await asyncio.to_thread(self._feedback.opened.close)
+        if self._identity.opened is not None:
+            await asyncio.to_thread(self._identity.opened.gallery.close)
         await self.pipeline.backend.close()
         if self._store is not None:
             self._store.close()
