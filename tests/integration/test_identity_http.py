@@ -70,7 +70,8 @@ def identify(client: httpx.Client, photo: Path, **fields) -> dict:
 
 def calibrated_point(repository: Path) -> dict:
     """The operating point the service answers at: the embedding's committed calibration applies to the built model
-    (a model built to other bytes has none, and must be calibrated again: `python -m benchmarks.similarity`)."""
+    (a model that answers its probe otherwise has none, and must be calibrated again: `python -m benchmarks.similarity
+    calibrate`)."""
     point = served_operating_point(Repository.load(repository), None, None).model_dump()
     assert point["different_pairs"] and point["same_pairs"] and point["far_upper"] > 0, point
     return point
