@@ -198,6 +198,7 @@ def faceserve_side(paths: Sequence[Path], reps: int, embedding: str | None = Non
     """faceserve's answers in this process: `Pipeline.locate` (the default detector and the landmark model), then
     `Pipeline.embed` of the largest face; one onnxruntime thread, no embedding cache, no batching delay."""
     from faceserve.dev import photos
+    from faceserve.pipeline.pipeline import largest
     from faceserve.services import Services
     from faceserve.settings import Settings
 
@@ -220,8 +221,7 @@ def faceserve_side(paths: Sequence[Path], reps: int, embedding: str | None = Non
                     _keep_least(least, "detect", timing)
                     boxes = [[round(float(v), 1) for v in face.box] for face in located]
                     if located:
-                        largest = max(located, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-                        embedded, timing = await _timed(pipeline.embed(image, [largest]))
+                        embedded, timing = await _timed(pipeline.embed(image, [largest(located)]))
                         _keep_least(least, "embed", timing)
                         vector = embedded[0].astype(np.float64)
                 answered.append({"file": path.name, "boxes": boxes, **{k: least.get(k) for k in (

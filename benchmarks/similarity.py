@@ -107,10 +107,6 @@ class ScoredSet:
     group_crops: list[tuple[str, np.ndarray]]  # (photo #face, RGB crop) of every group face used: for the eye check
 
 
-def _largest(faces):
-    return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-
-
 def _at_hand_boxes(faces, boxes: Sequence) -> list:
     """The detected faces that match a hand box (each box at most once): stray boxes are nobody."""
     kept, free = [], list(boxes)
@@ -129,13 +125,15 @@ def _crop(image: np.ndarray, box) -> np.ndarray:
 
 async def score(pipeline, calibration_set: CalibrationSet) -> ScoredSet:
     """Every pair of the set by its three rules (the module's docstring), as cosine similarities."""
+    from faceserve.pipeline.pipeline import largest
+
     people = []
     for person, file, image in calibration_set.people:
         located = await pipeline.locate(image)
         if not located:
             log.warning("%s: no face found; left out", file)
             continue
-        people.append((person, (await pipeline.embed(image, [_largest(located)]))[0]))
+        people.append((person, (await pipeline.embed(image, [largest(located)]))[0]))
     same, different = [], []
     for (a, va), (b, vb) in itertools.combinations(people, 2):
         (same if a == b else different).append(float(va @ vb))

@@ -27,7 +27,7 @@ from faceserve.models.calibration import BY_MODEL, BY_SETTING, OperatingPoint, u
 from faceserve.models.crops import square_box
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
 from faceserve.pipeline import imaging
-from faceserve.pipeline.pipeline import FoundFace, Pipeline
+from faceserve.pipeline.pipeline import FoundFace, Pipeline, largest
 from faceserve.pipeline.quality import EnrolmentBars
 from faceserve.models.versions import model_ref
 from faceserve.pipeline.schemas import Analysis, Box, IdentityMatch
@@ -188,7 +188,7 @@ class IdentityStage:
 def _largest(faces: list[FoundFace], label: str) -> FoundFace:
     if not faces:
         raise InvalidRequest(f"{label}: no face found", code="no_face")
-    return max(faces, key=lambda face: (face.box[2] - face.box[0]) * (face.box[3] - face.box[1]))
+    return largest(faces)
 
 
 def _box(box: Sequence[float]) -> Box:

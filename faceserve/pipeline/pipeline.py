@@ -9,6 +9,7 @@ import contextvars
 import dataclasses
 import logging
 import time
+from typing import Sequence
 
 import numpy as np
 
@@ -42,6 +43,11 @@ class FoundFace:
     score: float
     placement: Placement | None
     quality: Quality
+
+
+def largest(faces: Sequence[FoundFace]) -> FoundFace:
+    """The face with the largest box: the one a photo of one person is taken to show."""
+    return max(faces, key=lambda face: (face.box[2] - face.box[0]) * (face.box[3] - face.box[1]))
 
 
 class Pipeline:

@@ -23,6 +23,7 @@ sys.path.insert(0, str(HERE.parents[2]))
 
 from benchmarks import similarity  # noqa: E402
 from faceserve.dev import peers  # noqa: E402
+from faceserve.pipeline.pipeline import largest  # noqa: E402
 from faceserve.services import Services  # noqa: E402
 
 FACERES_THRESHOLD, PEER_TOLERANCE, ENROLMENT_BAR_PX = 0.59, 0.6, 40
@@ -36,7 +37,7 @@ async def located_faces(calibration_set, folder: Path) -> list[dict]:
     for i, (person, _, image) in enumerate(calibration_set.people):
         found = await pipeline.locate(image)
         if found:
-            face = similarity._largest(found)
+            face = largest(found)
             np.save(folder / f"person{i}.npy", image)
             faces.append({"source": "person", "label": person, "npy": str(folder / f"person{i}.npy"),
                           "box": [float(v) for v in face.box], "faceres": (await pipeline.embed(image, [face]))[0]})
