@@ -69,7 +69,7 @@ BIND_HOST = "127.0.0.1"  # local runs; a container sets BENTOML_HOST=0.0.0.0 (an
 _bound_host = bound_host(BIND_HOST)
 refuse_keyless_exposure(_bound_host, bool(_settings.api_keys), _settings.private_deployment)
 if _bound_host is not None:  # serving: a FAR target the embedding's calibration cannot show stops the start here
-    served_operating_point(Repository.load(_settings.repository), _settings.identity_far, _settings.identity_threshold)
+    served_operating_point(Repository.load(_settings.repository, _settings.embedding_model), _settings.identity_far, _settings.identity_threshold)
 
 
 @bentoml.service(

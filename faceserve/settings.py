@@ -72,6 +72,9 @@ class Settings:
     # FACESERVE_IDENTITY_FAR: the false-accept rate the threshold is chosen for, on the embedding model's calibration
     # (faceserve/models/calibration.py); None: 0.1 % where the calibration can show it, else the model's own threshold
     identity_far: float | None = None
+    # FACESERVE_EMBEDDING_MODEL: the embedding model identity serves where the repository holds several; None: the
+    # only one, or faceserve.models.repository.DEFAULT_EMBEDDING (the others search the faces enrolled under them)
+    embedding_model: str | None = None
     # FACESERVE_EMBEDDING_CACHE: faces whose embedding each worker keeps by its aligned crop's hash, so that the same
     # photo identified again skips the embedding model (faceserve/pipeline/embedding_cache.py); 0: no cache
     embedding_cache: int = EMBEDDING_CACHE_ENTRIES
@@ -134,6 +137,7 @@ class Settings:
             store=_store_url(data_dir),
             identity_threshold=float(_env("IDENTITY_THRESHOLD", "")) if _env("IDENTITY_THRESHOLD", "") else None,
             identity_far=float(_env("IDENTITY_FAR", "")) if _env("IDENTITY_FAR", "") else None,
+            embedding_model=_env("EMBEDDING_MODEL", "") or None,
             embedding_cache=int(_env("EMBEDDING_CACHE", str(EMBEDDING_CACHE_ENTRIES))),
             enrolment_bars=EnrolmentBars(
                 min_face_px=float(_env("ENROL_MIN_FACE_PX", str(EnrolmentBars.min_face_px))),

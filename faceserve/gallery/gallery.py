@@ -165,6 +165,17 @@ class Gallery:
                           (*model, *model))
         return [(_face(row[:-1]), bool(row[-1])) for row in rows]
 
+    def identities_not_under(self, serving: EmbeddingModel) -> set[str]:
+        """The identities holding faces of this gallery's model and none of `serving`'s: those not yet re-embedded,
+        which only this gallery's model can find."""
+        with self.store.read() as tx:
+            rows = tx.all(f"SELECT DISTINCT f.identity_id FROM gallery_faces f WHERE {SAME_MODEL.format('f')} AND "
+                          f"NOT EXISTS (SELECT 1 FROM gallery_faces s WHERE s.identity_id = f.identity_id AND "
+                          f"{SAME_MODEL.format('s')})",
+                          (self.model.name, self.model.version, self.model.dimension,
+                           serving.name, serving.version, serving.dimension))
+        return {row[0] for row in rows}
+
     def add_reembedded(self, identity_id: str, faces: Sequence[tuple[str, NewFace]], *, caller: Caller = LOCAL,
                        dry_run: bool = False) -> list[str]:
         """Add each (stored face id, its face embedded by this gallery's model) to `identity_id` in one transaction,

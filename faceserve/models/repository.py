@@ -258,23 +258,33 @@ def is_head(spec: ModelSpec) -> bool:
     return tasks.is_head(spec.task)
 
 
+# The embedding model served where a repository holds several and none is named (FACESERVE_EMBEDDING_MODEL): dlib's
+# ResNet separates every pair of the calibration set that FaceRes confuses, at a third of its cost per face
+# (docs/identity.md, "Which embedding").
+DEFAULT_EMBEDDING = "embedding_dlib"
+
+
 @dataclasses.dataclass(frozen=True)
 class Repository:
     path: Path
     specs: dict[str, ModelSpec]
     missing: list[str]  # declared (config.pbtxt) but not built
+    serving_embedding: str | None = None  # the embedding model identity serves; the others search what they enrolled
 
     @classmethod
-    def load(cls, path: Path) -> "Repository":
+    def load(cls, path: Path, embedding: str | None = None) -> "Repository":
+        """`embedding`: the embedding model to serve (FACESERVE_EMBEDDING_MODEL); None: the only one, or
+        DEFAULT_EMBEDDING where several are built."""
         if not path.is_dir():
             raise FileNotFoundError(f"model repository {path} does not exist; run `python -m convert build`")
         built = {d.name: load_spec(d) for d in model_dirs(path)}
         declared = ({d.name for d in path.iterdir() if (d / CONFIG_FILE).is_file()}
                     - {d.name for d in python_model_dirs(path)})
-        # one model per role: per task, and for detectors per decoder (each decoder is its own detector)
+        # one model per role: per task, and for detectors per decoder (each decoder is its own detector); embedding
+        # models are the exception: a gallery enrolled under one is searched with it until it is re-embedded
         roles: dict[tuple[str, str], list[str]] = {}
         for spec in built.values():
-            if spec.task != tasks.CLASSIFIER:
+            if spec.task not in (tasks.CLASSIFIER, tasks.EMBEDDING):
                 role = (spec.task, spec.decoder if spec.task == tasks.DETECTOR else "")
                 roles.setdefault(role, []).append(spec.name)
         for (task, decoder), names in roles.items():
@@ -282,7 +292,8 @@ class Repository:
                 what = f"{decoder} {task}" if decoder else task
                 raise ValueError(f"{path} has several {what} models ({', '.join(sorted(names))}); "
                                  f"keep one per repository")
-        return cls(path, built, sorted(declared - set(built)))
+        embeddings = sorted(name for name, spec in built.items() if spec.task == tasks.EMBEDDING)
+        return cls(path, built, sorted(declared - set(built)), _serving_embedding(path, embeddings, embedding))
 
     def model_file(self, name: str) -> Path:
         """The serving version's model file."""
@@ -311,8 +322,28 @@ class Repository:
 
     @property
     def embedding(self) -> ModelSpec | None:
-        found = list(self.with_task(tasks.EMBEDDING).values())
-        return found[0] if found else None
+        """The serving embedding model: new faces are enrolled, verified and searched with it."""
+        return self.specs[self.serving_embedding] if self.serving_embedding else None
+
+    @property
+    def earlier_embeddings(self) -> list[ModelSpec]:
+        """The other embedding models: each searches the faces enrolled under it until they are re-embedded."""
+        return [spec for name, spec in sorted(self.with_task(tasks.EMBEDDING).items())
+                if name != self.serving_embedding]
+
+
+def _serving_embedding(path: Path, built: list[str], named: str | None) -> str | None:
+    if named:
+        if named not in built:
+            raise ValueError(f"FACESERVE_EMBEDDING_MODEL={named} is not an embedding model of {path}; it has "
+                             f"{', '.join(built) or 'none'} (build it with `python -m convert build --only {named}`)")
+        return named
+    if len(built) <= 1:
+        return built[0] if built else None
+    if DEFAULT_EMBEDDING in built:
+        return DEFAULT_EMBEDDING
+    raise ValueError(f"{path} has several embedding models ({', '.join(built)}); name the one to serve with "
+                     "FACESERVE_EMBEDDING_MODEL")
 
 
 def recipe_from_manifest(entry: Mapping[str, object]) -> dict[str, object]:

@@ -12,6 +12,7 @@ Biometric data stays out of the logs: no name, metadata or vector from a request
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -23,8 +24,10 @@ from pydantic import BaseModel, Field
 
 from faceserve.errors import InvalidRequest
 from faceserve.gallery import EmbeddingModel, Gallery, Match, NewFace, ThumbnailFrame, validation
-from faceserve.models.calibration import BY_MODEL, BY_SETTING, OperatingPoint, unknown_point
+from faceserve.models.calibration import (BY_MODEL, BY_SETTING, OperatingPoint, calibration_for, operating_point,
+                                          unknown_point)
 from faceserve.models.crops import square_box
+from faceserve.models.heads import EmbeddingHead
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
 from faceserve.pipeline import imaging
 from faceserve.pipeline.pipeline import FoundFace, Pipeline, largest
@@ -72,16 +75,45 @@ class Identification(BaseModel):
     model: str = Field(description="embedding model, as name:version")
 
 
+@dataclasses.dataclass
+class EarlierGallery:
+    """The faces enrolled under an embedding model that no longer serves (the repository holds it beside the serving
+    one): each identity holding no face of the serving model is searched with this model, at its own operating
+    point, until `python -m faceserve gallery reembed` embeds its faces again."""
+
+    head: EmbeddingHead
+    gallery: Gallery
+    operating_point: OperatingPoint
+    _pending: tuple[int | None, frozenset[str]] | None = None  # (the gallery's change counter, its identities)
+
+    @property
+    def model(self) -> str:
+        return model_ref(self.head.spec.name, self.head.spec.version)
+
+    def pending(self, serving: Gallery) -> frozenset[str]:
+        """The identities only this model can find, as of the last change of the gallery the serving model's index
+        followed (its counter counts every model's changes)."""
+        version = serving.index.version
+        if self._pending is None or self._pending[0] != version or version is None:
+            self._pending = (version, frozenset(self.gallery.identities_not_under(serving.model)))
+        return self._pending[1]
+
+
 class IdentityStage:
     def __init__(self, pipeline: Pipeline, gallery: Gallery, threshold: float | OperatingPoint,
-                 bars: EnrolmentBars = EnrolmentBars()):
+                 bars: EnrolmentBars = EnrolmentBars(), earlier: Sequence[EarlierGallery] = ()):
         """`threshold`: the operating point (`faceserve.models.calibration.operating_point`), or a bare cosine
-        whose rates are unknown."""
+        whose rates are unknown; `earlier`: the galleries of the repository's other embedding models."""
         self.operating_point = (threshold if isinstance(threshold, OperatingPoint)
                                 else unknown_point(threshold, BY_SETTING, None))
-        self.pipeline, self.gallery, self.bars = pipeline, gallery, bars
+        self.pipeline, self.gallery, self.bars, self.earlier = pipeline, gallery, bars, list(earlier)
         spec = pipeline.require_embedding().spec
         self.model = model_ref(spec.name, spec.version)
+
+    def close(self) -> None:
+        """Stop every gallery's index build (`Gallery.close`)."""
+        for gallery in [self.gallery] + [e.gallery for e in self.earlier]:
+            gallery.close()
 
     @property
     def threshold(self) -> float:
@@ -103,7 +135,15 @@ class IdentityStage:
         log.info("gallery: %s faces of %s", type(store).__name__, model_ref(model.name, model.version))
         if threshold is None:
             threshold = unknown_point(head.spec.score_threshold, BY_MODEL, None)
-        return cls(pipeline, gallery, threshold, bars)
+        earlier = []
+        for name, other in pipeline.earlier_embeddings.items():
+            spec = other.spec
+            # its calibration's operating point at the default FAR target, or its own threshold: FACESERVE_IDENTITY_*
+            # choose the serving model's
+            point = operating_point(spec, calibration_for(spec, pipeline.repository.model_file(name)), None, None)
+            earlier.append(EarlierGallery(other, Gallery(store, EmbeddingModel(spec.name, spec.version, other.dimension),
+                                                         index_dir=index_dir), point))
+        return cls(pipeline, gallery, threshold, bars, earlier)
 
     async def analyze(self, image: np.ndarray, detector: str | None = None) -> Analysis:
         """`Pipeline.analyze` with each face's best match in the gallery (`identity`, None for nobody known)."""
@@ -111,8 +151,11 @@ class IdentityStage:
 
     async def analyze_and_embed(self, image: np.ndarray, detector: str | None = None) -> tuple[Analysis, np.ndarray]:
         """`analyze`, and the unit embedding each face was searched with (one row per face, the answer's order)."""
-        analysis, vectors = await self.pipeline.analyze_and_embed(image, detector)
-        for face, matches in zip(analysis.faces, await self.matches(vectors)):
+        earlier = await self._searching()
+        analysis, (vectors, *others) = await self.pipeline.analyze_and_embed_by(
+            image, detector, [self.pipeline.require_embedding()] + [e.head for e in earlier])
+        found = await self._with_earlier(await self.matches(vectors), earlier, others, 1)
+        for face, matches in zip(analysis.faces, found):
             face.identity = matches[0] if matches else None
         analysis.identity_operating_point = self.operating_point
         return analysis, vectors
@@ -155,7 +198,10 @@ class IdentityStage:
 
     async def identify(self, image: np.ndarray, detector: str | None, top_k: int) -> Identification:
         faces = await self.pipeline.locate(image, detector)
-        found = await self.matches(await self.pipeline.embed(image, faces), top_k)
+        earlier = await self._searching()
+        vectors = await asyncio.gather(self.pipeline.embed(image, faces),
+                                       *(self.pipeline.embed(image, faces, e.head) for e in earlier))
+        found = await self._with_earlier(await self.matches(vectors[0], top_k), earlier, vectors[1:], top_k)
         return Identification(
             width=image.shape[1], height=image.shape[0], threshold=self.threshold,
             operating_point=self.operating_point, model=self.model,
@@ -164,15 +210,24 @@ class IdentityStage:
 
     async def matches(self, vectors: np.ndarray, top_k: int = 1) -> list[list[IdentityMatch]]:
         """For each unit vector (row), up to `top_k` identities at or above the threshold, best first."""
-        answers: list[list[IdentityMatch]] = [[] for _ in range(len(vectors))]
-        # A zero or non-finite vector (no unit vector) matches nobody.
-        searchable = [i for i, vector in enumerate(vectors) if np.any(vector) and np.all(np.isfinite(vector))]
-        if searchable:
-            found = await asyncio.to_thread(self.gallery.search, vectors[searchable], top_k)
-            for i, candidates in zip(searchable, found):
-                answers[i] = [_match(m) for m in candidates if math.isfinite(m.similarity)
-                              and m.similarity >= self.threshold]
-        return answers
+        return await _search(self.gallery, vectors, top_k, self.threshold)
+
+    async def _searching(self) -> list[EarlierGallery]:
+        """The earlier models that still have identities to find: only they are run."""
+        pending = await asyncio.gather(*(asyncio.to_thread(e.pending, self.gallery) for e in self.earlier))
+        return [e for e, identities in zip(self.earlier, pending) if identities]
+
+    async def _with_earlier(self, found: list[list[IdentityMatch]], earlier: list[EarlierGallery],
+                            vectors: Sequence[np.ndarray], top_k: int) -> list[list[IdentityMatch]]:
+        """`found` (the serving model's matches per face) and, after them, each earlier model's matches among the
+        identities not yet re-embedded (its `vectors`: the same faces by that model), up to `top_k` a face.
+        Similarities of two models are on two scales, so they are not merged by value: a match says its model."""
+        for model, by_model in zip(earlier, vectors):
+            more = await _search(model.gallery, by_model, top_k, model.operating_point.threshold,
+                                 await asyncio.to_thread(model.pending, self.gallery))
+            found = [(mine + [match.model_copy(update={"model": model.model}) for match in theirs])[:top_k]
+                     for mine, theirs in zip(found, more)]
+        return found
 
     async def _at_box(self, image: np.ndarray, box: Sequence[float], label: str) -> FoundFace:
         x1, y1, x2, y2 = validation.box(box)
@@ -183,6 +238,22 @@ class IdentityStage:
         if face.score < PRESENCE_THRESHOLD:
             raise InvalidRequest(f"{label}: the landmark model sees no face in the given box", code="no_face")
         return face
+
+
+async def _search(gallery: Gallery, vectors: np.ndarray, top_k: int, threshold: float,
+                  among: frozenset[str] | None = None) -> list[list[IdentityMatch]]:
+    """For each unit vector (row), up to `top_k` identities at or above `threshold` (`among` these only, if given),
+    best first."""
+    answers: list[list[IdentityMatch]] = [[] for _ in range(len(vectors))]
+    # A zero or non-finite vector (no unit vector) matches nobody.
+    searchable = [i for i, vector in enumerate(vectors) if np.any(vector) and np.all(np.isfinite(vector))]
+    if searchable:
+        # `among`: a search of top_k may be filled by identities outside it, so every candidate it can return
+        found = await asyncio.to_thread(gallery.search, vectors[searchable], top_k if among is None else top_k + 32)
+        for i, candidates in zip(searchable, found):
+            answers[i] = [_match(m) for m in candidates if math.isfinite(m.similarity) and m.similarity >= threshold
+                          and (among is None or m.identity_id in among)][:top_k]
+    return answers
 
 
 def _largest(faces: list[FoundFace], label: str) -> FoundFace:

@@ -67,6 +67,9 @@ class Pipeline:
         # the identity stage's: its vectors are consumed there, never answered as a field
         self.embedding: EmbeddingHead | None = (heads.head_for(repository.embedding)
                                                 if repository.embedding else None)
+        # the other embedding models: the identity stage searches the faces enrolled under each with it
+        self.earlier_embeddings: dict[str, EmbeddingHead] = {
+            spec.name: heads.head_for(spec) for spec in repository.earlier_embeddings}
         self._detectors = detectors.build(repository.detectors, backend)
         self.default_detector = detectors.default(self._detectors)
         self.default_detector_reason = detectors.default_reason(self._detectors)
@@ -176,15 +179,21 @@ class Pipeline:
         return sorted(sure + kept, key=lambda d: -d.score)
 
     async def analyze(self, image: np.ndarray, detector: str | None = None) -> Analysis:
-        return (await self._analyze(image, detector, embed=False))[0]
+        return (await self._analyze(image, detector))[0]
 
     async def analyze_and_embed(self, image: np.ndarray, detector: str | None = None) -> tuple[Analysis, np.ndarray]:
         """`analyze`, and each face's unit embedding (one row per face, in the answer's order) from the same
         round of head calls."""
-        self.require_embedding()
-        return await self._analyze(image, detector, embed=True)
+        analysis, (vectors,) = await self.analyze_and_embed_by(image, detector, [self.require_embedding()])
+        return analysis, vectors
 
-    async def _analyze(self, image: np.ndarray, detector: str | None, embed: bool) -> tuple[Analysis, np.ndarray | None]:
+    async def analyze_and_embed_by(self, image: np.ndarray, detector: str | None,
+                                   embeddings: Sequence[EmbeddingHead]) -> tuple[Analysis, list[np.ndarray]]:
+        """`analyze_and_embed` by each of these embedding heads (the serving one or earlier ones), in one round."""
+        return await self._analyze(image, detector, embeddings)
+
+    async def _analyze(self, image: np.ndarray, detector: str | None,
+                       embeddings: Sequence[EmbeddingHead] = ()) -> tuple[Analysis, list[np.ndarray]]:
         chosen = self.detector(detector)
         started = time.perf_counter()
         detections = await self.detect_with(chosen, image)
@@ -193,10 +202,10 @@ class Pipeline:
         placed = time.perf_counter()
         head_set, request_key = _PINNED.get() or self._head_set, _REQUEST_KEY.get()
         with head_set.using() as serving:
-            heads_run = serving + ([self.embedding] if embed else [])
             answers, comparisons, answering = await self._heads(
-                image, faces, heads_run, head_set.trials if request_key is not None else {}, request_key)
-        vectors = answers.pop(EMBEDDING_ANSWER) if embed else None
+                image, faces, serving + list(embeddings), head_set.trials if request_key is not None else {},
+                request_key)
+        vectors = [answers.pop(self._answer_key(head)) for head in embeddings]
         finished = time.perf_counter()
         used = (answering + ([chosen.spec] if chosen.spec is not None else [])
                 + ([self._landmarks.spec] if self._landmarks else []))
@@ -226,17 +235,24 @@ class Pipeline:
         placements = await self.place(image, boxes)
         return await self._found(image, boxes, [p.presence if p else 1.0 for p in placements], placements)
 
-    async def embed(self, image: np.ndarray, faces: list[FoundFace]) -> np.ndarray:
-        """The (faces, dimension) unit embeddings of these faces."""
-        embedding = self.require_embedding()
+    async def embed(self, image: np.ndarray, faces: list[FoundFace], head: EmbeddingHead | None = None) -> np.ndarray:
+        """The (faces, dimension) unit embeddings of these faces, by `head` (None: the serving embedding model)."""
+        embedding = head or self.require_embedding()
         if not faces:
             return np.zeros((0, embedding.dimension), np.float32)
-        return (await self._heads(image, faces, [embedding]))[0][EMBEDDING_ANSWER]
+        return (await self._heads(image, faces, [embedding]))[0][self._answer_key(embedding)]
+
+    def _answer_key(self, head: Head) -> str:
+        """Where `_heads` puts a head's answers: its field; the embedding heads' vectors under names no field has."""
+        if not isinstance(head, EmbeddingHead):
+            return head.field
+        return EMBEDDING_ANSWER if head.spec.name == self.repository.serving_embedding else \
+            f"{EMBEDDING_ANSWER}:{head.spec.name}"
 
     def require_embedding(self) -> EmbeddingHead:
         if self.embedding is None:
             raise NotFound("the model repository has no embedding model (task `embedding`); build one with "
-                           "`python -m convert build --only faceres`", code="no_embedding_model")
+                           "`python -m convert build --only embedding_dlib`", code="no_embedding_model")
         return self.embedding
 
     async def _placed(self, image: np.ndarray, detections: list[Detection]) -> list[FoundFace]:
@@ -273,7 +289,7 @@ class Pipeline:
         version (on the same batch where their recipes agree), in the same round; a canary's candidate answers
         where `request_key` draws it. Every crop is cut in one worker-thread hop, then all models run at once
         (the embedding head on the faces its cache does not hold)."""
-        keys = [EMBEDDING_ANSWER if isinstance(head, EmbeddingHead) else head.field for head in run]
+        keys = [self._answer_key(head) for head in run]
         trials = {key: trials[key] for key in keys if trials and key in trials}
         answering, beside = list(run), []  # beside: (index in run, the other version of that field)
         for i, key in enumerate(keys):

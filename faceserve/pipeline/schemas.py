@@ -34,6 +34,9 @@ class IdentityMatch(BaseModel):
     name: str
     similarity: float = Field(description="cosine similarity of the face to the identity's closest enrolled face, "
                                           "-1..1")
+    model: str | None = Field(None, description="the embedding model the similarity is from, as name:version, where "
+                                                "it is not the serving one: the identity was enrolled under an "
+                                                "earlier model and is not yet re-embedded")
 
 
 class Quality(BaseModel):

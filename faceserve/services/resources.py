@@ -60,7 +60,7 @@ class Resources:
         self.settings = settings
         path = repository or settings.repository
         self._configs_seen = configs_signature(path)
-        loaded = Repository.load(path)
+        loaded = Repository.load(path, settings.embedding_model)
         backend = backend or create(settings.backend, loaded.path, threads=settings.ort_threads,
                                     timeout_s=settings.backend_timeout_s, batch_delay_us=settings.batch_delay_us)
         self.pipeline = Pipeline(loaded, backend, max_faces=settings.limits.max_faces,
@@ -103,7 +103,8 @@ class Resources:
             await self.start()
             self._configs_seen = await asyncio.to_thread(configs_signature, self.repository.path)
             try:
-                repository = await asyncio.to_thread(Repository.load, self.repository.path)
+                repository = await asyncio.to_thread(Repository.load, self.repository.path,
+                                                      self.settings.embedding_model)
             except (ValueError, OSError) as exc:  # SpecError is a ValueError
                 raise RepositoryInvalid(f"the model repository cannot be served as it is now: {exc}") from None
             swapped = await self.pipeline.swap(repository)
@@ -150,7 +151,7 @@ class Resources:
         if self._feedback.opened is not None:
             await asyncio.to_thread(self._feedback.opened.close)
         if self._identity.opened is not None:
-            await asyncio.to_thread(self._identity.opened.gallery.close)
+            await asyncio.to_thread(self._identity.opened.close)
         await self.pipeline.backend.close()
         if self._store is not None:
             self._store.close()

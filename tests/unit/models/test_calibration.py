@@ -135,19 +135,23 @@ def test_the_committed_calibration_follows_its_model_through_a_rebuild_but_not_i
     from faceserve.settings import PROJECT_ROOT
 
     repository = Repository.load(PROJECT_ROOT / "model_repository")
-    spec = repository.embedding
-    built = repository.model_file(spec.name) if spec else None
-    if built is None or not built.is_file():
-        pytest.skip("the repository's embedding model is not built (make repository)")
-    committed = calibration_for(spec, built)
-    assert committed is not None and committed.model == spec.name and len(committed.probe) == 1024
-    rebuilt = onnx.load(str(built))
-    rebuilt.producer_name = "another machine's convert"
-    onnx.save(rebuilt, str(tmp_path / "rebuilt.onnx"))
-    assert file_sha256(tmp_path / "rebuilt.onnx") != committed.model_sha256
-    assert calibration_for(spec, tmp_path / "rebuilt.onnx") == committed
-    quantize_dynamic(str(built), str(tmp_path / "int8.onnx"), weight_type=QuantType.QInt8)
-    assert calibration_for(spec, tmp_path / "int8.onnx") is None
+    if repository.embedding is None:
+        pytest.skip("the repository has no embedding model built (make repository)")
+    # the serving model (embedding_dlib) and faceres beside it: each has its calibration committed
+    assert {spec.name for spec in [repository.embedding, *repository.earlier_embeddings]} >= {"embedding_dlib",
+                                                                                             "faceres"}
+    for spec in [repository.embedding, *repository.earlier_embeddings]:
+        built = repository.model_file(spec.name)
+        committed = calibration_for(spec, built)
+        assert committed is not None and committed.model == spec.name
+        assert len(committed.probe) == spec.output_dims[0][-1]  # the model's descriptor of the probe input
+        rebuilt = onnx.load(str(built))
+        rebuilt.producer_name = "another machine's convert"
+        onnx.save(rebuilt, str(tmp_path / "rebuilt.onnx"))
+        assert file_sha256(tmp_path / "rebuilt.onnx") != committed.model_sha256
+        assert calibration_for(spec, tmp_path / "rebuilt.onnx") == committed
+        quantize_dynamic(str(built), str(tmp_path / "int8.onnx"), weight_type=QuantType.QInt8)
+        assert calibration_for(spec, tmp_path / "int8.onnx") is None
 
 
 def test_the_far_target_is_read_from_its_variable(monkeypatch):

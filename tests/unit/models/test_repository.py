@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 
@@ -76,3 +77,25 @@ def test_two_models_answering_one_field_are_refused(tmp_path):
     write_onnx_model_folder(tmp_path / "b", dataclasses.replace(head, name="b"), b"")
     with pytest.raises(ValueError, match="several age models"):
         Repository.load(tmp_path)
+
+
+def test_several_embedding_models_serve_one_and_keep_the_others_for_their_galleries(tmp_path):
+    embedding = dataclasses.replace(detector_spec(), task="embedding", decoder="embedding",
+                                    output_names=("descriptor",), output_dims=((128,),))
+    for name in ("faceres", repository.DEFAULT_EMBEDDING, "other"):
+        write_onnx_model_folder(tmp_path / name, dataclasses.replace(embedding, name=name), b"")
+    repo = Repository.load(tmp_path)
+    assert repo.embedding.name == repository.DEFAULT_EMBEDDING
+    assert [s.name for s in repo.earlier_embeddings] == ["faceres", "other"]
+    named = Repository.load(tmp_path, embedding="faceres")
+    assert named.embedding.name == "faceres" and [s.name for s in named.earlier_embeddings] == [
+        repository.DEFAULT_EMBEDDING, "other"]
+    with pytest.raises(ValueError, match="FACESERVE_EMBEDDING_MODEL=absent is not an embedding model of .*; it has "
+                                         "embedding_dlib, faceres, other"):
+        Repository.load(tmp_path, embedding="absent")
+    shutil.rmtree(tmp_path / repository.DEFAULT_EMBEDDING)
+    with pytest.raises(ValueError, match=r"several embedding models \(faceres, other\); name the one to serve"):
+        Repository.load(tmp_path)
+    shutil.rmtree(tmp_path / "other")
+    only = Repository.load(tmp_path)
+    assert only.embedding.name == "faceres" and only.earlier_embeddings == []

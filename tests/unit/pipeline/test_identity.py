@@ -10,6 +10,8 @@ import dataclasses
 import hashlib
 import io
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -57,10 +59,21 @@ class ScriptedPipeline:
     presence: float = 0.95
     quality: Quality = dataclasses.field(default_factory=lambda: GOOD)  # of a face at a caller's box
     located: list = dataclasses.field(default_factory=list)  # the detector each locate was asked for
+    # an earlier embedding model's answers, by box, and the models each embed call ran
+    earlier_vectors: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)
+    embedded_by: list = dataclasses.field(default_factory=list)
 
     def require_embedding(self):
-        spec = type("Spec", (), {"name": "scripted", "version": "3", "score_threshold": 0.5})
-        return type("Head", (), {"spec": spec, "dimension": DIMENSION})
+        return scripted_head("scripted", "3", 0.5)
+
+    @property
+    def repository(self):
+        """Model files that do not exist: no calibration applies to scripted models."""
+        return type("Repository", (), {"model_file": staticmethod(lambda name: Path("/nonexistent") / name)})
+
+    @property
+    def earlier_embeddings(self) -> dict:
+        return {"earlier": scripted_head("earlier", "1", 0.8)} if self.earlier_vectors else {}
 
     async def locate(self, photo, detector=None):
         self.located.append(detector)
@@ -69,15 +82,23 @@ class ScriptedPipeline:
     async def at_boxes(self, photo, boxes):
         return [FoundFace(tuple(map(float, box)), self.presence, None, self.quality) for box in boxes]
 
-    async def embed(self, photo, faces):
-        return np.stack([self.vectors[f.box] for f in faces]) if faces else np.zeros((0, DIMENSION), np.float32)
+    async def embed(self, photo, faces, head=None):
+        name = head.spec.name if head is not None else "scripted"
+        self.embedded_by.append(name)
+        vectors = self.vectors if name == "scripted" else self.earlier_vectors
+        return np.stack([vectors[f.box] for f in faces]) if faces else np.zeros((0, DIMENSION), np.float32)
 
-    async def analyze_and_embed(self, photo, detector=None):
+    async def analyze_and_embed_by(self, photo, detector, heads):
         found = await self.locate(photo, detector)
         analysis = Analysis(width=photo.shape[1], height=photo.shape[0], detector="scripted", models={},
                             missing_heads=[], timings_ms={}, faces=[Face(box=Box(x1=f.box[0], y1=f.box[1], x2=f.box[2], y2=f.box[3]), score=f.score)
                                    for f in found])
-        return analysis, await self.embed(photo, found)
+        return analysis, [await self.embed(photo, found, head) for head in heads]
+
+
+def scripted_head(name: str, version: str, threshold: float):
+    spec = type("Spec", (), {"name": name, "version": version, "score_threshold": threshold})
+    return type("Head", (), {"spec": spec, "dimension": DIMENSION})
 
 
 @pytest.fixture
@@ -272,6 +293,40 @@ def test_analyze_gives_each_face_its_best_match_or_none(stage, pipeline, gallery
     analysis = run(stage.analyze(image(1)))
     assert [(f.identity.id, f.identity.name, f.identity.similarity) if f.identity else None
             for f in analysis.faces] == [(ada.id, "Ada", 0.9939), None]
+
+
+def test_identities_enrolled_under_an_earlier_model_are_found_with_it_until_re_embedded(pipeline, tmp_path, run):
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        serving, earlier = (Gallery(store, EmbeddingModel(name, version, DIMENSION))
+                            for name, version in (("scripted", "3"), ("earlier", "1")))
+        ada = serving.create_identity("Ada", faces=[NewFace(unit(1, 0, 0, 0), SHA256, (0, 0, 1, 1))])
+        eve = earlier.create_identity("Eve", faces=[NewFace(unit(0, 1, 0, 0), SHA256, (0, 0, 1, 1))])
+        known, old, stranger = face(0, 0, 40, 40), face(60, 0, 100, 40), face(120, 0, 160, 40)
+        pipeline.faces = {1: [known, old, stranger]}
+        # the serving model knows nobody in Eve's photo; the earlier model knows her (its threshold: 0.8)
+        pipeline.vectors = {known.box: unit(1, 0, 0, 0), old.box: unit(0.5, 0, 0.86, 0), stranger.box: unit(0, 0, 0, 1)}
+        pipeline.earlier_vectors = {known.box: unit(0, 0, 1, 0), old.box: unit(0, 0.9, 0.1, 0),
+                                    stranger.box: unit(0.5, 0.5, 0.5, 0.5)}
+        stage = IdentityStage.open(pipeline, store, threshold=0.6)
+        assert [(e.model, e.operating_point.threshold) for e in stage.earlier] == [("earlier:1", 0.8)]
+        found = run(stage.identify(image(1), None, top_k=5))
+        assert [[(m.name, m.similarity, m.model) for m in f.matches] for f in found.faces] == [
+            [("Ada", 1.0, None)], [("Eve", 0.9939, "earlier:1")], []]
+        analysis = run(stage.analyze(image(1)))
+        assert [(f.identity.name, f.identity.model) if f.identity else None for f in analysis.faces] == [
+            ("Ada", None), ("Eve", "earlier:1"), None]
+        # Eve re-embedded: only the serving model searches for her, and the earlier model no longer runs
+        stage.gallery.add_reembedded(eve.id, [(eve.faces[0].id, NewFace(unit(0, 0, 1, 0), SHA256, (0, 0, 1, 1)))])
+        found = run(stage.identify(image(1), None, top_k=5))
+        assert [[(m.name, m.model) for m in f.matches] for f in found.faces] == [[("Ada", None)], [("Eve", None)], []]
+        pipeline.embedded_by.clear()
+        run(stage.identify(image(1), None, top_k=5))
+        assert pipeline.embedded_by == ["scripted"]
+        assert ada.id != eve.id
+        stage.close()
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="module")
