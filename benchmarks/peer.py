@@ -177,14 +177,16 @@ def repository_with(embedding: str | None):
     """The settings' model repository with `embedding` its only embedding model (None: the one it serves), as a
     folder of links to its model folders; and that model's name."""
     from faceserve.models import tasks
-    from faceserve.models.repository import load_spec, model_dirs
+    from faceserve.models.repository import Repository, load_spec, model_dirs
     from faceserve.settings import Settings
 
-    repository = Settings.from_env().repository
+    settings = Settings.from_env()
+    repository = settings.repository
     embeddings = sorted(d.name for d in model_dirs(repository) if load_spec(d).task == tasks.EMBEDDING)
     if not embeddings:
-        raise Skip(f"{repository} has no embedding model; build one with `python -m convert build --only faceres`")
-    embedding = embedding or embeddings[0]
+        raise Skip(f"{repository} has no embedding model; build one with "
+                   "`python -m convert build --only embedding_dlib`")
+    embedding = embedding or Repository.load(repository, settings.embedding_model).embedding.name
     if embedding not in embeddings:
         raise Skip(f"{embedding} is not an embedding model of {repository} (those built: {', '.join(embeddings)})")
     with tempfile.TemporaryDirectory(prefix="faceserve-peer-") as folder:

@@ -266,7 +266,7 @@ def test_enrolment_needs_exactly_one_face_or_its_box(client):
                  data={"identity_id": person["id"], "boxes": json.dumps([kit_box]), "thumbnails": "true"},
                  files=[upload(group, "images")])
     (face,) = added["faces"]
-    assert face["box"] == kit_box and face["has_thumbnail"] and face["model"].startswith("faceres:")
+    assert face["box"] == kit_box and face["has_thumbnail"] and face["model"].startswith("embedding_dlib:")
     thumbnail = client.post("/identities/face_thumbnail", json={"face_id": face["id"]}, timeout=30)
     assert thumbnail.headers["content-type"] == "image/jpeg" and thumbnail.content[:2] == b"\xff\xd8"
     # the face with room around it, at most 256 px a side, its box where the answer says: inside the thumbnail,
@@ -300,7 +300,7 @@ def test_export_then_import_elsewhere_and_a_different_model_version_refused(clie
     exported = client.post("/gallery/export", timeout=60)
     assert exported.headers["content-type"] == "application/x-ndjson"
     header, line = exported.content.splitlines()
-    assert b'"faceres"' in header and identity["id"].encode() in line
+    assert b'"embedding_dlib"' in header and identity["id"].encode() in line
     assert post(client, "/gallery/import", files={"file": ("g.jsonl", exported.content, "application/x-ndjson")}) == {
         "identities": 0, "faces": 0, "identities_present": 1, "faces_present": 2}  # all there already, identical
 

@@ -53,5 +53,6 @@ def test_each_embedding_model_named_is_measured_on_its_own(tmp_path, monkeypatch
     for a, b in zip(*(side.vectors for side in sides.values())):
         assert a.shape == (1024,) and np.allclose(a, b, atol=1e-5)
     assert sides["faceres"].measure.score(*sides["faceres"].vectors) >= sides["faceres"].threshold
-    with pytest.raises(Skip, match="embedding_dlib is not an embedding model of .*: embedding_copy, faceres"):
-        peer.faceserve_side(OBAMA, 1, "embedding_dlib")
+    with pytest.raises(Skip, match="mobilefacenet is not an embedding model of .*: embedding_copy, embedding_dlib, "
+                                   "faceres"):
+        peer.faceserve_side(OBAMA, 1, "mobilefacenet")
