@@ -185,6 +185,8 @@ async def _index(args: argparse.Namespace) -> int:
     except OSError as error:
         return _failed("index_not_saved", f"the index could not be saved: {error} (set FACESERVE_INDEX_DIR to a "
                                           "writable folder)")
+    except RuntimeError as error:  # ann.build: what it saved does not open
+        return _failed("index_build_failed", str(error))
     finally:
         await services.close()
     model = index.model

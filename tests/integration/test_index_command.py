@@ -4,6 +4,7 @@ the gallery reads (beside the store, FACESERVE_INDEX_DIR unset), and a worker st
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -21,10 +22,10 @@ from tests.support import ROOT
 SHA256 = "cd" * 32
 
 
-def index_command(repository: Path, *args: str) -> subprocess.CompletedProcess:
+def index_command(repository: Path, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
     env = {name: value for name, value in os.environ.items()
            if name not in ("FACESERVE_STORE", "FACESERVE_GALLERY", "FACESERVE_INDEX_DIR")}
-    env["FACESERVE_MODEL_REPOSITORY"] = str(repository)
+    env.update(FACESERVE_MODEL_REPOSITORY=str(repository), **env_vars)
     return subprocess.run([sys.executable, "-m", "faceserve", "gallery", "index", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -35,6 +36,11 @@ def reported(result: subprocess.CompletedProcess) -> dict:
     return json.loads(line)
 
 
+def refused(result: subprocess.CompletedProcess, exit_code: int) -> dict:
+    assert result.returncode == exit_code and result.stdout == "", result.stderr
+    return json.loads(result.stderr.strip().splitlines()[-1])
+
+
 def counter(store) -> int:
     with store.read() as tx:
         return tx.one("SELECT version FROM store_changes WHERE topic = 'gallery'")[0]
@@ -42,9 +48,7 @@ def counter(store) -> int:
 
 def test_a_store_that_does_not_exist_is_refused_and_nothing_is_made(repository, tmp_path):
     missing = tmp_path / "nowhere" / "faceserve.db"
-    result = index_command(repository, "--store", f"sqlite:///{missing}")
-    assert result.returncode == 2 and result.stdout == ""
-    error = json.loads(result.stderr.strip().splitlines()[-1])
+    error = refused(index_command(repository, "--store", f"sqlite:///{missing}"), 2)
     assert error["error"] == "store_not_found" and str(missing) in error["message"]
     assert list(tmp_path.iterdir()) == []
 
@@ -98,5 +102,20 @@ def test_the_command_builds_what_a_worker_then_starts_from_and_a_second_run_keep
             "current", True, 240, 240, str(folder / "240"))
         assert (folder / "240" / ann.GRAPH).stat().st_mtime_ns == graph_written
         assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["240"]
+
+        enrolled.delete_identity(ids[0])
+        with open(folder / ".lock", "w") as lock:  # another build of the machine runs: the command waits, then says so
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            busy = refused(index_command(repository, "--store", url, "--force", "--wait-s", "0.5"), 3)
+        assert busy["error"] == "index_busy" and "still builds the index" in busy["message"]
+        unwritable = tmp_path / "a-file"
+        unwritable.write_text("")
+        not_saved = refused(index_command(repository, "--store", url, "--force",
+                                          FACESERVE_INDEX_DIR=str(unwritable)), 2)
+        assert not_saved["error"] == "index_not_saved" and "FACESERVE_INDEX_DIR" in not_saved["message"]
+        assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["240"]
+        after = reported(index_command(repository, "--store", url, "--force"))
+        assert (after["outcome"], after["change"], after["faces"], after["identities"]) == ("built", 241, 239, 239)
+        assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["241"]
     finally:
         store.close()
