@@ -482,3 +482,18 @@ def test_build_now_waits_for_the_machines_other_build_or_says_it_is_busy(open_ga
     (result,) = waited
     assert (result.outcome, result.version, result.faces) == (CURRENT, 300, 300)  # what the worker saved, kept
     assert held_build.calls == 1 and saved_versions(tmp_path) == ["300"]
+
+
+def test_build_now_on_each_engine_a_worker_starts_from_it(gallery_each_engine, monkeypatch):
+    from faceserve.gallery.index import BUILT
+
+    faces = vectors(250)
+    builder = gallery_each_engine()
+    ids = enrol(builder, faces)
+    result = builder.index.build_now()
+    assert (result.outcome, result.version, result.faces, result.identities) == (BUILT, 250, 250, 250)
+    assert json.loads((result.folder / "manifest.json").read_text())["version"] == store_counter(builder)
+    builds = CountedBuilds(monkeypatch)
+    worker = gallery_each_engine()
+    assert top1(worker, faces[:10]) == ids[:10] and worker.index.saved.folder == result.folder
+    assert not worker.index.building and builds.calls == 0
