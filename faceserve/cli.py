@@ -13,6 +13,13 @@ than the serving one, embedded again by it from its thumbnail (docs/identity.md)
 when every face that could be re-embedded was, 1 when some could not (the report names them), 2 when the command
 could not run.
 
+`faceserve gallery index [--store URL] [--wait-s N] [--force]`: the gallery's saved search index built at the store's
+current change, in the folder the workers read (FACESERVE_INDEX_DIR, else beside the store), before they start, so
+that they start warm and none holds the whole gallery while building (docs/identity.md); one JSON line on stdout.
+Exit 0 when it was built, one at that change was kept, or the gallery is searched exactly (below EXACT_BELOW faces,
+nothing built unless --force); 2 when the command could not run (no such store, store unreachable, build failed);
+3 when another process still built after --wait-s.
+
 `faceserve keys new --id ID --scopes analyze,enrol`: a new API key, printed once, and its line for the key file
 (FACESERVE_API_KEYS_FILE, docs/security.md), which holds only the key's digest."""
 
@@ -24,15 +31,19 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from faceserve.errors import FaceserveError
+from faceserve.gallery.index import CURRENT, BuildBusy
 from faceserve.models.detectors import DEFAULT_DETECTOR, REGISTRY
+from faceserve.models.versions import model_ref
 from faceserve.pipeline import imaging
 from faceserve.pipeline.annotate import annotate
 from faceserve.pipeline.schemas import Analysis
 from faceserve.services import Services
 from faceserve.settings import Settings
+from faceserve.store import SQLITE_PREFIX
 
 
 def _analyze_on_server(args: argparse.Namespace) -> int:
@@ -155,6 +166,43 @@ async def _reembed(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+async def _index(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings.store.startswith(SQLITE_PREFIX) and not Path(settings.store[len(SQLITE_PREFIX):]).is_file():
+        # opening it would make an empty store, where the workers' own might be meant (a mistyped path)
+        return _failed("store_not_found", f"no store at {settings.store}: give --store or FACESERVE_STORE (or "
+                                          "FACESERVE_DATA_DIR) of the gallery to index")
+    services = Services.build(settings)
+    try:
+        stage = await services.resources.identity()  # the serving model's gallery, as the workers open it
+        index, started = stage.gallery.index, time.monotonic()
+        result = await asyncio.to_thread(index.build_now, force=args.force, wait_s=args.wait_s)
+    except FaceserveError as error:
+        print(json.dumps(error.body()), file=sys.stderr)
+        return 2
+    except BuildBusy as error:
+        return _failed("index_busy", f"{error}; run again later, or with a longer --wait-s", 3)
+    except OSError as error:
+        return _failed("index_not_saved", f"the index could not be saved: {error} (set FACESERVE_INDEX_DIR to a "
+                                          "writable folder)")
+    except RuntimeError as error:  # ann.build: what it saved does not open
+        return _failed("index_build_failed", str(error))
+    finally:
+        await services.close()
+    model = index.model
+    print(json.dumps({"model": model_ref(model.name, model.version), "dimension": model.dimension,
+                      "outcome": result.outcome, "kept": result.outcome == CURRENT, "change": result.version,
+                      "faces": result.faces, "identities": result.identities, "exact_below": index.exact_below,
+                      "seconds": round(time.monotonic() - started, 3),
+                      "folder": str(result.folder or index.folder)}))
+    return 0
+
+
+def _failed(code: str, message: str, exit_code: int = 2) -> int:
+    print(json.dumps({"error": code, "message": message}), file=sys.stderr)
+    return exit_code
+
+
 def _new_key(args: argparse.Namespace) -> int:
     from faceserve.http.keys import new_key, parse_scopes
 
@@ -211,6 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     re_embed.add_argument("--repository", type=Path, help="model repository (default: FACESERVE_MODEL_REPOSITORY)")
     re_embed.add_argument("--dry-run", action="store_true",
                           help="embed and count as a real run would, write nothing")
+    index = gallery.add_parser("index", help="build the gallery's saved search index at the store's current change, "
+                                              "before the workers start (one JSON line)")
+    index.add_argument("--store", metavar="URL", help="sqlite:///path or postgresql://... "
+                                                      "(default: FACESERVE_STORE, else FACESERVE_DATA_DIR's)")
+    index.add_argument("--repository", type=Path, help="model repository (default: FACESERVE_MODEL_REPOSITORY)")
+    index.add_argument("--wait-s", type=float, metavar="N",
+                       help="wait at most N seconds for another process's build (default: until it ends)")
+    index.add_argument("--force", action="store_true",
+                       help="build even below the size where the workers search exactly (EXACT_BELOW faces)")
     keys = sub.add_parser("keys", help="API keys (docs/security.md)").add_subparsers(dest="keys_command",
                                                                                      required=True)
     new = keys.add_parser("new", help="make a key: print it once, and its line for FACESERVE_API_KEYS_FILE")
@@ -223,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "jobs":
         return _jobs(args)
     if args.command == "gallery":
-        return asyncio.run(_reembed(args))
+        return asyncio.run(_index(args) if args.gallery_command == "index" else _reembed(args))
     if args.command == "models":
         return asyncio.run(_compare(args))
     return asyncio.run(_analyze(args))

@@ -16,10 +16,15 @@ its removed faces masked. The build reflects the change it started at; once save
 one step and the changes since are read then. One process of a machine builds at a time (a file lock): the
 others' builds wait for it, then open what it saved. A build that fails is logged and tried again later (after `build_retry_s`,
 doubling); `close` stops a running one.
+
+`build_now` makes the saved index of the store's current change in the calling thread, before any worker opens the
+gallery (`python -m faceserve gallery index`): its faces read a page at a time, never the whole gallery as one
+float32 matrix, under the same file lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -28,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -45,6 +51,8 @@ FACES = ("SELECT f.id, f.identity_id, i.name, f.vector FROM gallery_faces f "
          "WHERE f.model_name = ? AND f.model_version = ? AND f.dimension = ? AND f.version > ? AND f.version <= ?")
 REMOVED = "SELECT face_id FROM gallery_removed_faces WHERE version > ? AND version <= ?"
 COUNT = "SELECT COUNT(*) FROM gallery_faces WHERE model_name = ? AND model_version = ? AND dimension = ?"
+SIZE = ("SELECT COUNT(*), COUNT(DISTINCT identity_id) FROM gallery_faces "
+        "WHERE model_name = ? AND model_version = ? AND dimension = ?")
 PAGE = FACES + " AND f.id > ? ORDER BY f.id LIMIT ?"
 # The store's creation time: a saved index follows this store, not another one that reached the same counter.
 BIRTH = "SELECT applied_at FROM store_migrations WHERE component = 'store' AND version = 1"
@@ -77,6 +85,26 @@ class _State:
 
 class BuildCancelled(Exception):
     """A build stopped before its end: the index is closing, or what it was built for was replaced."""
+
+
+class BuildBusy(TimeoutError):
+    """Another process of the machine still held the build lock when `build_now` stopped waiting for it."""
+
+
+# What `build_now` did: saved the index, kept the one saved at the current change, or built none (exact search).
+BUILT, CURRENT, EXACT = "built", "current", "exact"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+    """`build_now`'s answer: `outcome`, the change the index reflects (EXACT: the store's change counter), the faces
+    and identities it holds (EXACT: the model's faces in the store), its folder (EXACT: None)."""
+
+    outcome: str
+    version: int
+    faces: int
+    identities: int
+    folder: Path | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,15 +327,7 @@ class GalleryIndex:
     def _build_locked(self, plan: _Plan) -> ann.SavedIndex:
         """The index `plan` asks for, or one another process saved meanwhile (one of the plan's change or later;
         with no base, any the store can catch up from); one process of the machine builds at a time."""
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "w") as lock:
-            while True:
-                self._check(plan)
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    self._closing.wait(0.1)
+        with self._build_lock(lambda: self._check(plan)):
             with self.store.read() as tx:
                 birth, now = self._birth(tx), _counter(tx)
             saved = ann.newest(self.folder, birth, self._model, now,
@@ -322,6 +342,55 @@ class GalleryIndex:
                     saved = ann.build(self.folder, tag, self._stream(plan), self.model.dimension)
             ann.prune(self.folder, keep=saved)
         return saved
+
+    @contextlib.contextmanager
+    def _build_lock(self, check: Callable[[], None]) -> Iterator[None]:
+        """The machine's one build at a time: a file lock in the index folder, waited for; `check()` is called
+        while waiting and raises to stop."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "w") as lock:
+            while True:
+                check()
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    self._closing.wait(0.1)
+            yield
+
+    def build_now(self, *, force: bool = False, wait_s: float | None = None) -> BuildResult:
+        """The saved index of the store's current change, in this thread: kept (CURRENT) if one at that change is
+        saved, else built and saved (BUILT; the older ones pruned), its faces read a page at a time. Below
+        `exact_below` faces (where workers search exactly) none is built (EXACT) unless `force`; a gallery without
+        faces never. Waits up to `wait_s` (None: as long as it takes) for another build of the machine, then
+        BuildBusy; if that build saved the current change, it is kept. This process's search is not changed."""
+        with self.store.read() as tx:
+            birth, current = self._birth(tx), _counter(tx)
+            faces, identities = tx.one(SIZE, self._model)
+        kept = ann.newest(self.folder, birth, self._model, current, 0)
+        if kept is not None:
+            return _result(CURRENT, kept)
+        if faces == 0 or (faces < self.exact_below and not force):
+            return BuildResult(EXACT, current, faces, identities, None)
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+
+        def check() -> None:
+            if self._closing.is_set():
+                raise BuildCancelled()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise BuildBusy(f"another process still builds the index in {self.folder} after {wait_s:g} s")
+        with self._build_lock(check):
+            with self.store.read() as tx:
+                birth, current = self._birth(tx), _counter(tx)
+            saved = ann.newest(self.folder, birth, self._model, current, 0)
+            outcome = CURRENT  # the build waited for saved it
+            if saved is None:
+                plan = _Plan(current, self._epoch)
+                saved = ann.build(self.folder, ann.Tag(birth, self._model, current), self._stream(plan),
+                                  self.model.dimension)
+                outcome = BUILT
+            ann.prune(self.folder, keep=saved)
+        return _result(outcome, saved)
 
     def _swap(self, saved: ann.SavedIndex | None, plan: _Plan) -> None:
         """Search `saved` from now on, with the changes since its tag read now, if it still follows the gallery
@@ -390,6 +459,10 @@ class GalleryIndex:
             return state.exact.search(queries, k)
         return [_merged(state.saved, found, added, k) for found, added in
                 zip(_search_saved(state.saved, state.dead, normalise(queries), k), state.exact.search(queries, k))]
+
+
+def _result(outcome: str, saved: ann.SavedIndex) -> BuildResult:
+    return BuildResult(outcome, saved.tag.version, saved.faces, len(saved.identity_ids), saved.folder)
 
 
 def _counter(tx: Transaction) -> int:

@@ -392,3 +392,108 @@ def test_a_build_planned_before_a_full_reload_is_not_swapped_in(open_gallery, he
     assert (held_build.calls, gallery.index.saved.tag.version, gallery.index.saved.faces) == (2, 303, 297)
     answered = {m.identity_id for matches in gallery.search(faces[:3], 20) for m in matches}
     assert answered and answered.isdisjoint(ids[:3])
+
+
+# ---- build_now: the index made before the workers start (`python -m faceserve gallery index`) ----------------
+
+
+class CountedBuilds:
+    """Counts the calls of `ann.build` (each a build), passing them on."""
+
+    def __init__(self, monkeypatch):
+        from faceserve.gallery import ann
+
+        self.real, self.calls = ann.build, 0
+        monkeypatch.setattr(ann, "build", self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.real(*args, **kwargs)
+
+
+def store_counter(gallery: Gallery) -> int:
+    with gallery.store.read() as tx:
+        return tx.one("SELECT version FROM store_changes WHERE topic = 'gallery'")[0]
+
+
+def test_build_now_saves_the_current_change_and_a_worker_starts_from_it_without_building(open_gallery, tmp_path,
+                                                                                          monkeypatch):
+    from faceserve.gallery.index import BUILT, CURRENT
+
+    faces = vectors(300)
+    builder = open_gallery()
+    ids = enrol(builder, faces)
+    result = builder.index.build_now()
+    assert (result.outcome, result.version, result.faces, result.identities) == (BUILT, 300, 300, 300)
+    assert result.folder == tmp_path / "index" / MODEL_FOLDER / "300" and saved_versions(tmp_path) == ["300"]
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    assert manifest["version"] == store_counter(builder) == 300 and manifest["faces"] == 300
+    assert manifest["model"] == [MODEL.name, MODEL.version, MODEL.dimension]
+    assert builder.index.version is None and builder.index.saved is None  # its own search loaded nothing
+    builds = CountedBuilds(monkeypatch)
+    worker = open_gallery()
+    assert top1(worker, faces[:20]) == ids[:20]
+    assert worker.index.saved.folder == result.folder and len(worker.index) == 300
+    assert not worker.index.building and builds.calls == 0
+    again = builder.index.build_now()
+    assert (again.outcome, again.version, again.faces, again.folder) == (CURRENT, 300, 300, result.folder)
+    assert builds.calls == 0 and saved_versions(tmp_path) == ["300"]
+    builder.delete_identity(ids[0])  # a change since: the next run builds at the new counter, the old one pruned
+    newer = builder.index.build_now()
+    assert (newer.outcome, newer.version, newer.faces, newer.identities) == (BUILT, 301, 299, 299)
+    assert builds.calls == 1 and saved_versions(tmp_path) == ["301"]
+
+
+def test_build_now_below_the_exact_bound_builds_nothing_unless_forced(open_gallery, tmp_path):
+    from faceserve.gallery.index import BUILT, EXACT
+
+    gallery = open_gallery()
+    enrol(gallery, vectors(50))
+    result = gallery.index.build_now()
+    assert (result.outcome, result.version, result.faces, result.identities, result.folder) == (EXACT, 50, 50, 50,
+                                                                                                  None)
+    assert not (tmp_path / "index").exists()
+    forced = gallery.index.build_now(force=True)
+    assert (forced.outcome, forced.version, forced.faces) == (BUILT, 50, 50) and saved_versions(tmp_path) == ["50"]
+    empty = open_gallery("empty.db")
+    assert empty.index.build_now(force=True).outcome == EXACT  # no face: nothing to index even when forced
+
+
+def test_build_now_waits_for_the_machines_other_build_or_says_it_is_busy(open_gallery, held_build, tmp_path):
+    from faceserve.gallery.index import CURRENT, BuildBusy
+
+    faces = vectors(300)
+    worker = open_gallery()
+    ids = enrol(worker, faces)
+    assert top1(worker, faces[:3]) == ids[:3]
+    assert held_build.holding.wait(30)  # the worker's background build holds the machine's build lock
+    command = open_gallery()
+    started = time.monotonic()
+    with pytest.raises(BuildBusy, match="another process still builds the index"):
+        command.index.build_now(wait_s=0.3)
+    assert 0.3 <= time.monotonic() - started < 5 and held_build.calls == 1
+    waited: list = []
+    waiting = threading.Thread(target=lambda: waited.append(command.index.build_now()))
+    waiting.start()
+    time.sleep(0.3)
+    assert waiting.is_alive() and not waited
+    held_build.release.set()
+    waiting.join(60)
+    (result,) = waited
+    assert (result.outcome, result.version, result.faces) == (CURRENT, 300, 300)  # what the worker saved, kept
+    assert held_build.calls == 1 and saved_versions(tmp_path) == ["300"]
+
+
+def test_build_now_on_each_engine_a_worker_starts_from_it(gallery_each_engine, monkeypatch):
+    from faceserve.gallery.index import BUILT
+
+    faces = vectors(250)
+    builder = gallery_each_engine()
+    ids = enrol(builder, faces)
+    result = builder.index.build_now()
+    assert (result.outcome, result.version, result.faces, result.identities) == (BUILT, 250, 250, 250)
+    assert json.loads((result.folder / "manifest.json").read_text())["version"] == store_counter(builder)
+    builds = CountedBuilds(monkeypatch)
+    worker = gallery_each_engine()
+    assert top1(worker, faces[:10]) == ids[:10] and worker.index.saved.folder == result.folder
+    assert not worker.index.building and builds.calls == 0
