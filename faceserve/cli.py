@@ -173,10 +173,18 @@ async def _index(args: argparse.Namespace) -> int:
         return _failed("store_not_found", f"no store at {settings.store}: give --store or FACESERVE_STORE (or "
                                           "FACESERVE_DATA_DIR) of the gallery to index")
     services = Services.build(settings)
+    lines = []
     try:
-        stage = await services.resources.identity()  # the serving model's gallery, as the workers open it
-        index, started = stage.gallery.index, time.monotonic()
-        result = await asyncio.to_thread(index.build_now, force=args.force, wait_s=args.wait_s)
+        stage = await services.resources.identity()  # the galleries the workers open: the serving model's first
+        for gallery in [stage.gallery, *(earlier.gallery for earlier in stage.earlier)]:
+            index, started = gallery.index, time.monotonic()
+            result = await asyncio.to_thread(index.build_now, force=args.force, wait_s=args.wait_s)
+            model = index.model
+            lines.append({"model": model_ref(model.name, model.version), "dimension": model.dimension,
+                          "outcome": result.outcome, "kept": result.outcome == CURRENT, "change": result.version,
+                          "faces": result.faces, "identities": result.identities, "exact_below": index.exact_below,
+                          "seconds": round(time.monotonic() - started, 3),
+                          "folder": str(result.folder or index.folder)})
     except FaceserveError as error:
         print(json.dumps(error.body()), file=sys.stderr)
         return 2
@@ -189,12 +197,8 @@ async def _index(args: argparse.Namespace) -> int:
         return _failed("index_build_failed", str(error))
     finally:
         await services.close()
-    model = index.model
-    print(json.dumps({"model": model_ref(model.name, model.version), "dimension": model.dimension,
-                      "outcome": result.outcome, "kept": result.outcome == CURRENT, "change": result.version,
-                      "faces": result.faces, "identities": result.identities, "exact_below": index.exact_below,
-                      "seconds": round(time.monotonic() - started, 3),
-                      "folder": str(result.folder or index.folder)}))
+    for line in lines:  # one per embedding model: the serving one, then each earlier one
+        print(json.dumps(line))
     return 0
 
 

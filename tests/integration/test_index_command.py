@@ -16,6 +16,7 @@ import pytest
 
 from faceserve.gallery import EmbeddingModel, Gallery, NewFace
 from faceserve.gallery.index import default_index_dir
+from faceserve.models.repository import Repository
 from faceserve.store import open_store
 from tests.support import ROOT
 
@@ -26,14 +27,20 @@ def index_command(repository: Path, *args: str, **env_vars: str) -> subprocess.C
     env = {name: value for name, value in os.environ.items()
            if name not in ("FACESERVE_STORE", "FACESERVE_GALLERY", "FACESERVE_INDEX_DIR")}
     env.update(FACESERVE_MODEL_REPOSITORY=str(repository), **env_vars)
-    return subprocess.run([sys.executable, "-m", "faceserve", "gallery", "index", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "faceserve", "gallery", "index", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    result.repository = repository
+    return result
 
 
 def reported(result: subprocess.CompletedProcess) -> dict:
+    """The serving model's line: the first of one JSON line per embedding model of the repository."""
     assert result.returncode == 0, result.stderr
-    (line,) = result.stdout.splitlines()  # one JSON line
-    return json.loads(line)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    models = [line["model"].split(":")[0] for line in lines]
+    built = Repository.load(result.repository)
+    assert models == [built.embedding.name, *(spec.name for spec in built.earlier_embeddings)]
+    return lines[0]
 
 
 def refused(result: subprocess.CompletedProcess, exit_code: int) -> dict:
