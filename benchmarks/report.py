@@ -229,6 +229,23 @@ def seed_section(rows: list[dict]) -> list[str]:
     return lines
 
 
+def identity_section(rows: list[dict]) -> list[str]:
+    """identify ÷ analyze through the service, side by side in one run: with the embedding cache (the workload
+    repeats its photos) and without (what a new photo costs)."""
+    analyze = next((r for r in rows if r["scenario"] == "identity" and r["variant"] == "analyze"), None)
+    identify = [r for r in rows if r["scenario"] == "identity" and r["variant"].startswith("identify")]
+    if analyze is None or not identify:
+        return []
+    lines = ["", f"## identify ÷ analyze at c={analyze['concurrency']}", "",
+             "| identify | req/s | analyze req/s | ratio | p99 ms | CPU ms/req | analyze CPU ms/req |",
+             "|---|---|---|---|---|---|---|"]
+    for r in identify:
+        lines.append(f"| {r['variant']} | {_fmt(r['throughput'])} | {_fmt(analyze['throughput'])} | "
+                     f"{_fmt(ratio_of(r['throughput'], analyze['throughput']), 2)} | {_fmt(r['p99_ms'])} | "
+                     f"{_fmt(_cpu_ms(r), 2)} | {_fmt(_cpu_ms(analyze), 2)} |")
+    return lines
+
+
 def ratio_of(a, b):
     return round(a / b, 2) if a is not None and b else None
 
@@ -319,6 +336,7 @@ def markdown(report: dict) -> str:
     lines += auto_pass_section(report["rows"])
     lines += ratio_section(report["rows"])
     lines += seed_section(report["rows"])
+    lines += identity_section(report["rows"])
     lines += job_section(report["rows"])
     lines += peer.section(report["rows"])
     drawn = [*(["throughput.png", "p99.png"] if _sweeps(report["rows"]) else []),

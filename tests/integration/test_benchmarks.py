@@ -178,6 +178,19 @@ def test_identity_threshold_evidence_is_drawn(quick_report, fixtures):
     assert (quick_report / "similarity.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_identify_is_set_beside_analyze_with_and_without_the_embedding_cache(quick_report):
+    result = json.loads((quick_report / "results.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"] if r["scenario"] == "identity" and r["concurrency"] > 1}
+    assert set(rows) >= {"analyze", "identify", "identify, no embedding cache"}
+    markdown = (quick_report / "report.md").read_text()
+    c = rows["analyze"]["concurrency"]
+    for variant in ("identify", "identify, no embedding cache"):
+        ratio = report.ratio_of(rows[variant]["throughput"], rows["analyze"]["throughput"])
+        assert ratio > 0 and f"| {variant} | {report._fmt(rows[variant]['throughput'])} | " \
+            f"{report._fmt(rows['analyze']['throughput'])} | {report._fmt(ratio, 2)} |" in markdown
+    assert f"## identify ÷ analyze at c={c}" in markdown
+
+
 def test_jobs_contention_reports_both_windows_their_ratios_and_every_job_line_checked(quick_report):
     """The quick variant: a 20-image job beside the live clients. Fields and arithmetic, never the speed."""
     result = json.loads((quick_report / "results.json").read_text())
