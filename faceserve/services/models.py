@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from faceserve.errors import NotFound
 from faceserve.feedback.comparisons import ComparisonReport, report
-from faceserve.models.calibration import calibration_for
+from faceserve.models.calibration import calibration_for, operating_point
 from faceserve.models.tasks import EMBEDDING
 from faceserve.models.versions import model_ref, version_records
 from faceserve.services.resources import Resources
@@ -95,10 +95,13 @@ class ModelService:
             self._watcher = None
 
     def _calibration(self, spec) -> dict:
-        """An embedding model's calibration (null: none applies to its file) and the operating point it serves at."""
+        """An embedding model's calibration (null: none applies to its file), whether it serves or searches the
+        identities enrolled under it (`earlier`), and the operating point it does that at."""
         found = calibration_for(spec, self.resources.repository.model_file(spec.name))
-        point = self.resources.operating_point
-        return {"calibration": found.describe() if found else None,
+        serving = spec.name == self.resources.repository.serving_embedding
+        # an earlier model's point is the identity stage's rule: its calibration at the default target, else its own
+        point = self.resources.operating_point if serving else operating_point(spec, found, None, None)
+        return {"calibration": found.describe() if found else None, "embedding_role": "serving" if serving else "earlier",
                 "operating_point": point.model_dump() if point else None}
 
     def info(self) -> ModelsInfo:

@@ -188,8 +188,12 @@ def test_enrolled_people_are_identified_in_the_probe_photos(client, repository):
                  files=[upload(IDENTITY / "probe" / probe, "images") for probe in PROBES])
     assert len(batch["results"]) == len(PROBES)
     assert all(answer["identity_operating_point"] == point for answer in batch["results"])
-    embedding = next(m for m in post(client, "/models")["models"] if m["task"] == "embedding")
-    assert embedding["operating_point"] == point
+    embeddings = {m["name"]: m for m in post(client, "/models")["models"] if m["task"] == "embedding"}
+    embedding = embeddings["embedding_dlib"]
+    assert embedding["operating_point"] == point and embedding["embedding_role"] == "serving"
+    # faceres, built beside it, searches the identities enrolled under it at its own calibrated point
+    assert (embeddings["faceres"]["embedding_role"], embeddings["faceres"]["operating_point"]["threshold"],
+            embeddings["faceres"]["operating_point"]["false_accepts"]) == ("earlier", 0.59, 12)
     assert (embedding["calibration"]["different_pairs"], embedding["calibration"]["same_pairs"]) == (
         point["different_pairs"], point["same_pairs"])
     for (probe, expected), answer in zip(PROBES.items(), batch["results"]):
