@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, Field
 
-from faceserve.errors import InvalidRequest
+from faceserve.errors import InvalidRequest, StoreUnavailable
 from faceserve.gallery import EmbeddingModel, Gallery, Match, NewFace, ThumbnailFrame, validation
 from faceserve.models.calibration import (BY_MODEL, BY_SETTING, OperatingPoint, calibration_for, operating_point,
                                           unknown_point)
@@ -95,7 +95,10 @@ class EarlierGallery:
         followed (its counter counts every model's changes)."""
         version = serving.index.version
         if self._pending is None or self._pending[0] != version or version is None:
-            self._pending = (version, frozenset(self.gallery.identities_not_under(serving.model)))
+            try:
+                self._pending = (version, frozenset(self.gallery.identities_not_under(serving.model)))
+            except StoreUnavailable:  # the galleries in memory keep answering while the store is away
+                return self._pending[1] if self._pending else frozenset()
         return self._pending[1]
 
 

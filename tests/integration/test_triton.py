@@ -35,7 +35,7 @@ from tests.unit.pipeline.test_upright import turned
 pytestmark = pytest.mark.triton
 
 DEFAULT_MODELS = ("face_detector", "faceboxes", "blazeface_full", "face_landmarks", "emotion", "gender", "age",
-                  "faceres", "nsfw_mobilenet_v2")
+                  "faceres", "embedding_dlib", "nsfw_mobilenet_v2")
 
 
 @pytest.fixture(scope="module")

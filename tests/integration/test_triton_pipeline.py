@@ -34,6 +34,9 @@ from tests.integration.test_triton import model_stats, real_photos
 from tests.support import FIXTURES
 from tests.support import ROOT, free_port, jpeg, serve
 
+# the serving embedding model's (embedding_dlib) descriptor
+DIMENSION = 128
+
 pytestmark = pytest.mark.triton
 
 PROTOCOLS = ("grpc", "http")
@@ -128,7 +131,7 @@ def test_server_serves_the_python_models(triton):
                        "gender_score": "FP32", "age": "FP32", "embedding": "FP32", "identity_id": "BYTES",
                        "identity_name": "BYTES", "identity_similarity": "FP32"}
     shapes = {o["name"]: o["shape"] for o in client.get_model_metadata("pipeline")["outputs"]}
-    assert shapes["embedding"] == [-1, -1, 1024] and shapes["identity_name"] == [-1, -1]
+    assert shapes["embedding"] == [-1, -1, DIMENSION] and shapes["identity_name"] == [-1, -1]
 
 
 # ---- the pipeline model answers as the service does ---------------------------------------------
@@ -164,12 +167,12 @@ def test_pipeline_without_faces_has_empty_tensors(clients):
     answer = clients["grpc"].analyze(jpeg(photos.no_face_photos()["coffee"]), embed=True)
     assert answer.analysis["faces"] == []
     assert answer.tensors["boxes"].shape == (0, 4) and answer.tensors["emotion_label"].shape == (0,)
-    assert answer.tensors["embedding"].shape == (0, 1024) and answer.tensors["identity_name"].shape == (0,)
+    assert answer.tensors["embedding"].shape == (0, DIMENSION) and answer.tensors["identity_name"].shape == (0,)
 
 
 # The embedding tensor against the embedded backend's: the same ONNX model on the same crops, in another process
 # and another onnxruntime (Triton's own build, its own batching): its float sums may be ordered differently.
-EMBEDDING_ABS = 1e-4  # per component of a unit vector of 1024 (components around 0.03)
+EMBEDDING_ABS = 1e-4  # per component of a unit vector of 128 (components around 0.09)
 EMBEDDING_COSINE = 0.99999
 
 
@@ -199,7 +202,7 @@ def test_embedding_tensor_is_the_embedded_backends(clients, embedded_pipeline, p
         answer = clients[protocol].analyze(data, embed=True)
         analysis, want = embedded_pipeline(imaging.decode(data))
         got = answer.tensors["embedding"]
-        assert got.dtype == np.float32 and got.shape == (faces, 1024) == want.shape, name
+        assert got.dtype == np.float32 and got.shape == (faces, DIMENSION) == want.shape, name
         np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
         np.testing.assert_allclose(got, want, atol=EMBEDDING_ABS, err_msg=name)
         assert (got * want).sum(axis=1).min() >= EMBEDDING_COSINE, name
@@ -210,7 +213,7 @@ def test_embedding_tensor_is_the_embedded_backends(clients, embedded_pipeline, p
     print(f"{protocol}: embedding vs the embedded backend's, largest |difference| "
           f"{max(d for d, _ in measured):.2e}, least cosine {min(c for _, c in measured):.7f}")
     plain = clients[protocol].analyze((probes / "obama1.jpg").read_bytes())
-    assert plain.tensors["embedding"].shape == (0, 1024) and len(plain.analysis["faces"]) == 1
+    assert plain.tensors["embedding"].shape == (0, DIMENSION) and len(plain.analysis["faces"]) == 1
 
 
 def test_detector_input_picks_the_detector(clients):
@@ -237,7 +240,7 @@ def test_identify_finds_whom_the_service_enrolled(clients, service):
         assert [v.decode() for v in answer.tensors["identity_name"]] == ["Eileen Collins"]
         assert [v.decode() for v in answer.tensors["identity_id"]] == [match["id"]]
         assert answer.tensors["identity_similarity"] == pytest.approx([match["similarity"]], abs=1e-6)
-        assert answer.tensors["embedding"].shape == (1, 1024)
+        assert answer.tensors["embedding"].shape == (1, DIMENSION)
     assert clients["grpc"].analyze(data).analysis["faces"][0]["identity"] is None  # only when asked
     # nobody known: an empty id and name, a NaN similarity
     unknown = clients["grpc"].analyze(jpeg(photos.grace_hopper()), identify=True)
