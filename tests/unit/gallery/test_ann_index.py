@@ -64,11 +64,11 @@ def test_the_approximate_path_gives_exact_searchs_top1_on_a_gallery_of_real_embe
                                                                                       tmp_path):
     from benchmarks import search
 
-    real = search.real_embeddings()
+    real, served = search.real_embeddings()
     url = f"sqlite:///{tmp_path / 'faces.db'}"
-    probes = search.fill_store(url, real, 3000)
+    probes, _ = search.fill_store(url, real, 3000, served, probes=300)
     probes = np.concatenate([probes, real])  # and the real faces themselves, each near a cluster of lookalikes
-    model = EmbeddingModel("faceres", "1", real.shape[1])
+    model = EmbeddingModel(*served, real.shape[1])
     with open_store(url) as store:
         exact = Gallery(store, model, exact_below=10**9, index_dir=tmp_path / "index").search(probes, 5)
         approximate = built(Gallery(store, model, exact_below=1000, index_dir=tmp_path / "index"))
