@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks.search import probes_of, real_embeddings, synthetic_gallery
+from benchmarks.search import CACHE, noise_of, probes_of, real_embeddings, synthetic_gallery
 
 
 def _usearch(dtype: str):
@@ -66,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search_libraries", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=20_000)
     args = parser.parse_args(argv)
-    real = real_embeddings(Path(tempfile.gettempdir()) / "faceserve-real-embeddings.npy")
-    gallery = np.concatenate(list(synthetic_gallery(real, args.size)))
+    real, model = real_embeddings(cache=CACHE)
+    identity_noise, probe_noise = noise_of(model)
+    gallery = np.concatenate(list(synthetic_gallery(real, args.size, identity_noise)))
     picked = np.random.default_rng(7).choice(args.size, 500, replace=False)
-    probes = probes_of(real, gallery[picked])
+    probes = probes_of(real, gallery[picked], probe_noise)
     exact = np.argmax(probes @ gallery.T, axis=1)
     print(f"| library | build s | ms per face | recall@1 vs exact ({len(probes)} probes, {args.size:,} identities) |")
     print("|---|---|---|---|")
