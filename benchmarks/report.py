@@ -71,6 +71,15 @@ def targets(rows: list[dict], info: dict) -> list[dict]:
     else:
         out.append(_target(name, None, False, "not measured (needs the single workload)"))
 
+    analyze, identify = (next((r for r in rows if r["scenario"] == "identity" and r["variant"] == variant), None)
+                         for variant in ("analyze", "identify, no embedding cache"))
+    ratio = ratio_of(identify and identify["throughput"], analyze and analyze["throughput"])
+    out.append(_target("identity: /identify (no embedding cache) / /analyze throughput at c=16 >= 0.7", ratio,
+                       ratio is not None and ratio >= 0.7,
+                       f"{identify['throughput']} vs {analyze['throughput']} req/s, server CPU "
+                       f"{_fmt(_cpu_ms(identify), 2)} vs {_fmt(_cpu_ms(analyze), 2)} ms per request"
+                       if ratio is not None else "not measured", [identify, analyze]))
+
     heads = sorted({r["variant"].split("/")[0] for r in rows if r["scenario"] == "triton-heads"})
     for head in heads or ["(heads)"]:
         on, off = (_find(rows, "triton-heads", 32, f"{head}/batching-{s}") for s in ("on", "off"))
