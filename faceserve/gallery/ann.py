@@ -47,8 +47,10 @@ NAMES = "names.bin"
 # HNSW parameters measured on real-embedding galleries (benchmarks/search.py): at 30k, 16 links per node left
 # 0.07 % of the faces unreachable by their own vector, 24 links and 200 candidates while building none; at 100k,
 # searching with 128 candidates twice ended in the wrong cluster of lookalikes (best similarity 0.31 where exact
-# search found 0.77), with 256 never.
-CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 24, 200, 256
+# search found 0.77), with 256 never. At 1 M identities of embedding_dlib (128-d, 10 000 lookalikes a cluster),
+# 24 links found exact search's top-1 for 98.4 % of the probes, 32 links for 99.5 % at 2.4 ms a face, its graph
+# about 64 bytes a face larger (benchmarks/results/2026-12-08-search-1m/sweep*.txt).
+CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 32, 200, 256
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """The 1 M gallery of benchmarks.search (same recipe, seed and probes) as a bare usearch graph of ann.py's
 parameters, built with 2 threads (the benchmark's own build, one thread, took 25 min here), then searched at
 growing expansion_search: recall@1 against the chunked exact ground truth and ms per face (one query at a time,
-k = 36 as the gallery asks for k = 5). Run: .venv/bin/python benchmarks/results/2026-12-08-search-1m/sweep.py"""
+k = 36 as the gallery asks for k = 5). Run: PYTHONPATH=. .venv/bin/python benchmarks/results/2026-12-08-search-1m/sweep.py
+[MODEL_DIR] (SWEEP_CONNECTIVITY=32: a graph with more links than ann.py's, sweep-connectivity32.txt)"""
 
 import json
+import os
 import sys
 import time
 
@@ -21,10 +23,10 @@ picked = np.sort(np.random.default_rng(7).choice(SIZE, PROBES, replace=False))  
 probes = probes_of(real, gallery[picked], probe_noise)
 truth = np.argmax(np.concatenate([probes @ gallery[s:s + 50_000].T for s in range(0, SIZE, 50_000)], axis=1), axis=1)
 started = time.perf_counter()
-graph = Index(ndim=gallery.shape[1], metric="cos", dtype="f16", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD)
+graph = Index(ndim=gallery.shape[1], metric="cos", dtype="f16", connectivity=int(os.environ.get("SWEEP_CONNECTIVITY", CONNECTIVITY)), expansion_add=EXPANSION_ADD)
 graph.add(np.arange(SIZE), gallery, threads=2)
 build_s = time.perf_counter() - started
-print(json.dumps({"build_s_2_threads": round(build_s, 1)}), flush=True)
+print(json.dumps({"connectivity": graph.connectivity, "build_s_2_threads": round(build_s, 1)}), flush=True)
 for expansion in (256, 512, 1024, 2048):
     graph.expansion_search = expansion
     found, times = [], []
