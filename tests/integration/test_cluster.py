@@ -328,7 +328,8 @@ def test_kill_9_of_one_instance_under_mixed_load(cluster, enrolled):
         entry = log.get(outcome.request_id, {})
         assert outcome.phase in ("before", "killing"), \
             f"{outcome.kind} sent {outcome.phase}: {outcome.status} after {entry.get('upstream')} answered " \
-            f"{entry.get('upstream_status')} (victim {victim.address}, survivor {survivor.address})"
+            f"{entry.get('upstream_status')} (victim {victim.address}, survivor {survivor.address}); nginx's error " \
+            f"log ends: {cluster.nginx.error_log.read_text().splitlines()[-8:]}"
         assert outcome.status in (502, 503) and outcome.body["error"] == "unavailable", outcome
         assert outcome.retry_after, outcome
         assert served_by(log, outcome) == [victim.address], log[outcome.request_id]
