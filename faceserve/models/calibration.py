@@ -339,3 +339,11 @@ def served_operating_point(repository, far_target: float | None, threshold: floa
     if spec is None:
         return None
     return operating_point(spec, calibration_for(spec, repository.model_file(spec.name)), far_target, threshold)
+
+
+
+def earlier_operating_point(spec: ModelSpec, model_file: Path) -> OperatingPoint:
+    """The operating point of an earlier embedding model (one that searches the identities enrolled under it,
+    `Repository.earlier_embeddings`): its calibration's at the default FAR target, else its own threshold;
+    FACESERVE_IDENTITY_FAR and FACESERVE_IDENTITY_THRESHOLD choose the serving model's."""
+    return operating_point(spec, calibration_for(spec, model_file), None, None)

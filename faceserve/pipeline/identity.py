@@ -24,8 +24,7 @@ from pydantic import BaseModel, Field
 
 from faceserve.errors import InvalidRequest, StoreUnavailable
 from faceserve.gallery import EmbeddingModel, Gallery, Match, NewFace, ThumbnailFrame, validation
-from faceserve.models.calibration import (BY_MODEL, BY_SETTING, OperatingPoint, calibration_for, operating_point,
-                                          unknown_point)
+from faceserve.models.calibration import BY_MODEL, BY_SETTING, OperatingPoint, earlier_operating_point, unknown_point
 from faceserve.models.crops import square_box
 from faceserve.models.heads import EmbeddingHead
 from faceserve.models.landmarks import PRESENCE_THRESHOLD
@@ -129,9 +128,11 @@ class IdentityStage:
 
     @classmethod
     def open(cls, pipeline: Pipeline, store: Store, threshold: float | OperatingPoint | None = None,
-             bars: EnrolmentBars = EnrolmentBars(), index_dir: Path | None = None) -> "IdentityStage":
+             bars: EnrolmentBars = EnrolmentBars(), index_dir: Path | None = None,
+             earlier_points: dict[str, OperatingPoint] | None = None) -> "IdentityStage":
         """The stage over the gallery in `store` for the pipeline's embedding head (slow: the gallery's index is
-        loaded); `threshold` None is the head's own, of unknown rates; `index_dir` None: the store's default folder."""
+        loaded); `threshold` None is the head's own, of unknown rates; `index_dir` None: the store's default folder;
+        `earlier_points` None: each earlier embedding model's operating point worked out here."""
         head = pipeline.require_embedding()
         model = EmbeddingModel(head.spec.name, head.spec.version, head.dimension)
         gallery = Gallery(store, model, index_dir=index_dir)
@@ -141,9 +142,8 @@ class IdentityStage:
         earlier = []
         for name, other in pipeline.earlier_embeddings.items():
             spec = other.spec
-            # its calibration's operating point at the default FAR target, or its own threshold: FACESERVE_IDENTITY_*
-            # choose the serving model's
-            point = operating_point(spec, calibration_for(spec, pipeline.repository.model_file(name)), None, None)
+            point = (earlier_points[name] if earlier_points is not None
+                     else earlier_operating_point(spec, pipeline.repository.model_file(name)))
             earlier.append(EarlierGallery(other, Gallery(store, EmbeddingModel(spec.name, spec.version, other.dimension),
                                                          index_dir=index_dir), point))
         return cls(pipeline, gallery, threshold, bars, earlier)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from faceserve.errors import NotFound
 from faceserve.feedback.comparisons import ComparisonReport, report
-from faceserve.models.calibration import calibration_for, operating_point
+from faceserve.models.calibration import calibration_for
 from faceserve.models.tasks import EMBEDDING
 from faceserve.models.versions import model_ref, version_records
 from faceserve.services.resources import Resources
@@ -99,8 +99,7 @@ class ModelService:
         identities enrolled under it (`earlier`), and the operating point it does that at."""
         found = calibration_for(spec, self.resources.repository.model_file(spec.name))
         serving = spec.name == self.resources.repository.serving_embedding
-        # an earlier model's point is the identity stage's rule: its calibration at the default target, else its own
-        point = self.resources.operating_point if serving else operating_point(spec, found, None, None)
+        point = self.resources.operating_point if serving else self.resources.earlier_operating_points[spec.name]
         return {"calibration": found.describe() if found else None, "embedding_role": "serving" if serving else "earlier",
                 "operating_point": point.model_dump() if point else None}
 

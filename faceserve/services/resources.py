@@ -14,7 +14,7 @@ from faceserve.backends import Backend, create
 from faceserve.feedback import Feedback
 from faceserve.jobs import JobQueue
 from faceserve.errors import FaceserveError, RepositoryInvalid
-from faceserve.models.calibration import served_operating_point
+from faceserve.models.calibration import earlier_operating_point, served_operating_point
 from faceserve.models.repository import CONFIG_FILE, Repository
 from faceserve.models.spec import ModelSpec
 from faceserve.pipeline.embedding_cache import EmbeddingCache
@@ -74,8 +74,11 @@ class Resources:
         # the threshold and what it stands for, decided here so that a FAR target its calibration cannot show
         # refuses the start (`CalibrationRefused`) rather than the first identity request
         self.operating_point = served_operating_point(loaded, settings.identity_far, settings.identity_threshold)
+        self.earlier_operating_points = {spec.name: earlier_operating_point(spec, loaded.model_file(spec.name))
+                                         for spec in loaded.earlier_embeddings}
         self._identity = OpenedOnce(lambda: IdentityStage.open(self.pipeline, self.store(), self.operating_point,
-                                                               settings.enrolment_bars, settings.index_dir))
+                                                               settings.enrolment_bars, settings.index_dir,
+                                                               self.earlier_operating_points))
         self._feedback = OpenedOnce(lambda: Feedback(self.store(), settings.answers_kept_days,
                                                      settings.answers_group_ms / 1000))
         self._jobs = OpenedOnce(lambda: JobQueue(self.store(), settings.jobs, lease_s=settings.job_lease_s))
